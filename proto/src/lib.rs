@@ -1,0 +1,31 @@
+//! The lockstep wire contract and the rules both sides must agree on.
+//!
+//! - [`pb`]: generated protobuf messages and gRPC services.
+//! - [`envelope`]: Ed25519 signing and verification of the exact bytes sent.
+//! - [`digest`]: the canonical version-set digest.
+//! - [`diff`]: comparing two version sets and describing each difference.
+//! - [`identity`]: who a certificate names (agent host, operator, controller).
+//! - [`tls`]: rustls configurations (ring, TLS 1.3, mutual auth) and the
+//!   client channel both the agent and the console use.
+//! - [`paths`]: lossless path bytes and how they are shown to people.
+
+pub mod diff;
+pub mod digest;
+pub mod envelope;
+pub mod identity;
+pub mod paths;
+pub mod tls;
+
+/// Generated from `lockstep/v1/lockstep.proto`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("lockstep.v1");
+}
+
+/// Milliseconds since the Unix epoch, the time unit on the wire.
+pub fn now_unix_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

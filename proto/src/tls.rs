@@ -1,0 +1,192 @@
+//! TLS for every lockstep connection: rustls with the ring provider, TLS 1.3
+//! only, both sides authenticated against the fleet CA. Also the gRPC channel
+//! the agent and the console open to the controller over it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} from {path}: {reason}. Check the path in the config, or create it with `lockstep pki issue`")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{path} holds no {what}")]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("TLS setup with {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("controller address {addr:?} is not host:port")]
+    Address { addr: String },
+    #[error("server name {name:?} is not a valid DNS name or IP address")]
+    ServerName { name: String },
+    #[error("cannot reach the controller at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+}
+
+/// Where a party's TLS material lives.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_err = |reason: String| TlsError::Read {
+        what: "certificates",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| read_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what: "PEM certificate",
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+        what: "a private key",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots.add(cert).map_err(|e| TlsError::Config {
+            path: ca.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+fn config_err(path: &Path) -> impl Fn(rustls::Error) -> TlsError + '_ {
+    move |e| TlsError::Config {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// The controller's side: a client certificate from the fleet CA is required.
+pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&paths.ca)?), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config {
+            path: paths.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(&paths.ca))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)
+        .map_err(config_err(&paths.key))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An agent's or operator's side: presents its certificate, trusts only the fleet CA.
+pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(&paths.ca))?
+        .with_root_certificates(roots(&paths.ca)?)
+        .with_client_auth_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)
+        .map_err(config_err(&paths.key))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Splits "host:port" (or "[v6]:port") and gives the name to verify the
+/// controller's certificate against when none is configured.
+pub fn default_server_name(addr: &str) -> Result<String, TlsError> {
+    let bad = || TlsError::Address {
+        addr: addr.to_string(),
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
+/// A gRPC channel to `addr` over TLS with `config`, checking the controller's
+/// certificate against `server_name`. Lazy: it connects on first use and
+/// reconnects by itself after a failure, so a controller restart needs no
+/// agent restart.
+pub fn channel(
+    addr: &str,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    default_server_name(addr)?;
+    let name = ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName {
+        name: server_name.to_string(),
+    })?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| TlsError::Address {
+            addr: addr.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let connector = tower::service_fn(move |uri: Uri| {
+        let config = config.clone();
+        let name = name.clone();
+        async move {
+            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_defaults_to_the_host_part() {
+        assert_eq!(default_server_name("127.0.0.1:7443").unwrap(), "127.0.0.1");
+        assert_eq!(default_server_name("[::1]:7443").unwrap(), "::1");
+        assert_eq!(default_server_name("ctl.example:1").unwrap(), "ctl.example");
+        assert!(default_server_name("ctl.example").is_err());
+        assert!(default_server_name("ctl:http").is_err());
+    }
+
+    #[test]
+    fn missing_files_name_the_path() {
+        let err = load_certs(Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}
