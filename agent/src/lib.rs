@@ -1,1 +1,15 @@
+//! `lockstep-agent`: measures what a host has, signs it, reports it.
+//!
+//! - [`config`]: the TOML configuration, validated once at start.
+//! - [`scan`]: watch patterns to paths, measured on every core.
+//! - [`entry`]: measuring one path safely (no following, no blocking, no mixes).
+//! - [`state`]: the attestation key and the sequence number on disk.
+//! - [`report`]: the scan–sign–submit loop with backoff.
+//! - [`backoff`]: jittered exponential backoff.
 
+pub mod backoff;
+pub mod config;
+pub mod entry;
+pub mod report;
+pub mod scan;
+pub mod state;

@@ -7,12 +7,14 @@
 //! - [`identity`]: who a certificate names (agent host, operator, controller).
 //! - [`tls`]: rustls configurations (ring, TLS 1.3, mutual auth) and the
 //!   client channel both the agent and the console use.
+//! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.
 
 pub mod diff;
 pub mod digest;
 pub mod envelope;
 pub mod identity;
+pub mod manifest;
 pub mod paths;
 pub mod tls;
 

@@ -1,0 +1,200 @@
+//! The agent's TOML configuration: a raw file struct as written, and a
+//! validated [`AgentConfig`] the rest of the agent is given explicitly.
+//!
+//! ```toml
+//! host = "smars-01"
+//! role = "smars"
+//! state_dir = "/var/lib/lockstep-agent"
+//! watch = ["/opt/smars/**", "/etc/smars/smars.conf"]
+//! scan_interval = "10s"
+//!
+//! [controller]
+//! address = "lockstep.example:7443"
+//! ca = "/etc/lockstep/ca.pem"
+//! cert = "/var/lib/lockstep-agent/agent.pem"
+//! key = "/var/lib/lockstep-agent/agent.key"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockstep_proto::identity::validate_id;
+use lockstep_proto::tls::{TlsPaths, default_server_name};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: String,
+    role: String,
+    state_dir: PathBuf,
+    watch: Vec<String>,
+    #[serde(default)]
+    scan_interval: Option<String>,
+    controller: RawController,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawController {
+    address: String,
+    #[serde(default)]
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub host: String,
+    pub role: String,
+    pub state_dir: PathBuf,
+    pub watch: Vec<String>,
+    pub scan_interval: Duration,
+    pub controller: ControllerConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub address: String,
+    pub server_name: String,
+    pub tls: TlsPaths,
+    pub connect_timeout: Duration,
+}
+
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        };
+        validate_id(&raw.host).map_err(|e| invalid("host", e.to_string()))?;
+        validate_id(&raw.role).map_err(|e| invalid("role", e.to_string()))?;
+        if raw.watch.is_empty() {
+            return Err(invalid("watch", "list at least one path or glob to measure".into()));
+        }
+        for pattern in &raw.watch {
+            crate::scan::WatchPattern::new(pattern)
+                .map_err(|e| invalid("watch", e.to_string()))?;
+        }
+        let scan_interval = duration(raw.scan_interval.as_deref(), DEFAULT_SCAN_INTERVAL)
+            .map_err(|e| invalid("scan_interval", e))?;
+        if scan_interval < Duration::from_millis(100) {
+            return Err(invalid("scan_interval", "must be at least 100ms".into()));
+        }
+        let server_name = match raw.controller.server_name {
+            Some(n) => n,
+            None => default_server_name(&raw.controller.address)
+                .map_err(|e| invalid("controller.address", e.to_string()))?,
+        };
+        default_server_name(&raw.controller.address)
+            .map_err(|e| invalid("controller.address", e.to_string()))?;
+        let connect_timeout = duration(raw.controller.connect_timeout.as_deref(), Duration::from_secs(5))
+            .map_err(|e| invalid("controller.connect_timeout", e))?;
+        Ok(Self {
+            host: raw.host,
+            role: raw.role,
+            state_dir: raw.state_dir,
+            watch: raw.watch,
+            scan_interval,
+            controller: ControllerConfig {
+                address: raw.controller.address,
+                server_name,
+                tls: TlsPaths {
+                    ca: raw.controller.ca,
+                    cert: raw.controller.cert,
+                    key: raw.controller.key,
+                },
+                connect_timeout,
+            },
+        })
+    }
+}
+
+/// Parses "10s", "500ms", "1m"; `None` gives the default.
+pub fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like \"10s\": {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../tests/fixtures/agent_good.toml");
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.host, "smars-01");
+        assert_eq!(c.scan_interval, Duration::from_secs(2));
+        assert_eq!(c.controller.server_name, "127.0.0.1");
+        assert_eq!(c.controller.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            (GOOD.replace("host = \"smars-01\"", "host = \"SMARS 01\""), "host:"),
+            (GOOD.replace("scan_interval = \"2s\"", "scan_interval = \"soon\""), "scan_interval:"),
+            (GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = []"), "watch:"),
+            (GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = [\"relative/*\"]"), "watch:"),
+            (GOOD.replace("127.0.0.1:7443", "nohost"), "controller.address:"),
+            (format!("{GOOD}\nsurprise = 1\n"), "unknown field `surprise`"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("agent.toml"), "{err}");
+            assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_error_gives_line_and_column() {
+        let err = parse("host = \n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,144 @@
+//! Measuring one path without trusting it: never follow a symlink, never open
+//! a FIFO, socket or device (a FIFO would block the agent forever), hash in
+//! bounded streaming reads, and never report a hash of a file that changed
+//! while it was read.
+
+use std::fs::{File, Metadata};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use lockstep_proto::pb::{Entry, EntryKind};
+use ring::digest::{Context, SHA256};
+
+/// Streaming read size: bounds memory per hashing thread whatever the file size.
+pub const READ_BUF_BYTES: usize = 1 << 20;
+
+/// How many times a changing file is re-read before it is reported unstable.
+const STABLE_ATTEMPTS: usize = 3;
+
+/// What a path turned out to be.
+pub enum Measured {
+    Entry(Entry),
+    /// A directory met during a walk: its files are entries, it is not.
+    Directory,
+}
+
+/// Measures `fs_path`, recording it under `recorded` (the two differ when
+/// measuring a staged build tree under a root).
+pub fn measure(fs_path: &Path, recorded: Vec<u8>, buf: &mut [u8]) -> Measured {
+    let mut entry = Entry {
+        path: recorded,
+        ..Default::default()
+    };
+    let meta = match std::fs::symlink_metadata(fs_path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            entry.kind = EntryKind::Missing as i32;
+            return Measured::Entry(entry);
+        }
+        Err(e) => return Measured::Entry(unreadable(entry, &e)),
+    };
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return Measured::Directory;
+    }
+    set_owner_and_mode(&mut entry, &meta);
+    let kind = if ft.is_symlink() {
+        match std::fs::read_link(fs_path) {
+            Ok(target) => {
+                entry.link_target = lockstep_proto::paths::to_bytes(&target);
+                EntryKind::Symlink
+            }
+            Err(e) => return Measured::Entry(unreadable(entry, &e)),
+        }
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else if ft.is_block_device() {
+        EntryKind::BlockDevice
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice
+    } else {
+        return Measured::Entry(hash_regular(fs_path, entry, buf));
+    };
+    entry.kind = kind as i32;
+    Measured::Entry(entry)
+}
+
+fn set_owner_and_mode(entry: &mut Entry, meta: &Metadata) {
+    entry.mode = meta.mode() & 0o7777;
+    entry.uid = meta.uid();
+    entry.gid = meta.gid();
+}
+
+fn unreadable(mut entry: Entry, e: &std::io::Error) -> Entry {
+    entry.kind = EntryKind::Unreadable as i32;
+    entry.error = e.to_string();
+    entry
+}
+
+/// Identity and version of an open file; if any of it moves during a read,
+/// the read saw a mix.
+fn fingerprint(m: &Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
+    (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+}
+
+fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8]) -> Entry {
+    for _ in 0..STABLE_ATTEMPTS {
+        // O_NOFOLLOW: a path swapped for a symlink after lstat is not followed.
+        // O_NONBLOCK: a path swapped for a FIFO after lstat does not block open.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(fs_path);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                entry.kind = EntryKind::Missing as i32;
+                return entry;
+            }
+            Err(e) => return unreadable(entry, &e),
+        };
+        let before = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return unreadable(entry, &e),
+        };
+        if !before.file_type().is_file() {
+            // Replaced between lstat and open: measure again from the top.
+            continue;
+        }
+        let sha = match hash_file(&mut file, buf) {
+            Ok(h) => h,
+            Err(e) => return unreadable(entry, &e),
+        };
+        match file.metadata() {
+            Ok(after) if fingerprint(&after) == fingerprint(&before) => {
+                set_owner_and_mode(&mut entry, &after);
+                entry.kind = EntryKind::File as i32;
+                entry.size = after.size();
+                entry.sha256 = sha;
+                return entry;
+            }
+            Ok(_) => continue,
+            Err(e) => return unreadable(entry, &e),
+        }
+    }
+    entry.kind = EntryKind::Unstable as i32;
+    entry.error = format!("changed during each of {STABLE_ATTEMPTS} attempts to hash it");
+    entry
+}
+
+fn hash_file(file: &mut File, buf: &mut [u8]) -> std::io::Result<Vec<u8>> {
+    let mut ctx = Context::new(&SHA256);
+    loop {
+        match file.read(buf) {
+            Ok(0) => break,
+            Ok(n) => ctx.update(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ctx.finish().as_ref().to_vec())
+}

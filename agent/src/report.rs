@@ -1,0 +1,190 @@
+//! The agent's reporting loop: scan, sign, submit, and back off when the
+//! controller cannot be reached. A full entry list is sent when the version
+//! set changed since the controller last took one; otherwise a signed
+//! digest-only heartbeat keeps the host fresh.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_proto::envelope::Signer;
+use lockstep_proto::pb::agent_service_client::AgentServiceClient;
+use lockstep_proto::pb::{Attestation, GateState, SubmitReply};
+use lockstep_proto::tls::{self, TlsError};
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::scan::{ScanError, Scanner};
+use crate::state::{self, SeqCounter, StateError};
+
+/// Largest message the agent will send or accept.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("controller refused the attestation: {}", .0.message())]
+    Rejected(tonic::Status),
+    #[error("controller unreachable: {}", .0.message())]
+    Unreachable(tonic::Status),
+    #[error("scan task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl From<tonic::Status> for AgentError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code::*;
+        match s.code() {
+            Unavailable | DeadlineExceeded | Cancelled | Unknown => Self::Unreachable(s),
+            _ => Self::Rejected(s),
+        }
+    }
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    scanner: Arc<Scanner>,
+    signer: Signer,
+    seq: SeqCounter,
+    client: AgentServiceClient<Channel>,
+    boot_id: String,
+    /// Digest whose entries the controller has acknowledged.
+    acked_full: Option<Vec<u8>>,
+    last_gate: Option<GateState>,
+    scan_now: Arc<Notify>,
+}
+
+impl Agent {
+    /// Loads keys and state and prepares the (lazy) channel; no network yet.
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        state::ensure_dir(&config.state_dir)?;
+        let signer = state::attestation_key(&config.state_dir)?;
+        state::check_key_permissions(&config.controller.tls.key)?;
+        let seq = SeqCounter::load(&config.state_dir)?;
+        let scanner = Arc::new(Scanner::new(&config.watch, None)?);
+        let tls_config = tls::client_config(&config.controller.tls)?;
+        let channel = tls::channel(
+            &config.controller.address,
+            &config.controller.server_name,
+            tls_config,
+            config.controller.connect_timeout,
+        )?;
+        let client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            config,
+            scanner,
+            signer,
+            seq,
+            client,
+            boot_id: state::boot_id(),
+            acked_full: None,
+            last_gate: None,
+            scan_now: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Notifying this makes the agent scan and report at once.
+    pub fn scan_trigger(&self) -> Arc<Notify> {
+        self.scan_now.clone()
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        self.signer.public_key()
+    }
+
+    /// Reports every `scan_interval` (or when triggered) until `shutdown`.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut failing = false;
+        loop {
+            let wait = match self.report_once().await {
+                Ok(_) => {
+                    if failing {
+                        info!(host = %self.config.host, "reporting to the controller again");
+                    }
+                    failing = false;
+                    backoff.reset();
+                    self.config.scan_interval
+                }
+                Err(e) => {
+                    // One warning per outage, not one per retry.
+                    if failing {
+                        debug!(host = %self.config.host, error = %e, "report failed again");
+                    } else {
+                        warn!(host = %self.config.host, error = %e, "report failed; retrying with backoff");
+                    }
+                    failing = true;
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.scan_now.notified() => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// One scan and one submission (two if the controller asks for entries).
+    pub async fn report_once(&mut self) -> Result<SubmitReply, AgentError> {
+        let scanner = self.scanner.clone();
+        let entries = tokio::task::spawn_blocking(move || scanner.scan()).await??;
+        let digest = lockstep_proto::digest::digest(&entries).to_vec();
+        let full = self.acked_full.as_deref() != Some(digest.as_slice());
+        let mut reply = self.submit(&entries, &digest, full).await?;
+        if reply.manifest_needed && !full {
+            reply = self.submit(&entries, &digest, true).await?;
+        }
+        self.note_gate(&reply);
+        Ok(reply)
+    }
+
+    async fn submit(
+        &mut self,
+        entries: &[lockstep_proto::pb::Entry],
+        digest: &[u8],
+        full: bool,
+    ) -> Result<SubmitReply, AgentError> {
+        let attestation = Attestation {
+            host: self.config.host.clone(),
+            role: self.config.role.clone(),
+            seq: self.seq.reserve()?,
+            measured_at_unix_ms: lockstep_proto::now_unix_ms(),
+            boot_id: self.boot_id.clone(),
+            digest: digest.to_vec(),
+            full,
+            entries: if full { entries.to_vec() } else { Vec::new() },
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let envelope = self.signer.seal_attestation(&attestation);
+        let reply = self.client.submit(envelope).await?.into_inner();
+        if full && reply.accepted {
+            self.acked_full = Some(digest.to_vec());
+        }
+        if reply.manifest_needed {
+            self.acked_full = None;
+        }
+        Ok(reply)
+    }
+
+    fn note_gate(&mut self, reply: &SubmitReply) {
+        let Some(gate) = &reply.gate else { return };
+        let state = gate.state();
+        if self.last_gate != Some(state) {
+            let reasons: Vec<&str> = gate.reasons.iter().map(|r| r.text.as_str()).collect();
+            info!(host = %self.config.host, gate = ?state, release = gate.release, reasons = ?reasons, "gate changed");
+            self.last_gate = Some(state);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! A full scan: expand the configured watch patterns into paths, measure them
+//! on every core, and return the canonical version set.
+//!
+//! A pattern without glob characters names one path, or everything below it
+//! if it is a directory; a pattern with them is walked from its literal
+//! prefix. `*` stays within one path component and `**` crosses them.
+//! Nothing found is ever silently dropped: a missing base is a MISSING entry
+//! and a directory that cannot be listed is an UNREADABLE entry.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use globset::{GlobBuilder, GlobMatcher};
+use lockstep_proto::digest::{self, DigestError};
+use lockstep_proto::paths;
+use lockstep_proto::pb::{Entry, EntryKind};
+
+use crate::entry::{self, Measured, READ_BUF_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("watch pattern {pattern:?} must be an absolute path")]
+    NotAbsolute { pattern: String },
+    #[error("watch pattern {pattern:?} is not a valid glob: {reason}")]
+    BadGlob { pattern: String, reason: String },
+    #[error("scan produced an invalid version set: {0}")]
+    Canonical(#[from] DigestError),
+}
+
+/// One `watch` line of the config.
+#[derive(Debug, Clone)]
+pub struct WatchPattern {
+    /// The literal leading directories (or the whole path with no glob).
+    base: PathBuf,
+    /// Set when the pattern has glob characters.
+    matcher: Option<GlobMatcher>,
+}
+
+fn has_glob_chars(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+impl WatchPattern {
+    pub fn new(pattern: &str) -> Result<Self, ScanError> {
+        if !pattern.starts_with('/') {
+            return Err(ScanError::NotAbsolute {
+                pattern: pattern.to_string(),
+            });
+        }
+        let mut base = PathBuf::from("/");
+        for c in Path::new(pattern).components() {
+            match c {
+                Component::Normal(part) if !has_glob_chars(&part.to_string_lossy()) => base.push(part),
+                Component::Normal(_) => break,
+                _ => {}
+            }
+        }
+        let matcher = if has_glob_chars(pattern) {
+            let glob = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| ScanError::BadGlob {
+                    pattern: pattern.to_string(),
+                    reason: e.to_string(),
+                })?;
+            Some(glob.compile_matcher())
+        } else {
+            None
+        };
+        Ok(Self { base, matcher })
+    }
+}
+
+/// Everything one scan measures, compiled once from the config.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    patterns: Vec<WatchPattern>,
+    /// Measure files under this directory as if it were `/` (a staged build).
+    root: Option<PathBuf>,
+    threads: usize,
+}
+
+impl Scanner {
+    pub fn new(patterns: &[String], root: Option<PathBuf>) -> Result<Self, ScanError> {
+        let patterns = patterns.iter().map(|p| WatchPattern::new(p)).collect::<Result<_, _>>()?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        Ok(Self {
+            patterns,
+            root,
+            threads,
+        })
+    }
+
+    fn fs_path(&self, recorded: &Path) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(recorded.strip_prefix("/").unwrap_or(recorded)),
+            None => recorded.to_path_buf(),
+        }
+    }
+
+    /// Measures everything the patterns match and returns canonical entries.
+    pub fn scan(&self) -> Result<Vec<Entry>, ScanError> {
+        let mut found = Vec::new();
+        let mut direct = Vec::new();
+        for p in &self.patterns {
+            self.expand(p, &mut found, &mut direct);
+        }
+        found.sort();
+        found.dedup();
+        let mut entries = self.measure_all(&found);
+        entries.extend(direct);
+        dedup_by_path(&mut entries);
+        Ok(digest::canonicalize(entries)?)
+    }
+
+    /// Adds to `found` the recorded paths to measure; adds to `direct` entries
+    /// already known (missing bases, unreadable directories).
+    fn expand(&self, p: &WatchPattern, found: &mut Vec<PathBuf>, direct: &mut Vec<Entry>) {
+        let base_fs = self.fs_path(&p.base);
+        match std::fs::symlink_metadata(&base_fs) {
+            Err(e) => {
+                let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                    EntryKind::Missing
+                } else {
+                    EntryKind::Unreadable
+                };
+                direct.push(Entry {
+                    path: paths::to_bytes(&p.base),
+                    kind: kind as i32,
+                    error: if kind == EntryKind::Unreadable { e.to_string() } else { String::new() },
+                    ..Default::default()
+                });
+                return;
+            }
+            Ok(m) if !m.is_dir() => {
+                if p.matcher.is_none() {
+                    found.push(p.base.clone());
+                }
+                return;
+            }
+            Ok(_) => {}
+        }
+        for item in walkdir::WalkDir::new(&base_fs).follow_links(false) {
+            match item {
+                Ok(d) if d.file_type().is_dir() => {}
+                Ok(d) => {
+                    let recorded = self.recorded_path(d.path());
+                    if p.matcher.as_ref().is_none_or(|m| m.is_match(&recorded)) {
+                        found.push(recorded);
+                    }
+                }
+                Err(e) => {
+                    let Some(path) = e.path() else { continue };
+                    // Below the pattern's base, so it may hide matches: report it.
+                    let recorded = self.recorded_path(path);
+                    let reason = e.io_error().map_or_else(|| e.to_string(), |io| io.to_string());
+                    direct.push(Entry {
+                        path: paths::to_bytes(&recorded),
+                        kind: EntryKind::Unreadable as i32,
+                        error: reason,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+
+    fn recorded_path(&self, fs_path: &Path) -> PathBuf {
+        match &self.root {
+            Some(root) => Path::new("/").join(fs_path.strip_prefix(root).unwrap_or(fs_path)),
+            None => fs_path.to_path_buf(),
+        }
+    }
+
+    /// Measures `found` on `threads` threads, each with its own read buffer.
+    fn measure_all(&self, found: &[PathBuf]) -> Vec<Entry> {
+        let next = AtomicUsize::new(0);
+        let out = Mutex::new(Vec::with_capacity(found.len()));
+        let threads = self.threads.min(found.len()).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; READ_BUF_BYTES];
+                    let mut local = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(recorded) = found.get(i) else { break };
+                        let fs_path = self.fs_path(recorded);
+                        if let Measured::Entry(e) = entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf) {
+                            local.push(e);
+                        }
+                    }
+                    if let Ok(mut all) = out.lock() {
+                        all.append(&mut local);
+                    }
+                });
+            }
+        });
+        out.into_inner().unwrap_or_default()
+    }
+}
+
+/// Two patterns may reach the same path; it is one entry.
+fn dedup_by_path(entries: &mut Vec<Entry>) {
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|a, b| a.path == b.path);
+}
+
+#[cfg(test)]
+#[path = "scan_tests.rs"]
+mod tests;
