@@ -48,12 +48,18 @@ mod tests {
     fn grows_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(100), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(50) && first < Duration::from_millis(100),
+            "{first:?}"
+        );
         for _ in 0..10 {
             b.next_delay();
         }
         let capped = b.next_delay();
-        assert!(capped >= Duration::from_millis(500) && capped < Duration::from_secs(1), "{capped:?}");
+        assert!(
+            capped >= Duration::from_millis(500) && capped < Duration::from_secs(1),
+            "{capped:?}"
+        );
         b.reset();
         assert!(b.next_delay() < Duration::from_millis(100));
     }

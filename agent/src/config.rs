@@ -108,11 +108,13 @@ impl AgentConfig {
         validate_id(&raw.host).map_err(|e| invalid("host", e.to_string()))?;
         validate_id(&raw.role).map_err(|e| invalid("role", e.to_string()))?;
         if raw.watch.is_empty() {
-            return Err(invalid("watch", "list at least one path or glob to measure".into()));
+            return Err(invalid(
+                "watch",
+                "list at least one path or glob to measure".into(),
+            ));
         }
         for pattern in &raw.watch {
-            crate::scan::WatchPattern::new(pattern)
-                .map_err(|e| invalid("watch", e.to_string()))?;
+            crate::scan::WatchPattern::new(pattern).map_err(|e| invalid("watch", e.to_string()))?;
         }
         let scan_interval = duration(raw.scan_interval.as_deref(), DEFAULT_SCAN_INTERVAL)
             .map_err(|e| invalid("scan_interval", e))?;
@@ -126,8 +128,11 @@ impl AgentConfig {
         };
         default_server_name(&raw.controller.address)
             .map_err(|e| invalid("controller.address", e.to_string()))?;
-        let connect_timeout = duration(raw.controller.connect_timeout.as_deref(), Duration::from_secs(5))
-            .map_err(|e| invalid("controller.connect_timeout", e))?;
+        let connect_timeout = duration(
+            raw.controller.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        )
+        .map_err(|e| invalid("controller.connect_timeout", e))?;
         Ok(Self {
             host: raw.host,
             role: raw.role,
@@ -152,7 +157,8 @@ impl AgentConfig {
 pub fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
     match text {
         None => Ok(default),
-        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like \"10s\": {e}")),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| format!("{t:?} is not a duration like \"10s\": {e}")),
     }
 }
 
@@ -178,12 +184,30 @@ mod tests {
     #[test]
     fn bad_configs_name_the_key() {
         let cases = [
-            (GOOD.replace("host = \"smars-01\"", "host = \"SMARS 01\""), "host:"),
-            (GOOD.replace("scan_interval = \"2s\"", "scan_interval = \"soon\""), "scan_interval:"),
-            (GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = []"), "watch:"),
-            (GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = [\"relative/*\"]"), "watch:"),
-            (GOOD.replace("127.0.0.1:7443", "nohost"), "controller.address:"),
-            (format!("{GOOD}\nsurprise = 1\n"), "unknown field `surprise`"),
+            (
+                GOOD.replace("host = \"smars-01\"", "host = \"SMARS 01\""),
+                "host:",
+            ),
+            (
+                GOOD.replace("scan_interval = \"2s\"", "scan_interval = \"soon\""),
+                "scan_interval:",
+            ),
+            (
+                GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = []"),
+                "watch:",
+            ),
+            (
+                GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = [\"relative/*\"]"),
+                "watch:",
+            ),
+            (
+                GOOD.replace("127.0.0.1:7443", "nohost"),
+                "controller.address:",
+            ),
+            (
+                format!("{GOOD}\nsurprise = 1\n"),
+                "unknown field `surprise`",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();

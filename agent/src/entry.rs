@@ -82,7 +82,15 @@ fn unreadable(mut entry: Entry, e: &std::io::Error) -> Entry {
 /// Identity and version of an open file; if any of it moves during a read,
 /// the read saw a mix.
 fn fingerprint(m: &Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
-    (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
 }
 
 fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8]) -> Entry {

@@ -10,7 +10,11 @@ use lockstep_agent::report::Agent;
 use lockstep_agent::scan::Scanner;
 
 #[derive(Parser)]
-#[command(name = "lockstep-agent", version, about = "Measures, signs and reports what this host has and runs")]
+#[command(
+    name = "lockstep-agent",
+    version,
+    about = "Measures, signs and reports what this host has and runs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,9 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lockstep_agent=info"));
     let json = std::env::var("LOCKSTEP_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -91,7 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if output.as_os_str() == "-" {
                 println!("{json}");
             } else {
-                std::fs::write(&output, json + "\n").with_context(|| format!("writing {}", output.display()))?;
+                std::fs::write(&output, json + "\n")
+                    .with_context(|| format!("writing {}", output.display()))?;
             }
             Ok(())
         }
@@ -101,7 +108,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Resolves on SIGTERM (how systemd stops us) or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
-use lockstep_proto::pb::{Attestation, GateState, SubmitReply};
+use lockstep_proto::pb::{Attestation, GateState, PinKeyRequest, SubmitReply};
 use lockstep_proto::tls::{self, TlsError};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -59,6 +59,8 @@ pub struct Agent {
     /// Digest whose entries the controller has acknowledged.
     acked_full: Option<Vec<u8>>,
     last_gate: Option<GateState>,
+    /// Whether the controller confirmed our attestation key is pinned.
+    pinned: bool,
     scan_now: Arc<Notify>,
 }
 
@@ -89,6 +91,7 @@ impl Agent {
             boot_id: state::boot_id(),
             acked_full: None,
             last_gate: None,
+            pinned: false,
             scan_now: Arc::new(Notify::new()),
         })
     }
@@ -138,6 +141,14 @@ impl Agent {
 
     /// One scan and one submission (two if the controller asks for entries).
     pub async fn report_once(&mut self) -> Result<SubmitReply, AgentError> {
+        if !self.pinned {
+            let req = PinKeyRequest {
+                public_key: self.signer.public_key().to_vec(),
+            };
+            let reply = self.client.pin_key(req).await?.into_inner();
+            debug!(host = %self.config.host, key_id = %reply.key_id, "attestation key pinned");
+            self.pinned = true;
+        }
         let scanner = self.scanner.clone();
         let entries = tokio::task::spawn_blocking(move || scanner.scan()).await??;
         let digest = lockstep_proto::digest::digest(&entries).to_vec();
@@ -168,7 +179,17 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let envelope = self.signer.seal_attestation(&attestation);
-        let reply = self.client.submit(envelope).await?.into_inner();
+        let reply = match self.client.submit(envelope).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message().contains("no attestation key is pinned")
+                {
+                    self.pinned = false;
+                }
+                return Err(status.into());
+            }
+        };
         if full && reply.accepted {
             self.acked_full = Some(digest.to_vec());
         }

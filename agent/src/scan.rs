@@ -51,7 +51,9 @@ impl WatchPattern {
         let mut base = PathBuf::from("/");
         for c in Path::new(pattern).components() {
             match c {
-                Component::Normal(part) if !has_glob_chars(&part.to_string_lossy()) => base.push(part),
+                Component::Normal(part) if !has_glob_chars(&part.to_string_lossy()) => {
+                    base.push(part)
+                }
                 Component::Normal(_) => break,
                 _ => {}
             }
@@ -83,8 +85,13 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn new(patterns: &[String], root: Option<PathBuf>) -> Result<Self, ScanError> {
-        let patterns = patterns.iter().map(|p| WatchPattern::new(p)).collect::<Result<_, _>>()?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let patterns = patterns
+            .iter()
+            .map(|p| WatchPattern::new(p))
+            .collect::<Result<_, _>>()?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
         Ok(Self {
             patterns,
             root,
@@ -128,7 +135,11 @@ impl Scanner {
                 direct.push(Entry {
                     path: paths::to_bytes(&p.base),
                     kind: kind as i32,
-                    error: if kind == EntryKind::Unreadable { e.to_string() } else { String::new() },
+                    error: if kind == EntryKind::Unreadable {
+                        e.to_string()
+                    } else {
+                        String::new()
+                    },
                     ..Default::default()
                 });
                 return;
@@ -154,7 +165,9 @@ impl Scanner {
                     let Some(path) = e.path() else { continue };
                     // Below the pattern's base, so it may hide matches: report it.
                     let recorded = self.recorded_path(path);
-                    let reason = e.io_error().map_or_else(|| e.to_string(), |io| io.to_string());
+                    let reason = e
+                        .io_error()
+                        .map_or_else(|| e.to_string(), |io| io.to_string());
                     direct.push(Entry {
                         path: paths::to_bytes(&recorded),
                         kind: EntryKind::Unreadable as i32,
@@ -187,7 +200,9 @@ impl Scanner {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(recorded) = found.get(i) else { break };
                         let fs_path = self.fs_path(recorded);
-                        if let Measured::Entry(e) = entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf) {
+                        if let Measured::Entry(e) =
+                            entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf)
+                        {
                             local.push(e);
                         }
                     }

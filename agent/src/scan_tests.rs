@@ -20,9 +20,17 @@ fn glob_star_stays_in_one_directory_and_double_star_crosses() {
     std::fs::write(d.path().join("etc/c.txt"), "c").unwrap();
     let base = d.path().display();
     let one = scan(&[&format!("{base}/etc/*.conf")]);
-    assert_eq!(one.iter().map(path_of).collect::<Vec<_>>(), vec![format!("{base}/etc/a.conf")]);
+    assert_eq!(
+        one.iter().map(path_of).collect::<Vec<_>>(),
+        vec![format!("{base}/etc/a.conf")]
+    );
     let all = scan(&[&format!("{base}/etc/**/*.conf")]);
-    assert_eq!(all.len(), 2, "{:?}", all.iter().map(path_of).collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        2,
+        "{:?}",
+        all.iter().map(path_of).collect::<Vec<_>>()
+    );
 }
 
 #[test]

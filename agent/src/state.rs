@@ -17,11 +17,17 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
+    )]
     KeyPermissions { path: PathBuf, mode: u32 },
-    #[error("attestation key {path} is not a valid Ed25519 key; move it away to let the agent make a new one, then re-pin the host")]
+    #[error(
+        "attestation key {path} is not a valid Ed25519 key; move it away to let the agent make a new one, then re-pin the host"
+    )]
     BadKey { path: PathBuf },
-    #[error("sequence file {path} is corrupt ({content:?}); the agent will not guess a sequence number. Restore it, or re-pin the host")]
+    #[error(
+        "sequence file {path} is corrupt ({content:?}); the agent will not guess a sequence number. Restore it, or re-pin the host"
+    )]
     BadSeq { path: PathBuf, content: String },
     #[error("sequence number exhausted in {path}")]
     SeqExhausted { path: PathBuf },
@@ -57,14 +63,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
     }
     Ok(())
 }
 
 /// Refuses a private key that group or others can read, as ssh does.
 pub fn check_key_permissions(path: &Path) -> Result<(), StateError> {
-    let mode = std::fs::metadata(path).map_err(io_err(path))?.permissions().mode();
+    let mode = std::fs::metadata(path)
+        .map_err(io_err(path))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(StateError::KeyPermissions {
             path: path.to_path_buf(),
@@ -78,7 +89,8 @@ pub fn check_key_permissions(path: &Path) -> Result<(), StateError> {
 pub fn attestation_key(dir: &Path) -> Result<Signer, StateError> {
     let path = dir.join("attestation.key");
     if !path.exists() {
-        let pkcs8 = Signer::generate_pkcs8().map_err(|_| StateError::BadKey { path: path.clone() })?;
+        let pkcs8 =
+            Signer::generate_pkcs8().map_err(|_| StateError::BadKey { path: path.clone() })?;
         write_atomic(&path, &pkcs8)?;
     }
     check_key_permissions(&path)?;
@@ -112,7 +124,9 @@ impl SeqCounter {
         let next = self
             .last
             .checked_add(1)
-            .ok_or_else(|| StateError::SeqExhausted { path: self.path.clone() })?;
+            .ok_or_else(|| StateError::SeqExhausted {
+                path: self.path.clone(),
+            })?;
         write_atomic(&self.path, format!("{next}\n").as_bytes())?;
         self.last = next;
         Ok(next)
@@ -158,7 +172,10 @@ mod tests {
     fn key_is_created_0600_and_reloaded_identically() {
         let d = tempfile::tempdir().unwrap();
         let a = attestation_key(d.path()).unwrap();
-        let mode = std::fs::metadata(d.path().join("attestation.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("attestation.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = attestation_key(d.path()).unwrap();
         assert_eq!(a.public_key(), b.public_key());

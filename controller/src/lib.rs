@@ -1,1 +1,44 @@
+//! `lockstep-controller` and the `lockstep` console.
+//!
+//! Controller: [`config`] → [`server`] (TLS, identity) → [`service`] (gRPC
+//! adapters) → [`controller`] (ingest, durable-then-acknowledge) using
+//! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
+//! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
+//! [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
+//! [`error`] (the one mapping to gRPC status).
+//!
+//! Console: [`console`] (the `lockstep` CLI) and [`pki`] (the fleet CA).
 
+pub mod config;
+pub mod console;
+pub mod controller;
+pub mod error;
+pub mod fleet;
+pub mod gate;
+pub mod pki;
+pub mod queries;
+pub mod releases;
+pub mod server;
+pub mod service;
+pub mod sled_store;
+pub mod store;
+pub mod verify;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads the config, opens the store and serves until `shutdown`.
+pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = config::ControllerConfig::load(config_path)?;
+    let tls = lockstep_proto::tls::server_config(&config.tls)?;
+    let store = sled_store::SledStore::open(&config.data_dir.join("store"))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;
+    let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
+    tracing::info!(addr = %listener.local_addr()?, "controller listening");
+    server::serve(listener, tls, controller, shutdown).await?;
+    Ok(())
+}

@@ -46,12 +46,20 @@ fn compare(left: Option<&Entry>, right: Option<&Entry>, label: &str) -> Option<C
         (Some(a), None) => (
             &a.path,
             ChangeKind::Removed,
-            format!("{} ({}) not in {label}", paths::display(&a.path), describe(a)),
+            format!(
+                "{} ({}) not in {label}",
+                paths::display(&a.path),
+                describe(a)
+            ),
         ),
         (None, Some(b)) => (
             &b.path,
             ChangeKind::Added,
-            format!("{} absent, {label} has {}", paths::display(&b.path), describe(b)),
+            format!(
+                "{} absent, {label} has {}",
+                paths::display(&b.path),
+                describe(b)
+            ),
         ),
         (Some(a), Some(b)) => {
             let field = differing_field(a, b, label)?;

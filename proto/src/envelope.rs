@@ -205,7 +205,10 @@ mod tests {
             max_entries: 2,
         };
         let err = open_attestation(&env, s.public_key(), limits).unwrap_err();
-        assert!(matches!(err, EnvelopeError::TooManyEntries { count: 3, .. }));
+        assert!(matches!(
+            err,
+            EnvelopeError::TooManyEntries { count: 3, .. }
+        ));
     }
 
     #[test]

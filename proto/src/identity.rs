@@ -56,11 +56,15 @@ pub enum PeerIdentity {
 pub enum IdentityError {
     #[error("certificate is not valid X.509 DER")]
     BadCertificate,
-    #[error("certificate has no urn:lockstep: identity in its subjectAltName (issue it with `lockstep pki issue`)")]
+    #[error(
+        "certificate has no urn:lockstep: identity in its subjectAltName (issue it with `lockstep pki issue`)"
+    )]
     NoIdentity,
     #[error("certificate identity {0:?} is not a lockstep identity")]
     Unrecognised(String),
-    #[error("{0:?} is not a valid id: use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit")]
+    #[error(
+        "{0:?} is not a valid id: use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+    )]
     BadId(String),
 }
 

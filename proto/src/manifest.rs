@@ -53,7 +53,9 @@ pub enum ManifestError {
     Entry { index: usize, problem: String },
     #[error("manifest: {0}")]
     Digest(#[from] DigestError),
-    #[error("manifest digest {stated} does not match its entries ({computed}): the file was edited or truncated")]
+    #[error(
+        "manifest digest {stated} does not match its entries ({computed}): the file was edited or truncated"
+    )]
     DigestMismatch { stated: String, computed: String },
 }
 
@@ -111,7 +113,8 @@ fn from_manifest_entry(index: usize, m: ManifestEntry) -> Result<Entry, Manifest
     if kind == EntryKind::File && sha256.len() != 32 {
         return Err(bad("a file needs a 64-hex-digit sha256".into()));
     }
-    let mode = u32::from_str_radix(&m.mode, 8).map_err(|_| bad(format!("mode {:?} is not octal", m.mode)))?;
+    let mode = u32::from_str_radix(&m.mode, 8)
+        .map_err(|_| bad(format!("mode {:?} is not octal", m.mode)))?;
     let link_target = match m.link_target_hex {
         Some(h) => hex::decode(h).map_err(|e| bad(format!("link_target_hex: {e}")))?,
         None => Vec::new(),
@@ -201,16 +204,25 @@ mod tests {
 
     #[test]
     fn edited_manifest_is_refused() {
-        let json = to_json(&entries()).unwrap().replace("\"size\": 42", "\"size\": 43");
+        let json = to_json(&entries())
+            .unwrap()
+            .replace("\"size\": 42", "\"size\": 43");
         let err = from_json(&json).unwrap_err();
         assert!(matches!(err, ManifestError::DigestMismatch { .. }), "{err}");
     }
 
     #[test]
     fn unknown_fields_and_kinds_are_refused() {
-        let json = to_json(&entries()).unwrap().replace("\"kind\": \"missing\"", "\"kind\": \"ghost\"");
+        let json = to_json(&entries())
+            .unwrap()
+            .replace("\"kind\": \"missing\"", "\"kind\": \"ghost\"");
         let err = from_json(&json).unwrap_err().to_string();
         assert!(err.contains("unknown kind \"ghost\""), "{err}");
-        assert!(from_json("{\"format\":\"lockstep-manifest/1\",\"digest\":\"\",\"entries\":[],\"x\":1}").is_err());
+        assert!(
+            from_json(
+                "{\"format\":\"lockstep-manifest/1\",\"digest\":\"\",\"entries\":[],\"x\":1}"
+            )
+            .is_err()
+        );
     }
 }

@@ -17,7 +17,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} from {path}: {reason}. Check the path in the config, or create it with `lockstep pki issue`")]
+    #[error(
+        "cannot read {what} from {path}: {reason}. Check the path in the config, or create it with `lockstep pki issue`"
+    )]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -95,12 +97,13 @@ fn config_err(path: &Path) -> impl Fn(rustls::Error) -> TlsError + '_ {
 /// The controller's side: a client certificate from the fleet CA is required.
 pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&paths.ca)?), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Config {
-            path: paths.ca.clone(),
-            reason: e.to_string(),
-        })?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&paths.ca)?), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config {
+                path: paths.ca.clone(),
+                reason: e.to_string(),
+            })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_err(&paths.ca))?
@@ -131,7 +134,10 @@ pub fn default_server_name(addr: &str) -> Result<String, TlsError> {
     };
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 /// A gRPC channel to `addr` over TLS with `config`, checking the controller's
@@ -160,11 +166,18 @@ pub fn channel(
         let config = config.clone();
         let name = name.clone();
         async move {
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().unwrap_or(443);
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });

@@ -1,0 +1,319 @@
+//! The controller's TOML configuration: a raw file struct, then a validated
+//! [`ControllerConfig`] handed down explicitly.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"
+//! data_dir = "/var/lib/lockstep-controller"
+//! freshness_ttl = "30s"
+//! max_clock_skew = "30s"
+//!
+//! [tls]
+//! ca = "/etc/lockstep/ca.pem"
+//! cert = "/etc/lockstep/controller.pem"
+//! key = "/etc/lockstep/controller.key"
+//!
+//! [[role]]
+//! name = "smars"
+//! mode = "release"          # or "consensus"
+//! hosts = ["smars-01", "smars-02"]
+//! per_host = ["/etc/smars/host.conf"]
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{GlobSet, GlobSetBuilder};
+use lockstep_proto::envelope::Limits;
+use lockstep_proto::identity::validate_id;
+use lockstep_proto::tls::TlsPaths;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    freshness_ttl: Option<String>,
+    #[serde(default)]
+    max_clock_skew: Option<String>,
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "role")]
+    roles: Vec<RawRole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<usize>,
+    max_entries: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    name: String,
+    #[serde(default)]
+    mode: Option<String>,
+    hosts: Vec<String>,
+    #[serde(default)]
+    per_host: Vec<String>,
+}
+
+/// How a role's expected version set is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleMode {
+    /// The role's active (newest approved) release.
+    Release,
+    /// The set held by a strict majority of the role's inventory.
+    Consensus,
+}
+
+impl RoleMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Consensus => "consensus",
+        }
+    }
+}
+
+/// One role: the hosts it must have and how they are compared.
+#[derive(Debug, Clone)]
+pub struct RoleConfig {
+    pub name: String,
+    pub mode: RoleMode,
+    /// The inventory: every host this role must have, reported or not.
+    pub hosts: Vec<String>,
+    pub per_host_patterns: Vec<String>,
+    /// Paths attested but left out of comparison (hostname-specific files).
+    /// Decided here, never by the host, so a host cannot exempt its own binaries.
+    pub per_host: GlobSet,
+}
+
+impl RoleConfig {
+    pub fn is_per_host(&self, path: &[u8]) -> bool {
+        !self.per_host.is_empty()
+            && self
+                .per_host
+                .is_match(lockstep_proto::paths::from_bytes(path))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub freshness_ttl: Duration,
+    pub max_clock_skew: Duration,
+    pub tls: TlsPaths,
+    pub limits: Limits,
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// host → role, from the inventories.
+    pub inventory: HashMap<String, String>,
+}
+
+impl ControllerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+        let listen = raw.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{:?} is not an address like \"0.0.0.0:7443\"", raw.listen),
+            )
+        })?;
+        let freshness_ttl = duration(raw.freshness_ttl.as_deref(), Duration::from_secs(30))
+            .map_err(|e| invalid("freshness_ttl", e))?;
+        let max_clock_skew = duration(raw.max_clock_skew.as_deref(), Duration::from_secs(30))
+            .map_err(|e| invalid("max_clock_skew", e))?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_payload_bytes: raw
+                .limits
+                .max_message_bytes
+                .unwrap_or(defaults.max_payload_bytes),
+            max_entries: raw.limits.max_entries.unwrap_or(defaults.max_entries),
+        };
+        let mut roles = BTreeMap::new();
+        let mut inventory = HashMap::new();
+        for (i, r) in raw.roles.into_iter().enumerate() {
+            let key = |k: &str| format!("role[{i}].{k}");
+            validate_id(&r.name).map_err(|e| invalid(&key("name"), e.to_string()))?;
+            let mode = match r.mode.as_deref() {
+                None | Some("release") => RoleMode::Release,
+                Some("consensus") => RoleMode::Consensus,
+                Some(other) => {
+                    return Err(invalid(
+                        &key("mode"),
+                        format!("{other:?}: use \"release\" or \"consensus\""),
+                    ));
+                }
+            };
+            if r.hosts.is_empty() {
+                return Err(invalid(
+                    &key("hosts"),
+                    format!("role {} lists no hosts", r.name),
+                ));
+            }
+            for h in &r.hosts {
+                validate_id(h).map_err(|e| invalid(&key("hosts"), e.to_string()))?;
+                if let Some(prev) = inventory.insert(h.clone(), r.name.clone()) {
+                    return Err(invalid(
+                        &key("hosts"),
+                        format!("host {h} is already in role {prev}; a host has one role"),
+                    ));
+                }
+            }
+            let mut set = GlobSetBuilder::new();
+            for p in &r.per_host {
+                let glob = globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| invalid(&key("per_host"), format!("{p:?}: {e}")))?;
+                set.add(glob);
+            }
+            let per_host = set
+                .build()
+                .map_err(|e| invalid(&key("per_host"), e.to_string()))?;
+            if roles.contains_key(&r.name) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("role {} is defined twice", r.name),
+                ));
+            }
+            roles.insert(
+                r.name.clone(),
+                RoleConfig {
+                    name: r.name,
+                    mode,
+                    hosts: r.hosts,
+                    per_host_patterns: r.per_host,
+                    per_host,
+                },
+            );
+        }
+        Ok(Self {
+            listen,
+            data_dir: raw.data_dir,
+            freshness_ttl,
+            max_clock_skew,
+            tls: TlsPaths {
+                ca: raw.tls.ca,
+                cert: raw.tls.cert,
+                key: raw.tls.key,
+            },
+            limits,
+            roles,
+            inventory,
+        })
+    }
+}
+
+fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| format!("{t:?} is not a duration like \"30s\": {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../tests/fixtures/controller_good.toml");
+
+    fn parse(text: &str) -> Result<ControllerConfig, ConfigError> {
+        ControllerConfig::parse(text, Path::new("controller.toml"))
+    }
+
+    #[test]
+    fn good_config_loads() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.freshness_ttl, Duration::from_secs(30));
+        let smars = &c.roles["smars"];
+        assert_eq!(smars.mode, RoleMode::Release);
+        assert_eq!(smars.hosts.len(), 8);
+        assert!(smars.is_per_host(b"/etc/smars/host.conf"));
+        assert!(!smars.is_per_host(b"/opt/smars/bin/smars"));
+        assert_eq!(c.inventory["smars-08"], "smars");
+        assert_eq!(c.roles["risk"].mode, RoleMode::Consensus);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key_and_fix() {
+        let cases = [
+            (
+                GOOD.replace("mode = \"consensus\"", "mode = \"vote\""),
+                "role[1].mode: \"vote\": use \"release\" or \"consensus\"",
+            ),
+            (
+                GOOD.replace("\"risk-01\"", "\"smars-01\""),
+                "host smars-01 is already in role smars",
+            ),
+            (GOOD.replace("0.0.0.0:7443", "everywhere"), "listen:"),
+            (
+                GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),
+                "freshness_ttl:",
+            ),
+            (
+                GOOD.replace("name = \"risk\"", "name = \"Risk!\""),
+                "role[1].name:",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmax_frobs = 1\n"),
+                "unknown field `max_frobs`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("controller.toml"), "{err}");
+            assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        }
+    }
+}

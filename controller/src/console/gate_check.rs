@@ -1,0 +1,189 @@
+//! `lockstep gate check`: the exit code scripts and `ExecStartPre=` rely on,
+//! and the one-line summary people read.
+
+use lockstep_proto::pb::{Gate, GateCheckReply, GateState, ReasonKind};
+
+/// Documented exit codes of `lockstep gate check` (docs/operations.md).
+/// When hosts fail for several reasons, the highest in this order wins:
+/// halted, drift, rejected, stale/missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    AllOpen = 0,
+    /// Bad arguments, denied, or any other error.
+    Error = 1,
+    /// A host's version set differs from the expected one (or there is none).
+    Drift = 3,
+    /// A host is stale (silent past the TTL) or missing (never reported).
+    StaleOrMissing = 4,
+    /// A halt covers a host.
+    Halted = 5,
+    /// The controller could not be reached: nobody can say the gate is open.
+    Unreachable = 6,
+    /// A host's last attestation was rejected (signature, replay, skew...).
+    Rejected = 7,
+}
+
+pub fn exit_code(gates: &[Gate]) -> ExitCode {
+    let has = |k: ReasonKind| {
+        gates
+            .iter()
+            .any(|g| g.reasons.iter().any(|r| r.kind() == k))
+    };
+    if gates.iter().all(|g| g.state() == GateState::Open) && !gates.is_empty() {
+        ExitCode::AllOpen
+    } else if has(ReasonKind::Halted) {
+        ExitCode::Halted
+    } else if has(ReasonKind::Drift) || has(ReasonKind::NoRelease) || has(ReasonKind::NoMajority) {
+        ExitCode::Drift
+    } else if has(ReasonKind::Rejected) {
+        ExitCode::Rejected
+    } else if has(ReasonKind::Stale) || has(ReasonKind::Missing) || gates.is_empty() {
+        ExitCode::StaleOrMissing
+    } else {
+        ExitCode::Error
+    }
+}
+
+/// e.g. `smars: 7/8 OPEN on release 2; smars-08 CLOSED (drift: 3 files)`.
+pub fn summary(reply: &GateCheckReply) -> String {
+    let open = reply
+        .gates
+        .iter()
+        .filter(|g| g.state() == GateState::Open)
+        .count();
+    let against = match reply.release {
+        0 if reply.mode == "consensus" => "by consensus".to_string(),
+        0 => "with no approved release".to_string(),
+        n => format!("on release {n}"),
+    };
+    let mut line = format!(
+        "{}: {open}/{} OPEN {against}",
+        reply.role,
+        reply.gates.len()
+    );
+    for g in reply.gates.iter().filter(|g| g.state() != GateState::Open) {
+        line.push_str(&format!("; {} {}", g.host, state_word(g.state())));
+        if g.state() == GateState::Closed {
+            line.push_str(&format!(" ({})", why(g)));
+        }
+    }
+    line
+}
+
+pub fn state_word(s: GateState) -> &'static str {
+    match s {
+        GateState::Open => "OPEN",
+        GateState::Closed => "CLOSED",
+        GateState::Missing => "MISSING",
+        GateState::Unspecified => "UNKNOWN",
+    }
+}
+
+/// The reasons of a closed gate, counted by kind.
+fn why(g: &Gate) -> String {
+    let count = |k: ReasonKind| g.reasons.iter().filter(|r| r.kind() == k).count();
+    let mut parts = Vec::new();
+    let drift = count(ReasonKind::Drift);
+    if drift > 0 {
+        parts.push(format!(
+            "drift: {drift} file{}",
+            if drift == 1 { "" } else { "s" }
+        ));
+    }
+    for (k, word) in [
+        (ReasonKind::Halted, "halted"),
+        (ReasonKind::Rejected, "rejected"),
+        (ReasonKind::Stale, "stale"),
+        (ReasonKind::NoRelease, "no release"),
+        (ReasonKind::NoMajority, "no majority"),
+    ] {
+        if count(k) > 0 {
+            parts.push(word.to_string());
+        }
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_proto::pb::Reason;
+
+    fn gate(host: &str, state: GateState, kinds: &[ReasonKind]) -> Gate {
+        Gate {
+            host: host.into(),
+            state: state as i32,
+            reasons: kinds
+                .iter()
+                .map(|k| Reason {
+                    kind: *k as i32,
+                    text: String::new(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_documented_precedence() {
+        use GateState::*;
+        use ReasonKind as K;
+        let cases: Vec<(Vec<Gate>, ExitCode)> = vec![
+            (
+                vec![gate("a", Open, &[]), gate("b", Open, &[])],
+                ExitCode::AllOpen,
+            ),
+            (vec![], ExitCode::StaleOrMissing),
+            (
+                vec![gate("a", Open, &[]), gate("b", Missing, &[K::Missing])],
+                ExitCode::StaleOrMissing,
+            ),
+            (
+                vec![
+                    gate("a", Closed, &[K::Stale]),
+                    gate("b", Closed, &[K::Drift]),
+                ],
+                ExitCode::Drift,
+            ),
+            (
+                vec![
+                    gate("a", Closed, &[K::Rejected]),
+                    gate("b", Closed, &[K::Stale]),
+                ],
+                ExitCode::Rejected,
+            ),
+            (
+                vec![gate("a", Closed, &[K::Drift, K::Halted])],
+                ExitCode::Halted,
+            ),
+            (vec![gate("a", Closed, &[K::NoRelease])], ExitCode::Drift),
+        ];
+        for (gates, want) in cases {
+            assert_eq!(exit_code(&gates), want, "{gates:?}");
+        }
+    }
+
+    #[test]
+    fn summary_names_each_unclean_host() {
+        use ReasonKind as K;
+        let mut gates: Vec<Gate> = (1..=7)
+            .map(|i| gate(&format!("smars-0{i}"), GateState::Open, &[]))
+            .collect();
+        gates.push(gate(
+            "smars-08",
+            GateState::Closed,
+            &[K::Drift, K::Drift, K::Drift],
+        ));
+        let reply = GateCheckReply {
+            role: "smars".into(),
+            mode: "release".into(),
+            release: 2,
+            gates,
+        };
+        assert_eq!(
+            summary(&reply),
+            "smars: 7/8 OPEN on release 2; smars-08 CLOSED (drift: 3 files)"
+        );
+    }
+}

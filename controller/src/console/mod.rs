@@ -1,0 +1,410 @@
+//! `lockstep`, the operator console. Every command but `pki` talks to the
+//! controller over mTLS with the operator's certificate; the controller
+//! authorises it by the role in that certificate. Tables for people,
+//! `--output json` for scripts.
+
+mod gate_check;
+mod render;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lockstep_proto::identity::OperatorRole;
+use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
+use lockstep_proto::pb::{self, diff_request::Against, propose_release_request::Source};
+use lockstep_proto::tls::{self, TlsPaths};
+use tonic::transport::Channel;
+
+pub use gate_check::{ExitCode, exit_code, summary};
+
+use crate::pki::{self, Subject};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "lockstep operator console: fleet attestation gate"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Controller address, host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_CONTROLLER",
+        default_value = "127.0.0.1:7443"
+    )]
+    pub controller: String,
+    /// Name to check the controller's certificate against (default: the address's host).
+    #[arg(long, global = true, env = "LOCKSTEP_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Fleet CA certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_CA",
+        default_value = "/etc/lockstep/ca.pem"
+    )]
+    pub ca: PathBuf,
+    /// Your operator certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_CERT",
+        default_value = "operator.pem"
+    )]
+    pub cert: PathBuf,
+    /// Your operator key.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_KEY",
+        default_value = "operator.key"
+    )]
+    pub key: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fleet CA and certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Every inventory host with its gate.
+    Hosts {
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// One host in detail.
+    Host {
+        host: String,
+        /// Also list every entry of its version set.
+        #[arg(long)]
+        entries: bool,
+    },
+    /// Differences between a host and another host, or a release.
+    Diff {
+        host: String,
+        /// The other host.
+        other: Option<String>,
+        /// Compare with a release instead (default: the role's active release).
+        #[arg(long, num_args = 0..=1, default_missing_value = "0", conflicts_with = "other")]
+        release: Option<u64>,
+    },
+    /// Gate checks.
+    #[command(subcommand)]
+    Gate(GateCommand),
+    /// Releases: propose, approve (by someone else), list.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GateCommand {
+    /// Exit 0 only if every inventory host of the role is OPEN.
+    Check {
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReleaseCommand {
+    /// Propose a release from a host's current set or a manifest file.
+    Propose {
+        #[arg(long)]
+        role: String,
+        #[arg(
+            long,
+            conflicts_with = "manifest",
+            required_unless_present = "manifest"
+        )]
+        from_host: Option<String>,
+        /// A manifest written by `lockstep-agent measure`.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Approve a proposed release (not your own).
+    Approve { number: u64 },
+    /// List releases.
+    List {
+        #[arg(long)]
+        role: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PkiCommand {
+    /// Create the fleet CA (ca.pem, ca.key) in --dir.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
+        validity: Duration,
+    },
+    /// Issue a certificate signed by the fleet CA in --dir: writes OUT.pem and OUT.key.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        validity: Duration,
+        #[command(subcommand)]
+        kind: IssueKind,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IssueKind {
+    /// The controller's server certificate.
+    Controller {
+        /// DNS names and IP addresses agents and operators connect to.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
+    /// An operator's client certificate.
+    Operator {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: OperatorRole,
+    },
+    /// An agent's client certificate (until token enrollment issues them).
+    Agent {
+        #[arg(long)]
+        host: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<OperatorRole, String> {
+    OperatorRole::parse(s).ok_or_else(|| format!("{s:?}: use viewer, operator or approver"))
+}
+
+/// Runs one console command, writing its output to `out`; returns the exit code.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
+    let json = cli.output == Output::Json;
+    if let Command::Pki(cmd) = &cli.command {
+        run_pki(cmd, out)?;
+        return Ok(0);
+    }
+    let mut client = connect(&cli.conn)?;
+    let unreachable = |e: tonic::Status| -> anyhow::Error {
+        if matches!(
+            e.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) {
+            anyhow::Error::new(Unreachable(e.message().to_string()))
+        } else {
+            anyhow::anyhow!("{}", e.message())
+        }
+    };
+    match cli.command {
+        Command::Pki(_) => unreachable!("handled above"),
+        Command::Hosts { role } => {
+            let req = pb::ListHostsRequest {
+                role: role.unwrap_or_default(),
+            };
+            let hosts = client
+                .list_hosts(req)
+                .await
+                .map_err(unreachable)?
+                .into_inner()
+                .hosts;
+            render::hosts(out, &hosts, json)?;
+        }
+        Command::Host { host, entries } => {
+            let req = pb::GetHostRequest {
+                host,
+                include_entries: entries,
+            };
+            let detail = client
+                .get_host(req)
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::host(out, &detail, json)?;
+        }
+        Command::Diff {
+            host,
+            other,
+            release,
+        } => {
+            let against = match (other, release) {
+                (Some(o), _) => Against::OtherHost(o),
+                (None, Some(n)) => Against::Release(n),
+                (None, None) => Against::Release(0),
+            };
+            let req = pb::DiffRequest {
+                host,
+                against: Some(against),
+            };
+            let reply = client.diff(req).await.map_err(unreachable)?.into_inner();
+            render::diff(out, &reply, json)?;
+            return Ok(u8::from(!reply.changes.is_empty()));
+        }
+        Command::Gate(GateCommand::Check { role }) => {
+            let reply = client
+                .gate_check(pb::GateCheckRequest { role })
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::gate_check(out, &reply, json)?;
+            return Ok(exit_code(&reply.gates) as u8);
+        }
+        Command::Release(cmd) => {
+            run_release(&mut client, cmd, out, json)
+                .await
+                .map_err(|e| match e.downcast::<tonic::Status>() {
+                    Ok(s) => unreachable(s),
+                    Err(e) => e,
+                })?
+        }
+    }
+    Ok(0)
+}
+
+async fn run_release(
+    client: &mut ConsoleServiceClient<Channel>,
+    cmd: ReleaseCommand,
+    out: &mut (dyn Write + Send),
+    json: bool,
+) -> anyhow::Result<()> {
+    match cmd {
+        ReleaseCommand::Propose {
+            role,
+            from_host,
+            manifest,
+            note,
+        } => {
+            let source = match (from_host, manifest) {
+                (Some(h), _) => Source::FromHost(h),
+                (None, Some(path)) => Source::Manifest(pb::Manifest {
+                    entries: read_manifest(&path)?,
+                }),
+                (None, None) => anyhow::bail!("give --from-host HOST or --manifest FILE"),
+            };
+            let req = pb::ProposeReleaseRequest {
+                role,
+                source: Some(source),
+                note,
+            };
+            let r = client.propose_release(req).await?.into_inner();
+            render::release_done(out, &r, "proposed", json)?;
+        }
+        ReleaseCommand::Approve { number } => {
+            let r = client
+                .approve_release(pb::ApproveReleaseRequest { number })
+                .await?
+                .into_inner();
+            render::release_done(out, &r, "approved", json)?;
+        }
+        ReleaseCommand::List { role } => {
+            let req = pb::ListReleasesRequest {
+                role: role.unwrap_or_default(),
+            };
+            let list = client.list_releases(req).await?.into_inner().releases;
+            render::releases(out, &list, json)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<Vec<pb::Entry>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading manifest {}", path.display()))?;
+    lockstep_proto::manifest::from_json(&text)
+        .with_context(|| format!("manifest {}", path.display()))
+}
+
+/// The controller could not be reached: `gate check` exits with its own code.
+#[derive(Debug, thiserror::Error)]
+#[error("controller unreachable: {0}")]
+pub struct Unreachable(pub String);
+
+fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+    let paths = TlsPaths {
+        ca: conn.ca.clone(),
+        cert: conn.cert.clone(),
+        key: conn.key.clone(),
+    };
+    let config = tls::client_config(&paths)?;
+    let name = match &conn.server_name {
+        Some(n) => n.clone(),
+        None => tls::default_server_name(&conn.controller)?,
+    };
+    let channel = tls::channel(&conn.controller, &name, config, Duration::from_secs(5))?;
+    Ok(ConsoleServiceClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024))
+}
+
+fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::Init { dir, validity } => {
+            pki::init(dir, *validity)?;
+            writeln!(
+                out,
+                "fleet CA created: {} (key {}, mode 0600)",
+                dir.join(pki::CA_CERT).display(),
+                dir.join(pki::CA_KEY).display()
+            )?;
+        }
+        PkiCommand::Issue {
+            dir,
+            out: dest,
+            validity,
+            kind,
+        } => {
+            let subject = match kind {
+                IssueKind::Controller { names } => Subject::Controller {
+                    names: names.clone(),
+                },
+                IssueKind::Operator { name, role } => Subject::Operator {
+                    name: name.clone(),
+                    role: *role,
+                },
+                IssueKind::Agent { host } => Subject::Agent { host: host.clone() },
+            };
+            let (cert, key) = pki::issue(dir, &subject, dest, *validity)?;
+            writeln!(
+                out,
+                "issued {}: {} (key {}, mode 0600)",
+                subject_label(&subject),
+                cert.display(),
+                key.display()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn subject_label(s: &Subject) -> String {
+    match s {
+        Subject::Controller { names } => format!("controller certificate for {}", names.join(", ")),
+        Subject::Operator { name, role } => {
+            format!("operator certificate for {name} ({})", role.as_str())
+        }
+        Subject::Agent { host } => format!("agent certificate for {host}"),
+    }
+}

@@ -1,0 +1,330 @@
+//! How console answers are shown: aligned tables for people, JSON for scripts.
+
+use std::io::{self, Write};
+
+use lockstep_proto::digest::short_hex;
+use lockstep_proto::manifest::kind_name;
+use lockstep_proto::pb::{
+    ChangeKind, DiffReply, Gate, GateCheckReply, HostDetail, HostStatus, Release, ReleaseState,
+};
+use lockstep_proto::{now_unix_ms, paths};
+use serde_json::{Value, json};
+
+use super::gate_check::{state_word, summary};
+
+/// Prints rows under a header with columns padded to their widest cell.
+fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn ago(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "never".into();
+    }
+    let s = (now_unix_ms() - unix_ms).max(0) / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+fn gate_json(g: &Gate) -> Value {
+    json!({
+        "host": g.host,
+        "role": g.role,
+        "state": state_word(g.state()),
+        "release": g.release,
+        "lease_expires_unix_ms": g.lease_expires_unix_ms,
+        "reasons": g.reasons.iter().map(|r| json!({
+            "kind": r.kind().as_str_name().trim_start_matches("REASON_KIND_").to_lowercase(),
+            "text": r.text,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn host_json(h: &HostStatus) -> Value {
+    json!({
+        "host": h.host,
+        "role": h.role,
+        "gate": h.gate.as_ref().map(gate_json),
+        "last_seq": h.last_seq,
+        "measured_at_unix_ms": h.last_measured_at_unix_ms,
+        "accepted_at_unix_ms": h.last_received_at_unix_ms,
+        "digest": hex::encode(&h.digest),
+        "entries": h.entry_count,
+        "boot_id": h.boot_id,
+        "agent_version": h.agent_version,
+        "last_rejection": h.last_rejection,
+    })
+}
+
+fn print_json(out: &mut dyn Write, v: &Value) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    )
+}
+
+fn first_reason(g: Option<&Gate>) -> String {
+    let Some(g) = g else { return String::new() };
+    match g.reasons.len() {
+        0 => String::new(),
+        1 => g.reasons[0].text.clone(),
+        n => format!("{} (+{} more)", g.reasons[0].text, n - 1),
+    }
+}
+
+pub fn hosts(out: &mut dyn Write, hosts: &[HostStatus], json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &Value::Array(hosts.iter().map(host_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            let g = h.gate.as_ref();
+            vec![
+                h.host.clone(),
+                h.role.clone(),
+                g.map_or("UNKNOWN", |g| state_word(g.state())).to_string(),
+                short_hex(&h.digest),
+                ago(h.last_received_at_unix_ms),
+                first_reason(g),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["HOST", "ROLE", "GATE", "DIGEST", "LAST SEEN", "REASON"],
+        &rows,
+    )
+}
+
+pub fn host(out: &mut dyn Write, d: &HostDetail, json: bool) -> io::Result<()> {
+    let Some(h) = &d.status else { return Ok(()) };
+    if json {
+        let mut v = host_json(h);
+        v["entries_list"] = Value::Array(
+            d.entries
+                .iter()
+                .map(|e| json!({"path": paths::display(&e.path), "kind": kind_name(e.kind()), "sha256": hex::encode(&e.sha256), "size": e.size, "mode": format!("{:04o}", e.mode), "uid": e.uid, "gid": e.gid}))
+                .collect(),
+        );
+        return print_json(out, &v);
+    }
+    let g = h.gate.as_ref();
+    writeln!(out, "host:        {} (role {})", h.host, h.role)?;
+    writeln!(
+        out,
+        "gate:        {}",
+        g.map_or("UNKNOWN", |g| state_word(g.state()))
+    )?;
+    if let Some(g) = g.filter(|g| g.release > 0) {
+        writeln!(out, "judged by:   release {}", g.release)?;
+    }
+    writeln!(
+        out,
+        "digest:      {} ({} entries)",
+        hex::encode(&h.digest),
+        h.entry_count
+    )?;
+    writeln!(
+        out,
+        "last seen:   {} (seq {}, boot {})",
+        ago(h.last_received_at_unix_ms),
+        h.last_seq,
+        h.boot_id
+    )?;
+    if !h.last_rejection.is_empty() {
+        writeln!(out, "rejected:    {}", h.last_rejection)?;
+    }
+    for r in g.map(|g| g.reasons.as_slice()).unwrap_or_default() {
+        writeln!(out, "  - {}", r.text)?;
+    }
+    if !d.entries.is_empty() {
+        let rows: Vec<Vec<String>> = d
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    kind_name(e.kind()).to_string(),
+                    short_hex(&e.sha256),
+                    e.size.to_string(),
+                    format!("{:04o}", e.mode),
+                    format!("{}:{}", e.uid, e.gid),
+                    paths::display(&e.path),
+                ]
+            })
+            .collect();
+        writeln!(out)?;
+        table(
+            out,
+            &["KIND", "SHA256", "SIZE", "MODE", "OWNER", "PATH"],
+            &rows,
+        )?;
+    }
+    Ok(())
+}
+
+pub fn diff(out: &mut dyn Write, d: &DiffReply, json: bool) -> io::Result<()> {
+    if json {
+        let changes: Vec<Value> = d
+            .changes
+            .iter()
+            .map(|c| {
+                let kind = match c.kind() {
+                    ChangeKind::Added => "only-right",
+                    ChangeKind::Removed => "only-left",
+                    _ => "modified",
+                };
+                json!({"path": paths::display(&c.path), "kind": kind, "text": c.text})
+            })
+            .collect();
+        return print_json(
+            out,
+            &json!({"left": d.left, "right": d.right, "changes": changes, "per_host_excluded": d.per_host_excluded}),
+        );
+    }
+    if d.changes.is_empty() {
+        writeln!(
+            out,
+            "{} matches {} ({} per-host entries left out)",
+            d.left, d.right, d.per_host_excluded
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} differs from {} in {} entries:",
+        d.left,
+        d.right,
+        d.changes.len()
+    )?;
+    for c in &d.changes {
+        writeln!(out, "  {}", c.text)?;
+    }
+    Ok(())
+}
+
+pub fn gate_check(out: &mut dyn Write, r: &GateCheckReply, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(
+            out,
+            &json!({"role": r.role, "mode": r.mode, "release": r.release, "gates": r.gates.iter().map(gate_json).collect::<Vec<_>>(), "summary": summary(r)}),
+        );
+    }
+    let rows: Vec<Vec<String>> = r
+        .gates
+        .iter()
+        .map(|g| {
+            vec![
+                g.host.clone(),
+                state_word(g.state()).to_string(),
+                first_reason(Some(g)),
+            ]
+        })
+        .collect();
+    table(out, &["HOST", "GATE", "REASON"], &rows)?;
+    for g in r.gates.iter().filter(|g| g.reasons.len() > 1) {
+        writeln!(out, "{}:", g.host)?;
+        for reason in &g.reasons {
+            writeln!(out, "  - {}", reason.text)?;
+        }
+    }
+    writeln!(out, "{}", summary(r))
+}
+
+fn release_word(s: ReleaseState) -> &'static str {
+    match s {
+        ReleaseState::Proposed => "proposed",
+        ReleaseState::Active => "active",
+        ReleaseState::Superseded => "superseded",
+        ReleaseState::Unspecified => "unknown",
+    }
+}
+
+fn release_json(r: &Release) -> Value {
+    json!({
+        "number": r.number, "role": r.role, "state": release_word(r.state()), "digest": hex::encode(&r.digest),
+        "entries": r.entry_count, "source": r.source, "note": r.note, "proposed_by": r.proposed_by,
+        "approved_by": r.approved_by, "proposed_at_unix_ms": r.proposed_at_unix_ms, "approved_at_unix_ms": r.approved_at_unix_ms,
+    })
+}
+
+pub fn release_done(out: &mut dyn Write, r: &Release, verb: &str, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &release_json(r));
+    }
+    writeln!(
+        out,
+        "release {} for role {} {verb} ({}, {} entries, now {})",
+        r.number,
+        r.role,
+        r.source,
+        r.entry_count,
+        release_word(r.state())
+    )
+}
+
+pub fn releases(out: &mut dyn Write, list: &[Release], json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &Value::Array(list.iter().map(release_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.number.to_string(),
+                r.role.clone(),
+                release_word(r.state()).to_string(),
+                short_hex(&r.digest),
+                r.proposed_by.clone(),
+                if r.approved_by.is_empty() {
+                    "-".into()
+                } else {
+                    r.approved_by.clone()
+                },
+                r.source.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "RELEASE",
+            "ROLE",
+            "STATE",
+            "DIGEST",
+            "PROPOSED BY",
+            "APPROVED BY",
+            "SOURCE",
+        ],
+        &rows,
+    )
+}

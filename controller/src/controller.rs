@@ -1,0 +1,283 @@
+//! The controller's core: takes attestations and console requests, keeps the
+//! store and the in-memory fleet view in step (durable first), and decides
+//! gates. The gRPC services are thin adapters over this.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use lockstep_proto::envelope;
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use lockstep_proto::pb::{Entry, Envelope, Gate, SubmitReply};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::config::{ControllerConfig, RoleConfig};
+use crate::error::ApiError;
+use crate::fleet::FleetState;
+use crate::gate::Clock;
+use crate::store::{HostRecord, Rejection as StoredRejection, Store, StoreError};
+use crate::verify::{self, Checks};
+
+pub struct Controller {
+    pub(crate) config: ControllerConfig,
+    store: Arc<dyn Store>,
+    pub(crate) state: RwLock<FleetState>,
+    /// Serialises the work on one host (check seq, persist, update) without
+    /// making hosts wait for each other.
+    host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises release numbering and approval.
+    pub(crate) release_lock: tokio::sync::Mutex<()>,
+    gates: broadcast::Sender<Gate>,
+}
+
+impl Controller {
+    pub fn new(config: ControllerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let state = FleetState::load(store.as_ref(), &config)?;
+        let (gates, _) = broadcast::channel(4096);
+        Ok(Self {
+            config,
+            store,
+            state: RwLock::new(state),
+            host_locks: Mutex::new(HashMap::new()),
+            release_lock: tokio::sync::Mutex::new(()),
+            gates,
+        })
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    pub fn clock(&self) -> Clock {
+        Clock {
+            now_unix_ms: lockstep_proto::now_unix_ms(),
+            freshness_ttl_ms: i64::try_from(self.config.freshness_ttl.as_millis())
+                .unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Gate changes as they are decided, for directive streams.
+    pub fn subscribe_gates(&self) -> broadcast::Receiver<Gate> {
+        self.gates.subscribe()
+    }
+
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, FleetState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, FleetState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn role(&self, name: &str) -> Result<&RoleConfig, ApiError> {
+        self.config.roles.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.roles.keys().map(String::as_str).collect();
+            ApiError::NotFound(format!(
+                "no role {name:?} in the controller config; roles: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// Runs blocking store work (writes and the fsync behind `flush`) off
+    /// the async threads.
+    pub(crate) async fn persist<F>(&self, work: F) -> Result<(), ApiError>
+    where
+        F: FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            work(store.as_ref())?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
+        .map_err(ApiError::Store)
+    }
+
+    fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.host_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(host.to_string()).or_default().clone()
+    }
+
+    /// The host named by an agent certificate, and the role the inventory gives it.
+    fn agent_host<'a>(&'a self, peer: &'a PeerIdentity) -> Result<(&'a str, &'a str), ApiError> {
+        let PeerIdentity::Agent { host } = peer else {
+            return Err(ApiError::PermissionDenied(format!(
+                "only agent certificates may attest; this connection is {peer}"
+            )));
+        };
+        let role = self.config.inventory.get(host).ok_or_else(|| {
+            ApiError::PermissionDenied(format!(
+                "host {host} is not in any role's inventory: add it to `hosts` of a [[role]] in the controller config"
+            ))
+        })?;
+        Ok((host, role))
+    }
+
+    /// Pins an agent's attestation key on first contact (see `PinKeyRequest`).
+    pub async fn pin_key(
+        &self,
+        peer: &PeerIdentity,
+        public_key: Vec<u8>,
+    ) -> Result<String, ApiError> {
+        let (host, role) = self.agent_host(peer)?;
+        if public_key.len() != 32 {
+            return Err(ApiError::InvalidArgument(
+                "an Ed25519 public key is 32 bytes".into(),
+            ));
+        }
+        let lock = self.host_lock(host);
+        let _guard = lock.lock().await;
+        let key_hex = hex::encode(&public_key);
+        let key_id = envelope::key_id(&public_key);
+        let existing = self.read().hosts.get(host).cloned();
+        if let Some(rec) = &existing {
+            if rec.pinned_key_hex == key_hex {
+                return Ok(key_id);
+            }
+            if !rec.pinned_key_hex.is_empty() {
+                warn!(host, offered = %key_id, "refused a different attestation key for an already pinned host");
+                return Err(ApiError::PermissionDenied(format!(
+                    "host {host} already has attestation key {} pinned; a new key needs the host re-enrolled",
+                    hex::decode(&rec.pinned_key_hex)
+                        .map(|k| envelope::key_id(&k))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        let record = HostRecord {
+            host: host.to_string(),
+            role: role.to_string(),
+            pinned_key_hex: key_hex,
+            pinned_at_unix_ms: lockstep_proto::now_unix_ms(),
+            ..existing.unwrap_or_default()
+        };
+        let stored = record.clone();
+        self.persist(move |s| s.put_host(&stored)).await?;
+        self.write().hosts.insert(host.to_string(), record);
+        info!(host, key_id = %key_id, "pinned attestation key");
+        Ok(key_id)
+    }
+
+    /// Verifies, stores durably, then acknowledges one attestation.
+    pub async fn submit(
+        &self,
+        peer: &PeerIdentity,
+        envelope: Envelope,
+    ) -> Result<SubmitReply, ApiError> {
+        let (host, role) = self.agent_host(peer)?;
+        let lock = self.host_lock(host);
+        let _guard = lock.lock().await;
+        let now = lockstep_proto::now_unix_ms();
+        let record = self.read().hosts.get(host).cloned().unwrap_or_default();
+        let pinned_key = hex::decode(&record.pinned_key_hex).unwrap_or_default();
+        if pinned_key.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "no attestation key is pinned for host {host}; the agent pins it when it starts"
+            )));
+        }
+        let checks = Checks {
+            peer_host: host,
+            inventory_role: role,
+            record: &record,
+            pinned_key: &pinned_key,
+            limits: self.config.limits,
+            max_skew_ms: i64::try_from(self.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
+            now_unix_ms: now,
+        };
+        let verified = match verify::verify(&envelope, &checks) {
+            Ok(v) => v,
+            Err(rejection) => {
+                warn!(host, reason = %rejection, "rejected attestation");
+                let mut rec = record;
+                rec.last_rejection = Some(StoredRejection {
+                    at_unix_ms: now,
+                    reason: rejection.to_string(),
+                });
+                let stored = rec.clone();
+                self.persist(move |s| s.put_host(&stored)).await?;
+                self.write().hosts.insert(host.to_string(), rec);
+                self.publish_gate(role, host);
+                return Err(ApiError::Rejected(rejection));
+            }
+        };
+        if verified.entries.is_none() && !self.read().has_manifest(&verified.digest_hex) {
+            return Ok(SubmitReply {
+                accepted: false,
+                manifest_needed: true,
+                gate: None,
+            });
+        }
+        let a = &verified.attestation;
+        let rec = HostRecord {
+            last_seq: a.seq,
+            digest_hex: verified.digest_hex.clone(),
+            measured_at_unix_ms: a.measured_at_unix_ms,
+            accepted_at_unix_ms: now,
+            boot_id: a.boot_id.clone(),
+            agent_version: a.agent_version.clone(),
+            ..record
+        };
+        let new_manifest: Option<Arc<Vec<Entry>>> = verified
+            .entries
+            .filter(|_| !self.read().has_manifest(&verified.digest_hex))
+            .map(Arc::new);
+        let (stored, manifest, digest_hex) = (
+            rec.clone(),
+            new_manifest.clone(),
+            verified.digest_hex.clone(),
+        );
+        self.persist(move |s| {
+            if let Some(entries) = &manifest {
+                s.put_manifest(&digest_hex, entries)?;
+            }
+            s.put_host(&stored)
+        })
+        .await?;
+        {
+            let mut state = self.write();
+            if let Some(entries) = new_manifest {
+                state.add_manifest(&self.config, role, &verified.digest_hex, entries);
+            }
+            state.hosts.insert(host.to_string(), rec);
+        }
+        let gate = self.publish_gate(role, host);
+        Ok(SubmitReply {
+            accepted: true,
+            manifest_needed: false,
+            gate,
+        })
+    }
+
+    /// `host`'s gate as of now.
+    pub fn current_gate(&self, host: &str) -> Result<Gate, ApiError> {
+        let role = self.config.inventory.get(host).ok_or_else(|| {
+            ApiError::PermissionDenied(format!("host {host} is not in any role's inventory"))
+        })?;
+        Ok(self.read().host_gate(self.role(role)?, host, self.clock()))
+    }
+
+    /// Decides `host`'s gate now and tells directive streams.
+    fn publish_gate(&self, role: &str, host: &str) -> Option<Gate> {
+        let role_cfg = self.config.roles.get(role)?;
+        let gate = self.read().host_gate(role_cfg, host, self.clock());
+        let _ = self.gates.send(gate.clone());
+        Some(gate)
+    }
+}
+
+/// Console actions allowed to each operator role.
+pub(crate) fn require(peer: &PeerIdentity, needed: OperatorRole) -> Result<&str, ApiError> {
+    match peer {
+        PeerIdentity::Operator { name, role } if *role >= needed => Ok(name),
+        PeerIdentity::Operator { name, role } => Err(ApiError::PermissionDenied(format!(
+            "{name} has role {}; this needs the {} role",
+            role.as_str(),
+            needed.as_str()
+        ))),
+        other => Err(ApiError::PermissionDenied(format!(
+            "console requests need an operator certificate; this connection is {other}"
+        ))),
+    }
+}

@@ -1,0 +1,249 @@
+//! The gate rule, as pure code: no I/O, no clock of its own. Given what is
+//! known about a host, the expected set of its role, and the time, decide
+//! OPEN or CLOSED with every failing reason. Unknown is never OPEN.
+
+use lockstep_proto::diff;
+use lockstep_proto::digest::Digest;
+use lockstep_proto::pb::{Entry, Gate, GateState, Reason, ReasonKind};
+
+use crate::config::RoleConfig;
+use crate::store::HostRecord;
+
+/// Drift reasons listed per host before the rest are summarised.
+pub const MAX_DRIFT_REASONS: usize = 50;
+
+/// What is known about one host of a role.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts<'a> {
+    pub host: &'a str,
+    pub record: Option<&'a HostRecord>,
+    /// Entries of the last accepted version set.
+    pub entries: Option<&'a [Entry]>,
+    /// Digest of those entries without the role's per-host paths.
+    pub comparable: Option<Digest>,
+}
+
+/// The version set a role's hosts must hold.
+#[derive(Debug, Clone, Copy)]
+pub enum Expected<'a> {
+    Release {
+        number: u64,
+        comparable: Digest,
+        entries: &'a [Entry],
+    },
+    Consensus {
+        comparable: Digest,
+        entries: &'a [Entry],
+        holders: usize,
+        of: usize,
+    },
+    NoRelease,
+    NoMajority {
+        largest: usize,
+        of: usize,
+    },
+}
+
+impl Expected<'_> {
+    pub fn release_number(&self) -> u64 {
+        match self {
+            Self::Release { number, .. } => *number,
+            _ => 0,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::Release { number, .. } => format!("release {number}"),
+            _ => "the majority".into(),
+        }
+    }
+}
+
+/// Time inputs of a decision, in controller-clock milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now_unix_ms: i64,
+    pub freshness_ttl_ms: i64,
+}
+
+impl Clock {
+    fn is_fresh(&self, record: &HostRecord) -> bool {
+        record.has_reported()
+            && self.now_unix_ms - record.accepted_at_unix_ms <= self.freshness_ttl_ms
+    }
+}
+
+fn was_rejected_last(record: &HostRecord) -> bool {
+    record
+        .last_rejection
+        .as_ref()
+        .is_some_and(|r| r.at_unix_ms >= record.accepted_at_unix_ms)
+}
+
+/// The consensus expectation: the comparable set held by a strict majority of
+/// the role's whole inventory, counting only fresh, unrejected hosts, so
+/// silent hosts make a majority harder, never easier.
+pub fn consensus<'a>(role: &RoleConfig, facts: &[HostFacts<'a>], clock: Clock) -> Expected<'a> {
+    let of = role.hosts.len();
+    let mut groups: Vec<(Digest, usize, &'a [Entry])> = Vec::new();
+    for f in facts {
+        let (Some(record), Some(comparable), Some(entries)) = (f.record, f.comparable, f.entries)
+        else {
+            continue;
+        };
+        if !clock.is_fresh(record) || was_rejected_last(record) {
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == comparable) {
+            Some(g) => g.1 += 1,
+            None => groups.push((comparable, 1, entries)),
+        }
+    }
+    let largest = groups.iter().max_by_key(|g| g.1);
+    match largest {
+        Some(&(comparable, holders, entries)) if holders * 2 > of => Expected::Consensus {
+            comparable,
+            entries,
+            holders,
+            of,
+        },
+        _ => Expected::NoMajority {
+            largest: largest.map_or(0, |g| g.1),
+            of,
+        },
+    }
+}
+
+fn reason(kind: ReasonKind, text: String) -> Reason {
+    Reason {
+        kind: kind as i32,
+        text,
+    }
+}
+
+/// Decides one host's gate.
+pub fn decide(
+    role: &RoleConfig,
+    facts: &HostFacts<'_>,
+    expected: &Expected<'_>,
+    clock: Clock,
+) -> Gate {
+    let mut gate = Gate {
+        host: facts.host.to_string(),
+        role: role.name.clone(),
+        release: expected.release_number(),
+        decided_at_unix_ms: clock.now_unix_ms,
+        ..Default::default()
+    };
+    let Some(record) = facts.record.filter(|r| r.has_reported()) else {
+        gate.state = GateState::Missing as i32;
+        gate.reasons.push(reason(
+            ReasonKind::Missing,
+            format!("{} has never reported (inventory of role {}): is its agent installed and enrolled?", facts.host, role.name),
+        ));
+        return gate;
+    };
+    let mut reasons = Vec::new();
+    if let Some(rej) = record
+        .last_rejection
+        .as_ref()
+        .filter(|_| was_rejected_last(record))
+    {
+        reasons.push(reason(
+            ReasonKind::Rejected,
+            format!("last attestation rejected: {}", rej.reason),
+        ));
+    }
+    if !clock.is_fresh(record) {
+        let age_s = (clock.now_unix_ms - record.accepted_at_unix_ms) / 1000;
+        reasons.push(reason(
+            ReasonKind::Stale,
+            format!(
+                "stale: last attestation accepted {age_s}s ago, freshness TTL is {}s",
+                clock.freshness_ttl_ms / 1000
+            ),
+        ));
+    }
+    reasons.extend(compare(role, facts, expected));
+    if reasons.is_empty() {
+        gate.state = GateState::Open as i32;
+        gate.lease_expires_unix_ms = record.accepted_at_unix_ms + clock.freshness_ttl_ms;
+    } else {
+        gate.state = GateState::Closed as i32;
+        gate.reasons = reasons;
+    }
+    gate
+}
+
+/// Rule 5: the host's comparable set equals the role's expected set.
+fn compare(role: &RoleConfig, facts: &HostFacts<'_>, expected: &Expected<'_>) -> Vec<Reason> {
+    let (want, want_entries) = match expected {
+        Expected::Release {
+            comparable,
+            entries,
+            ..
+        }
+        | Expected::Consensus {
+            comparable,
+            entries,
+            ..
+        } => (*comparable, *entries),
+        Expected::NoRelease => {
+            return vec![reason(
+                ReasonKind::NoRelease,
+                format!(
+                    "role {} has no approved release: propose one (lockstep release propose) and have another operator approve it",
+                    role.name
+                ),
+            )];
+        }
+        Expected::NoMajority { largest, of } => {
+            return vec![reason(
+                ReasonKind::NoMajority,
+                format!(
+                    "no majority in role {}: the largest agreeing group is {largest} of {of} hosts",
+                    role.name
+                ),
+            )];
+        }
+    };
+    let (Some(have), Some(entries)) = (facts.comparable, facts.entries) else {
+        return vec![reason(
+            ReasonKind::Drift,
+            "drift: the host's version set is unknown".into(),
+        )];
+    };
+    if have == want {
+        return Vec::new();
+    }
+    let label = expected.label();
+    let changes = diff::diff(entries, want_entries, &label, |p| role.is_per_host(p));
+    let mut out: Vec<Reason> = changes
+        .iter()
+        .take(MAX_DRIFT_REASONS)
+        .map(|c| reason(ReasonKind::Drift, format!("drift: {}", c.text)))
+        .collect();
+    if changes.len() > MAX_DRIFT_REASONS {
+        out.push(reason(
+            ReasonKind::Drift,
+            format!(
+                "drift: and {} more differences (lockstep diff {} --release)",
+                changes.len() - MAX_DRIFT_REASONS,
+                facts.host
+            ),
+        ));
+    }
+    if out.is_empty() {
+        // Digests differ but no listed field does: still not equal, still closed.
+        out.push(reason(
+            ReasonKind::Drift,
+            format!("drift: version set differs from {label}"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -1,0 +1,361 @@
+use globset::{GlobBuilder, GlobSetBuilder};
+use lockstep_proto::digest::{canonicalize, digest_where};
+use lockstep_proto::pb::EntryKind;
+
+use super::*;
+use crate::config::RoleMode;
+use crate::store::Rejection;
+
+const NOW: i64 = 1_000_000;
+const TTL: i64 = 30_000;
+
+fn clock() -> Clock {
+    Clock {
+        now_unix_ms: NOW,
+        freshness_ttl_ms: TTL,
+    }
+}
+
+fn role(n: usize) -> RoleConfig {
+    let mut set = GlobSetBuilder::new();
+    set.add(GlobBuilder::new("/etc/hostname").build().unwrap());
+    RoleConfig {
+        name: "smars".into(),
+        mode: RoleMode::Release,
+        hosts: (1..=n).map(|i| format!("smars-{i:02}")).collect(),
+        per_host_patterns: vec!["/etc/hostname".into()],
+        per_host: set.build().unwrap(),
+    }
+}
+
+fn set(version: u8, hostname: &str) -> Vec<Entry> {
+    canonicalize(vec![
+        Entry {
+            path: b"/opt/smars/bin/smars".to_vec(),
+            kind: EntryKind::File as i32,
+            sha256: vec![version; 32],
+            size: 100,
+            mode: 0o755,
+            ..Default::default()
+        },
+        Entry {
+            path: b"/etc/hostname".to_vec(),
+            kind: EntryKind::File as i32,
+            sha256: hostname
+                .as_bytes()
+                .iter()
+                .cycle()
+                .take(32)
+                .copied()
+                .collect(),
+            ..Default::default()
+        },
+    ])
+    .unwrap()
+}
+
+fn comparable(entries: &[Entry], r: &RoleConfig) -> Digest {
+    digest_where(entries, |e| !r.is_per_host(&e.path))
+}
+
+fn record(accepted_ago_ms: i64) -> HostRecord {
+    HostRecord {
+        host: "smars-01".into(),
+        role: "smars".into(),
+        accepted_at_unix_ms: NOW - accepted_ago_ms,
+        ..Default::default()
+    }
+}
+
+struct Case {
+    name: &'static str,
+    record: Option<HostRecord>,
+    version: u8,
+    expected: fn(&RoleConfig, &[Entry]) -> Expected<'static>,
+    state: GateState,
+    reasons: &'static [(ReasonKind, &'static str)],
+}
+
+static RELEASE_V1: std::sync::LazyLock<Vec<Entry>> =
+    std::sync::LazyLock::new(|| set(1, "release-build"));
+
+fn release_v1(r: &RoleConfig, _: &[Entry]) -> Expected<'static> {
+    Expected::Release {
+        number: 7,
+        comparable: comparable(&RELEASE_V1, r),
+        entries: &RELEASE_V1,
+    }
+}
+
+fn no_release(_: &RoleConfig, _: &[Entry]) -> Expected<'static> {
+    Expected::NoRelease
+}
+
+fn no_majority(_: &RoleConfig, _: &[Entry]) -> Expected<'static> {
+    Expected::NoMajority { largest: 4, of: 8 }
+}
+
+#[test]
+fn gate_rule_table() {
+    let rejected = HostRecord {
+        last_rejection: Some(Rejection {
+            at_unix_ms: NOW - 10,
+            reason: "signature does not verify".into(),
+        }),
+        ..record(1_000)
+    };
+    let rejected_then_accepted = HostRecord {
+        last_rejection: Some(Rejection {
+            at_unix_ms: NOW - 5_000,
+            reason: "old".into(),
+        }),
+        ..record(1_000)
+    };
+    let cases = [
+        Case {
+            name: "matching fresh host is open",
+            record: Some(record(1_000)),
+            version: 1,
+            expected: release_v1,
+            state: GateState::Open,
+            reasons: &[],
+        },
+        Case {
+            name: "never heard is missing",
+            record: None,
+            version: 1,
+            expected: release_v1,
+            state: GateState::Missing,
+            reasons: &[(ReasonKind::Missing, "smars-01 has never reported")],
+        },
+        Case {
+            name: "silent past TTL is closed",
+            record: Some(record(TTL + 15_000)),
+            version: 1,
+            expected: release_v1,
+            state: GateState::Closed,
+            reasons: &[(
+                ReasonKind::Stale,
+                "stale: last attestation accepted 45s ago, freshness TTL is 30s",
+            )],
+        },
+        Case {
+            name: "exactly at TTL is still fresh",
+            record: Some(record(TTL)),
+            version: 1,
+            expected: release_v1,
+            state: GateState::Open,
+            reasons: &[],
+        },
+        Case {
+            name: "drift names file and release",
+            record: Some(record(1_000)),
+            version: 2,
+            expected: release_v1,
+            state: GateState::Closed,
+            reasons: &[(
+                ReasonKind::Drift,
+                "drift: /opt/smars/bin/smars sha256 02020202.. != release 7 (01010101..)",
+            )],
+        },
+        Case {
+            name: "stale and drifting lists both",
+            record: Some(record(TTL + 1_000)),
+            version: 2,
+            expected: release_v1,
+            state: GateState::Closed,
+            reasons: &[(ReasonKind::Stale, "stale:"), (ReasonKind::Drift, "drift:")],
+        },
+        Case {
+            name: "last rejection closes",
+            record: Some(rejected),
+            version: 1,
+            expected: release_v1,
+            state: GateState::Closed,
+            reasons: &[(
+                ReasonKind::Rejected,
+                "last attestation rejected: signature does not verify",
+            )],
+        },
+        Case {
+            name: "rejection followed by acceptance is forgotten",
+            record: Some(rejected_then_accepted),
+            version: 1,
+            expected: release_v1,
+            state: GateState::Open,
+            reasons: &[],
+        },
+        Case {
+            name: "no release closes",
+            record: Some(record(1_000)),
+            version: 1,
+            expected: no_release,
+            state: GateState::Closed,
+            reasons: &[(ReasonKind::NoRelease, "role smars has no approved release")],
+        },
+        Case {
+            name: "no majority closes",
+            record: Some(record(1_000)),
+            version: 1,
+            expected: no_majority,
+            state: GateState::Closed,
+            reasons: &[(ReasonKind::NoMajority, "largest agreeing group is 4 of 8")],
+        },
+    ];
+    let r = role(8);
+    for case in cases {
+        let entries = set(case.version, "this-host");
+        let facts = HostFacts {
+            host: "smars-01",
+            record: case.record.as_ref(),
+            entries: Some(&entries),
+            comparable: Some(comparable(&entries, &r)),
+        };
+        let expected = (case.expected)(&r, &entries);
+        let gate = decide(&r, &facts, &expected, clock());
+        assert_eq!(
+            gate.state(),
+            case.state,
+            "{}: {:?}",
+            case.name,
+            gate.reasons
+        );
+        assert_eq!(
+            gate.reasons.len(),
+            case.reasons.len(),
+            "{}: {:?}",
+            case.name,
+            gate.reasons
+        );
+        for (got, (kind, text)) in gate.reasons.iter().zip(case.reasons) {
+            assert_eq!(got.kind(), *kind, "{}", case.name);
+            assert!(
+                got.text.contains(text),
+                "{}: {:?} lacks {:?}",
+                case.name,
+                got.text,
+                text
+            );
+        }
+        if case.state == GateState::Open {
+            let rec = case.record.as_ref().unwrap();
+            assert_eq!(
+                gate.lease_expires_unix_ms,
+                rec.accepted_at_unix_ms + TTL,
+                "{}",
+                case.name
+            );
+        } else {
+            assert_eq!(gate.lease_expires_unix_ms, 0, "{}", case.name);
+        }
+    }
+}
+
+#[test]
+fn per_host_paths_are_left_out_of_comparison() {
+    let r = role(1);
+    // Same binary, different hostname file: still equal to the release.
+    let entries = set(1, "smars-01");
+    let facts = HostFacts {
+        host: "smars-01",
+        record: Some(&record(0)),
+        entries: Some(&entries),
+        comparable: Some(comparable(&entries, &r)),
+    };
+    let gate = decide(&r, &facts, &release_v1(&r, &entries), clock());
+    assert_eq!(gate.state(), GateState::Open, "{:?}", gate.reasons);
+}
+
+#[test]
+fn drift_reasons_are_capped_with_a_pointer_to_the_full_diff() {
+    let r = role(1);
+    let many: Vec<Entry> = (0..MAX_DRIFT_REASONS + 5)
+        .map(|i| Entry {
+            path: format!("/opt/smars/lib/{i:03}.so").into_bytes(),
+            kind: EntryKind::File as i32,
+            sha256: vec![9; 32],
+            ..Default::default()
+        })
+        .collect();
+    let many = canonicalize(many).unwrap();
+    let facts = HostFacts {
+        host: "smars-01",
+        record: Some(&record(0)),
+        entries: Some(&many),
+        comparable: Some(comparable(&many, &r)),
+    };
+    let gate = decide(&r, &facts, &release_v1(&r, &many), clock());
+    assert_eq!(gate.reasons.len(), MAX_DRIFT_REASONS + 1);
+    let last = &gate.reasons.last().unwrap().text;
+    assert!(
+        last.contains("more differences (lockstep diff smars-01 --release)"),
+        "{last}"
+    );
+}
+
+fn facts_for<'a>(
+    hosts: &'a [(String, HostRecord, Vec<Entry>)],
+    r: &RoleConfig,
+) -> Vec<HostFacts<'a>> {
+    hosts
+        .iter()
+        .map(|(h, rec, e)| HostFacts {
+            host: h,
+            record: Some(rec),
+            entries: Some(e),
+            comparable: Some(comparable(e, r)),
+        })
+        .collect()
+}
+
+#[test]
+fn consensus_needs_a_strict_majority_of_the_inventory() {
+    let r = role(4);
+    let host = |i: usize, v: u8, ago: i64| {
+        (
+            format!("smars-{i:02}"),
+            record(ago),
+            set(v, &format!("h{i}")),
+        )
+    };
+    // 3 of 4 agree (per-host hostname differs but is excluded): majority.
+    let hosts = vec![host(1, 1, 0), host(2, 1, 0), host(3, 1, 0), host(4, 2, 0)];
+    let f = facts_for(&hosts, &r);
+    match consensus(&r, &f, clock()) {
+        Expected::Consensus { holders, of, .. } => assert_eq!((holders, of), (3, 4)),
+        other => panic!("expected consensus, got {other:?}"),
+    }
+    let odd = decide(&r, &f[3], &consensus(&r, &f, clock()), clock());
+    assert_eq!(odd.state(), GateState::Closed);
+    assert!(
+        odd.reasons[0].text.contains("!= the majority"),
+        "{:?}",
+        odd.reasons
+    );
+
+    // 2 of 4 is not a strict majority.
+    let hosts = vec![host(1, 1, 0), host(2, 1, 0), host(3, 2, 0), host(4, 2, 0)];
+    assert!(matches!(
+        consensus(&r, &facts_for(&hosts, &r), clock()),
+        Expected::NoMajority { largest: 2, of: 4 }
+    ));
+
+    // A stale host does not count toward the majority.
+    let hosts = vec![
+        host(1, 1, 0),
+        host(2, 1, 0),
+        host(3, 1, TTL + 1),
+        host(4, 2, 0),
+    ];
+    assert!(matches!(
+        consensus(&r, &facts_for(&hosts, &r), clock()),
+        Expected::NoMajority { largest: 2, .. }
+    ));
+
+    // Hosts that never reported count against the majority (inventory of 4, 2 reported).
+    let hosts = vec![host(1, 1, 0), host(2, 1, 0)];
+    assert!(matches!(
+        consensus(&r, &facts_for(&hosts, &r), clock()),
+        Expected::NoMajority { largest: 2, of: 4 }
+    ));
+}

@@ -1,0 +1,168 @@
+//! Read-only console queries: hosts, one host, diffs, and the gate check.
+
+use lockstep_proto::diff;
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use lockstep_proto::pb::{self, HostStatus, diff_request::Against};
+
+use crate::config::RoleConfig;
+use crate::controller::{Controller, require};
+use crate::error::ApiError;
+use crate::fleet::FleetState;
+
+impl Controller {
+    fn status_of(
+        &self,
+        state: &FleetState,
+        role: &RoleConfig,
+        host: &str,
+        gate: pb::Gate,
+    ) -> HostStatus {
+        let rec = state
+            .hosts
+            .get(host)
+            .filter(|r| r.role == role.name)
+            .cloned()
+            .unwrap_or_default();
+        let entry_count = state.manifest(&rec.digest_hex).map_or(0, |m| m.len());
+        HostStatus {
+            host: host.to_string(),
+            role: role.name.clone(),
+            gate: Some(gate),
+            last_seq: rec.last_seq,
+            last_measured_at_unix_ms: rec.measured_at_unix_ms,
+            last_received_at_unix_ms: rec.accepted_at_unix_ms,
+            digest: hex::decode(&rec.digest_hex).unwrap_or_default(),
+            entry_count: u32::try_from(entry_count).unwrap_or(u32::MAX),
+            boot_id: rec.boot_id,
+            last_rejection: rec.last_rejection.map(|r| r.reason).unwrap_or_default(),
+            agent_version: rec.agent_version,
+        }
+    }
+
+    pub fn list_hosts(&self, peer: &PeerIdentity, role: &str) -> Result<Vec<HostStatus>, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        if !role.is_empty() {
+            self.role(role)?;
+        }
+        let clock = self.clock();
+        let state = self.read();
+        let mut out = Vec::new();
+        for r in self
+            .config
+            .roles
+            .values()
+            .filter(|r| role.is_empty() || r.name == role)
+        {
+            let (gates, _) = state.role_gates(r, clock);
+            for (host, gate) in r.hosts.iter().zip(gates) {
+                out.push(self.status_of(&state, r, host, gate));
+            }
+        }
+        Ok(out)
+    }
+
+    fn role_of(&self, host: &str) -> Result<&RoleConfig, ApiError> {
+        let role = self.config.inventory.get(host).ok_or_else(|| {
+            ApiError::NotFound(format!("host {host} is not in any role's inventory"))
+        })?;
+        self.role(role)
+    }
+
+    pub fn get_host(
+        &self,
+        peer: &PeerIdentity,
+        host: &str,
+        include_entries: bool,
+    ) -> Result<pb::HostDetail, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        let role = self.role_of(host)?;
+        let state = self.read();
+        let gate = state.host_gate(role, host, self.clock());
+        let status = self.status_of(&state, role, host, gate);
+        let entries = if include_entries {
+            state
+                .manifest(&hex::encode(&status.digest))
+                .map(|m| m.to_vec())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(pb::HostDetail {
+            status: Some(status),
+            entries,
+        })
+    }
+
+    pub fn diff(
+        &self,
+        peer: &PeerIdentity,
+        req: &pb::DiffRequest,
+    ) -> Result<pb::DiffReply, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        let role = self.role_of(&req.host)?;
+        let state = self.read();
+        let host_entries = |host: &str| {
+            state
+                .hosts
+                .get(host)
+                .filter(|r| r.has_reported())
+                .and_then(|r| state.manifest(&r.digest_hex))
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("host {host} has not reported a version set yet"))
+                })
+        };
+        let left = host_entries(&req.host)?;
+        let (right_label, right) = match &req.against {
+            Some(Against::OtherHost(other)) => (other.clone(), host_entries(other)?),
+            Some(Against::Release(n)) => {
+                let release = if *n == 0 {
+                    state.active_release(&role.name).ok_or_else(|| {
+                        ApiError::NotFound(format!("role {} has no approved release", role.name))
+                    })?
+                } else {
+                    state
+                        .releases
+                        .get(n)
+                        .ok_or_else(|| ApiError::NotFound(format!("no release {n}")))?
+                };
+                let entries = state.manifest(&release.digest_hex).ok_or_else(|| {
+                    ApiError::Internal(format!("manifest of release {} missing", release.number))
+                })?;
+                (format!("release {}", release.number), entries)
+            }
+            None => {
+                return Err(ApiError::InvalidArgument(
+                    "diff against another host or a release".into(),
+                ));
+            }
+        };
+        let changes = diff::diff(&left, &right, &right_label, |p| role.is_per_host(p));
+        let per_host_excluded = left
+            .iter()
+            .chain(right.iter())
+            .filter(|e| role.is_per_host(&e.path))
+            .count();
+        Ok(pb::DiffReply {
+            left: req.host.clone(),
+            right: right_label,
+            changes,
+            per_host_excluded: u32::try_from(per_host_excluded).unwrap_or(u32::MAX),
+        })
+    }
+
+    pub fn gate_check(
+        &self,
+        peer: &PeerIdentity,
+        role: &str,
+    ) -> Result<pb::GateCheckReply, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        let role = self.role(role)?;
+        let (gates, release) = self.read().role_gates(role, self.clock());
+        Ok(pb::GateCheckReply {
+            role: role.name.clone(),
+            mode: role.mode.as_str().to_string(),
+            release,
+            gates,
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! Releases: proposed by one operator, approved by a different one (the
+//! two-person rule), numbered forward only. Rolling back is approving a new
+//! release whose content equals an older one.
+
+use std::sync::Arc;
+
+use lockstep_proto::digest::{self, short_hex};
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use lockstep_proto::pb::{self, Release, ReleaseState, propose_release_request::Source};
+use tracing::info;
+
+use crate::controller::{Controller, require};
+use crate::error::ApiError;
+use crate::store::ReleaseRecord;
+
+impl Controller {
+    pub async fn propose_release(
+        &self,
+        peer: &PeerIdentity,
+        req: pb::ProposeReleaseRequest,
+    ) -> Result<Release, ApiError> {
+        let who = require(peer, OperatorRole::Operator)?.to_string();
+        let role = self.role(&req.role)?.name.clone();
+        let (entries, source) = match req.source {
+            Some(Source::FromHost(host)) => {
+                let state = self.read();
+                let rec = state
+                    .hosts
+                    .get(&host)
+                    .filter(|r| r.has_reported())
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!(
+                            "host {host} has not reported a version set yet"
+                        ))
+                    })?;
+                if rec.role != role {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "host {host} is in role {}, not {role}",
+                        rec.role
+                    )));
+                }
+                let entries = state.manifest(&rec.digest_hex).ok_or_else(|| {
+                    ApiError::Internal(format!("manifest of {host} is missing from memory"))
+                })?;
+                (entries, format!("host {host}"))
+            }
+            Some(Source::Manifest(m)) => {
+                let entries = digest::canonicalize(m.entries)
+                    .map_err(|e| ApiError::InvalidArgument(format!("manifest: {e}")))?;
+                (Arc::new(entries), "manifest file".to_string())
+            }
+            None => {
+                return Err(ApiError::InvalidArgument(
+                    "give --from-host HOST or --manifest FILE".into(),
+                ));
+            }
+        };
+        let digest_hex = hex::encode(digest::digest(&entries));
+        let _guard = self.release_lock.lock().await;
+        let number = self.read().releases.keys().next_back().map_or(1, |n| n + 1);
+        let record = ReleaseRecord {
+            number,
+            role: role.clone(),
+            digest_hex: digest_hex.clone(),
+            entry_count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
+            source: format!(
+                "{source} ({})",
+                short_hex(&hex::decode(&digest_hex).unwrap_or_default())
+            ),
+            note: req.note,
+            proposed_by: who.clone(),
+            proposed_at_unix_ms: lockstep_proto::now_unix_ms(),
+            approved_by: None,
+            approved_at_unix_ms: 0,
+        };
+        let (stored, manifest, d) = (record.clone(), entries.clone(), digest_hex.clone());
+        self.persist(move |s| {
+            if !s.has_manifest(&d)? {
+                s.put_manifest(&d, &manifest)?;
+            }
+            s.put_release(&stored)
+        })
+        .await?;
+        {
+            let mut state = self.write();
+            state.add_manifest(&self.config, &role, &digest_hex, entries);
+            state.releases.insert(number, record.clone());
+        }
+        info!(release = number, role = %role, proposed_by = %who, "release proposed");
+        Ok(self.to_pb(&record))
+    }
+
+    pub async fn approve_release(
+        &self,
+        peer: &PeerIdentity,
+        number: u64,
+    ) -> Result<Release, ApiError> {
+        let who = require(peer, OperatorRole::Approver)?.to_string();
+        let _guard = self.release_lock.lock().await;
+        let mut record = self.read().releases.get(&number).cloned().ok_or_else(|| {
+            ApiError::NotFound(format!("no release {number} (lockstep release list)"))
+        })?;
+        if let Some(by) = &record.approved_by {
+            return Err(ApiError::FailedPrecondition(format!(
+                "release {number} was already approved by {by}"
+            )));
+        }
+        if record.proposed_by == who {
+            return Err(ApiError::PermissionDenied(format!(
+                "two-person rule: {who} proposed release {number} and cannot also approve it; another approver must"
+            )));
+        }
+        if let Some(active) = self
+            .read()
+            .active_release(&record.role)
+            .filter(|a| a.number > number)
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "release {number} is older than active release {} of role {}; to roll back, propose a new release with the old content",
+                active.number, record.role
+            )));
+        }
+        record.approved_by = Some(who.clone());
+        record.approved_at_unix_ms = lockstep_proto::now_unix_ms();
+        let stored = record.clone();
+        self.persist(move |s| s.put_release(&stored)).await?;
+        self.write().releases.insert(number, record.clone());
+        info!(release = number, role = %record.role, approved_by = %who, "release approved and active");
+        Ok(self.to_pb(&record))
+    }
+
+    pub fn list_releases(&self, peer: &PeerIdentity, role: &str) -> Result<Vec<Release>, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        let state = self.read();
+        Ok(state
+            .releases
+            .values()
+            .filter(|r| role.is_empty() || r.role == role)
+            .map(|r| self.to_pb_in(&state, r))
+            .collect())
+    }
+
+    fn to_pb(&self, r: &ReleaseRecord) -> Release {
+        self.to_pb_in(&self.read(), r)
+    }
+
+    fn to_pb_in(&self, state: &crate::fleet::FleetState, r: &ReleaseRecord) -> Release {
+        let active = state.active_release(&r.role).map(|a| a.number);
+        let release_state = match (&r.approved_by, active) {
+            (None, _) => ReleaseState::Proposed,
+            (Some(_), Some(n)) if n == r.number => ReleaseState::Active,
+            (Some(_), _) => ReleaseState::Superseded,
+        };
+        Release {
+            number: r.number,
+            role: r.role.clone(),
+            digest: hex::decode(&r.digest_hex).unwrap_or_default(),
+            entry_count: r.entry_count,
+            source: r.source.clone(),
+            note: r.note.clone(),
+            proposed_by: r.proposed_by.clone(),
+            proposed_at_unix_ms: r.proposed_at_unix_ms,
+            approved_by: r.approved_by.clone().unwrap_or_default(),
+            approved_at_unix_ms: r.approved_at_unix_ms,
+            state: release_state as i32,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The controller's network front: TLS 1.3 with a client certificate
+//! required, the peer's lockstep identity read from that certificate, and the
+//! two gRPC services on top. `serve` takes a bound listener so tests can bind
+//! port 0 and know the port before serving.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lockstep_proto::identity::PeerIdentity;
+use lockstep_proto::pb::agent_service_server::AgentServiceServer;
+use lockstep_proto::pb::console_service_server::ConsoleServiceServer;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+use crate::controller::Controller;
+use crate::service::{AgentApi, ConsoleApi};
+
+/// A TLS handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; more wait in the kernel's accept queue.
+const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+
+/// Who is on the other end of a connection, as its certificate says.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub addr: Option<SocketAddr>,
+    /// Err when the (CA-valid) certificate carries no lockstep identity.
+    pub identity: Result<PeerIdentity, String>,
+}
+
+/// A server-side TLS connection that tells tonic who the peer is.
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn peer_identity(
+    conn: &tokio_rustls::server::TlsStream<TcpStream>,
+) -> Result<PeerIdentity, String> {
+    let certs = conn
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    PeerIdentity::from_cert_der(leaf).map_err(|e| e.to_string())
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently (bounded in
+/// number and time), and hands finished connections to tonic.
+fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+) -> mpsc::Receiver<io::Result<TlsConn>> {
+    let (tx, rx) = mpsc::channel(1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, addr) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(inner)) => {
+                        let info = PeerInfo {
+                            addr: Some(addr),
+                            identity: peer_identity(&inner),
+                        };
+                        let _ = tx.send(Ok(TlsConn { inner, info })).await;
+                    }
+                    Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake refused"),
+                    Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// Serves both services on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    controller: Arc<Controller>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let max = controller.config().limits.max_payload_bytes + 64 * 1024;
+    let incoming = ReceiverStream::new(accept_loop(listener, tls));
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(64)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(
+            AgentServiceServer::new(AgentApi::new(controller.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            ConsoleServiceServer::new(ConsoleApi::new(controller))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,191 @@
+//! gRPC adapters: take the peer identity from the connection, call the
+//! controller, map errors once (`ApiError` → `Status`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use lockstep_proto::identity::PeerIdentity;
+use lockstep_proto::pb::{
+    self, agent_service_server::AgentService, console_service_server::ConsoleService,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::controller::Controller;
+use crate::server::PeerInfo;
+
+fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
+    let info = req
+        .extensions()
+        .get::<PeerInfo>()
+        .ok_or_else(|| Status::unauthenticated("no TLS peer information"))?;
+    info.identity
+        .clone()
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+pub struct AgentApi {
+    controller: Arc<Controller>,
+}
+
+impl AgentApi {
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self { controller }
+    }
+}
+
+type GateStream = Pin<Box<dyn Stream<Item = Result<pb::Directive, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn pin_key(
+        &self,
+        req: Request<pb::PinKeyRequest>,
+    ) -> Result<Response<pb::PinKeyReply>, Status> {
+        let who = peer(&req)?;
+        let key_id = self
+            .controller
+            .pin_key(&who, req.into_inner().public_key)
+            .await?;
+        Ok(Response::new(pb::PinKeyReply { key_id }))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<pb::Envelope>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(
+            self.controller.submit(&who, req.into_inner()).await?,
+        ))
+    }
+
+    type DirectivesStream = GateStream;
+
+    /// Sends the host's current gate, then every new decision about it.
+    async fn directives(
+        &self,
+        req: Request<pb::DirectivesRequest>,
+    ) -> Result<Response<GateStream>, Status> {
+        let who = peer(&req)?;
+        let PeerIdentity::Agent { host } = who else {
+            return Err(Status::permission_denied("only agents receive directives"));
+        };
+        let mut updates = self.controller.subscribe_gates();
+        let current = self.controller.current_gate(&host)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let controller = self.controller.clone();
+        tokio::spawn(async move {
+            let mut next = Some(current);
+            while let Some(gate) = next.take() {
+                let directive = pb::Directive {
+                    kind: Some(pb::directive::Kind::Gate(gate)),
+                };
+                if tx.send(Ok(directive)).await.is_err() {
+                    return; // the agent went away
+                }
+                loop {
+                    match updates.recv().await {
+                        Ok(g) if g.host == host => {
+                            next = Some(g);
+                            break;
+                        }
+                        Ok(_) => continue,
+                        // Fell behind: what was missed no longer matters, the present does.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            next = controller.current_gate(&host).ok();
+                            break;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+pub struct ConsoleApi {
+    controller: Arc<Controller>,
+}
+
+impl ConsoleApi {
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self { controller }
+    }
+}
+
+#[tonic::async_trait]
+impl ConsoleService for ConsoleApi {
+    async fn list_hosts(
+        &self,
+        req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::HostList>, Status> {
+        let who = peer(&req)?;
+        let hosts = self.controller.list_hosts(&who, &req.get_ref().role)?;
+        Ok(Response::new(pb::HostList { hosts }))
+    }
+
+    async fn get_host(
+        &self,
+        req: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::HostDetail>, Status> {
+        let who = peer(&req)?;
+        let r = req.get_ref();
+        Ok(Response::new(self.controller.get_host(
+            &who,
+            &r.host,
+            r.include_entries,
+        )?))
+    }
+
+    async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(self.controller.diff(&who, req.get_ref())?))
+    }
+
+    async fn gate_check(
+        &self,
+        req: Request<pb::GateCheckRequest>,
+    ) -> Result<Response<pb::GateCheckReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(
+            self.controller.gate_check(&who, &req.get_ref().role)?,
+        ))
+    }
+
+    async fn propose_release(
+        &self,
+        req: Request<pb::ProposeReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(
+            self.controller
+                .propose_release(&who, req.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn approve_release(
+        &self,
+        req: Request<pb::ApproveReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(
+            self.controller
+                .approve_release(&who, req.get_ref().number)
+                .await?,
+        ))
+    }
+
+    async fn list_releases(
+        &self,
+        req: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ReleaseList>, Status> {
+        let who = peer(&req)?;
+        let releases = self.controller.list_releases(&who, &req.get_ref().role)?;
+        Ok(Response::new(pb::ReleaseList { releases }))
+    }
+}

@@ -1,0 +1,182 @@
+//! The sled backend of [`Store`]. Records are JSON (readable with any tool in
+//! an incident); manifests are protobuf (`Manifest`), stored once per digest
+//! so a thousand identical hosts cost one copy.
+
+use std::path::{Path, PathBuf};
+
+use lockstep_proto::pb::{Entry, Manifest};
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::store::{HostRecord, ReleaseRecord, Store, StoreError};
+
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    hosts: sled::Tree,
+    manifests: sled::Tree,
+    releases: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |e: sled::Error| StoreError::Backend {
+            path: path.display().to_string(),
+            reason: format!("{e}; is another controller using this data_dir?"),
+        };
+        let db = sled::Config::new().path(path).open().map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            hosts: db.open_tree("hosts").map_err(err)?,
+            manifests: db.open_tree("manifests").map_err(err)?,
+            releases: db.open_tree("releases").map_err(err)?,
+            db,
+        })
+    }
+
+    fn backend(&self, e: sled::Error) -> StoreError {
+        StoreError::Backend {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn put_json<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        tree.insert(key, bytes).map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn all_json<T: DeserializeOwned>(&self, tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.backend(e))?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Store for SledStore {
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.all_json(&self.hosts)
+    }
+
+    fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.put_json(&self.hosts, host.host.as_bytes(), host)
+    }
+
+    fn has_manifest(&self, digest_hex: &str) -> Result<bool, StoreError> {
+        self.manifests
+            .contains_key(digest_hex)
+            .map_err(|e| self.backend(e))
+    }
+
+    fn put_manifest(&self, digest_hex: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        let bytes = Manifest {
+            entries: entries.to_vec(),
+        }
+        .encode_to_vec();
+        self.manifests
+            .insert(digest_hex, bytes)
+            .map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn manifest(&self, digest_hex: &str) -> Result<Option<Vec<Entry>>, StoreError> {
+        let Some(bytes) = self
+            .manifests
+            .get(digest_hex)
+            .map_err(|e| self.backend(e))?
+        else {
+            return Ok(None);
+        };
+        let m = Manifest::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
+            key: format!("manifest {digest_hex}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(m.entries))
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.all_json(&self.releases)
+    }
+
+    fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        self.put_json(&self.releases, &release.number.to_be_bytes(), release)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_proto::pb::EntryKind;
+
+    #[test]
+    fn records_survive_reopening() {
+        let d = tempfile::tempdir().unwrap();
+        let host = HostRecord {
+            host: "smars-01".into(),
+            role: "smars".into(),
+            last_seq: 9,
+            ..Default::default()
+        };
+        let entries = vec![Entry {
+            path: b"/opt/x".to_vec(),
+            kind: EntryKind::File as i32,
+            sha256: vec![1; 32],
+            ..Default::default()
+        }];
+        {
+            let s = SledStore::open(d.path()).unwrap();
+            s.put_host(&host).unwrap();
+            s.put_manifest("abcd", &entries).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(d.path()).unwrap();
+        assert_eq!(s.hosts().unwrap(), vec![host]);
+        assert!(s.has_manifest("abcd").unwrap());
+        assert_eq!(s.manifest("abcd").unwrap().unwrap(), entries);
+        assert_eq!(s.manifest("ffff").unwrap(), None);
+    }
+
+    #[test]
+    fn releases_come_back_in_number_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        for n in [10u64, 2, 300] {
+            s.put_release(&ReleaseRecord {
+                number: n,
+                role: "smars".into(),
+                digest_hex: String::new(),
+                entry_count: 0,
+                source: String::new(),
+                note: String::new(),
+                proposed_by: "alice".into(),
+                proposed_at_unix_ms: 0,
+                approved_by: None,
+                approved_at_unix_ms: 0,
+            })
+            .unwrap();
+        }
+        let numbers: Vec<u64> = s.releases().unwrap().iter().map(|r| r.number).collect();
+        assert_eq!(numbers, vec![2, 10, 300]);
+    }
+}

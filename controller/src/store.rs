@@ -1,0 +1,77 @@
+//! What the controller keeps durably, and the [`Store`] trait it is kept
+//! behind. sled is the one backend ([`crate::sled_store`]); no sled type
+//! appears outside that module.
+
+use lockstep_proto::pb::Entry;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage at {path}: {reason}")]
+    Backend { path: String, reason: String },
+    #[error("stored record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A rejected attestation, kept so the gate can say why it is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub at_unix_ms: i64,
+    pub reason: String,
+}
+
+/// Everything the controller knows about one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host: String,
+    pub role: String,
+    /// The Ed25519 attestation key pinned for this host (hex).
+    pub pinned_key_hex: String,
+    pub pinned_at_unix_ms: i64,
+    pub last_seq: u64,
+    /// Digest (hex) of the version set in the last accepted attestation.
+    pub digest_hex: String,
+    pub measured_at_unix_ms: i64,
+    /// When the last attestation was accepted (controller clock): freshness.
+    pub accepted_at_unix_ms: i64,
+    pub boot_id: String,
+    pub agent_version: String,
+    pub last_rejection: Option<Rejection>,
+}
+
+impl HostRecord {
+    pub fn has_reported(&self) -> bool {
+        self.accepted_at_unix_ms > 0
+    }
+}
+
+/// A release: an approved version set of a role, numbered and kept forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub number: u64,
+    pub role: String,
+    /// Digest (hex) of the full manifest, stored under that digest.
+    pub digest_hex: String,
+    pub entry_count: u32,
+    pub source: String,
+    pub note: String,
+    pub proposed_by: String,
+    pub proposed_at_unix_ms: i64,
+    pub approved_by: Option<String>,
+    pub approved_at_unix_ms: i64,
+}
+
+/// Durable state. Writes may be buffered until [`Store::flush`], which
+/// returns only once everything written before it is on disk: the
+/// controller acknowledges nothing before that.
+pub trait Store: Send + Sync {
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;
+    fn has_manifest(&self, digest_hex: &str) -> Result<bool, StoreError>;
+    /// Stores canonical entries under their digest, once per digest.
+    fn put_manifest(&self, digest_hex: &str, entries: &[Entry]) -> Result<(), StoreError>;
+    fn manifest(&self, digest_hex: &str) -> Result<Option<Vec<Entry>>, StoreError>;
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
+    fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
+    fn flush(&self) -> Result<(), StoreError>;
+}
