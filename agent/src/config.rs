@@ -7,6 +7,7 @@
 //! state_dir = "/var/lib/lockstep-agent"
 //! watch = ["/opt/smars/**", "/etc/smars/smars.conf"]
 //! scan_interval = "10s"
+//! # root = "/host"   # measure a host filesystem mounted here, as if at /
 //!
 //! [controller]
 //! address = "lockstep.example:7443"
@@ -48,6 +49,8 @@ struct RawConfig {
     watch: Vec<String>,
     #[serde(default)]
     scan_interval: Option<String>,
+    #[serde(default)]
+    root: Option<PathBuf>,
     controller: RawController,
 }
 
@@ -72,6 +75,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub watch: Vec<String>,
     pub scan_interval: Duration,
+    /// Measure the host's files under this directory as if it were `/`
+    /// (an agent in a container with the host's root mounted at /host).
+    pub root: Option<PathBuf>,
     pub controller: ControllerConfig,
 }
 
@@ -139,6 +145,7 @@ impl AgentConfig {
             state_dir: raw.state_dir,
             watch: raw.watch,
             scan_interval,
+            root: raw.root,
             controller: ControllerConfig {
                 address: raw.controller.address,
                 server_name,

@@ -71,7 +71,7 @@ impl Agent {
         let signer = state::attestation_key(&config.state_dir)?;
         state::check_key_permissions(&config.controller.tls.key)?;
         let seq = SeqCounter::load(&config.state_dir)?;
-        let scanner = Arc::new(Scanner::new(&config.watch, None)?);
+        let scanner = Arc::new(Scanner::new(&config.watch, config.root.clone())?);
         let tls_config = tls::client_config(&config.controller.tls)?;
         let channel = tls::channel(
             &config.controller.address,

@@ -1,1 +1,9 @@
+//! A real lockstep fleet on loopback, for the demo and the integration tests:
+//! a generated PKI, a controller serving mTLS on 127.0.0.1:0 over a real sled
+//! store, and agents whose "hosts" are directories measured as if they were `/`.
+//!
+//! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
+//! - [`knight`]: the Knight Capital morning, step by step.
 
+pub mod fleet;
+pub mod knight;

@@ -80,8 +80,8 @@ pub fn state_word(s: GateState) -> &'static str {
     }
 }
 
-/// The reasons of a closed gate, counted by kind.
-fn why(g: &Gate) -> String {
+/// The reasons of a closed gate, counted by kind, e.g. "drift: 3 files, stale".
+pub fn why(g: &Gate) -> String {
     let count = |k: ReasonKind| g.reasons.iter().filter(|r| r.kind() == k).count();
     let mut parts = Vec::new();
     let drift = count(ReasonKind::Drift);
@@ -92,6 +92,7 @@ fn why(g: &Gate) -> String {
         ));
     }
     for (k, word) in [
+        (ReasonKind::Missing, "never reported"),
         (ReasonKind::Halted, "halted"),
         (ReasonKind::Rejected, "rejected"),
         (ReasonKind::Stale, "stale"),

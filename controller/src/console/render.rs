@@ -10,7 +10,7 @@ use lockstep_proto::pb::{
 use lockstep_proto::{now_unix_ms, paths};
 use serde_json::{Value, json};
 
-use super::gate_check::{state_word, summary};
+use super::gate_check::{state_word, summary, why};
 
 /// Prints rows under a header with columns padded to their widest cell.
 fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {

@@ -1,0 +1,482 @@
+//! Starting and driving a loopback fleet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use lockstep_agent::config::AgentConfig;
+use lockstep_agent::report::Agent;
+use lockstep_agent::scan::Scanner;
+use lockstep_controller::config::ControllerConfig;
+use lockstep_controller::console::{self, Cli};
+use lockstep_controller::controller::Controller;
+use lockstep_controller::pki::{self, Subject};
+use lockstep_controller::sled_store::SledStore;
+use lockstep_proto::identity::OperatorRole;
+use lockstep_proto::pb::agent_service_client::AgentServiceClient;
+use lockstep_proto::pb::{GateCheckReply, GateState};
+use lockstep_proto::tls::{self, TlsPaths};
+use tempfile::TempDir;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub role: String,
+    pub hosts: usize,
+    /// "release" or "consensus".
+    pub mode: String,
+    pub freshness_ttl: Duration,
+    pub scan_interval: Duration,
+    pub watch: Vec<String>,
+    pub per_host: Vec<String>,
+    /// Inventory hosts whose agent is never started (no agent installed).
+    pub without_agent: Vec<String>,
+}
+
+impl FleetSpec {
+    pub fn smars(hosts: usize) -> Self {
+        Self {
+            role: "smars".into(),
+            hosts,
+            mode: "release".into(),
+            freshness_ttl: Duration::from_secs(30),
+            scan_interval: Duration::from_secs(5),
+            watch: vec!["/opt/smars/**".into(), "/etc/hostname".into()],
+            per_host: vec!["/etc/hostname".into()],
+            without_agent: Vec::new(),
+        }
+    }
+
+    pub fn host_name(&self, i: usize) -> String {
+        format!("{}-{:02}", self.role, i)
+    }
+}
+
+/// One running agent and the directory that plays its host's `/`.
+pub struct HostHandle {
+    pub host: String,
+    pub root: PathBuf,
+    pub config: AgentConfig,
+    trigger: Option<Arc<Notify>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub struct Fleet {
+    pub spec: FleetSpec,
+    pub dir: TempDir,
+    pub pki_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub controller: Arc<Controller>,
+    pub hosts: BTreeMap<String, HostHandle>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Fleet {
+    /// PKI, controller and one agent per host, all running; host files empty
+    /// until [`Fleet::write`] puts some there.
+    pub async fn start(spec: FleetSpec) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-fleet-")
+            .tempdir()?;
+        let pki_dir = dir.path().join("pki");
+        pki::init(&pki_dir, YEAR)?;
+        pki::issue(
+            &pki_dir,
+            &Subject::Controller {
+                names: vec!["127.0.0.1".into(), "localhost".into()],
+            },
+            &pki_dir.join("controller"),
+            YEAR,
+        )?;
+        let hosts: Vec<String> = (1..=spec.hosts).map(|i| spec.host_name(i)).collect();
+        let config_path = dir.path().join("controller.toml");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        std::fs::write(
+            &config_path,
+            controller_toml(&spec, &hosts, dir.path(), addr),
+        )?;
+        let (controller, stop, task) = start_controller(&config_path, listener).await?;
+        let mut fleet = Self {
+            controller,
+            spec,
+            pki_dir,
+            addr,
+            hosts: BTreeMap::new(),
+            stop_server: Some(stop),
+            server: Some(task),
+            dir,
+        };
+        for host in hosts {
+            fleet.add_host(&host)?;
+        }
+        for host in fleet.hosts.keys().cloned().collect::<Vec<_>>() {
+            if !fleet.spec.without_agent.contains(&host) {
+                fleet.start_agent(&host)?;
+            }
+        }
+        Ok(fleet)
+    }
+
+    fn add_host(&mut self, host: &str) -> anyhow::Result<()> {
+        let base = self.dir.path().join("hosts").join(host);
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("etc"))?;
+        std::fs::write(root.join("etc/hostname"), format!("{host}\n"))?;
+        pki::issue(
+            &self.pki_dir,
+            &Subject::Agent {
+                host: host.to_string(),
+            },
+            &base.join("agent"),
+            YEAR,
+        )?;
+        let toml = format!(
+            r#"host = "{host}"
+role = "{role}"
+state_dir = "{state}"
+watch = {watch:?}
+scan_interval = "{scan}ms"
+root = "{root}"
+
+[controller]
+address = "{addr}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+            role = self.spec.role,
+            state = base.join("state").display(),
+            watch = self.spec.watch,
+            scan = self.spec.scan_interval.as_millis(),
+            root = root.display(),
+            addr = self.addr,
+            ca = self.pki_dir.join(pki::CA_CERT).display(),
+            cert = base.join("agent.pem").display(),
+            key = base.join("agent.key").display(),
+        );
+        let config_path = base.join("agent.toml");
+        std::fs::write(&config_path, toml)?;
+        let config = AgentConfig::load(&config_path)?;
+        self.hosts.insert(
+            host.to_string(),
+            HostHandle {
+                host: host.to_string(),
+                root,
+                config,
+                trigger: None,
+                stop: None,
+                task: None,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn host(&self, host: &str) -> anyhow::Result<&HostHandle> {
+        self.hosts
+            .get(host)
+            .with_context(|| format!("no host {host} in this fleet"))
+    }
+
+    /// Starts (or restarts) `host`'s agent loop.
+    pub fn start_agent(&mut self, host: &str) -> anyhow::Result<()> {
+        let h = self
+            .hosts
+            .get_mut(host)
+            .with_context(|| format!("no host {host}"))?;
+        let agent = Agent::new(h.config.clone())?;
+        let (stop, stopped) = oneshot::channel();
+        h.trigger = Some(agent.scan_trigger());
+        h.stop = Some(stop);
+        h.task = Some(tokio::spawn(agent.run(async {
+            let _ = stopped.await;
+        })));
+        Ok(())
+    }
+
+    /// Stops `host`'s agent: the host goes silent.
+    pub async fn stop_agent(&mut self, host: &str) -> anyhow::Result<()> {
+        let h = self
+            .hosts
+            .get_mut(host)
+            .with_context(|| format!("no host {host}"))?;
+        if let Some(stop) = h.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = h.task.take() {
+            task.await?;
+        }
+        h.trigger = None;
+        Ok(())
+    }
+
+    /// Writes `contents` at `path` (as the host sees it) on each of `hosts`.
+    pub fn write(&self, hosts: &[String], path: &str, contents: &[u8]) -> anyhow::Result<()> {
+        for host in hosts {
+            let p = self.host(host)?.root.join(path.trim_start_matches('/'));
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Deploy tools replace files by rename; do the same.
+            let tmp = p.with_extension("lockstep-deploy-tmp");
+            std::fs::write(&tmp, contents)?;
+            std::fs::rename(&tmp, &p)?;
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, hosts: &[String], path: &str) -> anyhow::Result<()> {
+        for host in hosts {
+            let p = self.host(host)?.root.join(path.trim_start_matches('/'));
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The digest `host`'s agent will report for its files as they are now.
+    pub fn local_digest(&self, host: &str) -> anyhow::Result<String> {
+        let h = self.host(host)?;
+        let entries = Scanner::new(&h.config.watch, h.config.root.clone())?.scan()?;
+        Ok(hex::encode(lockstep_proto::digest::digest(&entries)))
+    }
+
+    /// Makes the given agents report now, and waits until the controller
+    /// holds each one's current version set.
+    pub async fn settle(&self, hosts: &[String]) -> anyhow::Result<()> {
+        let mut want = Vec::new();
+        for host in hosts {
+            if let Some(t) = &self.host(host)?.trigger {
+                t.notify_one();
+            }
+            want.push((host.clone(), self.local_digest(host)?));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let held: BTreeMap<String, String> = self
+                .controller
+                .list_hosts(&harness_viewer(), &self.spec.role)?
+                .into_iter()
+                .map(|h| (h.host, hex::encode(h.digest)))
+                .collect();
+            let pending: Vec<&str> = want
+                .iter()
+                .filter(|(h, d)| held.get(h) != Some(d))
+                .map(|(h, _)| h.as_str())
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "controller did not receive the current version set of: {}",
+                    pending.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Issues (once) and returns the TLS paths of operator `name`.
+    pub fn operator(&self, name: &str, role: OperatorRole) -> anyhow::Result<TlsPaths> {
+        let out = self
+            .dir
+            .path()
+            .join("operators")
+            .join(format!("{name}-{}", role.as_str()));
+        if !out.with_extension("pem").exists() {
+            pki::issue(
+                &self.pki_dir,
+                &Subject::Operator {
+                    name: name.to_string(),
+                    role,
+                },
+                &out,
+                YEAR,
+            )?;
+        }
+        Ok(TlsPaths {
+            ca: self.pki_dir.join(pki::CA_CERT),
+            cert: out.with_extension("pem"),
+            key: out.with_extension("key"),
+        })
+    }
+
+    /// Runs a `lockstep` console command as `operator`; returns exit code and output.
+    pub async fn console(
+        &self,
+        operator: &TlsPaths,
+        args: &[&str],
+    ) -> anyhow::Result<(u8, String)> {
+        let mut argv: Vec<String> = vec!["lockstep".into()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        argv.extend([
+            "--controller".into(),
+            self.addr.to_string(),
+            "--ca".into(),
+            operator.ca.display().to_string(),
+            "--cert".into(),
+            operator.cert.display().to_string(),
+            "--key".into(),
+            operator.key.display().to_string(),
+        ]);
+        let cli = Cli::try_parse_from(&argv)?;
+        let mut out = Vec::new();
+        let code = console::run(cli, &mut out).await?;
+        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    /// The gate check of the fleet's role, straight from the controller.
+    pub fn gates(&self) -> anyhow::Result<GateCheckReply> {
+        Ok(self
+            .controller
+            .gate_check(&harness_viewer(), &self.spec.role)?)
+    }
+
+    /// Polls the gate check until `ok` holds (or fails after 20 s).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        ok: impl Fn(&GateCheckReply) -> bool,
+    ) -> anyhow::Result<GateCheckReply> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let g = self.gates()?;
+            if ok(&g) {
+                return Ok(g);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; gates now: {}",
+                    console::summary(&g)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A raw agent-service client that presents `host`'s certificate.
+    pub fn agent_client(&self, host: &str) -> anyhow::Result<AgentServiceClient<Channel>> {
+        let h = self.host(host)?;
+        agent_client_with(self.addr, &h.config.controller.tls)
+    }
+
+    pub fn ca_paths(&self) -> (PathBuf, PathBuf) {
+        (
+            self.pki_dir.join(pki::CA_CERT),
+            self.pki_dir.join(pki::CA_KEY),
+        )
+    }
+
+    /// Stops everything; the temp dir goes when the fleet is dropped.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        for host in self.hosts.keys().cloned().collect::<Vec<_>>() {
+            self.stop_agent(&host).await?;
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.server.take() {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+/// The identity the harness reads the controller with (in-process, no TLS).
+fn harness_viewer() -> lockstep_proto::identity::PeerIdentity {
+    lockstep_proto::identity::PeerIdentity::Operator {
+        name: "harness".into(),
+        role: OperatorRole::Viewer,
+    }
+}
+
+/// An agent-service client with arbitrary TLS material (for hostile tests).
+pub fn agent_client_with(
+    addr: SocketAddr,
+    paths: &TlsPaths,
+) -> anyhow::Result<AgentServiceClient<Channel>> {
+    let config = tls::client_config(paths)?;
+    let channel = tls::channel(
+        &addr.to_string(),
+        "127.0.0.1",
+        config,
+        Duration::from_secs(5),
+    )?;
+    Ok(AgentServiceClient::new(channel))
+}
+
+fn controller_toml(spec: &FleetSpec, hosts: &[String], dir: &Path, addr: SocketAddr) -> String {
+    format!(
+        r#"listen = "{addr}"
+data_dir = "{data}"
+freshness_ttl = "{ttl}ms"
+max_clock_skew = "30s"
+
+[tls]
+ca = "{pki}/ca.pem"
+cert = "{pki}/controller.pem"
+key = "{pki}/controller.key"
+
+[[role]]
+name = "{role}"
+mode = "{mode}"
+hosts = {hosts:?}
+per_host = {per_host:?}
+"#,
+        data = dir.join("controller").display(),
+        ttl = spec.freshness_ttl.as_millis(),
+        pki = dir.join("pki").display(),
+        role = spec.role,
+        mode = spec.mode,
+        per_host = spec.per_host,
+    )
+}
+
+async fn start_controller(
+    config_path: &Path,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<(Arc<Controller>, oneshot::Sender<()>, JoinHandle<()>)> {
+    let config = ControllerConfig::load(config_path)?;
+    let tls = tls::server_config(&config.tls)?;
+    let store = SledStore::open(&config.data_dir.join("store"))?;
+    let controller = Arc::new(Controller::new(config, Arc::new(store))?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let c = controller.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = lockstep_controller::server::serve(listener, tls, c, shutdown).await {
+            tracing::error!(error = %e, "controller stopped with an error");
+        }
+    });
+    Ok((controller, stop, task))
+}
+
+/// Gate state of `host` in a gate check reply.
+pub fn state_of(g: &GateCheckReply, host: &str) -> GateState {
+    g.gates
+        .iter()
+        .find(|x| x.host == host)
+        .map_or(GateState::Unspecified, |x| x.state())
+}
+
+/// Reason texts of `host` in a gate check reply.
+pub fn reasons_of(g: &GateCheckReply, host: &str) -> Vec<String> {
+    g.gates
+        .iter()
+        .find(|x| x.host == host)
+        .map(|x| x.reasons.iter().map(|r| r.text.clone()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,203 @@
+//! The Knight Capital morning of 1 August 2012, replayed on a loopback fleet.
+//!
+//! 1. Release 1 runs everywhere: every gate OPEN.
+//! 2. New code (release 2) reaches 7 of 8 hosts; the eighth keeps the old
+//!    binary, the old config and lacks the new library. Release 2 is
+//!    approved: the eighth is CLOSED, naming exactly those files.
+//! 3. The 7 are "rolled back" to the old code while release 2 stays the
+//!    approved one: all 8 are CLOSED.
+//!
+//! Each step returns what the console showed so the demo can print it and
+//! the test can assert it.
+
+use lockstep_proto::identity::OperatorRole;
+use lockstep_proto::pb::GateCheckReply;
+use lockstep_proto::tls::TlsPaths;
+
+use crate::fleet::{Fleet, FleetSpec};
+
+pub const BIN: &str = "/opt/smars/bin/smars";
+pub const CONF: &str = "/opt/smars/etc/smars.conf";
+pub const RLP_LIB: &str = "/opt/smars/lib/librlp.so";
+pub const SHARED_LIB: &str = "/opt/smars/lib/libsmars.so";
+
+/// The old SMARS: Power Peg code still in the binary, reachable by the flag.
+const OLD_BIN: &[u8] =
+    b"SMARS build 2003.11 - order router\nPowerPeg: test harness, retired 2003 (code left in)\n";
+const OLD_CONF: &[u8] = b"[router]\nflag_rlp = 0\nvenue = NYSE\n";
+/// The new SMARS: the same flag now means "Retail Liquidity Program".
+const NEW_BIN: &[u8] = b"SMARS build 2012.08 - order router\nRLP: Retail Liquidity Program (reuses the PowerPeg flag)\n";
+const NEW_CONF: &[u8] = b"[router]\nflag_rlp = 1\nvenue = NYSE\n";
+const NEW_RLP_LIB: &[u8] = b"librlp 1.0\n";
+const SHARED: &[u8] = b"libsmars 4.2\n";
+
+/// One step of the morning: what was run and what the gate check said.
+pub struct Step {
+    pub title: &'static str,
+    /// (command line, output) of each console command run, gate check last.
+    pub transcript: Vec<(String, String)>,
+    pub gates: GateCheckReply,
+    pub gate_check_exit: u8,
+}
+
+pub struct Morning {
+    pub fleet: Fleet,
+    /// Proposes releases.
+    pub alice: TlsPaths,
+    /// Approves them (two-person rule).
+    pub bob: TlsPaths,
+}
+
+impl Morning {
+    pub async fn start(hosts: usize) -> anyhow::Result<Self> {
+        Self::with_spec(FleetSpec::smars(hosts)).await
+    }
+
+    pub async fn with_spec(spec: FleetSpec) -> anyhow::Result<Self> {
+        let fleet = Fleet::start(spec).await?;
+        let alice = fleet.operator("alice", OperatorRole::Operator)?;
+        let bob = fleet.operator("bob", OperatorRole::Approver)?;
+        Ok(Self { fleet, alice, bob })
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.fleet.hosts.keys().cloned().collect()
+    }
+
+    /// Every host but the last: where the technician's copy succeeded.
+    pub fn all_but_last(&self) -> Vec<String> {
+        let mut h = self.all();
+        h.pop();
+        h
+    }
+
+    pub fn last(&self) -> String {
+        self.all().pop().unwrap_or_default()
+    }
+
+    pub fn install_old(&self, hosts: &[String]) -> anyhow::Result<()> {
+        self.fleet.write(hosts, BIN, OLD_BIN)?;
+        self.fleet.write(hosts, CONF, OLD_CONF)?;
+        self.fleet.write(hosts, SHARED_LIB, SHARED)?;
+        for h in hosts {
+            let p = self
+                .fleet
+                .host(h)?
+                .root
+                .join(RLP_LIB.trim_start_matches('/'));
+            if p.exists() {
+                std::fs::remove_file(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn install_new(&self, hosts: &[String]) -> anyhow::Result<()> {
+        self.fleet.write(hosts, BIN, NEW_BIN)?;
+        self.fleet.write(hosts, CONF, NEW_CONF)?;
+        self.fleet.write(hosts, RLP_LIB, NEW_RLP_LIB)?;
+        self.fleet.write(hosts, SHARED_LIB, SHARED)
+    }
+
+    async fn run(
+        &self,
+        who: &TlsPaths,
+        args: &[&str],
+        transcript: &mut Vec<(String, String)>,
+    ) -> anyhow::Result<u8> {
+        let (code, out) = self.fleet.console(who, args).await?;
+        transcript.push((format!("lockstep {}", args.join(" ")), out));
+        Ok(code)
+    }
+
+    async fn finish(
+        &self,
+        title: &'static str,
+        mut transcript: Vec<(String, String)>,
+    ) -> anyhow::Result<Step> {
+        let code = self
+            .run(
+                &self.bob,
+                &["gate", "check", "--role", "smars"],
+                &mut transcript,
+            )
+            .await?;
+        Ok(Step {
+            title,
+            transcript,
+            gates: self.fleet.gates()?,
+            gate_check_exit: code,
+        })
+    }
+
+    /// Propose from `host` as alice, approve as bob.
+    async fn release_from(
+        &self,
+        host: &str,
+        note: &str,
+        t: &mut Vec<(String, String)>,
+    ) -> anyhow::Result<u64> {
+        let code = self
+            .run(
+                &self.alice,
+                &[
+                    "release",
+                    "propose",
+                    "--role",
+                    "smars",
+                    "--from-host",
+                    host,
+                    "--note",
+                    note,
+                ],
+                t,
+            )
+            .await?;
+        let proposed = t.last().map(|(_, out)| out.as_str()).unwrap_or_default();
+        anyhow::ensure!(code == 0, "propose failed: {proposed}");
+        // "release N for role smars proposed (...)"
+        let number: u64 = proposed
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no release number in {proposed:?}"))?;
+        let n = number.to_string();
+        let code = self.run(&self.bob, &["release", "approve", &n], t).await?;
+        anyhow::ensure!(code == 0, "approve failed: {:?}", t.last());
+        Ok(number)
+    }
+
+    pub async fn step1_release_everywhere(&self) -> anyhow::Result<Step> {
+        let all = self.all();
+        self.install_old(&all)?;
+        self.fleet.settle(&all).await?;
+        let mut t = Vec::new();
+        self.release_from(&all[0], "the code every host runs today", &mut t)
+            .await?;
+        self.finish("Release 1 runs on every host", t).await
+    }
+
+    pub async fn step2_new_code_on_all_but_one(&self) -> anyhow::Result<Step> {
+        let seven = self.all_but_last();
+        self.install_new(&seven)?;
+        self.fleet.settle(&self.all()).await?;
+        let mut t = Vec::new();
+        self.release_from(&seven[0], "RLP launch", &mut t).await?;
+        let last = self.last();
+        self.run(&self.bob, &["diff", &last, "--release"], &mut t)
+            .await?;
+        self.finish("New code copied to all but one host; release 2 approved", t)
+            .await
+    }
+
+    pub async fn step3_roll_back(&self) -> anyhow::Result<Step> {
+        let seven = self.all_but_last();
+        self.install_old(&seven)?;
+        self.fleet.settle(&self.all()).await?;
+        self.finish(
+            "The hosts are 'rolled back' to the old code; release 2 is still the approved one",
+            Vec::new(),
+        )
+        .await
+    }
+}
