@@ -229,3 +229,15 @@ mod tests {
         assert!(err.contains("line 1"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod packaged {
+    #[test]
+    fn packaged_default_config_is_valid() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/agent.toml"
+        ));
+        super::AgentConfig::load(path).unwrap();
+    }
+}

@@ -4,6 +4,8 @@
 //! reads any file whatever its mode) and every entry is checked against what
 //! `sha256sum` and `stat` say.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};

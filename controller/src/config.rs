@@ -317,3 +317,16 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod packaged {
+    #[test]
+    fn packaged_default_config_is_valid() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/controller.toml"
+        ));
+        let c = super::ControllerConfig::load(path).unwrap();
+        assert_eq!(c.roles["smars"].hosts.len(), 8);
+    }
+}

@@ -60,7 +60,8 @@ fn good_attestation_verifies() {
 #[test]
 fn each_violation_is_named() {
     let s = signer();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Attestation)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut Attestation)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "other host",
             Box::new(|a| a.host = "smars-02".into()),

@@ -212,7 +212,7 @@ mod tests {
         let a = file("/a", 1);
         let mut b = a.clone();
         b.mode = 0o755;
-        let c = &diff(&[a.clone()], &[b], "release 1", |_| false)[0];
+        let c = &diff(std::slice::from_ref(&a), &[b], "release 1", |_| false)[0];
         assert_eq!(c.text, "/a mode 0644 != release 1 (0755)");
         let mut d = a.clone();
         d.uid = 1000;

@@ -109,7 +109,8 @@ mod tests {
     fn every_digested_field_changes_the_digest() {
         let base = canonicalize(vec![file("/a", 1), file("/b", 2)]).unwrap();
         let d0 = digest(&base);
-        let mutations: Vec<Box<dyn Fn(&mut Entry)>> = vec![
+        type Mutation = Box<dyn Fn(&mut Entry)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|e| e.path = b"/c".to_vec()),
             Box::new(|e| e.kind = EntryKind::Unstable as i32),
             Box::new(|e| e.sha256[0] ^= 1),

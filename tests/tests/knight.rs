@@ -2,6 +2,8 @@
 //! mTLS on 127.0.0.1, real sled, real files; the gate of every host asserted
 //! at every step, reasons included.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use lockstep_proto::pb::{GateState, ReasonKind};
 use lockstep_tests::fleet::{FleetSpec, reasons_of, state_of};
 use lockstep_tests::knight::{BIN, CONF, Morning, RLP_LIB};

@@ -1,6 +1,8 @@
 //! Attacks and faults the spine must refuse: each leaves the gate CLOSED (or
 //! the connection refused) with a clear reason. Real mTLS on 127.0.0.1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::time::Duration;
 
 use lockstep_agent::state;

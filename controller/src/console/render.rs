@@ -242,16 +242,10 @@ pub fn gate_check(out: &mut dyn Write, r: &GateCheckReply, json: bool) -> io::Re
     let rows: Vec<Vec<String>> = r
         .gates
         .iter()
-        .map(|g| {
-            vec![
-                g.host.clone(),
-                state_word(g.state()).to_string(),
-                first_reason(Some(g)),
-            ]
-        })
+        .map(|g| vec![g.host.clone(), state_word(g.state()).to_string(), why(g)])
         .collect();
-    table(out, &["HOST", "GATE", "REASON"], &rows)?;
-    for g in r.gates.iter().filter(|g| g.reasons.len() > 1) {
+    table(out, &["HOST", "GATE", "WHY"], &rows)?;
+    for g in r.gates.iter().filter(|g| !g.reasons.is_empty()) {
         writeln!(out, "{}:", g.host)?;
         for reason in &g.reasons {
             writeln!(out, "  - {}", reason.text)?;
