@@ -61,6 +61,8 @@ pub struct Agent {
     last_gate: Option<GateState>,
     /// Whether the controller confirmed our attestation key is pinned.
     pinned: bool,
+    /// Whether the last attestation sent carried the full entry list.
+    last_sent_full: bool,
     scan_now: Arc<Notify>,
 }
 
@@ -92,6 +94,7 @@ impl Agent {
             acked_full: None,
             last_gate: None,
             pinned: false,
+            last_sent_full: false,
             scan_now: Arc::new(Notify::new()),
         })
     }
@@ -99,6 +102,11 @@ impl Agent {
     /// Notifying this makes the agent scan and report at once.
     pub fn scan_trigger(&self) -> Arc<Notify> {
         self.scan_now.clone()
+    }
+
+    /// Whether the last attestation sent carried entries (false: a heartbeat).
+    pub fn last_sent_full(&self) -> bool {
+        self.last_sent_full
     }
 
     pub fn public_key(&self) -> &[u8] {
@@ -179,6 +187,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let envelope = self.signer.seal_attestation(&attestation);
+        self.last_sent_full = full;
         let reply = match self.client.submit(envelope).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
