@@ -26,10 +26,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key}: {problem}")]
@@ -52,6 +49,21 @@ struct RawConfig {
     #[serde(default)]
     root: Option<PathBuf>,
     controller: RawController,
+    #[serde(default)]
+    gate: RawGate,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    state_file: Option<PathBuf>,
+    #[serde(default)]
+    on_open: Vec<String>,
+    #[serde(default)]
+    on_close: Vec<String>,
+    hook_timeout: Option<String>,
+    outage: Option<String>,
+    hold_hours_utc: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +91,44 @@ pub struct AgentConfig {
     /// (an agent in a container with the host's root mounted at /host).
     pub root: Option<PathBuf>,
     pub controller: ControllerConfig,
+    pub gate: GateConfig,
+}
+
+/// What the agent does with the controller's gate on this host.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Written atomically on every change; read by `lockstep-agent gate check`.
+    pub state_file: PathBuf,
+    /// Command (argv) run when the gate opens.
+    pub on_open: Vec<String>,
+    /// Command (argv) run when the gate closes, e.g. stopping the trading unit.
+    pub on_close: Vec<String>,
+    pub hook_timeout: Duration,
+    pub outage: OutagePolicy,
+}
+
+/// What an expired lease means when the controller cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutagePolicy {
+    /// Close the gate (the default, and the only choice outside trading hours).
+    Close,
+    /// Keep an OPEN gate open and alarm, but only between these minutes of
+    /// the UTC day (the trading session); never before the open.
+    Hold { from_min: i32, to_min: i32 },
+}
+
+pub const DEFAULT_STATE_FILE: &str = "/run/lockstep/gate.json";
+
+/// "13:30-20:00" → minutes of the day.
+fn parse_hours(text: &str) -> Result<(i32, i32), String> {
+    let bad = || format!("{text:?} is not a UTC range like \"13:30-20:00\"");
+    let minute = |hm: &str| -> Option<i32> {
+        let (h, m) = hm.trim().split_once(':')?;
+        let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+        ((0..24).contains(&h) && (0..60).contains(&m)).then_some(h * 60 + m)
+    };
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    Ok((minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?))
 }
 
 #[derive(Debug, Clone)]
@@ -114,16 +164,13 @@ impl AgentConfig {
         validate_id(&raw.host).map_err(|e| invalid("host", e.to_string()))?;
         validate_id(&raw.role).map_err(|e| invalid("role", e.to_string()))?;
         if raw.watch.is_empty() {
-            return Err(invalid(
-                "watch",
-                "list at least one path or glob to measure".into(),
-            ));
+            return Err(invalid("watch", "list at least one path or glob to measure".into()));
         }
         for pattern in &raw.watch {
             crate::scan::WatchPattern::new(pattern).map_err(|e| invalid("watch", e.to_string()))?;
         }
-        let scan_interval = duration(raw.scan_interval.as_deref(), DEFAULT_SCAN_INTERVAL)
-            .map_err(|e| invalid("scan_interval", e))?;
+        let scan_interval =
+            duration(raw.scan_interval.as_deref(), DEFAULT_SCAN_INTERVAL).map_err(|e| invalid("scan_interval", e))?;
         if scan_interval < Duration::from_millis(100) {
             return Err(invalid("scan_interval", "must be at least 100ms".into()));
         }
@@ -132,13 +179,40 @@ impl AgentConfig {
             None => default_server_name(&raw.controller.address)
                 .map_err(|e| invalid("controller.address", e.to_string()))?,
         };
-        default_server_name(&raw.controller.address)
-            .map_err(|e| invalid("controller.address", e.to_string()))?;
-        let connect_timeout = duration(
-            raw.controller.connect_timeout.as_deref(),
-            Duration::from_secs(5),
-        )
-        .map_err(|e| invalid("controller.connect_timeout", e))?;
+        default_server_name(&raw.controller.address).map_err(|e| invalid("controller.address", e.to_string()))?;
+        let connect_timeout = duration(raw.controller.connect_timeout.as_deref(), Duration::from_secs(5))
+            .map_err(|e| invalid("controller.connect_timeout", e))?;
+        let outage = match (raw.gate.outage.as_deref(), raw.gate.hold_hours_utc.as_deref()) {
+            (None | Some("close"), None) => OutagePolicy::Close,
+            (None | Some("close"), Some(_)) => {
+                return Err(invalid(
+                    "gate.hold_hours_utc",
+                    "only means something with outage = \"hold\"".into(),
+                ));
+            }
+            (Some("hold"), Some(hours)) => {
+                let (from_min, to_min) = parse_hours(hours).map_err(|e| invalid("gate.hold_hours_utc", e))?;
+                OutagePolicy::Hold { from_min, to_min }
+            }
+            (Some("hold"), None) => {
+                return Err(invalid(
+                    "gate.hold_hours_utc",
+                    "outage = \"hold\" needs the trading session, e.g. hold_hours_utc = \"13:30-20:00\"".into(),
+                ));
+            }
+            (Some(other), _) => {
+                return Err(invalid("gate.outage", format!("{other:?}: use \"close\" or \"hold\"")));
+            }
+        };
+        let hook_timeout = duration(raw.gate.hook_timeout.as_deref(), Duration::from_secs(30))
+            .map_err(|e| invalid("gate.hook_timeout", e))?;
+        let gate = GateConfig {
+            state_file: raw.gate.state_file.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
+            on_open: raw.gate.on_open,
+            on_close: raw.gate.on_close,
+            hook_timeout,
+            outage,
+        };
         Ok(Self {
             host: raw.host,
             role: raw.role,
@@ -146,6 +220,7 @@ impl AgentConfig {
             watch: raw.watch,
             scan_interval,
             root: raw.root,
+            gate,
             controller: ControllerConfig {
                 address: raw.controller.address,
                 server_name,
@@ -164,8 +239,7 @@ impl AgentConfig {
 pub fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
     match text {
         None => Ok(default),
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| format!("{t:?} is not a duration like \"10s\": {e}")),
+        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like \"10s\": {e}")),
     }
 }
 
@@ -186,35 +260,45 @@ mod tests {
         assert_eq!(c.scan_interval, Duration::from_secs(2));
         assert_eq!(c.controller.server_name, "127.0.0.1");
         assert_eq!(c.controller.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.gate.state_file, PathBuf::from(DEFAULT_STATE_FILE));
+        assert_eq!(c.gate.outage, OutagePolicy::Close);
+        let held = parse(&format!(
+            "{GOOD}\n[gate]\noutage = \"hold\"\nhold_hours_utc = \"13:30-20:00\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            held.gate.outage,
+            OutagePolicy::Hold {
+                from_min: 810,
+                to_min: 1200
+            }
+        );
     }
 
     #[test]
     fn bad_configs_name_the_key() {
         let cases = [
-            (
-                GOOD.replace("host = \"smars-01\"", "host = \"SMARS 01\""),
-                "host:",
-            ),
+            (GOOD.replace("host = \"smars-01\"", "host = \"SMARS 01\""), "host:"),
             (
                 GOOD.replace("scan_interval = \"2s\"", "scan_interval = \"soon\""),
                 "scan_interval:",
             ),
-            (
-                GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = []"),
-                "watch:",
-            ),
+            (GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = []"), "watch:"),
             (
                 GOOD.replace("watch = [\"/opt/smars/**\"]", "watch = [\"relative/*\"]"),
                 "watch:",
             ),
+            (GOOD.replace("127.0.0.1:7443", "nohost"), "controller.address:"),
+            (format!("{GOOD}\nsurprise = 1\n"), "unknown field `surprise`"),
             (
-                GOOD.replace("127.0.0.1:7443", "nohost"),
-                "controller.address:",
+                format!("{GOOD}\n[gate]\noutage = \"hold\"\n"),
+                "gate.hold_hours_utc: outage = \"hold\" needs",
             ),
             (
-                format!("{GOOD}\nsurprise = 1\n"),
-                "unknown field `surprise`",
+                format!("{GOOD}\n[gate]\noutage = \"hold\"\nhold_hours_utc = \"9:30-25:00\"\n"),
+                "not a UTC range",
             ),
+            (format!("{GOOD}\n[gate]\noutage = \"pray\"\n"), "gate.outage: \"pray\""),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();
@@ -234,10 +318,7 @@ mod tests {
 mod packaged {
     #[test]
     fn packaged_default_config_is_valid() {
-        let path = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../packaging/agent.toml"
-        ));
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/agent.toml"));
         super::AgentConfig::load(path).unwrap();
     }
 }

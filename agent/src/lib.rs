@@ -5,11 +5,17 @@
 //! - [`entry`]: measuring one path safely (no following, no blocking, no mixes).
 //! - [`state`]: the attestation key and the sequence number on disk.
 //! - [`report`]: the scan–sign–submit loop with backoff.
+//! - [`directives`]: follows the controller's directive stream.
+//! - [`gatekeeper`]: the local gate: lease, state file, hooks, outage policy.
+//! - [`hooks`]: runs `on_open` / `on_close` commands in order.
 //! - [`backoff`]: jittered exponential backoff.
 
 pub mod backoff;
 pub mod config;
+pub mod directives;
 pub mod entry;
+pub mod gatekeeper;
+pub mod hooks;
 pub mod report;
 pub mod scan;
 pub mod state;

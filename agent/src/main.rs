@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lockstep_agent::config::AgentConfig;
+use lockstep_agent::gatekeeper;
 use lockstep_agent::report::Agent;
 use lockstep_agent::scan::Scanner;
 
@@ -27,6 +28,9 @@ enum Command {
         #[arg(long, default_value = "/etc/lockstep/agent.toml")]
         config: PathBuf,
     },
+    /// Gate state on this host.
+    #[command(subcommand)]
+    Gate(GateCommand),
     /// Measure once and write a release manifest (JSON), without a
     /// controller: the watch paths of --config, or the --watch patterns given.
     /// With --root, measure a staged build tree as if it were installed at /.
@@ -45,9 +49,34 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum GateCommand {
+    /// Exit 0 only under an unexpired OPEN gate (for ExecStartPre= of the
+    /// trading unit). Exit 1 when closed or expired, 3 when there is no gate
+    /// state yet.
+    Check {
+        #[arg(long, default_value = "/etc/lockstep/agent.toml")]
+        config: PathBuf,
+        /// Read this state file instead of the one the config names.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Wait up to this long for the gate to open, e.g. "30s".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+}
+
 fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
+    if let Command::Gate(GateCommand::Check {
+        config,
+        state_file,
+        wait,
+    }) = &cli.command
+    {
+        return gate_check(config, state_file.as_deref(), *wait);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -71,8 +100,34 @@ fn init_tracing() {
     }
 }
 
+/// `gate check`: reads the state file the agent keeps; never asks the network.
+fn gate_check(
+    config: &std::path::Path,
+    state_file: Option<&std::path::Path>,
+    wait: Option<std::time::Duration>,
+) -> ExitCode {
+    let path = match state_file {
+        Some(p) => p.to_path_buf(),
+        None => match AgentConfig::load(config) {
+            Ok(c) => c.gate.state_file,
+            Err(e) => {
+                eprintln!("lockstep-agent: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let (code, line) = gatekeeper::check(&path, wait.unwrap_or_default());
+    if code == 0 {
+        println!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+    ExitCode::from(code)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Gate(_) => Ok(()),
         Command::Run { config } => {
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -97,8 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if output.as_os_str() == "-" {
                 println!("{json}");
             } else {
-                std::fs::write(&output, json + "\n")
-                    .with_context(|| format!("writing {}", output.display()))?;
+                std::fs::write(&output, json + "\n").with_context(|| format!("writing {}", output.display()))?;
             }
             Ok(())
         }
@@ -108,10 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Resolves on SIGTERM (how systemd stops us) or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::gatekeeper::GateKeeper;
 use crate::scan::{ScanError, Scanner};
 use crate::state::{self, SeqCounter, StateError};
 
@@ -113,9 +114,25 @@ impl Agent {
         self.signer.public_key()
     }
 
-    /// Reports every `scan_interval` (or when triggered) until `shutdown`.
+    /// Follows the controller's gate and reports every `scan_interval` (or
+    /// when triggered) until `shutdown`.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // The gate comes first: a halted host learns it before it reports.
+        let (hook_tx, hook_rx) = tokio::sync::mpsc::unbounded_channel();
+        let hooks = tokio::spawn(crate::hooks::run_hooks(hook_rx, self.config.gate.hook_timeout));
+        let keeper = GateKeeper::new(&self.config.host, self.config.gate.clone(), hook_tx);
+        let (stop_follow, follow_stopped) = tokio::sync::oneshot::channel::<()>();
+        let follower = tokio::spawn(crate::directives::follow(self.client.clone(), keeper, async {
+            let _ = follow_stopped.await;
+        }));
+        self.report_until(&mut shutdown).await;
+        let _ = stop_follow.send(());
+        let _ = follower.await;
+        let _ = hooks.await;
+    }
+
+    async fn report_until(&mut self, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut failing = false;
         loop {
@@ -142,7 +159,7 @@ impl Agent {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.scan_now.notified() => {}
-                () = &mut shutdown => return,
+                () = shutdown.as_mut() => return,
             }
         }
     }

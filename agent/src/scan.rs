@@ -51,9 +51,7 @@ impl WatchPattern {
         let mut base = PathBuf::from("/");
         for c in Path::new(pattern).components() {
             match c {
-                Component::Normal(part) if !has_glob_chars(&part.to_string_lossy()) => {
-                    base.push(part)
-                }
+                Component::Normal(part) if !has_glob_chars(&part.to_string_lossy()) => base.push(part),
                 Component::Normal(_) => break,
                 _ => {}
             }
@@ -89,9 +87,7 @@ impl Scanner {
             .iter()
             .map(|p| WatchPattern::new(p))
             .collect::<Result<_, _>>()?;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         Ok(Self {
             patterns,
             root,
@@ -165,9 +161,7 @@ impl Scanner {
                     let Some(path) = e.path() else { continue };
                     // Below the pattern's base, so it may hide matches: report it.
                     let recorded = self.recorded_path(path);
-                    let reason = e
-                        .io_error()
-                        .map_or_else(|| e.to_string(), |io| io.to_string());
+                    let reason = e.io_error().map_or_else(|| e.to_string(), |io| io.to_string());
                     direct.push(Entry {
                         path: paths::to_bytes(&recorded),
                         kind: EntryKind::Unreadable as i32,
@@ -200,9 +194,7 @@ impl Scanner {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(recorded) = found.get(i) else { break };
                         let fs_path = self.fs_path(recorded);
-                        if let Measured::Entry(e) =
-                            entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf)
-                        {
+                        if let Measured::Entry(e) = entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf) {
                             local.push(e);
                         }
                     }

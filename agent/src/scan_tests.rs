@@ -25,12 +25,7 @@ fn glob_star_stays_in_one_directory_and_double_star_crosses() {
         vec![format!("{base}/etc/a.conf")]
     );
     let all = scan(&[&format!("{base}/etc/**/*.conf")]);
-    assert_eq!(
-        all.len(),
-        2,
-        "{:?}",
-        all.iter().map(path_of).collect::<Vec<_>>()
-    );
+    assert_eq!(all.len(), 2, "{:?}", all.iter().map(path_of).collect::<Vec<_>>());
 }
 
 #[test]

@@ -13,13 +13,8 @@ use lockstep_proto::envelope::Signer;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`"
-    )]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error(
         "attestation key {path} is not a valid Ed25519 key; move it away to let the agent make a new one, then re-pin the host"
@@ -51,12 +46,17 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
 
 /// Writes `bytes` to `path` atomically with mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
@@ -72,10 +72,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 
 /// Refuses a private key that group or others can read, as ssh does.
 pub fn check_key_permissions(path: &Path) -> Result<(), StateError> {
-    let mode = std::fs::metadata(path)
-        .map_err(io_err(path))?
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(path).map_err(io_err(path))?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(StateError::KeyPermissions {
             path: path.to_path_buf(),
@@ -89,8 +86,7 @@ pub fn check_key_permissions(path: &Path) -> Result<(), StateError> {
 pub fn attestation_key(dir: &Path) -> Result<Signer, StateError> {
     let path = dir.join("attestation.key");
     if !path.exists() {
-        let pkcs8 =
-            Signer::generate_pkcs8().map_err(|_| StateError::BadKey { path: path.clone() })?;
+        let pkcs8 = Signer::generate_pkcs8().map_err(|_| StateError::BadKey { path: path.clone() })?;
         write_atomic(&path, &pkcs8)?;
     }
     check_key_permissions(&path)?;
@@ -121,12 +117,9 @@ impl SeqCounter {
 
     /// The next number, durably recorded as used.
     pub fn reserve(&mut self) -> Result<u64, StateError> {
-        let next = self
-            .last
-            .checked_add(1)
-            .ok_or_else(|| StateError::SeqExhausted {
-                path: self.path.clone(),
-            })?;
+        let next = self.last.checked_add(1).ok_or_else(|| StateError::SeqExhausted {
+            path: self.path.clone(),
+        })?;
         write_atomic(&self.path, format!("{next}\n").as_bytes())?;
         self.last = next;
         Ok(next)

@@ -26,18 +26,9 @@ fn measure(pattern: &str) -> Vec<Entry> {
     let mut cmd = Command::new("timeout");
     cmd.arg("60");
     if is_root() {
-        cmd.args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ]);
+        cmd.args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
     }
-    let out = cmd
-        .arg(bin)
-        .args(["measure", "--watch", pattern])
-        .output()
-        .unwrap();
+    let out = cmd.arg(bin).args(["measure", "--watch", pattern]).output().unwrap();
     assert!(
         out.status.success(),
         "measure failed ({}): {}",
@@ -112,13 +103,7 @@ fn hostile_tree_is_measured_truthfully_and_the_scan_finishes() {
     std::fs::write(closed_dir.join("hidden"), "x").unwrap();
     std::fs::set_permissions(&closed_dir, std::fs::Permissions::from_mode(0o000)).unwrap();
     let fifo = t.join("pipe");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     symlink("loop-b", t.join("loop-a")).unwrap();
     symlink("loop-a", t.join("loop-b")).unwrap();
 
@@ -181,8 +166,7 @@ fn measure_writes_a_manifest_that_round_trips() {
         .status()
         .unwrap();
     assert!(status.success());
-    let entries =
-        lockstep_proto::manifest::from_json(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let entries = lockstep_proto::manifest::from_json(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(
         entries[0].path, b"/opt/smars/bin/smars",
@@ -194,11 +178,7 @@ fn measure_writes_a_manifest_that_round_trips() {
 fn bad_config_is_a_clear_error_and_nonzero_exit() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        "host = \"smars-01\"\nrole = \"smars\"\nwatch = [\"relative\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "host = \"smars-01\"\nrole = \"smars\"\nwatch = [\"relative\"]\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lockstep-agent"))
         .args(["measure", "--config"])
         .arg(&cfg)
@@ -206,8 +186,5 @@ fn bad_config_is_a_clear_error_and_nonzero_exit() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("agent.toml") && err.contains("missing field"),
-        "{err}"
-    );
+    assert!(err.contains("agent.toml") && err.contains("missing field"), "{err}");
 }

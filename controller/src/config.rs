@@ -33,10 +33,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key}: {problem}")]
@@ -122,10 +119,7 @@ pub struct RoleConfig {
 
 impl RoleConfig {
     pub fn is_per_host(&self, path: &[u8]) -> bool {
-        !self.per_host.is_empty()
-            && self
-                .per_host
-                .is_match(lockstep_proto::paths::from_bytes(path))
+        !self.per_host.is_empty() && self.per_host.is_match(lockstep_proto::paths::from_bytes(path))
     }
 }
 
@@ -167,16 +161,13 @@ impl ControllerConfig {
                 format!("{:?} is not an address like \"0.0.0.0:7443\"", raw.listen),
             )
         })?;
-        let freshness_ttl = duration(raw.freshness_ttl.as_deref(), Duration::from_secs(30))
-            .map_err(|e| invalid("freshness_ttl", e))?;
+        let freshness_ttl =
+            duration(raw.freshness_ttl.as_deref(), Duration::from_secs(30)).map_err(|e| invalid("freshness_ttl", e))?;
         let max_clock_skew = duration(raw.max_clock_skew.as_deref(), Duration::from_secs(30))
             .map_err(|e| invalid("max_clock_skew", e))?;
         let defaults = Limits::default();
         let limits = Limits {
-            max_payload_bytes: raw
-                .limits
-                .max_message_bytes
-                .unwrap_or(defaults.max_payload_bytes),
+            max_payload_bytes: raw.limits.max_message_bytes.unwrap_or(defaults.max_payload_bytes),
             max_entries: raw.limits.max_entries.unwrap_or(defaults.max_entries),
         };
         let mut roles = BTreeMap::new();
@@ -195,10 +186,7 @@ impl ControllerConfig {
                 }
             };
             if r.hosts.is_empty() {
-                return Err(invalid(
-                    &key("hosts"),
-                    format!("role {} lists no hosts", r.name),
-                ));
+                return Err(invalid(&key("hosts"), format!("role {} lists no hosts", r.name)));
             }
             for h in &r.hosts {
                 validate_id(h).map_err(|e| invalid(&key("hosts"), e.to_string()))?;
@@ -217,14 +205,9 @@ impl ControllerConfig {
                     .map_err(|e| invalid(&key("per_host"), format!("{p:?}: {e}")))?;
                 set.add(glob);
             }
-            let per_host = set
-                .build()
-                .map_err(|e| invalid(&key("per_host"), e.to_string()))?;
+            let per_host = set.build().map_err(|e| invalid(&key("per_host"), e.to_string()))?;
             if roles.contains_key(&r.name) {
-                return Err(invalid(
-                    &key("name"),
-                    format!("role {} is defined twice", r.name),
-                ));
+                return Err(invalid(&key("name"), format!("role {} is defined twice", r.name)));
             }
             roles.insert(
                 r.name.clone(),
@@ -257,8 +240,7 @@ impl ControllerConfig {
 fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
     match text {
         None => Ok(default),
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| format!("{t:?} is not a duration like \"30s\": {e}")),
+        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like \"30s\": {e}")),
     }
 }
 
@@ -301,10 +283,7 @@ mod tests {
                 GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),
                 "freshness_ttl:",
             ),
-            (
-                GOOD.replace("name = \"risk\"", "name = \"Risk!\""),
-                "role[1].name:",
-            ),
+            (GOOD.replace("name = \"risk\"", "name = \"Risk!\""), "role[1].name:"),
             (
                 format!("{GOOD}\n[limits]\nmax_frobs = 1\n"),
                 "unknown field `max_frobs`",
@@ -322,10 +301,7 @@ mod tests {
 mod packaged {
     #[test]
     fn packaged_default_config_is_valid() {
-        let path = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../packaging/controller.toml"
-        ));
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/controller.toml"));
         let c = super::ControllerConfig::load(path).unwrap();
         assert_eq!(c.roles["smars"].hosts.len(), 8);
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use lockstep_proto::envelope;
 use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{Entry, Envelope, Gate, SubmitReply};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{ControllerConfig, RoleConfig};
@@ -27,20 +27,23 @@ pub struct Controller {
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises release numbering and approval.
     pub(crate) release_lock: tokio::sync::Mutex<()>,
-    gates: broadcast::Sender<Gate>,
+    /// The latest gate of each host, watched by its directive stream.
+    gates: Mutex<HashMap<String, watch::Sender<Gate>>>,
+    /// Set when the server begins to stop: long-lived streams end on it.
+    closing: watch::Sender<bool>,
 }
 
 impl Controller {
     pub fn new(config: ControllerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let state = FleetState::load(store.as_ref(), &config)?;
-        let (gates, _) = broadcast::channel(4096);
         Ok(Self {
             config,
             store,
             state: RwLock::new(state),
             host_locks: Mutex::new(HashMap::new()),
             release_lock: tokio::sync::Mutex::new(()),
-            gates,
+            gates: Mutex::new(HashMap::new()),
+            closing: watch::channel(false).0,
         })
     }
 
@@ -51,14 +54,65 @@ impl Controller {
     pub fn clock(&self) -> Clock {
         Clock {
             now_unix_ms: lockstep_proto::now_unix_ms(),
-            freshness_ttl_ms: i64::try_from(self.config.freshness_ttl.as_millis())
-                .unwrap_or(i64::MAX),
+            freshness_ttl_ms: i64::try_from(self.config.freshness_ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }
 
-    /// Gate changes as they are decided, for directive streams.
-    pub fn subscribe_gates(&self) -> broadcast::Receiver<Gate> {
-        self.gates.subscribe()
+    /// Tells long-lived streams to end: the server is stopping.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Controller::begin_shutdown`] has been called.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// `host`'s gate now and every later decision, for its directive stream.
+    pub fn watch_gate(&self, host: &str) -> Result<watch::Receiver<Gate>, ApiError> {
+        let current = self.current_gate(host)?;
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = gates
+            .entry(host.to_string())
+            .or_insert_with(|| watch::channel(current).0);
+        Ok(tx.subscribe())
+    }
+
+    /// Hands a decided gate to the host's directive stream if it differs
+    /// from what the stream last had (the decision time aside).
+    fn push(&self, gate: Gate) {
+        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = gates.get(&gate.host) {
+            tx.send_if_modified(|old| {
+                let changed = Gate {
+                    decided_at_unix_ms: old.decided_at_unix_ms,
+                    ..gate.clone()
+                } != *old;
+                if changed {
+                    *old = gate;
+                }
+                changed
+            });
+        }
+    }
+
+    /// Re-decides every gate of `role` and pushes those that changed.
+    pub(crate) fn publish_role(&self, role: &RoleConfig) {
+        let (gates, _) = self.read().role_gates(role, self.clock());
+        for gate in gates {
+            self.push(gate);
+        }
+    }
+
+    /// Re-decides every gate of the fleet: gates also change with time alone
+    /// (a silent host goes stale), so this runs on a timer.
+    pub fn publish_all(&self) {
+        for role in self.config.roles.values() {
+            self.publish_role(role);
+        }
     }
 
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, FleetState> {
@@ -116,16 +170,10 @@ impl Controller {
     }
 
     /// Pins an agent's attestation key on first contact (see `PinKeyRequest`).
-    pub async fn pin_key(
-        &self,
-        peer: &PeerIdentity,
-        public_key: Vec<u8>,
-    ) -> Result<String, ApiError> {
+    pub async fn pin_key(&self, peer: &PeerIdentity, public_key: Vec<u8>) -> Result<String, ApiError> {
         let (host, role) = self.agent_host(peer)?;
         if public_key.len() != 32 {
-            return Err(ApiError::InvalidArgument(
-                "an Ed25519 public key is 32 bytes".into(),
-            ));
+            return Err(ApiError::InvalidArgument("an Ed25519 public key is 32 bytes".into()));
         }
         let lock = self.host_lock(host);
         let _guard = lock.lock().await;
@@ -161,11 +209,7 @@ impl Controller {
     }
 
     /// Verifies, stores durably, then acknowledges one attestation.
-    pub async fn submit(
-        &self,
-        peer: &PeerIdentity,
-        envelope: Envelope,
-    ) -> Result<SubmitReply, ApiError> {
+    pub async fn submit(&self, peer: &PeerIdentity, envelope: Envelope) -> Result<SubmitReply, ApiError> {
         let (host, role) = self.agent_host(peer)?;
         let lock = self.host_lock(host);
         let _guard = lock.lock().await;
@@ -223,11 +267,7 @@ impl Controller {
             .entries
             .filter(|_| !self.read().has_manifest(&verified.digest_hex))
             .map(Arc::new);
-        let (stored, manifest, digest_hex) = (
-            rec.clone(),
-            new_manifest.clone(),
-            verified.digest_hex.clone(),
-        );
+        let (stored, manifest, digest_hex) = (rec.clone(), new_manifest.clone(), verified.digest_hex.clone());
         self.persist(move |s| {
             if let Some(entries) = &manifest {
                 s.put_manifest(&digest_hex, entries)?;
@@ -252,17 +292,24 @@ impl Controller {
 
     /// `host`'s gate as of now.
     pub fn current_gate(&self, host: &str) -> Result<Gate, ApiError> {
-        let role = self.config.inventory.get(host).ok_or_else(|| {
-            ApiError::PermissionDenied(format!("host {host} is not in any role's inventory"))
-        })?;
+        let role = self
+            .config
+            .inventory
+            .get(host)
+            .ok_or_else(|| ApiError::PermissionDenied(format!("host {host} is not in any role's inventory")))?;
         Ok(self.read().host_gate(self.role(role)?, host, self.clock()))
     }
 
-    /// Decides `host`'s gate now and tells directive streams.
+    /// Decides `host`'s gate now and pushes it (its lease was renewed or it
+    /// was just refused); in consensus mode one host can move the majority,
+    /// so the whole role is re-decided.
     fn publish_gate(&self, role: &str, host: &str) -> Option<Gate> {
         let role_cfg = self.config.roles.get(role)?;
+        if role_cfg.mode == crate::config::RoleMode::Consensus {
+            self.publish_role(role_cfg);
+        }
         let gate = self.read().host_gate(role_cfg, host, self.clock());
-        let _ = self.gates.send(gate.clone());
+        self.push(gate.clone());
         Some(gate)
     }
 }

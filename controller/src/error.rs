@@ -31,9 +31,9 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Rejected(r) => match r {
-                Rejection::Signature(_)
-                | Rejection::HostMismatch { .. }
-                | Rejection::RoleMismatch { .. } => Code::PermissionDenied,
+                Rejection::Signature(_) | Rejection::HostMismatch { .. } | Rejection::RoleMismatch { .. } => {
+                    Code::PermissionDenied
+                }
                 Rejection::Malformed(_) | Rejection::DigestMismatch { .. } => Code::InvalidArgument,
                 Rejection::TooLarge(_) => Code::ResourceExhausted,
                 Rejection::Replay { .. } | Rejection::ClockSkew { .. } => Code::FailedPrecondition,

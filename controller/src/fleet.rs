@@ -11,7 +11,7 @@ use lockstep_proto::pb::{Entry, Gate};
 
 use crate::config::{ControllerConfig, RoleConfig, RoleMode};
 use crate::gate::{self, Clock, Expected, HostFacts};
-use crate::store::{HostRecord, ReleaseRecord, Store, StoreError};
+use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
 
 #[derive(Default)]
 pub struct FleetState {
@@ -20,6 +20,8 @@ pub struct FleetState {
     /// (role, full digest) → digest without the role's per-host paths.
     comparable: HashMap<(String, String), Digest>,
     pub releases: BTreeMap<u64, ReleaseRecord>,
+    /// Every halt ever thrown, lifted ones included.
+    pub halts: BTreeMap<u64, HaltRecord>,
 }
 
 impl FleetState {
@@ -29,6 +31,9 @@ impl FleetState {
         for release in store.releases()? {
             state.load_manifest(store, config, &release.role, &release.digest_hex)?;
             state.releases.insert(release.number, release);
+        }
+        for halt in store.halts()? {
+            state.halts.insert(halt.id, halt);
         }
         for host in store.hosts()? {
             if host.has_reported() {
@@ -47,14 +52,11 @@ impl FleetState {
         digest_hex: &str,
     ) -> Result<(), StoreError> {
         if !self.manifests.contains_key(digest_hex) {
-            let entries = store
-                .manifest(digest_hex)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: format!("manifest {digest_hex}"),
-                    reason: "referenced but not stored".into(),
-                })?;
-            self.manifests
-                .insert(digest_hex.to_string(), Arc::new(entries));
+            let entries = store.manifest(digest_hex)?.ok_or_else(|| StoreError::Corrupt {
+                key: format!("manifest {digest_hex}"),
+                reason: "referenced but not stored".into(),
+            })?;
+            self.manifests.insert(digest_hex.to_string(), Arc::new(entries));
         }
         self.note_comparable(config, role, digest_hex);
         Ok(())
@@ -69,16 +71,8 @@ impl FleetState {
     }
 
     /// Adds a (durably stored) manifest to the cache.
-    pub fn add_manifest(
-        &mut self,
-        config: &ControllerConfig,
-        role: &str,
-        digest_hex: &str,
-        entries: Arc<Vec<Entry>>,
-    ) {
-        self.manifests
-            .entry(digest_hex.to_string())
-            .or_insert(entries);
+    pub fn add_manifest(&mut self, config: &ControllerConfig, role: &str, digest_hex: &str, entries: Arc<Vec<Entry>>) {
+        self.manifests.entry(digest_hex.to_string()).or_insert(entries);
         self.note_comparable(config, role, digest_hex);
     }
 
@@ -87,9 +81,7 @@ impl FleetState {
         if self.comparable.contains_key(&key) {
             return;
         }
-        let (Some(role_cfg), Some(entries)) =
-            (config.roles.get(role), self.manifests.get(digest_hex))
-        else {
+        let (Some(role_cfg), Some(entries)) = (config.roles.get(role), self.manifests.get(digest_hex)) else {
             return;
         };
         let d = digest_where(entries, |e| !role_cfg.is_per_host(&e.path));
@@ -105,11 +97,7 @@ impl FleetState {
             entries: reported
                 .and_then(|r| self.manifests.get(&r.digest_hex))
                 .map(|m| m.as_slice()),
-            comparable: reported.and_then(|r| {
-                self.comparable
-                    .get(&(role.to_string(), r.digest_hex.clone()))
-                    .copied()
-            }),
+            comparable: reported.and_then(|r| self.comparable.get(&(role.to_string(), r.digest_hex.clone())).copied()),
         }
     }
 
@@ -122,12 +110,7 @@ impl FleetState {
     }
 
     /// What the role's hosts must hold now.
-    pub fn expected<'a>(
-        &'a self,
-        role: &RoleConfig,
-        facts: &[HostFacts<'a>],
-        clock: Clock,
-    ) -> Expected<'a> {
+    pub fn expected<'a>(&'a self, role: &RoleConfig, facts: &[HostFacts<'a>], clock: Clock) -> Expected<'a> {
         match role.mode {
             RoleMode::Consensus => gate::consensus(role, facts, clock),
             RoleMode::Release => {
@@ -135,10 +118,7 @@ impl FleetState {
                     return Expected::NoRelease;
                 };
                 let key = (role.name.clone(), release.digest_hex.clone());
-                match (
-                    self.comparable.get(&key),
-                    self.manifests.get(&release.digest_hex),
-                ) {
+                match (self.comparable.get(&key), self.manifests.get(&release.digest_hex)) {
                     (Some(c), Some(entries)) => Expected::Release {
                         number: release.number,
                         comparable: *c,
@@ -151,30 +131,36 @@ impl FleetState {
         }
     }
 
+    /// Active halts covering `host` of `role`.
+    fn halts_on(&self, role: &str, host: &str) -> Vec<&HaltRecord> {
+        self.halts
+            .values()
+            .filter(|h| h.is_active() && h.scope.covers(host, role))
+            .collect()
+    }
+
     /// Every inventory host's gate in `role`, in inventory order.
     pub fn role_gates(&self, role: &RoleConfig, clock: Clock) -> (Vec<Gate>, u64) {
-        let facts: Vec<HostFacts<'_>> = role
-            .hosts
-            .iter()
-            .map(|h| self.facts(&role.name, h))
-            .collect();
+        let facts: Vec<HostFacts<'_>> = role.hosts.iter().map(|h| self.facts(&role.name, h)).collect();
         let expected = self.expected(role, &facts, clock);
         let gates = facts
             .iter()
-            .map(|f| gate::decide(role, f, &expected, clock))
+            .map(|f| gate::decide(role, f, &expected, &self.halts_on(&role.name, f.host), clock))
             .collect();
         (gates, expected.release_number())
     }
 
     /// One host's gate, judged within its whole role.
     pub fn host_gate(&self, role: &RoleConfig, host: &str, clock: Clock) -> Gate {
-        let facts: Vec<HostFacts<'_>> = role
-            .hosts
-            .iter()
-            .map(|h| self.facts(&role.name, h))
-            .collect();
-        let expected = self.expected(role, &facts, clock);
+        let expected = match role.mode {
+            // Only consensus needs the other hosts' sets.
+            RoleMode::Consensus => {
+                let facts: Vec<HostFacts<'_>> = role.hosts.iter().map(|h| self.facts(&role.name, h)).collect();
+                self.expected(role, &facts, clock)
+            }
+            RoleMode::Release => self.expected(role, &[], clock),
+        };
         let mine = self.facts(&role.name, host);
-        gate::decide(role, &mine, &expected, clock)
+        gate::decide(role, &mine, &expected, &self.halts_on(&role.name, host), clock)
     }
 }

@@ -7,7 +7,7 @@ use lockstep_proto::digest::Digest;
 use lockstep_proto::pb::{Entry, Gate, GateState, Reason, ReasonKind};
 
 use crate::config::RoleConfig;
-use crate::store::HostRecord;
+use crate::store::{HaltRecord, HaltScope, HostRecord};
 
 /// Drift reasons listed per host before the rest are summarised.
 pub const MAX_DRIFT_REASONS: usize = 50;
@@ -69,8 +69,7 @@ pub struct Clock {
 
 impl Clock {
     fn is_fresh(&self, record: &HostRecord) -> bool {
-        record.has_reported()
-            && self.now_unix_ms - record.accepted_at_unix_ms <= self.freshness_ttl_ms
+        record.has_reported() && self.now_unix_ms - record.accepted_at_unix_ms <= self.freshness_ttl_ms
     }
 }
 
@@ -88,8 +87,7 @@ pub fn consensus<'a>(role: &RoleConfig, facts: &[HostFacts<'a>], clock: Clock) -
     let of = role.hosts.len();
     let mut groups: Vec<(Digest, usize, &'a [Entry])> = Vec::new();
     for f in facts {
-        let (Some(record), Some(comparable), Some(entries)) = (f.record, f.comparable, f.entries)
-        else {
+        let (Some(record), Some(comparable), Some(entries)) = (f.record, f.comparable, f.entries) else {
             continue;
         };
         if !clock.is_fresh(record) || was_rejected_last(record) {
@@ -122,11 +120,39 @@ fn reason(kind: ReasonKind, text: String) -> Reason {
     }
 }
 
-/// Decides one host's gate.
+/// Rule 4: each active halt over the host is a reason, saying who, when, why
+/// and how to lift it.
+fn halt_reasons(halts: &[&HaltRecord]) -> Vec<Reason> {
+    halts
+        .iter()
+        .map(|h| {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(h.halted_at_unix_ms).unwrap_or(0));
+            let lift = match &h.scope {
+                HaltScope::Fleet => "--fleet".to_string(),
+                HaltScope::Role(r) => format!("--role {r}"),
+                HaltScope::Host(x) => format!("--host {x}"),
+            };
+            reason(
+                ReasonKind::Halted,
+                format!(
+                    "halted ({}) by {} at {}: {} (lift with: lockstep resume {lift})",
+                    h.scope,
+                    h.halted_by,
+                    humantime::format_rfc3339_seconds(at),
+                    h.reason
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Decides one host's gate; `halts` are the active halts covering it.
 pub fn decide(
     role: &RoleConfig,
     facts: &HostFacts<'_>,
     expected: &Expected<'_>,
+    halts: &[&HaltRecord],
     clock: Clock,
 ) -> Gate {
     let mut gate = Gate {
@@ -138,18 +164,18 @@ pub fn decide(
     };
     let Some(record) = facts.record.filter(|r| r.has_reported()) else {
         gate.state = GateState::Missing as i32;
+        gate.reasons = halt_reasons(halts);
         gate.reasons.push(reason(
             ReasonKind::Missing,
-            format!("{} has never reported (inventory of role {}): is its agent installed and enrolled?", facts.host, role.name),
+            format!(
+                "{} has never reported (inventory of role {}): is its agent installed and enrolled?",
+                facts.host, role.name
+            ),
         ));
         return gate;
     };
-    let mut reasons = Vec::new();
-    if let Some(rej) = record
-        .last_rejection
-        .as_ref()
-        .filter(|_| was_rejected_last(record))
-    {
+    let mut reasons = halt_reasons(halts);
+    if let Some(rej) = record.last_rejection.as_ref().filter(|_| was_rejected_last(record)) {
         reasons.push(reason(
             ReasonKind::Rejected,
             format!("last attestation rejected: {}", rej.reason),
@@ -180,14 +206,10 @@ pub fn decide(
 fn compare(role: &RoleConfig, facts: &HostFacts<'_>, expected: &Expected<'_>) -> Vec<Reason> {
     let (want, want_entries) = match expected {
         Expected::Release {
-            comparable,
-            entries,
-            ..
+            comparable, entries, ..
         }
         | Expected::Consensus {
-            comparable,
-            entries,
-            ..
+            comparable, entries, ..
         } => (*comparable, *entries),
         Expected::NoRelease => {
             return vec![reason(

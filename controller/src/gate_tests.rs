@@ -41,13 +41,7 @@ fn set(version: u8, hostname: &str) -> Vec<Entry> {
         Entry {
             path: b"/etc/hostname".to_vec(),
             kind: EntryKind::File as i32,
-            sha256: hostname
-                .as_bytes()
-                .iter()
-                .cycle()
-                .take(32)
-                .copied()
-                .collect(),
+            sha256: hostname.as_bytes().iter().cycle().take(32).copied().collect(),
             ..Default::default()
         },
     ])
@@ -76,8 +70,7 @@ struct Case {
     reasons: &'static [(ReasonKind, &'static str)],
 }
 
-static RELEASE_V1: std::sync::LazyLock<Vec<Entry>> =
-    std::sync::LazyLock::new(|| set(1, "release-build"));
+static RELEASE_V1: std::sync::LazyLock<Vec<Entry>> = std::sync::LazyLock::new(|| set(1, "release-build"));
 
 fn release_v1(r: &RoleConfig, _: &[Entry]) -> Expected<'static> {
     Expected::Release {
@@ -212,14 +205,8 @@ fn gate_rule_table() {
             comparable: Some(comparable(&entries, &r)),
         };
         let expected = (case.expected)(&r, &entries);
-        let gate = decide(&r, &facts, &expected, clock());
-        assert_eq!(
-            gate.state(),
-            case.state,
-            "{}: {:?}",
-            case.name,
-            gate.reasons
-        );
+        let gate = decide(&r, &facts, &expected, &[], clock());
+        assert_eq!(gate.state(), case.state, "{}: {:?}", case.name, gate.reasons);
         assert_eq!(
             gate.reasons.len(),
             case.reasons.len(),
@@ -262,7 +249,7 @@ fn per_host_paths_are_left_out_of_comparison() {
         entries: Some(&entries),
         comparable: Some(comparable(&entries, &r)),
     };
-    let gate = decide(&r, &facts, &release_v1(&r, &entries), clock());
+    let gate = decide(&r, &facts, &release_v1(&r, &entries), &[], clock());
     assert_eq!(gate.state(), GateState::Open, "{:?}", gate.reasons);
 }
 
@@ -284,7 +271,7 @@ fn drift_reasons_are_capped_with_a_pointer_to_the_full_diff() {
         entries: Some(&many),
         comparable: Some(comparable(&many, &r)),
     };
-    let gate = decide(&r, &facts, &release_v1(&r, &many), clock());
+    let gate = decide(&r, &facts, &release_v1(&r, &many), &[], clock());
     assert_eq!(gate.reasons.len(), MAX_DRIFT_REASONS + 1);
     let last = &gate.reasons.last().unwrap().text;
     assert!(
@@ -293,10 +280,7 @@ fn drift_reasons_are_capped_with_a_pointer_to_the_full_diff() {
     );
 }
 
-fn facts_for<'a>(
-    hosts: &'a [(String, HostRecord, Vec<Entry>)],
-    r: &RoleConfig,
-) -> Vec<HostFacts<'a>> {
+fn facts_for<'a>(hosts: &'a [(String, HostRecord, Vec<Entry>)], r: &RoleConfig) -> Vec<HostFacts<'a>> {
     hosts
         .iter()
         .map(|(h, rec, e)| HostFacts {
@@ -311,13 +295,7 @@ fn facts_for<'a>(
 #[test]
 fn consensus_needs_a_strict_majority_of_the_inventory() {
     let r = role(4);
-    let host = |i: usize, v: u8, ago: i64| {
-        (
-            format!("smars-{i:02}"),
-            record(ago),
-            set(v, &format!("h{i}")),
-        )
-    };
+    let host = |i: usize, v: u8, ago: i64| (format!("smars-{i:02}"), record(ago), set(v, &format!("h{i}")));
     // 3 of 4 agree (per-host hostname differs but is excluded): majority.
     let hosts = vec![host(1, 1, 0), host(2, 1, 0), host(3, 1, 0), host(4, 2, 0)];
     let f = facts_for(&hosts, &r);
@@ -325,13 +303,9 @@ fn consensus_needs_a_strict_majority_of_the_inventory() {
         Expected::Consensus { holders, of, .. } => assert_eq!((holders, of), (3, 4)),
         other => panic!("expected consensus, got {other:?}"),
     }
-    let odd = decide(&r, &f[3], &consensus(&r, &f, clock()), clock());
+    let odd = decide(&r, &f[3], &consensus(&r, &f, clock()), &[], clock());
     assert_eq!(odd.state(), GateState::Closed);
-    assert!(
-        odd.reasons[0].text.contains("!= the majority"),
-        "{:?}",
-        odd.reasons
-    );
+    assert!(odd.reasons[0].text.contains("!= the majority"), "{:?}", odd.reasons);
 
     // 2 of 4 is not a strict majority.
     let hosts = vec![host(1, 1, 0), host(2, 1, 0), host(3, 2, 0), host(4, 2, 0)];
@@ -341,12 +315,7 @@ fn consensus_needs_a_strict_majority_of_the_inventory() {
     ));
 
     // A stale host does not count toward the majority.
-    let hosts = vec![
-        host(1, 1, 0),
-        host(2, 1, 0),
-        host(3, 1, TTL + 1),
-        host(4, 2, 0),
-    ];
+    let hosts = vec![host(1, 1, 0), host(2, 1, 0), host(3, 1, TTL + 1), host(4, 2, 0)];
     assert!(matches!(
         consensus(&r, &facts_for(&hosts, &r), clock()),
         Expected::NoMajority { largest: 2, .. }
@@ -358,4 +327,41 @@ fn consensus_needs_a_strict_majority_of_the_inventory() {
         consensus(&r, &facts_for(&hosts, &r), clock()),
         Expected::NoMajority { largest: 2, of: 4 }
     ));
+}
+
+#[test]
+fn a_halt_closes_an_otherwise_open_gate_and_says_how_to_lift_it() {
+    use crate::store::{HaltRecord, HaltScope};
+    let r = role(1);
+    let entries = set(1, "x");
+    let rec = record(0);
+    let facts = HostFacts {
+        host: "smars-01",
+        record: Some(&rec),
+        entries: Some(&entries),
+        comparable: Some(comparable(&entries, &r)),
+    };
+    let halt = HaltRecord {
+        id: 1,
+        scope: HaltScope::Role("smars".into()),
+        reason: "runaway orders".into(),
+        halted_by: "alice".into(),
+        halted_at_unix_ms: 0,
+        resumed_by: None,
+        resumed_at_unix_ms: 0,
+        resume_reason: String::new(),
+    };
+    let gate = decide(&r, &facts, &release_v1(&r, &entries), &[&halt], clock());
+    assert_eq!(gate.state(), GateState::Closed);
+    assert_eq!(gate.reasons.len(), 1);
+    assert_eq!(gate.reasons[0].kind(), ReasonKind::Halted);
+    assert_eq!(
+        gate.reasons[0].text,
+        "halted (role smars) by alice at 1970-01-01T00:00:00Z: runaway orders (lift with: lockstep resume --role smars)"
+    );
+    // A missing host under a halt lists both.
+    let missing = HostFacts { record: None, ..facts };
+    let gate = decide(&r, &missing, &release_v1(&r, &entries), &[&halt], clock());
+    assert_eq!(gate.state(), GateState::Missing);
+    assert_eq!(gate.reasons.len(), 2);
 }

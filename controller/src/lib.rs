@@ -4,6 +4,7 @@
 //! adapters) → [`controller`] (ingest, durable-then-acknowledge) using
 //! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
 //! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
+//! [`halts`] (the kill switch),
 //! [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
 //! [`error`] (the one mapping to gRPC status).
 //!
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod error;
 pub mod fleet;
 pub mod gate;
+pub mod halts;
 pub mod pki;
 pub mod queries;
 pub mod releases;

@@ -12,21 +12,16 @@ use std::time::Duration;
 
 use lockstep_proto::identity::{OperatorRole, PeerIdentity, validate_id};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} already exists; refusing to overwrite a CA (move it away first if you really mean to)"
-    )]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} already exists; refusing to overwrite a CA (move it away first if you really mean to)")]
     Exists { path: PathBuf },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
@@ -102,9 +97,7 @@ pub fn init(dir: &Path, validity: Duration) -> Result<(), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "lockstep fleet CA");
+    params.distinguished_name.push(DnType::CommonName, "lockstep fleet CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();
@@ -152,9 +145,11 @@ pub fn issue_pem(
             for n in names {
                 let san = match n.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(n.as_str().try_into().map_err(|_| {
-                        PkiError::Invalid(format!("{n:?} is not a DNS name or IP address"))
-                    })?),
+                    Err(_) => SanType::DnsName(
+                        n.as_str()
+                            .try_into()
+                            .map_err(|_| PkiError::Invalid(format!("{n:?} is not a DNS name or IP address")))?,
+                    ),
                 };
                 params.subject_alt_names.push(san);
             }
@@ -178,12 +173,7 @@ pub fn issue_pem(
 
 /// Signs a certificate with the CA in `ca_dir`, valid from now for
 /// `validity`, and writes `<out>.pem` and `<out>.key` (0600).
-pub fn issue(
-    ca_dir: &Path,
-    subject: &Subject,
-    out: &Path,
-    validity: Duration,
-) -> Result<(PathBuf, PathBuf), PkiError> {
+pub fn issue(ca_dir: &Path, subject: &Subject, out: &Path, validity: Duration) -> Result<(PathBuf, PathBuf), PkiError> {
     let read = |name: &str| {
         let p = ca_dir.join(name);
         std::fs::read_to_string(&p).map_err(io(&p))
@@ -221,18 +211,9 @@ mod tests {
             name: "alice".into(),
             role: OperatorRole::Approver,
         };
-        let (cert, key) = issue(
-            d.path(),
-            &subject,
-            &d.path().join("alice"),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let (cert, key) = issue(d.path(), &subject, &d.path().join("alice"), Duration::from_secs(60)).unwrap();
         let der = lockstep_proto::tls::load_certs(&cert).unwrap();
-        assert_eq!(
-            PeerIdentity::from_cert_der(&der[0]).unwrap(),
-            subject.identity()
-        );
+        assert_eq!(PeerIdentity::from_cert_der(&der[0]).unwrap(), subject.identity());
         for k in [key, d.path().join(CA_KEY)] {
             assert_eq!(
                 std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
@@ -247,9 +228,7 @@ mod tests {
     fn init_refuses_to_overwrite_a_ca() {
         let d = tempfile::tempdir().unwrap();
         init(d.path(), Duration::from_secs(3600)).unwrap();
-        let err = init(d.path(), Duration::from_secs(3600))
-            .unwrap_err()
-            .to_string();
+        let err = init(d.path(), Duration::from_secs(3600)).unwrap_err().to_string();
         assert!(err.contains("refusing to overwrite"), "{err}");
     }
 }

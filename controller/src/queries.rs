@@ -10,13 +10,7 @@ use crate::error::ApiError;
 use crate::fleet::FleetState;
 
 impl Controller {
-    fn status_of(
-        &self,
-        state: &FleetState,
-        role: &RoleConfig,
-        host: &str,
-        gate: pb::Gate,
-    ) -> HostStatus {
+    fn status_of(&self, state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) -> HostStatus {
         let rec = state
             .hosts
             .get(host)
@@ -47,12 +41,7 @@ impl Controller {
         let clock = self.clock();
         let state = self.read();
         let mut out = Vec::new();
-        for r in self
-            .config
-            .roles
-            .values()
-            .filter(|r| role.is_empty() || r.name == role)
-        {
+        for r in self.config.roles.values().filter(|r| role.is_empty() || r.name == role) {
             let (gates, _) = state.role_gates(r, clock);
             for (host, gate) in r.hosts.iter().zip(gates) {
                 out.push(self.status_of(&state, r, host, gate));
@@ -62,18 +51,15 @@ impl Controller {
     }
 
     fn role_of(&self, host: &str) -> Result<&RoleConfig, ApiError> {
-        let role = self.config.inventory.get(host).ok_or_else(|| {
-            ApiError::NotFound(format!("host {host} is not in any role's inventory"))
-        })?;
+        let role = self
+            .config
+            .inventory
+            .get(host)
+            .ok_or_else(|| ApiError::NotFound(format!("host {host} is not in any role's inventory")))?;
         self.role(role)
     }
 
-    pub fn get_host(
-        &self,
-        peer: &PeerIdentity,
-        host: &str,
-        include_entries: bool,
-    ) -> Result<pb::HostDetail, ApiError> {
+    pub fn get_host(&self, peer: &PeerIdentity, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
         require(peer, OperatorRole::Viewer)?;
         let role = self.role_of(host)?;
         let state = self.read();
@@ -93,11 +79,7 @@ impl Controller {
         })
     }
 
-    pub fn diff(
-        &self,
-        peer: &PeerIdentity,
-        req: &pb::DiffRequest,
-    ) -> Result<pb::DiffReply, ApiError> {
+    pub fn diff(&self, peer: &PeerIdentity, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
         require(peer, OperatorRole::Viewer)?;
         let role = self.role_of(&req.host)?;
         let state = self.read();
@@ -107,27 +89,25 @@ impl Controller {
                 .get(host)
                 .filter(|r| r.has_reported())
                 .and_then(|r| state.manifest(&r.digest_hex))
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!("host {host} has not reported a version set yet"))
-                })
+                .ok_or_else(|| ApiError::NotFound(format!("host {host} has not reported a version set yet")))
         };
         let left = host_entries(&req.host)?;
         let (right_label, right) = match &req.against {
             Some(Against::OtherHost(other)) => (other.clone(), host_entries(other)?),
             Some(Against::Release(n)) => {
                 let release = if *n == 0 {
-                    state.active_release(&role.name).ok_or_else(|| {
-                        ApiError::NotFound(format!("role {} has no approved release", role.name))
-                    })?
+                    state
+                        .active_release(&role.name)
+                        .ok_or_else(|| ApiError::NotFound(format!("role {} has no approved release", role.name)))?
                 } else {
                     state
                         .releases
                         .get(n)
                         .ok_or_else(|| ApiError::NotFound(format!("no release {n}")))?
                 };
-                let entries = state.manifest(&release.digest_hex).ok_or_else(|| {
-                    ApiError::Internal(format!("manifest of release {} missing", release.number))
-                })?;
+                let entries = state
+                    .manifest(&release.digest_hex)
+                    .ok_or_else(|| ApiError::Internal(format!("manifest of release {} missing", release.number)))?;
                 (format!("release {}", release.number), entries)
             }
             None => {
@@ -150,11 +130,7 @@ impl Controller {
         })
     }
 
-    pub fn gate_check(
-        &self,
-        peer: &PeerIdentity,
-        role: &str,
-    ) -> Result<pb::GateCheckReply, ApiError> {
+    pub fn gate_check(&self, peer: &PeerIdentity, role: &str) -> Result<pb::GateCheckReply, ApiError> {
         require(peer, OperatorRole::Viewer)?;
         let role = self.role(role)?;
         let (gates, release) = self.read().role_gates(role, self.clock());

@@ -28,25 +28,21 @@ impl Controller {
                     .hosts
                     .get(&host)
                     .filter(|r| r.has_reported())
-                    .ok_or_else(|| {
-                        ApiError::NotFound(format!(
-                            "host {host} has not reported a version set yet"
-                        ))
-                    })?;
+                    .ok_or_else(|| ApiError::NotFound(format!("host {host} has not reported a version set yet")))?;
                 if rec.role != role {
                     return Err(ApiError::InvalidArgument(format!(
                         "host {host} is in role {}, not {role}",
                         rec.role
                     )));
                 }
-                let entries = state.manifest(&rec.digest_hex).ok_or_else(|| {
-                    ApiError::Internal(format!("manifest of {host} is missing from memory"))
-                })?;
+                let entries = state
+                    .manifest(&rec.digest_hex)
+                    .ok_or_else(|| ApiError::Internal(format!("manifest of {host} is missing from memory")))?;
                 (entries, format!("host {host}"))
             }
             Some(Source::Manifest(m)) => {
-                let entries = digest::canonicalize(m.entries)
-                    .map_err(|e| ApiError::InvalidArgument(format!("manifest: {e}")))?;
+                let entries =
+                    digest::canonicalize(m.entries).map_err(|e| ApiError::InvalidArgument(format!("manifest: {e}")))?;
                 (Arc::new(entries), "manifest file".to_string())
             }
             None => {
@@ -90,16 +86,15 @@ impl Controller {
         Ok(self.to_pb(&record))
     }
 
-    pub async fn approve_release(
-        &self,
-        peer: &PeerIdentity,
-        number: u64,
-    ) -> Result<Release, ApiError> {
+    pub async fn approve_release(&self, peer: &PeerIdentity, number: u64) -> Result<Release, ApiError> {
         let who = require(peer, OperatorRole::Approver)?.to_string();
         let _guard = self.release_lock.lock().await;
-        let mut record = self.read().releases.get(&number).cloned().ok_or_else(|| {
-            ApiError::NotFound(format!("no release {number} (lockstep release list)"))
-        })?;
+        let mut record = self
+            .read()
+            .releases
+            .get(&number)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("no release {number} (lockstep release list)")))?;
         if let Some(by) = &record.approved_by {
             return Err(ApiError::FailedPrecondition(format!(
                 "release {number} was already approved by {by}"
@@ -110,11 +105,7 @@ impl Controller {
                 "two-person rule: {who} proposed release {number} and cannot also approve it; another approver must"
             )));
         }
-        if let Some(active) = self
-            .read()
-            .active_release(&record.role)
-            .filter(|a| a.number > number)
-        {
+        if let Some(active) = self.read().active_release(&record.role).filter(|a| a.number > number) {
             return Err(ApiError::FailedPrecondition(format!(
                 "release {number} is older than active release {} of role {}; to roll back, propose a new release with the old content",
                 active.number, record.role
@@ -126,6 +117,9 @@ impl Controller {
         self.persist(move |s| s.put_release(&stored)).await?;
         self.write().releases.insert(number, record.clone());
         info!(release = number, role = %record.role, approved_by = %who, "release approved and active");
+        if let Ok(role) = self.role(&record.role) {
+            self.publish_role(role);
+        }
         Ok(self.to_pb(&record))
     }
 

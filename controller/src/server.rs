@@ -25,6 +25,8 @@ use tracing::{debug, warn};
 use crate::controller::Controller;
 use crate::service::{AgentApi, ConsoleApi};
 
+/// After shutdown begins, connections get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in flight at once; more wait in the kernel's accept queue.
@@ -52,21 +54,13 @@ impl Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -77,24 +71,15 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-fn peer_identity(
-    conn: &tokio_rustls::server::TlsStream<TcpStream>,
-) -> Result<PeerIdentity, String> {
-    let certs = conn
-        .get_ref()
-        .1
-        .peer_certificates()
-        .ok_or("no client certificate")?;
+fn peer_identity(conn: &tokio_rustls::server::TlsStream<TcpStream>) -> Result<PeerIdentity, String> {
+    let certs = conn.get_ref().1.peer_certificates().ok_or("no client certificate")?;
     let leaf = certs.first().ok_or("empty client certificate chain")?;
     PeerIdentity::from_cert_der(leaf).map_err(|e| e.to_string())
 }
 
 /// Accepts TCP connections, completes TLS handshakes concurrently (bounded in
 /// number and time), and hands finished connections to tonic.
-fn accept_loop(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-) -> mpsc::Receiver<io::Result<TlsConn>> {
+fn accept_loop(listener: TcpListener, tls: Arc<ServerConfig>) -> mpsc::Receiver<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(1024);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
@@ -140,8 +125,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let max = controller.config().limits.max_payload_bytes + 64 * 1024;
+    let ticker = tokio::spawn(refresh_gates(controller.clone()));
     let incoming = ReceiverStream::new(accept_loop(listener, tls));
-    tonic::transport::Server::builder()
+    let stopping = controller.clone();
+    let begin = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
+    let closing = controller.closing();
+    let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(64)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -156,6 +148,30 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming, begin);
+    tokio::pin!(server);
+    // Streams end when shutdown begins; anything still open after the grace
+    // period (a peer that never reads) does not keep the process alive.
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = async { closing.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            warn!("connections still open {}s after shutdown began; stopping anyway", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    };
+    ticker.abort();
+    result
+}
+
+/// How often every gate is re-decided, so that time alone (a host going
+/// stale) reaches the agents even when nothing else happens.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+async fn refresh_gates(controller: Arc<Controller>) {
+    let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        controller.publish_all();
+    }
 }

@@ -5,9 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use lockstep_proto::identity::PeerIdentity;
-use lockstep_proto::pb::{
-    self, agent_service_server::AgentService, console_service_server::ConsoleService,
-};
+use lockstep_proto::pb::{self, agent_service_server::AgentService, console_service_server::ConsoleService};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -38,72 +36,48 @@ type GateStream = Pin<Box<dyn Stream<Item = Result<pb::Directive, Status>> + Sen
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn pin_key(
-        &self,
-        req: Request<pb::PinKeyRequest>,
-    ) -> Result<Response<pb::PinKeyReply>, Status> {
+    async fn pin_key(&self, req: Request<pb::PinKeyRequest>) -> Result<Response<pb::PinKeyReply>, Status> {
         let who = peer(&req)?;
-        let key_id = self
-            .controller
-            .pin_key(&who, req.into_inner().public_key)
-            .await?;
+        let key_id = self.controller.pin_key(&who, req.into_inner().public_key).await?;
         Ok(Response::new(pb::PinKeyReply { key_id }))
     }
 
-    async fn submit(
-        &self,
-        req: Request<pb::Envelope>,
-    ) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit(&self, req: Request<pb::Envelope>) -> Result<Response<pb::SubmitReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(
-            self.controller.submit(&who, req.into_inner()).await?,
-        ))
+        Ok(Response::new(self.controller.submit(&who, req.into_inner()).await?))
     }
 
     type DirectivesStream = GateStream;
 
     /// Sends the host's current gate, then every new decision about it.
-    async fn directives(
-        &self,
-        req: Request<pb::DirectivesRequest>,
-    ) -> Result<Response<GateStream>, Status> {
+    async fn directives(&self, req: Request<pb::DirectivesRequest>) -> Result<Response<GateStream>, Status> {
         let who = peer(&req)?;
         let PeerIdentity::Agent { host } = who else {
             return Err(Status::permission_denied("only agents receive directives"));
         };
-        let mut updates = self.controller.subscribe_gates();
-        let current = self.controller.current_gate(&host)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let controller = self.controller.clone();
+        let mut gates = self.controller.watch_gate(&host)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let closing = self.controller.closing();
         tokio::spawn(async move {
-            let mut next = Some(current);
-            while let Some(gate) = next.take() {
+            tokio::pin!(closing);
+            loop {
+                let mut gate = gates.borrow_and_update().clone();
+                // The agent counts the lease from when it hears it:
+                // lease_expires - decided_at must be what is left *now*.
+                gate.decided_at_unix_ms = lockstep_proto::now_unix_ms();
                 let directive = pb::Directive {
                     kind: Some(pb::directive::Kind::Gate(gate)),
                 };
                 if tx.send(Ok(directive)).await.is_err() {
                     return; // the agent went away
                 }
-                loop {
-                    match updates.recv().await {
-                        Ok(g) if g.host == host => {
-                            next = Some(g);
-                            break;
-                        }
-                        Ok(_) => continue,
-                        // Fell behind: what was missed no longer matters, the present does.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            next = controller.current_gate(&host).ok();
-                            break;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
+                tokio::select! {
+                    changed = gates.changed() => if changed.is_err() { return },
+                    () = &mut closing => return, // the controller is stopping
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
@@ -119,19 +93,13 @@ impl ConsoleApi {
 
 #[tonic::async_trait]
 impl ConsoleService for ConsoleApi {
-    async fn list_hosts(
-        &self,
-        req: Request<pb::ListHostsRequest>,
-    ) -> Result<Response<pb::HostList>, Status> {
+    async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::HostList>, Status> {
         let who = peer(&req)?;
         let hosts = self.controller.list_hosts(&who, &req.get_ref().role)?;
         Ok(Response::new(pb::HostList { hosts }))
     }
 
-    async fn get_host(
-        &self,
-        req: Request<pb::GetHostRequest>,
-    ) -> Result<Response<pb::HostDetail>, Status> {
+    async fn get_host(&self, req: Request<pb::GetHostRequest>) -> Result<Response<pb::HostDetail>, Status> {
         let who = peer(&req)?;
         let r = req.get_ref();
         Ok(Response::new(self.controller.get_host(
@@ -146,44 +114,42 @@ impl ConsoleService for ConsoleApi {
         Ok(Response::new(self.controller.diff(&who, req.get_ref())?))
     }
 
-    async fn gate_check(
-        &self,
-        req: Request<pb::GateCheckRequest>,
-    ) -> Result<Response<pb::GateCheckReply>, Status> {
+    async fn gate_check(&self, req: Request<pb::GateCheckRequest>) -> Result<Response<pb::GateCheckReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(self.controller.gate_check(&who, &req.get_ref().role)?))
+    }
+
+    async fn propose_release(&self, req: Request<pb::ProposeReleaseRequest>) -> Result<Response<pb::Release>, Status> {
         let who = peer(&req)?;
         Ok(Response::new(
-            self.controller.gate_check(&who, &req.get_ref().role)?,
+            self.controller.propose_release(&who, req.into_inner()).await?,
         ))
     }
 
-    async fn propose_release(
-        &self,
-        req: Request<pb::ProposeReleaseRequest>,
-    ) -> Result<Response<pb::Release>, Status> {
+    async fn approve_release(&self, req: Request<pb::ApproveReleaseRequest>) -> Result<Response<pb::Release>, Status> {
         let who = peer(&req)?;
         Ok(Response::new(
-            self.controller
-                .propose_release(&who, req.into_inner())
-                .await?,
+            self.controller.approve_release(&who, req.get_ref().number).await?,
         ))
     }
 
-    async fn approve_release(
-        &self,
-        req: Request<pb::ApproveReleaseRequest>,
-    ) -> Result<Response<pb::Release>, Status> {
+    async fn halt(&self, req: Request<pb::HaltRequest>) -> Result<Response<pb::HaltReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(
-            self.controller
-                .approve_release(&who, req.get_ref().number)
-                .await?,
-        ))
+        Ok(Response::new(self.controller.halt(&who, req.into_inner()).await?))
     }
 
-    async fn list_releases(
-        &self,
-        req: Request<pb::ListReleasesRequest>,
-    ) -> Result<Response<pb::ReleaseList>, Status> {
+    async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(self.controller.resume(&who, req.into_inner()).await?))
+    }
+
+    async fn list_halts(&self, req: Request<pb::ListHaltsRequest>) -> Result<Response<pb::HaltList>, Status> {
+        let who = peer(&req)?;
+        let halts = self.controller.list_halts(&who, req.get_ref().all)?;
+        Ok(Response::new(pb::HaltList { halts }))
+    }
+
+    async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<Response<pb::ReleaseList>, Status> {
         let who = peer(&req)?;
         let releases = self.controller.list_releases(&who, &req.get_ref().role)?;
         Ok(Response::new(pb::ReleaseList { releases }))

@@ -9,7 +9,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::store::{HostRecord, ReleaseRecord, Store, StoreError};
+use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
 
 pub struct SledStore {
     path: PathBuf,
@@ -17,6 +17,7 @@ pub struct SledStore {
     hosts: sled::Tree,
     manifests: sled::Tree,
     releases: sled::Tree,
+    halts: sled::Tree,
 }
 
 impl SledStore {
@@ -31,6 +32,7 @@ impl SledStore {
             hosts: db.open_tree("hosts").map_err(err)?,
             manifests: db.open_tree("manifests").map_err(err)?,
             releases: db.open_tree("releases").map_err(err)?,
+            halts: db.open_tree("halts").map_err(err)?,
             db,
         })
     }
@@ -42,12 +44,7 @@ impl SledStore {
         }
     }
 
-    fn put_json<T: Serialize>(
-        &self,
-        tree: &sled::Tree,
-        key: &[u8],
-        value: &T,
-    ) -> Result<(), StoreError> {
+    fn put_json<T: Serialize>(&self, tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
             key: String::from_utf8_lossy(key).into_owned(),
             reason: e.to_string(),
@@ -79,9 +76,7 @@ impl Store for SledStore {
     }
 
     fn has_manifest(&self, digest_hex: &str) -> Result<bool, StoreError> {
-        self.manifests
-            .contains_key(digest_hex)
-            .map_err(|e| self.backend(e))
+        self.manifests.contains_key(digest_hex).map_err(|e| self.backend(e))
     }
 
     fn put_manifest(&self, digest_hex: &str, entries: &[Entry]) -> Result<(), StoreError> {
@@ -89,18 +84,12 @@ impl Store for SledStore {
             entries: entries.to_vec(),
         }
         .encode_to_vec();
-        self.manifests
-            .insert(digest_hex, bytes)
-            .map_err(|e| self.backend(e))?;
+        self.manifests.insert(digest_hex, bytes).map_err(|e| self.backend(e))?;
         Ok(())
     }
 
     fn manifest(&self, digest_hex: &str) -> Result<Option<Vec<Entry>>, StoreError> {
-        let Some(bytes) = self
-            .manifests
-            .get(digest_hex)
-            .map_err(|e| self.backend(e))?
-        else {
+        let Some(bytes) = self.manifests.get(digest_hex).map_err(|e| self.backend(e))? else {
             return Ok(None);
         };
         let m = Manifest::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
@@ -116,6 +105,14 @@ impl Store for SledStore {
 
     fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
         self.put_json(&self.releases, &release.number.to_be_bytes(), release)
+    }
+
+    fn halts(&self) -> Result<Vec<HaltRecord>, StoreError> {
+        self.all_json(&self.halts)
+    }
+
+    fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError> {
+        self.put_json(&self.halts, &halt.id.to_be_bytes(), halt)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

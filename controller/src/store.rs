@@ -61,6 +61,54 @@ pub struct ReleaseRecord {
     pub approved_at_unix_ms: i64,
 }
 
+/// What a halt covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaltScope {
+    Fleet,
+    Role(String),
+    Host(String),
+}
+
+impl HaltScope {
+    pub fn covers(&self, host: &str, role: &str) -> bool {
+        match self {
+            Self::Fleet => true,
+            Self::Role(r) => r == role,
+            Self::Host(h) => h == host,
+        }
+    }
+}
+
+impl std::fmt::Display for HaltScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fleet => write!(f, "the fleet"),
+            Self::Role(r) => write!(f, "role {r}"),
+            Self::Host(h) => write!(f, "host {h}"),
+        }
+    }
+}
+
+/// The kill switch, thrown. Kept after it is lifted, for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltRecord {
+    pub id: u64,
+    pub scope: HaltScope,
+    pub reason: String,
+    pub halted_by: String,
+    pub halted_at_unix_ms: i64,
+    pub resumed_by: Option<String>,
+    pub resumed_at_unix_ms: i64,
+    pub resume_reason: String,
+}
+
+impl HaltRecord {
+    pub fn is_active(&self) -> bool {
+        self.resumed_by.is_none()
+    }
+}
+
 /// Durable state. Writes may be buffered until [`Store::flush`], which
 /// returns only once everything written before it is on disk: the
 /// controller acknowledges nothing before that.
@@ -73,5 +121,7 @@ pub trait Store: Send + Sync {
     fn manifest(&self, digest_hex: &str) -> Result<Option<Vec<Entry>>, StoreError>;
     fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
     fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
+    fn halts(&self) -> Result<Vec<HaltRecord>, StoreError>;
+    fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }

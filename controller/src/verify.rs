@@ -20,9 +20,7 @@ pub enum Rejection {
     TooLarge(String),
     #[error("certificate names host {peer} but the attestation names {claimed}")]
     HostMismatch { peer: String, claimed: String },
-    #[error(
-        "attestation says role {claimed} but the controller's inventory puts {host} in role {inventory}"
-    )]
+    #[error("attestation says role {claimed} but the controller's inventory puts {host} in role {inventory}")]
     RoleMismatch {
         host: String,
         claimed: String,
@@ -30,9 +28,7 @@ pub enum Rejection {
     },
     #[error("replay: seq {seq} is not greater than the last accepted seq {last}")]
     Replay { seq: u64, last: u64 },
-    #[error(
-        "measured_at is {skew_s}s {direction} the controller's clock (max skew {max_s}s): check NTP on the host"
-    )]
+    #[error("measured_at is {skew_s}s {direction} the controller's clock (max skew {max_s}s): check NTP on the host")]
     ClockSkew {
         skew_s: i64,
         direction: &'static str,
@@ -62,14 +58,11 @@ pub struct Checks<'a> {
 }
 
 pub fn verify(envelope: &Envelope, c: &Checks<'_>) -> Result<Verified, Rejection> {
-    let mut a =
-        envelope::open_attestation(envelope, c.pinned_key, c.limits).map_err(|e| match e {
-            EnvelopeError::TooLarge { .. } | EnvelopeError::TooManyEntries { .. } => {
-                Rejection::TooLarge(e.to_string())
-            }
-            EnvelopeError::Decode(_) => Rejection::Malformed(e.to_string()),
-            _ => Rejection::Signature(e.to_string()),
-        })?;
+    let mut a = envelope::open_attestation(envelope, c.pinned_key, c.limits).map_err(|e| match e {
+        EnvelopeError::TooLarge { .. } | EnvelopeError::TooManyEntries { .. } => Rejection::TooLarge(e.to_string()),
+        EnvelopeError::Decode(_) => Rejection::Malformed(e.to_string()),
+        _ => Rejection::Signature(e.to_string()),
+    })?;
     if a.host != c.peer_host {
         return Err(Rejection::HostMismatch {
             peer: c.peer_host.to_string(),
@@ -105,8 +98,8 @@ pub fn verify(envelope: &Envelope, c: &Checks<'_>) -> Result<Verified, Rejection
     }
     let digest_hex = hex::encode(&a.digest);
     let entries = if a.full {
-        let entries = digest::canonicalize(std::mem::take(&mut a.entries))
-            .map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let entries =
+            digest::canonicalize(std::mem::take(&mut a.entries)).map_err(|e| Rejection::Malformed(e.to_string()))?;
         let computed = hex::encode(digest::digest(&entries));
         if computed != digest_hex {
             return Err(Rejection::DigestMismatch {

@@ -82,21 +82,13 @@ fn each_violation_is_named() {
             Box::new(|a| a.measured_at_unix_ms = NOW + 120_000),
             "120s ahead of",
         ),
-        (
-            "past",
-            Box::new(|a| a.measured_at_unix_ms = NOW - 31_000),
-            "31s behind",
-        ),
+        ("past", Box::new(|a| a.measured_at_unix_ms = NOW - 31_000), "31s behind"),
         (
             "lying digest",
             Box::new(|a| a.digest = vec![0; 32]),
             "does not match the entries",
         ),
-        (
-            "short digest",
-            Box::new(|a| a.digest = vec![0; 3]),
-            "digest is 3 bytes",
-        ),
+        ("short digest", Box::new(|a| a.digest = vec![0; 3]), "digest is 3 bytes"),
         (
             "heartbeat with entries",
             Box::new(|a| a.full = false),

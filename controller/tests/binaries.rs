@@ -47,11 +47,7 @@ fn pki_commands_make_a_ca_and_private_keys() {
     // A second init must not destroy the CA.
     let o = lockstep(&["pki", "init", "--dir", dir_s]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("refusing to overwrite"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("refusing to overwrite"), "{}", stderr(&o));
     // A bad role is a usage error naming the choices.
     let o = lockstep(&[
         "pki", "issue", "--dir", dir_s, "--out", "x", "operator", "--name", "eve", "--role", "root",
@@ -108,19 +104,14 @@ fn gate_check_exits_6_when_the_controller_is_unreachable() {
         out.with_extension("key").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("controller unreachable"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("controller unreachable"), "{}", stderr(&o));
 }
 
 #[test]
 fn controller_with_a_bad_config_names_the_key_and_exits_nonzero() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("controller.toml");
-    let text = include_str!("fixtures/controller_good.toml")
-        .replace("mode = \"consensus\"", "mode = \"vote\"");
+    let text = include_str!("fixtures/controller_good.toml").replace("mode = \"consensus\"", "mode = \"vote\"");
     std::fs::write(&cfg, text).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_lockstep-controller"))
         .arg("--config")

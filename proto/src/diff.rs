@@ -11,12 +11,7 @@ use crate::pb::{Change, ChangeKind, Entry, EntryKind};
 /// out paths for which `skip` holds. `left` is usually the host, `right` the
 /// expected set (release or consensus); `right_label` names it in the text,
 /// e.g. "release 2".
-pub fn diff(
-    left: &[Entry],
-    right: &[Entry],
-    right_label: &str,
-    skip: impl Fn(&[u8]) -> bool,
-) -> Vec<Change> {
+pub fn diff(left: &[Entry], right: &[Entry], right_label: &str, skip: impl Fn(&[u8]) -> bool) -> Vec<Change> {
     let mut out = Vec::new();
     let (mut l, mut r) = (
         left.iter().filter(|e| !skip(&e.path)).peekable(),
@@ -46,20 +41,12 @@ fn compare(left: Option<&Entry>, right: Option<&Entry>, label: &str) -> Option<C
         (Some(a), None) => (
             &a.path,
             ChangeKind::Removed,
-            format!(
-                "{} ({}) not in {label}",
-                paths::display(&a.path),
-                describe(a)
-            ),
+            format!("{} ({}) not in {label}", paths::display(&a.path), describe(a)),
         ),
         (None, Some(b)) => (
             &b.path,
             ChangeKind::Added,
-            format!(
-                "{} absent, {label} has {}",
-                paths::display(&b.path),
-                describe(b)
-            ),
+            format!("{} absent, {label} has {}", paths::display(&b.path), describe(b)),
         ),
         (Some(a), Some(b)) => {
             let field = differing_field(a, b, label)?;
@@ -88,21 +75,13 @@ fn differing_field(a: &Entry, b: &Entry, label: &str) -> Option<String> {
     let (field, left, right) = if a.sha256 != b.sha256 {
         ("sha256", short_hex(&a.sha256), short_hex(&b.sha256))
     } else if a.link_target != b.link_target {
-        (
-            "target",
-            paths::display(&a.link_target),
-            paths::display(&b.link_target),
-        )
+        ("target", paths::display(&a.link_target), paths::display(&b.link_target))
     } else if a.size != b.size {
         ("size", a.size.to_string(), b.size.to_string())
     } else if a.mode != b.mode {
         ("mode", format!("{:04o}", a.mode), format!("{:04o}", b.mode))
     } else if (a.uid, a.gid) != (b.uid, b.gid) {
-        (
-            "owner",
-            format!("{}:{}", a.uid, a.gid),
-            format!("{}:{}", b.uid, b.gid),
-        )
+        ("owner", format!("{}:{}", a.uid, a.gid), format!("{}:{}", b.uid, b.gid))
     } else {
         return None;
     };

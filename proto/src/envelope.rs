@@ -109,11 +109,7 @@ pub fn verify<'a>(envelope: &'a Envelope, public_key: &[u8]) -> Result<&'a [u8],
 }
 
 /// Verifies, then decodes, an attestation within `limits`.
-pub fn open_attestation(
-    envelope: &Envelope,
-    public_key: &[u8],
-    limits: Limits,
-) -> Result<Attestation, EnvelopeError> {
+pub fn open_attestation(envelope: &Envelope, public_key: &[u8], limits: Limits) -> Result<Attestation, EnvelopeError> {
     if envelope.payload.len() > limits.max_payload_bytes {
         return Err(EnvelopeError::TooLarge {
             size: envelope.payload.len(),
@@ -205,10 +201,7 @@ mod tests {
             max_entries: 2,
         };
         let err = open_attestation(&env, s.public_key(), limits).unwrap_err();
-        assert!(matches!(
-            err,
-            EnvelopeError::TooManyEntries { count: 3, .. }
-        ));
+        assert!(matches!(err, EnvelopeError::TooManyEntries { count: 3, .. }));
     }
 
     #[test]

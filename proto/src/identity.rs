@@ -13,9 +13,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 const PREFIX: &str = "urn:lockstep:";
 
 /// What an operator may do at the console.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OperatorRole {
     /// Read-only.
@@ -56,15 +54,11 @@ pub enum PeerIdentity {
 pub enum IdentityError {
     #[error("certificate is not valid X.509 DER")]
     BadCertificate,
-    #[error(
-        "certificate has no urn:lockstep: identity in its subjectAltName (issue it with `lockstep pki issue`)"
-    )]
+    #[error("certificate has no urn:lockstep: identity in its subjectAltName (issue it with `lockstep pki issue`)")]
     NoIdentity,
     #[error("certificate identity {0:?} is not a lockstep identity")]
     Unrecognised(String),
-    #[error(
-        "{0:?} is not a valid id: use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
-    )]
+    #[error("{0:?} is not a valid id: use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit")]
     BadId(String),
 }
 
@@ -100,14 +94,11 @@ impl PeerIdentity {
         let id = match parts.as_slice() {
             ["agent", host] => {
                 validate_id(host)?;
-                Self::Agent {
-                    host: host.to_string(),
-                }
+                Self::Agent { host: host.to_string() }
             }
             ["operator", role, name] => {
                 validate_id(name)?;
-                let role = OperatorRole::parse(role)
-                    .ok_or_else(|| IdentityError::Unrecognised(uri.to_string()))?;
+                let role = OperatorRole::parse(role).ok_or_else(|| IdentityError::Unrecognised(uri.to_string()))?;
                 Self::Operator {
                     name: name.to_string(),
                     role,
@@ -121,8 +112,7 @@ impl PeerIdentity {
 
     /// The identity in a DER certificate's subjectAltName.
     pub fn from_cert_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::BadCertificate)?;
         let san = cert
             .subject_alternative_name()
             .map_err(|_| IdentityError::BadCertificate)?

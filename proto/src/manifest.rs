@@ -53,9 +53,7 @@ pub enum ManifestError {
     Entry { index: usize, problem: String },
     #[error("manifest: {0}")]
     Digest(#[from] DigestError),
-    #[error(
-        "manifest digest {stated} does not match its entries ({computed}): the file was edited or truncated"
-    )]
+    #[error("manifest digest {stated} does not match its entries ({computed}): the file was edited or truncated")]
     DigestMismatch { stated: String, computed: String },
 }
 
@@ -72,10 +70,7 @@ const KINDS: [(EntryKind, &str); 9] = [
 ];
 
 pub fn kind_name(kind: EntryKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or("unknown", |(_, n)| n)
+    KINDS.iter().find(|(k, _)| *k == kind).map_or("unknown", |(_, n)| n)
 }
 
 fn to_manifest_entry(e: &Entry) -> ManifestEntry {
@@ -113,8 +108,7 @@ fn from_manifest_entry(index: usize, m: ManifestEntry) -> Result<Entry, Manifest
     if kind == EntryKind::File && sha256.len() != 32 {
         return Err(bad("a file needs a 64-hex-digit sha256".into()));
     }
-    let mode = u32::from_str_radix(&m.mode, 8)
-        .map_err(|_| bad(format!("mode {:?} is not octal", m.mode)))?;
+    let mode = u32::from_str_radix(&m.mode, 8).map_err(|_| bad(format!("mode {:?} is not octal", m.mode)))?;
     let link_target = match m.link_target_hex {
         Some(h) => hex::decode(h).map_err(|e| bad(format!("link_target_hex: {e}")))?,
         None => Vec::new(),
@@ -204,9 +198,7 @@ mod tests {
 
     #[test]
     fn edited_manifest_is_refused() {
-        let json = to_json(&entries())
-            .unwrap()
-            .replace("\"size\": 42", "\"size\": 43");
+        let json = to_json(&entries()).unwrap().replace("\"size\": 42", "\"size\": 43");
         let err = from_json(&json).unwrap_err();
         assert!(matches!(err, ManifestError::DigestMismatch { .. }), "{err}");
     }
@@ -218,11 +210,6 @@ mod tests {
             .replace("\"kind\": \"missing\"", "\"kind\": \"ghost\"");
         let err = from_json(&json).unwrap_err().to_string();
         assert!(err.contains("unknown kind \"ghost\""), "{err}");
-        assert!(
-            from_json(
-                "{\"format\":\"lockstep-manifest/1\",\"digest\":\"\",\"entries\":[],\"x\":1}"
-            )
-            .is_err()
-        );
+        assert!(from_json("{\"format\":\"lockstep-manifest/1\",\"digest\":\"\",\"entries\":[],\"x\":1}").is_err());
     }
 }

@@ -97,13 +97,12 @@ fn config_err(path: &Path) -> impl Fn(rustls::Error) -> TlsError + '_ {
 /// The controller's side: a client certificate from the fleet CA is required.
 pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&paths.ca)?), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Config {
-                path: paths.ca.clone(),
-                reason: e.to_string(),
-            })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&paths.ca)?), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config {
+            path: paths.ca.clone(),
+            reason: e.to_string(),
+        })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_err(&paths.ca))?
@@ -129,15 +128,10 @@ pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
 /// Splits "host:port" (or "[v6]:port") and gives the name to verify the
 /// controller's certificate against when none is configured.
 pub fn default_server_name(addr: &str) -> Result<String, TlsError> {
-    let bad = || TlsError::Address {
-        addr: addr.to_string(),
-    };
+    let bad = || TlsError::Address { addr: addr.to_string() };
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
-    Ok(host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string())
+    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
 }
 
 /// A gRPC channel to `addr` over TLS with `config`, checking the controller's
@@ -155,9 +149,7 @@ pub fn channel(
         name: server_name.to_string(),
     })?;
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| TlsError::Address {
-            addr: addr.to_string(),
-        })?
+        .map_err(|_| TlsError::Address { addr: addr.to_string() })?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -175,9 +167,7 @@ pub fn channel(
             let port = uri.port_u16().unwrap_or(443);
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });

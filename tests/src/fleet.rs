@@ -86,9 +86,7 @@ impl Fleet {
     /// PKI, controller and one agent per host, all running; host files empty
     /// until [`Fleet::write`] puts some there.
     pub async fn start(spec: FleetSpec) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("lockstep-fleet-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("lockstep-fleet-").tempdir()?;
         let pki_dir = dir.path().join("pki");
         pki::init(&pki_dir, YEAR)?;
         pki::issue(
@@ -103,10 +101,7 @@ impl Fleet {
         let config_path = dir.path().join("controller.toml");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        std::fs::write(
-            &config_path,
-            controller_toml(&spec, &hosts, dir.path(), addr),
-        )?;
+        std::fs::write(&config_path, controller_toml(&spec, &hosts, dir.path(), addr))?;
         let (controller, stop, task) = start_controller(&config_path, listener).await?;
         let mut fleet = Self {
             controller,
@@ -136,9 +131,7 @@ impl Fleet {
         std::fs::write(root.join("etc/hostname"), format!("{host}\n"))?;
         pki::issue(
             &self.pki_dir,
-            &Subject::Agent {
-                host: host.to_string(),
-            },
+            &Subject::Agent { host: host.to_string() },
             &base.join("agent"),
             YEAR,
         )?;
@@ -155,7 +148,14 @@ address = "{addr}"
 ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
+
+[gate]
+state_file = "{gate}"
+on_open = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"]
+on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"]
 "#,
+            gate = base.join("gate.json").display(),
+            hooklog = base.join("hooks.log").display(),
             role = self.spec.role,
             state = base.join("state").display(),
             watch = self.spec.watch,
@@ -191,10 +191,7 @@ key = "{key}"
 
     /// Starts (or restarts) `host`'s agent loop.
     pub fn start_agent(&mut self, host: &str) -> anyhow::Result<()> {
-        let h = self
-            .hosts
-            .get_mut(host)
-            .with_context(|| format!("no host {host}"))?;
+        let h = self.hosts.get_mut(host).with_context(|| format!("no host {host}"))?;
         let agent = Agent::new(h.config.clone())?;
         let (stop, stopped) = oneshot::channel();
         h.trigger = Some(agent.scan_trigger());
@@ -207,10 +204,7 @@ key = "{key}"
 
     /// Stops `host`'s agent: the host goes silent.
     pub async fn stop_agent(&mut self, host: &str) -> anyhow::Result<()> {
-        let h = self
-            .hosts
-            .get_mut(host)
-            .with_context(|| format!("no host {host}"))?;
+        let h = self.hosts.get_mut(host).with_context(|| format!("no host {host}"))?;
         if let Some(stop) = h.stop.take() {
             let _ = stop.send(());
         }
@@ -242,6 +236,78 @@ key = "{key}"
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
         Ok(())
+    }
+
+    /// `lockstep-agent gate check` on `host`: (exit code, line).
+    pub fn local_gate_check(&self, host: &str) -> anyhow::Result<(u8, String)> {
+        let h = self.host(host)?;
+        Ok(lockstep_agent::gatekeeper::check(
+            &h.config.gate.state_file,
+            Duration::ZERO,
+        ))
+    }
+
+    /// Lines the host's on_open/on_close hooks wrote ("OPEN 2", "CLOSED 0"...).
+    pub fn hook_log(&self, host: &str) -> anyhow::Result<Vec<String>> {
+        let p = self.host(host)?.config.gate.state_file.with_file_name("hooks.log");
+        Ok(std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Polls until each host's hook log reads `want`.
+    pub async fn wait_hooks(&self, hosts: &[String], want: &[&str]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut wrong = Vec::new();
+            for h in hosts {
+                let log = self.hook_log(h)?;
+                if log != want {
+                    wrong.push(format!("{h}: {log:?}"));
+                }
+            }
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("hooks did not run as expected ({want:?}): {}", wrong.join("; "));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the controller (its store stays on disk).
+    pub async fn stop_controller(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.server.take() {
+            task.await?;
+        }
+        Ok(())
+    }
+
+    /// Polls until every named host's local gate check gives `code`.
+    pub async fn wait_local(&self, hosts: &[String], code: u8, what: &str) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(20);
+        loop {
+            let mut pending = Vec::new();
+            for h in hosts {
+                if self.local_gate_check(h)?.0 != code {
+                    pending.push(h.as_str());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(start.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what} on: {}", pending.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The digest `host`'s agent will report for its files as they are now.
@@ -313,11 +379,7 @@ key = "{key}"
     }
 
     /// Runs a `lockstep` console command as `operator`; returns exit code and output.
-    pub async fn console(
-        &self,
-        operator: &TlsPaths,
-        args: &[&str],
-    ) -> anyhow::Result<(u8, String)> {
+    pub async fn console(&self, operator: &TlsPaths, args: &[&str]) -> anyhow::Result<(u8, String)> {
         let mut argv: Vec<String> = vec!["lockstep".into()];
         argv.extend(args.iter().map(|s| s.to_string()));
         argv.extend([
@@ -338,17 +400,11 @@ key = "{key}"
 
     /// The gate check of the fleet's role, straight from the controller.
     pub fn gates(&self) -> anyhow::Result<GateCheckReply> {
-        Ok(self
-            .controller
-            .gate_check(&harness_viewer(), &self.spec.role)?)
+        Ok(self.controller.gate_check(&harness_viewer(), &self.spec.role)?)
     }
 
     /// Polls the gate check until `ok` holds (or fails after 20 s).
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        ok: impl Fn(&GateCheckReply) -> bool,
-    ) -> anyhow::Result<GateCheckReply> {
+    pub async fn wait_for(&self, what: &str, ok: impl Fn(&GateCheckReply) -> bool) -> anyhow::Result<GateCheckReply> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let g = self.gates()?;
@@ -356,10 +412,7 @@ key = "{key}"
                 return Ok(g);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "timed out waiting for {what}; gates now: {}",
-                    console::summary(&g)
-                );
+                bail!("timed out waiting for {what}; gates now: {}", console::summary(&g));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -372,10 +425,7 @@ key = "{key}"
     }
 
     pub fn ca_paths(&self) -> (PathBuf, PathBuf) {
-        (
-            self.pki_dir.join(pki::CA_CERT),
-            self.pki_dir.join(pki::CA_KEY),
-        )
+        (self.pki_dir.join(pki::CA_CERT), self.pki_dir.join(pki::CA_KEY))
     }
 
     /// Stops everything; the temp dir goes when the fleet is dropped.
@@ -402,17 +452,9 @@ fn harness_viewer() -> lockstep_proto::identity::PeerIdentity {
 }
 
 /// An agent-service client with arbitrary TLS material (for hostile tests).
-pub fn agent_client_with(
-    addr: SocketAddr,
-    paths: &TlsPaths,
-) -> anyhow::Result<AgentServiceClient<Channel>> {
+pub fn agent_client_with(addr: SocketAddr, paths: &TlsPaths) -> anyhow::Result<AgentServiceClient<Channel>> {
     let config = tls::client_config(paths)?;
-    let channel = tls::channel(
-        &addr.to_string(),
-        "127.0.0.1",
-        config,
-        Duration::from_secs(5),
-    )?;
+    let channel = tls::channel(&addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))?;
     Ok(AgentServiceClient::new(channel))
 }
 

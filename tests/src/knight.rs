@@ -22,11 +22,11 @@ pub const RLP_LIB: &str = "/opt/smars/lib/librlp.so";
 pub const SHARED_LIB: &str = "/opt/smars/lib/libsmars.so";
 
 /// The old SMARS: Power Peg code still in the binary, reachable by the flag.
-const OLD_BIN: &[u8] =
-    b"SMARS build 2003.11 - order router\nPowerPeg: test harness, retired 2003 (code left in)\n";
+const OLD_BIN: &[u8] = b"SMARS build 2003.11 - order router\nPowerPeg: test harness, retired 2003 (code left in)\n";
 const OLD_CONF: &[u8] = b"[router]\nflag_rlp = 0\nvenue = NYSE\n";
 /// The new SMARS: the same flag now means "Retail Liquidity Program".
-const NEW_BIN: &[u8] = b"SMARS build 2012.08 - order router\nRLP: Retail Liquidity Program (reuses the PowerPeg flag)\n";
+const NEW_BIN: &[u8] =
+    b"SMARS build 2012.08 - order router\nRLP: Retail Liquidity Program (reuses the PowerPeg flag)\n";
 const NEW_CONF: &[u8] = b"[router]\nflag_rlp = 1\nvenue = NYSE\n";
 const NEW_RLP_LIB: &[u8] = b"librlp 1.0\n";
 const SHARED: &[u8] = b"libsmars 4.2\n";
@@ -80,11 +80,7 @@ impl Morning {
         self.fleet.write(hosts, CONF, OLD_CONF)?;
         self.fleet.write(hosts, SHARED_LIB, SHARED)?;
         for h in hosts {
-            let p = self
-                .fleet
-                .host(h)?
-                .root
-                .join(RLP_LIB.trim_start_matches('/'));
+            let p = self.fleet.host(h)?.root.join(RLP_LIB.trim_start_matches('/'));
             if p.exists() {
                 std::fs::remove_file(p)?;
             }
@@ -99,28 +95,15 @@ impl Morning {
         self.fleet.write(hosts, SHARED_LIB, SHARED)
     }
 
-    async fn run(
-        &self,
-        who: &TlsPaths,
-        args: &[&str],
-        transcript: &mut Vec<(String, String)>,
-    ) -> anyhow::Result<u8> {
+    async fn run(&self, who: &TlsPaths, args: &[&str], transcript: &mut Vec<(String, String)>) -> anyhow::Result<u8> {
         let (code, out) = self.fleet.console(who, args).await?;
         transcript.push((format!("lockstep {}", args.join(" ")), out));
         Ok(code)
     }
 
-    async fn finish(
-        &self,
-        title: &'static str,
-        mut transcript: Vec<(String, String)>,
-    ) -> anyhow::Result<Step> {
+    async fn finish(&self, title: &'static str, mut transcript: Vec<(String, String)>) -> anyhow::Result<Step> {
         let code = self
-            .run(
-                &self.bob,
-                &["gate", "check", "--role", "smars"],
-                &mut transcript,
-            )
+            .run(&self.bob, &["gate", "check", "--role", "smars"], &mut transcript)
             .await?;
         Ok(Step {
             title,
@@ -131,12 +114,7 @@ impl Morning {
     }
 
     /// Propose from `host` as alice, approve as bob.
-    async fn release_from(
-        &self,
-        host: &str,
-        note: &str,
-        t: &mut Vec<(String, String)>,
-    ) -> anyhow::Result<u64> {
+    async fn release_from(&self, host: &str, note: &str, t: &mut Vec<(String, String)>) -> anyhow::Result<u64> {
         let code = self
             .run(
                 &self.alice,
@@ -184,8 +162,7 @@ impl Morning {
         let mut t = Vec::new();
         self.release_from(&seven[0], "RLP launch", &mut t).await?;
         let last = self.last();
-        self.run(&self.bob, &["diff", &last, "--release"], &mut t)
-            .await?;
+        self.run(&self.bob, &["diff", &last, "--release"], &mut t).await?;
         self.finish("New code copied to all but one host; release 2 approved", t)
             .await
     }

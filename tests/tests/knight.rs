@@ -25,13 +25,7 @@ async fn knight_morning_is_caught_before_the_open() {
         );
     }
     assert_eq!(s1.gate_check_exit, 0);
-    assert!(
-        s1.transcript
-            .last()
-            .unwrap()
-            .1
-            .contains("smars: 8/8 OPEN on release 1")
-    );
+    assert!(s1.transcript.last().unwrap().1.contains("smars: 8/8 OPEN on release 1"));
 
     let s2 = m.step2_new_code_on_all_but_one().await.unwrap();
     assert_eq!(s2.gates.release, 2);
@@ -66,8 +60,7 @@ async fn knight_morning_is_caught_before_the_open() {
         .find(|(cmd, _)| cmd.starts_with("lockstep diff"))
         .unwrap();
     assert!(
-        diff.1
-            .contains("smars-08 differs from release 2 in 3 entries"),
+        diff.1.contains("smars-08 differs from release 2 in 3 entries"),
         "{}",
         diff.1
     );
@@ -107,23 +100,12 @@ async fn host_that_never_reported_is_missing_and_blocks_its_role() {
         .fleet
         .console(
             &m.alice,
-            &[
-                "release",
-                "propose",
-                "--role",
-                "smars",
-                "--from-host",
-                "smars-01",
-            ],
+            &["release", "propose", "--role", "smars", "--from-host", "smars-01"],
         )
         .await
         .unwrap();
     assert_eq!(code, 0, "{out}");
-    let (code, out) = m
-        .fleet
-        .console(&m.bob, &["release", "approve", "1"])
-        .await
-        .unwrap();
+    let (code, out) = m.fleet.console(&m.bob, &["release", "approve", "1"]).await.unwrap();
     assert_eq!(code, 0, "{out}");
     let (code, out) = m
         .fleet
@@ -131,10 +113,7 @@ async fn host_that_never_reported_is_missing_and_blocks_its_role() {
         .await
         .unwrap();
     assert_eq!(code, 4, "stale/missing exit code: {out}");
-    assert!(
-        out.contains("smars: 2/3 OPEN on release 1; smars-03 MISSING"),
-        "{out}"
-    );
+    assert!(out.contains("smars: 2/3 OPEN on release 1; smars-03 MISSING"), "{out}");
     let g = m.fleet.gates().unwrap();
     assert_eq!(state_of(&g, "smars-03"), GateState::Missing);
     assert!(reasons_of(&g, "smars-03")[0].contains("smars-03 has never reported"));

@@ -60,30 +60,13 @@ async fn forged_signature_closes_the_gate() {
     let mut env = forger.seal_attestation(&attestation(&m.fleet, "smars-02", 1_000));
     // Claim the real key's id, so the check that fails is the signature itself.
     env.key_id = host_key(&m.fleet, "smars-02").key_id().to_string();
-    let err = m
-        .fleet
-        .agent_client("smars-02")
-        .unwrap()
-        .submit(env)
-        .await
-        .unwrap_err();
+    let err = m.fleet.agent_client("smars-02").unwrap().submit(env).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(
-        err.message().contains("signature does not verify"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("signature does not verify"), "{}", err.message());
     let g = m.fleet.gates().unwrap();
     assert_eq!(state_of(&g, "smars-02"), GateState::Closed);
-    assert!(
-        reasons_of(&g, "smars-02")[0]
-            .contains("last attestation rejected: signature does not verify")
-    );
-    assert_eq!(
-        state_of(&g, "smars-01"),
-        GateState::Open,
-        "other hosts unaffected"
-    );
+    assert!(reasons_of(&g, "smars-02")[0].contains("last attestation rejected: signature does not verify"));
+    assert_eq!(state_of(&g, "smars-01"), GateState::Open, "other hosts unaffected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,9 +185,7 @@ async fn certificates_from_another_ca_or_out_of_date_are_refused_at_the_handshak
         // the controller's logic; any error here is the TLS layer refusing.
         let real_key = host_key(&m.fleet, "smars-01").public_key().to_vec();
         let err = client
-            .pin_key(PinKeyRequest {
-                public_key: real_key,
-            })
+            .pin_key(PinKeyRequest { public_key: real_key })
             .await
             .unwrap_err();
         // In TLS 1.3 the client finishes its side before the server judges its
@@ -231,10 +212,7 @@ async fn operator_certificate_cannot_attest_and_agent_certificate_cannot_use_the
     let alice = m.fleet.operator("alice", OperatorRole::Approver).unwrap();
     let mut as_operator = agent_client_with(m.fleet.addr, &alice).unwrap();
     let err = as_operator
-        .submit(
-            host_key(&m.fleet, "smars-01")
-                .seal_attestation(&attestation(&m.fleet, "smars-01", 99_999)),
-        )
+        .submit(host_key(&m.fleet, "smars-01").seal_attestation(&attestation(&m.fleet, "smars-01", 99_999)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -244,24 +222,9 @@ async fn operator_certificate_cannot_attest_and_agent_certificate_cannot_use_the
         err.message()
     );
 
-    let agent_tls = m
-        .fleet
-        .host("smars-01")
-        .unwrap()
-        .config
-        .controller
-        .tls
-        .clone();
-    let err = m
-        .fleet
-        .console(&agent_tls, &["hosts"])
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("console requests need an operator certificate"),
-        "{err}"
-    );
+    let agent_tls = m.fleet.host("smars-01").unwrap().config.controller.tls.clone();
+    let err = m.fleet.console(&agent_tls, &["hosts"]).await.unwrap_err().to_string();
+    assert!(err.contains("console requests need an operator certificate"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,20 +232,8 @@ async fn two_person_rule_and_roles_are_enforced() {
     let m = open_fleet().await;
     let carol = m.fleet.operator("carol", OperatorRole::Approver).unwrap();
     let viewer = m.fleet.operator("vic", OperatorRole::Viewer).unwrap();
-    let propose = [
-        "release",
-        "propose",
-        "--role",
-        "smars",
-        "--from-host",
-        "smars-01",
-    ];
-    let err = m
-        .fleet
-        .console(&viewer, &propose)
-        .await
-        .unwrap_err()
-        .to_string();
+    let propose = ["release", "propose", "--role", "smars", "--from-host", "smars-01"];
+    let err = m.fleet.console(&viewer, &propose).await.unwrap_err().to_string();
     assert!(
         err.contains("vic has role viewer; this needs the operator role"),
         "{err}"
@@ -311,11 +262,7 @@ async fn two_person_rule_and_roles_are_enforced() {
         err.contains("alice has role operator; this needs the approver role"),
         "{err}"
     );
-    let (code, out) = m
-        .fleet
-        .console(&m.bob, &["release", "approve", "2"])
-        .await
-        .unwrap();
+    let (code, out) = m.fleet.console(&m.bob, &["release", "approve", "2"]).await.unwrap();
     assert_eq!(code, 0, "{out}");
     // Release numbers only go forward: release 1 cannot be re-approved.
     let err = m
@@ -330,10 +277,7 @@ async fn two_person_rule_and_roles_are_enforced() {
         .console(&viewer, &["release", "list", "--role", "smars"])
         .await
         .unwrap();
-    assert!(
-        list.contains("superseded") && list.contains("active"),
-        "{list}"
-    );
+    assert!(list.contains("superseded") && list.contains("active"), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,9 +292,7 @@ async fn silent_host_closes_after_its_ttl() {
     m.fleet.stop_agent("smars-03").await.unwrap();
     let g = m
         .fleet
-        .wait_for("smars-03 to go stale", |g| {
-            state_of(g, "smars-03") == GateState::Closed
-        })
+        .wait_for("smars-03 to go stale", |g| state_of(g, "smars-03") == GateState::Closed)
         .await
         .unwrap();
     let reasons = reasons_of(&g, "smars-03");

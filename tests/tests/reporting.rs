@@ -22,15 +22,9 @@ async fn agent_sends_entries_only_when_its_set_changed() {
     let mut agent = Agent::new(m.fleet.host("smars-01").unwrap().config.clone()).unwrap();
 
     let first = agent.report_once().await.unwrap();
-    assert!(
-        first.accepted && agent.last_sent_full(),
-        "first report carries entries"
-    );
+    assert!(first.accepted && agent.last_sent_full(), "first report carries entries");
     agent.report_once().await.unwrap();
-    assert!(
-        !agent.last_sent_full(),
-        "unchanged set: digest-only heartbeat"
-    );
+    assert!(!agent.last_sent_full(), "unchanged set: digest-only heartbeat");
     m.install_new(&one).unwrap();
     agent.report_once().await.unwrap();
     assert!(agent.last_sent_full(), "changed set: entries again");
@@ -53,10 +47,7 @@ async fn agent_sends_entries_only_when_its_set_changed() {
             "smars",
         )
         .unwrap();
-    assert_eq!(
-        hex::encode(&hosts[0].digest),
-        m.fleet.local_digest("smars-01").unwrap()
-    );
+    assert_eq!(hex::encode(&hosts[0].digest), m.fleet.local_digest("smars-01").unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,9 +72,7 @@ async fn consensus_mode_closes_the_odd_host_out() {
     assert_eq!(state_of(&g, "smars-03"), GateState::Closed);
     let reasons = reasons_of(&g, "smars-03");
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains(BIN) && r.contains("!= the majority")),
+        reasons.iter().any(|r| r.contains(BIN) && r.contains("!= the majority")),
         "{reasons:?}"
     );
     let (code, out) = m
@@ -98,9 +87,7 @@ async fn consensus_mode_closes_the_odd_host_out() {
     );
 
     // Split three ways: no strict majority, every gate closed.
-    m.fleet
-        .write(&["smars-02".to_string()], BIN, b"a third build")
-        .unwrap();
+    m.fleet.write(&["smars-02".to_string()], BIN, b"a third build").unwrap();
     m.fleet.settle(&all).await.unwrap();
     let g = m.fleet.gates().unwrap();
     for h in &all {
@@ -126,79 +113,37 @@ async fn release_from_a_build_manifest_gates_the_fleet() {
     for (path, content) in [
         (
             "opt/smars/bin/smars",
-            std::fs::read(
-                m.fleet
-                    .host("smars-01")
-                    .unwrap()
-                    .root
-                    .join("opt/smars/bin/smars"),
-            )
-            .unwrap(),
+            std::fs::read(m.fleet.host("smars-01").unwrap().root.join("opt/smars/bin/smars")).unwrap(),
         ),
         (
             "opt/smars/etc/smars.conf",
-            std::fs::read(
-                m.fleet
-                    .host("smars-01")
-                    .unwrap()
-                    .root
-                    .join("opt/smars/etc/smars.conf"),
-            )
-            .unwrap(),
+            std::fs::read(m.fleet.host("smars-01").unwrap().root.join("opt/smars/etc/smars.conf")).unwrap(),
         ),
         (
             "opt/smars/lib/librlp.so",
-            std::fs::read(
-                m.fleet
-                    .host("smars-01")
-                    .unwrap()
-                    .root
-                    .join("opt/smars/lib/librlp.so"),
-            )
-            .unwrap(),
+            std::fs::read(m.fleet.host("smars-01").unwrap().root.join("opt/smars/lib/librlp.so")).unwrap(),
         ),
         (
             "opt/smars/lib/libsmars.so",
-            std::fs::read(
-                m.fleet
-                    .host("smars-01")
-                    .unwrap()
-                    .root
-                    .join("opt/smars/lib/libsmars.so"),
-            )
-            .unwrap(),
+            std::fs::read(m.fleet.host("smars-01").unwrap().root.join("opt/smars/lib/libsmars.so")).unwrap(),
         ),
     ] {
         let p = stage.path().join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-    let entries = lockstep_agent::scan::Scanner::new(
-        &["/opt/smars/**".to_string()],
-        Some(stage.path().to_path_buf()),
-    )
-    .unwrap()
-    .scan()
-    .unwrap();
+    let entries = lockstep_agent::scan::Scanner::new(&["/opt/smars/**".to_string()], Some(stage.path().to_path_buf()))
+        .unwrap()
+        .scan()
+        .unwrap();
     let manifest = stage.path().join("release.json");
-    std::fs::write(
-        &manifest,
-        lockstep_proto::manifest::to_json(&entries).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&manifest, lockstep_proto::manifest::to_json(&entries).unwrap()).unwrap();
     let manifest = manifest.display().to_string();
     let (code, out) = m
         .fleet
         .console(
             &m.alice,
-            &[
-                "release",
-                "propose",
-                "--role",
-                "smars",
-                "--manifest",
-                &manifest,
-            ],
+            &["release", "propose", "--role", "smars", "--manifest", &manifest],
         )
         .await
         .unwrap();
@@ -216,19 +161,11 @@ async fn release_from_a_build_manifest_gates_the_fleet() {
     // Staged and deployed owners may differ in real life; here both are ours.
     let g = m.fleet.gates().unwrap();
     for h in &all {
-        assert_eq!(
-            state_of(&g, h),
-            GateState::Open,
-            "{h}: {:?}",
-            reasons_of(&g, h)
-        );
+        assert_eq!(state_of(&g, h), GateState::Open, "{h}: {:?}", reasons_of(&g, h));
     }
     let (code, out) = m
         .fleet
-        .console(
-            &m.bob,
-            &["--output", "json", "gate", "check", "--role", "smars"],
-        )
+        .console(&m.bob, &["--output", "json", "gate", "check", "--role", "smars"])
         .await
         .unwrap();
     assert_eq!(code, 0);
@@ -268,11 +205,7 @@ async fn directive_stream_sends_the_current_gate_then_changes() {
     .await
     .unwrap();
     assert_eq!(next.host, "smars-02");
-    assert!(
-        next.reasons.iter().any(|r| r.text.contains(BIN)),
-        "{:?}",
-        next.reasons
-    );
+    assert!(next.reasons.iter().any(|r| r.text.contains(BIN)), "{:?}", next.reasons);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,8 +225,5 @@ async fn unreachable_controller_is_a_retryable_error_not_a_crash() {
     let mut agent = Agent::new(config).unwrap();
     let err = agent.report_once().await.unwrap_err();
     assert!(matches!(err, AgentError::Unreachable(_)), "{err}");
-    assert!(
-        err.to_string().starts_with("controller unreachable"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("controller unreachable"), "{err}");
 }

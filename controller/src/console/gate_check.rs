@@ -25,11 +25,7 @@ pub enum ExitCode {
 }
 
 pub fn exit_code(gates: &[Gate]) -> ExitCode {
-    let has = |k: ReasonKind| {
-        gates
-            .iter()
-            .any(|g| g.reasons.iter().any(|r| r.kind() == k))
-    };
+    let has = |k: ReasonKind| gates.iter().any(|g| g.reasons.iter().any(|r| r.kind() == k));
     if gates.iter().all(|g| g.state() == GateState::Open) && !gates.is_empty() {
         ExitCode::AllOpen
     } else if has(ReasonKind::Halted) {
@@ -47,21 +43,13 @@ pub fn exit_code(gates: &[Gate]) -> ExitCode {
 
 /// e.g. `smars: 7/8 OPEN on release 2; smars-08 CLOSED (drift: 3 files)`.
 pub fn summary(reply: &GateCheckReply) -> String {
-    let open = reply
-        .gates
-        .iter()
-        .filter(|g| g.state() == GateState::Open)
-        .count();
+    let open = reply.gates.iter().filter(|g| g.state() == GateState::Open).count();
     let against = match reply.release {
         0 if reply.mode == "consensus" => "by consensus".to_string(),
         0 => "with no approved release".to_string(),
         n => format!("on release {n}"),
     };
-    let mut line = format!(
-        "{}: {open}/{} OPEN {against}",
-        reply.role,
-        reply.gates.len()
-    );
+    let mut line = format!("{}: {open}/{} OPEN {against}", reply.role, reply.gates.len());
     for g in reply.gates.iter().filter(|g| g.state() != GateState::Open) {
         line.push_str(&format!("; {} {}", g.host, state_word(g.state())));
         if g.state() == GateState::Closed {
@@ -86,10 +74,7 @@ pub fn why(g: &Gate) -> String {
     let mut parts = Vec::new();
     let drift = count(ReasonKind::Drift);
     if drift > 0 {
-        parts.push(format!(
-            "drift: {drift} file{}",
-            if drift == 1 { "" } else { "s" }
-        ));
+        parts.push(format!("drift: {drift} file{}", if drift == 1 { "" } else { "s" }));
     }
     for (k, word) in [
         (ReasonKind::Missing, "never reported"),
@@ -131,33 +116,21 @@ mod tests {
         use GateState::*;
         use ReasonKind as K;
         let cases: Vec<(Vec<Gate>, ExitCode)> = vec![
-            (
-                vec![gate("a", Open, &[]), gate("b", Open, &[])],
-                ExitCode::AllOpen,
-            ),
+            (vec![gate("a", Open, &[]), gate("b", Open, &[])], ExitCode::AllOpen),
             (vec![], ExitCode::StaleOrMissing),
             (
                 vec![gate("a", Open, &[]), gate("b", Missing, &[K::Missing])],
                 ExitCode::StaleOrMissing,
             ),
             (
-                vec![
-                    gate("a", Closed, &[K::Stale]),
-                    gate("b", Closed, &[K::Drift]),
-                ],
+                vec![gate("a", Closed, &[K::Stale]), gate("b", Closed, &[K::Drift])],
                 ExitCode::Drift,
             ),
             (
-                vec![
-                    gate("a", Closed, &[K::Rejected]),
-                    gate("b", Closed, &[K::Stale]),
-                ],
+                vec![gate("a", Closed, &[K::Rejected]), gate("b", Closed, &[K::Stale])],
                 ExitCode::Rejected,
             ),
-            (
-                vec![gate("a", Closed, &[K::Drift, K::Halted])],
-                ExitCode::Halted,
-            ),
+            (vec![gate("a", Closed, &[K::Drift, K::Halted])], ExitCode::Halted),
             (vec![gate("a", Closed, &[K::NoRelease])], ExitCode::Drift),
         ];
         for (gates, want) in cases {
@@ -171,11 +144,7 @@ mod tests {
         let mut gates: Vec<Gate> = (1..=7)
             .map(|i| gate(&format!("smars-0{i}"), GateState::Open, &[]))
             .collect();
-        gates.push(gate(
-            "smars-08",
-            GateState::Closed,
-            &[K::Drift, K::Drift, K::Drift],
-        ));
+        gates.push(gate("smars-08", GateState::Closed, &[K::Drift, K::Drift, K::Drift]));
         let reply = GateCheckReply {
             role: "smars".into(),
             mode: "release".into(),

@@ -41,39 +41,19 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Connection {
     /// Controller address, host:port.
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_CONTROLLER",
-        default_value = "127.0.0.1:7443"
-    )]
+    #[arg(long, global = true, env = "LOCKSTEP_CONTROLLER", default_value = "127.0.0.1:7443")]
     pub controller: String,
     /// Name to check the controller's certificate against (default: the address's host).
     #[arg(long, global = true, env = "LOCKSTEP_SERVER_NAME")]
     pub server_name: Option<String>,
     /// Fleet CA certificate.
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_CA",
-        default_value = "/etc/lockstep/ca.pem"
-    )]
+    #[arg(long, global = true, env = "LOCKSTEP_CA", default_value = "/etc/lockstep/ca.pem")]
     pub ca: PathBuf,
     /// Your operator certificate.
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_CERT",
-        default_value = "operator.pem"
-    )]
+    #[arg(long, global = true, env = "LOCKSTEP_CERT", default_value = "operator.pem")]
     pub cert: PathBuf,
     /// Your operator key.
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_KEY",
-        default_value = "operator.key"
-    )]
+    #[arg(long, global = true, env = "LOCKSTEP_KEY", default_value = "operator.key")]
     pub key: PathBuf,
 }
 
@@ -115,6 +95,50 @@ pub enum Command {
     /// Releases: propose, approve (by someone else), list.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// The kill switch: close every gate in scope at once, pushed to agents.
+    Halt {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Why: shown to everyone whose gate it closes.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift the active halts of exactly this scope.
+    Resume {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Active halts (--all: lifted ones too).
+    Halts {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Exactly one of --fleet, --role, --host.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct ScopeArgs {
+    #[arg(long)]
+    pub fleet: bool,
+    #[arg(long)]
+    pub role: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+impl ScopeArgs {
+    fn to_pb(&self) -> pb::HaltScope {
+        use pb::halt_scope::Scope;
+        let scope = match (&self.role, &self.host) {
+            (Some(r), _) => Scope::Role(r.clone()),
+            (None, Some(h)) => Scope::Host(h.clone()),
+            (None, None) => Scope::Fleet(self.fleet),
+        };
+        pb::HaltScope { scope: Some(scope) }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,11 +156,7 @@ pub enum ReleaseCommand {
     Propose {
         #[arg(long)]
         role: String,
-        #[arg(
-            long,
-            conflicts_with = "manifest",
-            required_unless_present = "manifest"
-        )]
+        #[arg(long, conflicts_with = "manifest", required_unless_present = "manifest")]
         from_host: Option<String>,
         /// A manifest written by `lockstep-agent measure`.
         #[arg(long)]
@@ -210,10 +230,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     }
     let mut client = connect(&cli.conn)?;
     let unreachable = |e: tonic::Status| -> anyhow::Error {
-        if matches!(
-            e.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-        ) {
+        if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
             anyhow::Error::new(Unreachable(e.message().to_string()))
         } else {
             anyhow::anyhow!("{}", e.message())
@@ -225,12 +242,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             let req = pb::ListHostsRequest {
                 role: role.unwrap_or_default(),
             };
-            let hosts = client
-                .list_hosts(req)
-                .await
-                .map_err(unreachable)?
-                .into_inner()
-                .hosts;
+            let hosts = client.list_hosts(req).await.map_err(unreachable)?.into_inner().hosts;
             render::hosts(out, &hosts, json)?;
         }
         Command::Host { host, entries } => {
@@ -238,18 +250,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 host,
                 include_entries: entries,
             };
-            let detail = client
-                .get_host(req)
-                .await
-                .map_err(unreachable)?
-                .into_inner();
+            let detail = client.get_host(req).await.map_err(unreachable)?.into_inner();
             render::host(out, &detail, json)?;
         }
-        Command::Diff {
-            host,
-            other,
-            release,
-        } => {
+        Command::Diff { host, other, release } => {
             let against = match (other, release) {
                 (Some(o), _) => Against::OtherHost(o),
                 (None, Some(n)) => Against::Release(n),
@@ -271,6 +275,27 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .into_inner();
             render::gate_check(out, &reply, json)?;
             return Ok(exit_code(&reply.gates) as u8);
+        }
+        Command::Halt { scope, reason } => {
+            let req = pb::HaltRequest {
+                scope: Some(scope.to_pb()),
+                reason,
+            };
+            let reply = client.halt(req).await.map_err(unreachable)?.into_inner();
+            render::halted(out, &reply, json)?;
+        }
+        Command::Resume { scope, reason } => {
+            let req = pb::ResumeRequest {
+                scope: Some(scope.to_pb()),
+                reason,
+            };
+            let reply = client.resume(req).await.map_err(unreachable)?.into_inner();
+            render::resumed(out, &reply, json)?;
+        }
+        Command::Halts { all } => {
+            let req = pb::ListHaltsRequest { all };
+            let list = client.list_halts(req).await.map_err(unreachable)?.into_inner();
+            render::halts(out, &list.halts, json)?;
         }
         Command::Release(cmd) => {
             run_release(&mut client, cmd, out, json)
@@ -331,10 +356,8 @@ async fn run_release(
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<Vec<pb::Entry>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading manifest {}", path.display()))?;
-    lockstep_proto::manifest::from_json(&text)
-        .with_context(|| format!("manifest {}", path.display()))
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
+    lockstep_proto::manifest::from_json(&text).with_context(|| format!("manifest {}", path.display()))
 }
 
 /// The controller could not be reached: `gate check` exits with its own code.
@@ -377,9 +400,7 @@ fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()>
             kind,
         } => {
             let subject = match kind {
-                IssueKind::Controller { names } => Subject::Controller {
-                    names: names.clone(),
-                },
+                IssueKind::Controller { names } => Subject::Controller { names: names.clone() },
                 IssueKind::Operator { name, role } => Subject::Operator {
                     name: name.clone(),
                     role: *role,

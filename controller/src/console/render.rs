@@ -5,7 +5,8 @@ use std::io::{self, Write};
 use lockstep_proto::digest::short_hex;
 use lockstep_proto::manifest::kind_name;
 use lockstep_proto::pb::{
-    ChangeKind, DiffReply, Gate, GateCheckReply, HostDetail, HostStatus, Release, ReleaseState,
+    ChangeKind, DiffReply, Gate, GateCheckReply, Halt, HaltReply, HostDetail, HostStatus, Release, ReleaseState,
+    ResumeReply, halt_scope::Scope,
 };
 use lockstep_proto::{now_unix_ms, paths};
 use serde_json::{Value, json};
@@ -85,11 +86,7 @@ fn host_json(h: &HostStatus) -> Value {
 }
 
 fn print_json(out: &mut dyn Write, v: &Value) -> io::Result<()> {
-    writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_default()
-    )
+    writeln!(out, "{}", serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
 fn first_reason(g: Option<&Gate>) -> String {
@@ -119,11 +116,7 @@ pub fn hosts(out: &mut dyn Write, hosts: &[HostStatus], json: bool) -> io::Resul
             ]
         })
         .collect();
-    table(
-        out,
-        &["HOST", "ROLE", "GATE", "DIGEST", "LAST SEEN", "REASON"],
-        &rows,
-    )
+    table(out, &["HOST", "ROLE", "GATE", "DIGEST", "LAST SEEN", "REASON"], &rows)
 }
 
 pub fn host(out: &mut dyn Write, d: &HostDetail, json: bool) -> io::Result<()> {
@@ -140,11 +133,7 @@ pub fn host(out: &mut dyn Write, d: &HostDetail, json: bool) -> io::Result<()> {
     }
     let g = h.gate.as_ref();
     writeln!(out, "host:        {} (role {})", h.host, h.role)?;
-    writeln!(
-        out,
-        "gate:        {}",
-        g.map_or("UNKNOWN", |g| state_word(g.state()))
-    )?;
+    writeln!(out, "gate:        {}", g.map_or("UNKNOWN", |g| state_word(g.state())))?;
     if let Some(g) = g.filter(|g| g.release > 0) {
         writeln!(out, "judged by:   release {}", g.release)?;
     }
@@ -183,11 +172,7 @@ pub fn host(out: &mut dyn Write, d: &HostDetail, json: bool) -> io::Result<()> {
             })
             .collect();
         writeln!(out)?;
-        table(
-            out,
-            &["KIND", "SHA256", "SIZE", "MODE", "OWNER", "PATH"],
-            &rows,
-        )?;
+        table(out, &["KIND", "SHA256", "SIZE", "MODE", "OWNER", "PATH"], &rows)?;
     }
     Ok(())
 }
@@ -321,4 +306,95 @@ pub fn releases(out: &mut dyn Write, list: &[Release], json: bool) -> io::Result
         ],
         &rows,
     )
+}
+
+fn scope_text(h: &Halt) -> String {
+    match h.scope.as_ref().and_then(|s| s.scope.as_ref()) {
+        Some(Scope::Fleet(_)) => "fleet".into(),
+        Some(Scope::Role(r)) => format!("role {r}"),
+        Some(Scope::Host(x)) => format!("host {x}"),
+        None => "?".into(),
+    }
+}
+
+fn when(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn halt_json(h: &Halt) -> Value {
+    json!({
+        "id": h.id, "scope": scope_text(h), "reason": h.reason, "halted_by": h.halted_by,
+        "halted_at_unix_ms": h.halted_at_unix_ms, "resumed_by": h.resumed_by,
+        "resumed_at_unix_ms": h.resumed_at_unix_ms, "resume_reason": h.resume_reason,
+    })
+}
+
+pub fn halted(out: &mut dyn Write, r: &HaltReply, json: bool) -> io::Result<()> {
+    let Some(h) = &r.halt else { return Ok(()) };
+    if json {
+        return print_json(out, &json!({"halt": halt_json(h), "hosts": r.hosts}));
+    }
+    writeln!(
+        out,
+        "HALT {} on {}: {} gates closed ({})",
+        h.id,
+        scope_text(h),
+        r.hosts.len(),
+        h.reason
+    )?;
+    writeln!(out, "hosts: {}", r.hosts.join(", "))
+}
+
+pub fn resumed(out: &mut dyn Write, r: &ResumeReply, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(
+            out,
+            &json!({"resumed": r.resumed.iter().map(halt_json).collect::<Vec<_>>(), "still_halted": r.still_halted}),
+        );
+    }
+    for h in &r.resumed {
+        writeln!(
+            out,
+            "lifted halt {} on {} (set by {}: {})",
+            h.id,
+            scope_text(h),
+            h.halted_by,
+            h.reason
+        )?;
+    }
+    if !r.still_halted.is_empty() {
+        writeln!(out, "still halted by another halt: {}", r.still_halted.join(", "))?;
+    }
+    writeln!(
+        out,
+        "gates now follow the gate rule again; check with `lockstep gate check --role ROLE`"
+    )
+}
+
+pub fn halts(out: &mut dyn Write, list: &[Halt], json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &Value::Array(list.iter().map(halt_json).collect()));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|h| {
+            vec![
+                h.id.to_string(),
+                scope_text(h),
+                if h.resumed_by.is_empty() {
+                    "ACTIVE".into()
+                } else {
+                    format!("lifted by {}", h.resumed_by)
+                },
+                h.halted_by.clone(),
+                when(h.halted_at_unix_ms),
+                h.reason.clone(),
+            ]
+        })
+        .collect();
+    table(out, &["HALT", "SCOPE", "STATE", "BY", "AT", "REASON"], &rows)
 }

@@ -1,0 +1,155 @@
+//! The kill switch. A halt closes every gate it covers at once, is pushed to
+//! the agents' directive streams, and stays until lifted by `resume` with the
+//! same scope. Halts are kept after they are lifted.
+
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use lockstep_proto::pb::{self, halt_scope::Scope};
+use tracing::warn;
+
+use crate::controller::{Controller, require};
+use crate::error::ApiError;
+use crate::store::{HaltRecord, HaltScope};
+
+impl Controller {
+    fn scope_from(&self, scope: Option<pb::HaltScope>) -> Result<HaltScope, ApiError> {
+        match scope.and_then(|s| s.scope) {
+            Some(Scope::Fleet(true)) => Ok(HaltScope::Fleet),
+            Some(Scope::Role(r)) => {
+                self.role(&r)?;
+                Ok(HaltScope::Role(r))
+            }
+            Some(Scope::Host(h)) => {
+                if !self.config.inventory.contains_key(&h) {
+                    return Err(ApiError::NotFound(format!("host {h} is not in any role's inventory")));
+                }
+                Ok(HaltScope::Host(h))
+            }
+            _ => Err(ApiError::InvalidArgument(
+                "say what to halt: --fleet, --role ROLE or --host HOST".into(),
+            )),
+        }
+    }
+
+    /// Inventory hosts covered by `scope`.
+    fn covered(&self, scope: &HaltScope) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .config
+            .inventory
+            .iter()
+            .filter(|(h, r)| scope.covers(h, r))
+            .map(|(h, _)| h.clone())
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    pub async fn halt(&self, peer: &PeerIdentity, req: pb::HaltRequest) -> Result<pb::HaltReply, ApiError> {
+        let who = require(peer, OperatorRole::Operator)?.to_string();
+        if req.reason.trim().is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "a halt needs --reason: the people you stop will read it".into(),
+            ));
+        }
+        let scope = self.scope_from(req.scope)?;
+        let id = self.read().halts.keys().next_back().map_or(1, |n| n + 1);
+        let record = HaltRecord {
+            id,
+            scope: scope.clone(),
+            reason: req.reason,
+            halted_by: who,
+            halted_at_unix_ms: lockstep_proto::now_unix_ms(),
+            resumed_by: None,
+            resumed_at_unix_ms: 0,
+            resume_reason: String::new(),
+        };
+        let stored = record.clone();
+        self.persist(move |s| s.put_halt(&stored)).await?;
+        self.write().halts.insert(id, record.clone());
+        warn!(halt = id, scope = %scope, by = %record.halted_by, reason = %record.reason, "HALT");
+        self.publish_all();
+        Ok(pb::HaltReply {
+            hosts: self.covered(&scope),
+            halt: Some(to_pb(&record)),
+        })
+    }
+
+    pub async fn resume(&self, peer: &PeerIdentity, req: pb::ResumeRequest) -> Result<pb::ResumeReply, ApiError> {
+        let who = require(peer, OperatorRole::Operator)?.to_string();
+        let scope = self.scope_from(req.scope)?;
+        let now = lockstep_proto::now_unix_ms();
+        let lifted: Vec<HaltRecord> = self
+            .read()
+            .halts
+            .values()
+            .filter(|h| h.is_active() && h.scope == scope)
+            .cloned()
+            .map(|mut h| {
+                h.resumed_by = Some(who.clone());
+                h.resumed_at_unix_ms = now;
+                h.resume_reason = req.reason.clone();
+                h
+            })
+            .collect();
+        if lifted.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "no active halt on {scope}; `lockstep halts` lists the active ones and their scopes"
+            )));
+        }
+        let stored = lifted.clone();
+        self.persist(move |s| stored.iter().try_for_each(|h| s.put_halt(h)))
+            .await?;
+        {
+            let mut state = self.write();
+            for h in &lifted {
+                state.halts.insert(h.id, h.clone());
+            }
+        }
+        warn!(scope = %scope, by = %who, "resumed");
+        self.publish_all();
+        let state = self.read();
+        let still_halted = self
+            .covered(&scope)
+            .into_iter()
+            .filter(|host| {
+                let role = self.config.inventory.get(host).cloned().unwrap_or_default();
+                state
+                    .halts
+                    .values()
+                    .any(|h| h.is_active() && h.scope.covers(host, &role))
+            })
+            .collect();
+        Ok(pb::ResumeReply {
+            resumed: lifted.iter().map(to_pb).collect(),
+            still_halted,
+        })
+    }
+
+    pub fn list_halts(&self, peer: &PeerIdentity, all: bool) -> Result<Vec<pb::Halt>, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        Ok(self
+            .read()
+            .halts
+            .values()
+            .filter(|h| all || h.is_active())
+            .map(to_pb)
+            .collect())
+    }
+}
+
+fn to_pb(h: &HaltRecord) -> pb::Halt {
+    let scope = match &h.scope {
+        HaltScope::Fleet => Scope::Fleet(true),
+        HaltScope::Role(r) => Scope::Role(r.clone()),
+        HaltScope::Host(x) => Scope::Host(x.clone()),
+    };
+    pb::Halt {
+        id: h.id,
+        scope: Some(pb::HaltScope { scope: Some(scope) }),
+        reason: h.reason.clone(),
+        halted_by: h.halted_by.clone(),
+        halted_at_unix_ms: h.halted_at_unix_ms,
+        resumed_by: h.resumed_by.clone().unwrap_or_default(),
+        resumed_at_unix_ms: h.resumed_at_unix_ms,
+        resume_reason: h.resume_reason.clone(),
+    }
+}
