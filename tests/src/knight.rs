@@ -6,6 +6,8 @@
 //!    approved: the eighth is CLOSED, naming exactly those files.
 //! 3. The 7 are "rolled back" to the old code while release 2 stays the
 //!    approved one: all 8 are CLOSED.
+//! 4. Release 2 is deployed everywhere (all OPEN, also on the hosts), then
+//!    the kill switch: every agent's local gate closes.
 //!
 //! Each step returns what the console showed so the demo can print it and
 //! the test can assert it.
@@ -165,6 +167,29 @@ impl Morning {
         self.run(&self.bob, &["diff", &last, "--release"], &mut t).await?;
         self.finish("New code copied to all but one host; release 2 approved", t)
             .await
+    }
+
+    /// The deploy is done right (release 2 on every host, all open), then
+    /// the kill switch: returns the step and how long it took until every
+    /// agent's local gate (what `lockstep-agent gate check` reads) was closed.
+    pub async fn step4_halt(&self) -> anyhow::Result<(Step, std::time::Duration)> {
+        let all = self.all();
+        self.install_new(&all)?;
+        self.fleet.settle(&all).await?;
+        self.fleet
+            .wait_local(&all, 0, "every local gate to open under release 2")
+            .await?;
+        let mut t = Vec::new();
+        let halt = ["halt", "--role", "smars", "--reason", "drill: stop SMARS"];
+        self.run(&self.alice, &halt, &mut t).await?;
+        let took = self
+            .fleet
+            .wait_local(&all, 1, "every agent's local gate to close")
+            .await?;
+        let step = self
+            .finish("Release 2 deployed everywhere, then the kill switch", t)
+            .await?;
+        Ok((step, took))
     }
 
     pub async fn step3_roll_back(&self) -> anyhow::Result<Step> {

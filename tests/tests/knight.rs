@@ -1,6 +1,6 @@
 //! The Knight Capital morning end to end: a controller and 8 agents over real
 //! mTLS on 127.0.0.1, real sled, real files; the gate of every host asserted
-//! at every step, reasons included.
+//! at every step, reasons included; then the kill switch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -81,6 +81,15 @@ async fn knight_morning_is_caught_before_the_open() {
         assert_eq!(g.reasons.len(), 3, "{h}: {:?}", g.reasons);
     }
     assert_eq!(s3.gate_check_exit, 3);
+
+    let (s4, _took) = m.step4_halt().await.unwrap();
+    for h in &all {
+        assert_eq!(state_of(&s4.gates, h), GateState::Closed, "{h}");
+        let (code, line) = m.fleet.local_gate_check(h).unwrap();
+        assert_eq!(code, 1, "{h}: {line}");
+        assert!(line.contains("drill: stop SMARS"), "{h}: {line}");
+    }
+    assert_eq!(s4.gate_check_exit, 5, "halted exit code");
     m.fleet.shutdown().await.unwrap();
 }
 

@@ -43,6 +43,9 @@ async fn main() -> anyhow::Result<()> {
     print_step(1, &morning.step1_release_everywhere().await?);
     print_step(2, &morning.step2_new_code_on_all_but_one().await?);
     print_step(3, &morning.step3_roll_back().await?);
+    let (step, took) = morning.step4_halt().await?;
+    print_step(4, &step);
+    println!("every agent's local gate (lockstep-agent gate check) closed {took:.0?} after the halt");
     println!(
         "\nlockstep kept every odd host out of the market: trading may start only where `lockstep gate check` exits 0."
     );
