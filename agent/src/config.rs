@@ -8,6 +8,9 @@
 //! watch = ["/opt/smars/**", "/etc/smars/smars.conf"]
 //! scan_interval = "10s"
 //! # root = "/host"   # measure a host filesystem mounted here, as if at /
+//! watch_changes = true           # inotify: see changes as they happen
+//! quiet_period = "200ms"         # let a burst of writes settle first
+//! full_rescan_interval = "1h"    # re-hash everything, whatever changed
 //!
 //! [controller]
 //! address = "lockstep.example:7443"
@@ -48,6 +51,12 @@ struct RawConfig {
     scan_interval: Option<String>,
     #[serde(default)]
     root: Option<PathBuf>,
+    #[serde(default)]
+    watch_changes: Option<bool>,
+    #[serde(default)]
+    quiet_period: Option<String>,
+    #[serde(default)]
+    full_rescan_interval: Option<String>,
     controller: RawController,
     #[serde(default)]
     gate: RawGate,
@@ -90,6 +99,12 @@ pub struct AgentConfig {
     /// Measure the host's files under this directory as if it were `/`
     /// (an agent in a container with the host's root mounted at /host).
     pub root: Option<PathBuf>,
+    /// See changes as they happen (inotify) rather than only at each scan.
+    pub watch_changes: bool,
+    /// How long writes must pause before a change is scanned and reported.
+    pub quiet_period: Duration,
+    /// How often every file is hashed again, whatever its fingerprint says.
+    pub full_rescan_interval: Duration,
     pub controller: ControllerConfig,
     pub gate: GateConfig,
 }
@@ -206,6 +221,10 @@ impl AgentConfig {
         };
         let hook_timeout = duration(raw.gate.hook_timeout.as_deref(), Duration::from_secs(30))
             .map_err(|e| invalid("gate.hook_timeout", e))?;
+        let quiet_period = duration(raw.quiet_period.as_deref(), Duration::from_millis(200))
+            .map_err(|e| invalid("quiet_period", e))?;
+        let full_rescan_interval = duration(raw.full_rescan_interval.as_deref(), Duration::from_secs(3600))
+            .map_err(|e| invalid("full_rescan_interval", e))?;
         let gate = GateConfig {
             state_file: raw.gate.state_file.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
             on_open: raw.gate.on_open,
@@ -220,6 +239,9 @@ impl AgentConfig {
             watch: raw.watch,
             scan_interval,
             root: raw.root,
+            watch_changes: raw.watch_changes.unwrap_or(true),
+            quiet_period,
+            full_rescan_interval,
             gate,
             controller: ControllerConfig {
                 address: raw.controller.address,

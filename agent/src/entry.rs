@@ -79,9 +79,13 @@ fn unreadable(mut entry: Entry, e: &std::io::Error) -> Entry {
     entry
 }
 
-/// Identity and version of an open file; if any of it moves during a read,
-/// the read saw a mix.
-fn fingerprint(m: &Metadata) -> (u64, u64, u64, i64, i64, i64, i64) {
+/// Identity and version of a file: if any of it moves during a read, the
+/// read saw a mix; if none of it moved since the last scan, the content did
+/// not change (ctime moves on every write and metadata change and cannot be
+/// set by a user), so the last hash still holds.
+pub type Fingerprint = (u64, u64, u64, i64, i64, i64, i64);
+
+pub fn fingerprint(m: &Metadata) -> Fingerprint {
     (
         m.dev(),
         m.ino(),

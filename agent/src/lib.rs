@@ -8,6 +8,7 @@
 //! - [`directives`]: follows the controller's directive stream.
 //! - [`gatekeeper`]: the local gate: lease, state file, hooks, outage policy.
 //! - [`hooks`]: runs `on_open` / `on_close` commands in order.
+//! - [`watch`]: inotify watching, debounced, that triggers scans.
 //! - [`backoff`]: jittered exponential backoff.
 
 pub mod backoff;
@@ -19,3 +20,4 @@ pub mod hooks;
 pub mod report;
 pub mod scan;
 pub mod state;
+pub mod watch;

@@ -64,7 +64,11 @@ pub struct Agent {
     pinned: bool,
     /// Whether the last attestation sent carried the full entry list.
     last_sent_full: bool,
+    /// When every file was last hashed regardless of the cache.
+    last_full_scan: Option<std::time::Instant>,
     scan_now: Arc<Notify>,
+    /// Notified by the watcher when files changed and settled.
+    fs_changed: Arc<Notify>,
 }
 
 impl Agent {
@@ -96,6 +100,8 @@ impl Agent {
             last_gate: None,
             pinned: false,
             last_sent_full: false,
+            last_full_scan: None,
+            fs_changed: Arc::new(Notify::new()),
             scan_now: Arc::new(Notify::new()),
         })
     }
@@ -126,7 +132,23 @@ impl Agent {
         let follower = tokio::spawn(crate::directives::follow(self.client.clone(), keeper, async {
             let _ = follow_stopped.await;
         }));
+        let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+        let watcher = self.config.watch_changes.then(|| {
+            tokio::spawn(crate::watch::watch_changes(
+                self.scanner.clone(),
+                self.config.quiet_period,
+                self.config.scan_interval,
+                self.fs_changed.clone(),
+                async {
+                    let _ = watch_stopped.await;
+                },
+            ))
+        });
         self.report_until(&mut shutdown).await;
+        let _ = stop_watch.send(());
+        if let Some(w) = watcher {
+            let _ = w.await;
+        }
         let _ = stop_follow.send(());
         let _ = follower.await;
         let _ = hooks.await;
@@ -135,15 +157,26 @@ impl Agent {
     async fn report_until(&mut self, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut failing = false;
+        let mut changed_only = false;
+        // The next heartbeat is due then, whatever the watcher triggers in
+        // between: a change that does not move the set must not delay it.
+        let mut next_report = tokio::time::Instant::now();
         loop {
-            let wait = match self.report_once().await {
-                Ok(_) => {
+            let result = if changed_only {
+                self.report_if_changed().await
+            } else {
+                self.report_once().await.map(Some)
+            };
+            match result {
+                Ok(submitted) => {
                     if failing {
                         info!(host = %self.config.host, "reporting to the controller again");
                     }
                     failing = false;
                     backoff.reset();
-                    self.config.scan_interval
+                    if submitted.is_some() {
+                        next_report = tokio::time::Instant::now() + self.config.scan_interval;
+                    }
                 }
                 Err(e) => {
                     // One warning per outage, not one per retry.
@@ -153,19 +186,56 @@ impl Agent {
                         warn!(host = %self.config.host, error = %e, "report failed; retrying with backoff");
                     }
                     failing = true;
-                    backoff.next_delay()
+                    next_report = tokio::time::Instant::now() + backoff.next_delay();
                 }
-            };
+            }
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.scan_now.notified() => {}
+                () = tokio::time::sleep_until(next_report) => changed_only = false,
+                () = self.scan_now.notified() => changed_only = false,
+                // A change between heartbeats: report it if the set moved.
+                () = self.fs_changed.notified(), if !failing => changed_only = true,
                 () = shutdown.as_mut() => return,
             }
         }
     }
 
+    /// Scans (hashing only what changed, or everything when the full rescan
+    /// is due) and returns the canonical entries and their digest.
+    async fn scan(&mut self) -> Result<(Vec<lockstep_proto::pb::Entry>, Vec<u8>), AgentError> {
+        let full = self
+            .last_full_scan
+            .is_none_or(|t| t.elapsed() >= self.config.full_rescan_interval);
+        let scanner = self.scanner.clone();
+        let (entries, stats) = tokio::task::spawn_blocking(move || scanner.scan_with_stats(full)).await??;
+        if full {
+            self.last_full_scan = Some(std::time::Instant::now());
+        }
+        debug!(host = %self.config.host, full, entries = stats.entries, hashed = stats.hashed, bytes = stats.bytes_hashed, "scanned");
+        let digest = lockstep_proto::digest::digest(&entries).to_vec();
+        Ok((entries, digest))
+    }
+
+    /// After a watched change: scan, and report only if the set moved from
+    /// what the controller holds (`None` when it did not).
+    pub async fn report_if_changed(&mut self) -> Result<Option<SubmitReply>, AgentError> {
+        let (entries, digest) = self.scan().await?;
+        if self.acked_full.as_deref() == Some(digest.as_slice()) {
+            return Ok(None);
+        }
+        self.submit_scanned(entries, digest).await.map(Some)
+    }
+
     /// One scan and one submission (two if the controller asks for entries).
     pub async fn report_once(&mut self) -> Result<SubmitReply, AgentError> {
+        let (entries, digest) = self.scan().await?;
+        self.submit_scanned(entries, digest).await
+    }
+
+    async fn submit_scanned(
+        &mut self,
+        entries: Vec<lockstep_proto::pb::Entry>,
+        digest: Vec<u8>,
+    ) -> Result<SubmitReply, AgentError> {
         if !self.pinned {
             let req = PinKeyRequest {
                 public_key: self.signer.public_key().to_vec(),
@@ -174,9 +244,6 @@ impl Agent {
             debug!(host = %self.config.host, key_id = %reply.key_id, "attestation key pinned");
             self.pinned = true;
         }
-        let scanner = self.scanner.clone();
-        let entries = tokio::task::spawn_blocking(move || scanner.scan()).await??;
-        let digest = lockstep_proto::digest::digest(&entries).to_vec();
         let full = self.acked_full.as_deref() != Some(digest.as_slice());
         let mut reply = self.submit(&entries, &digest, full).await?;
         if reply.manifest_needed && !full {

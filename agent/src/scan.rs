@@ -7,6 +7,7 @@
 //! Nothing found is ever silently dropped: a missing base is a MISSING entry
 //! and a directory that cannot be listed is an UNREADABLE entry.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ use lockstep_proto::digest::{self, DigestError};
 use lockstep_proto::paths;
 use lockstep_proto::pb::{Entry, EntryKind};
 
-use crate::entry::{self, Measured, READ_BUF_BYTES};
+use crate::entry::{self, Fingerprint, Measured, READ_BUF_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -72,13 +73,25 @@ impl WatchPattern {
     }
 }
 
-/// Everything one scan measures, compiled once from the config.
-#[derive(Debug, Clone)]
+/// Everything one scan measures, compiled once from the config, and what the
+/// last scan found so unchanged files are not hashed again.
+#[derive(Debug)]
 pub struct Scanner {
     patterns: Vec<WatchPattern>,
     /// Measure files under this directory as if it were `/` (a staged build).
     root: Option<PathBuf>,
     threads: usize,
+    /// Regular files of the last scan: fingerprint when hashed, and the entry.
+    cache: Mutex<HashMap<PathBuf, (Fingerprint, Entry)>>,
+}
+
+/// Counts from one scan, for logs and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    pub entries: usize,
+    /// Files whose content was read and hashed (the rest came from the cache).
+    pub hashed: usize,
+    pub bytes_hashed: u64,
 }
 
 impl Scanner {
@@ -92,7 +105,41 @@ impl Scanner {
             patterns,
             root,
             threads,
+            cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Directories to watch for changes: each pattern's base if it exists,
+    /// else its nearest existing ancestor (to see the base appear), with
+    /// whether to watch recursively. A file pattern watches its directory,
+    /// so a rename over the file is seen.
+    pub fn watch_targets(&self) -> Vec<(PathBuf, bool)> {
+        let mut out: Vec<(PathBuf, bool)> = Vec::new();
+        for p in &self.patterns {
+            let base = self.fs_path(&p.base);
+            let target = match std::fs::symlink_metadata(&base) {
+                Ok(m) if m.is_dir() => (base, true),
+                Ok(_) => (
+                    base.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf),
+                    false,
+                ),
+                Err(_) => {
+                    let mut dir = base.as_path();
+                    while let Some(parent) = dir.parent() {
+                        dir = parent;
+                        if dir.is_dir() {
+                            break;
+                        }
+                    }
+                    (dir.to_path_buf(), false)
+                }
+            };
+            if !out.contains(&target) {
+                out.push(target);
+            }
+        }
+        out.sort();
+        out
     }
 
     fn fs_path(&self, recorded: &Path) -> PathBuf {
@@ -102,8 +149,15 @@ impl Scanner {
         }
     }
 
-    /// Measures everything the patterns match and returns canonical entries.
+    /// Measures everything the patterns match and returns canonical
+    /// entries, re-hashing only files whose fingerprint moved.
     pub fn scan(&self) -> Result<Vec<Entry>, ScanError> {
+        self.scan_with_stats(false).map(|(e, _)| e)
+    }
+
+    /// Like [`Scanner::scan`]; `full` ignores the cache and hashes everything
+    /// (the periodic safety net).
+    pub fn scan_with_stats(&self, full: bool) -> Result<(Vec<Entry>, ScanStats), ScanError> {
         let mut found = Vec::new();
         let mut direct = Vec::new();
         for p in &self.patterns {
@@ -111,10 +165,23 @@ impl Scanner {
         }
         found.sort();
         found.dedup();
-        let mut entries = self.measure_all(&found);
+        let previous = if full {
+            HashMap::new()
+        } else {
+            std::mem::take(&mut *self.cache.lock().unwrap_or_else(|p| p.into_inner()))
+        };
+        let (mut entries, next_cache, stats) = self.measure_all(&found, &previous);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = next_cache;
         entries.extend(direct);
         dedup_by_path(&mut entries);
-        Ok(digest::canonicalize(entries)?)
+        let entries = digest::canonicalize(entries)?;
+        Ok((
+            entries.clone(),
+            ScanStats {
+                entries: entries.len(),
+                ..stats
+            },
+        ))
     }
 
     /// Adds to `found` the recorded paths to measure; adds to `direct` entries
@@ -180,26 +247,50 @@ impl Scanner {
         }
     }
 
-    /// Measures `found` on `threads` threads, each with its own read buffer.
-    fn measure_all(&self, found: &[PathBuf]) -> Vec<Entry> {
+    /// Measures `found` on `threads` threads, each with its own read buffer,
+    /// taking unchanged regular files from `previous`.
+    fn measure_all(
+        &self,
+        found: &[PathBuf],
+        previous: &HashMap<PathBuf, (Fingerprint, Entry)>,
+    ) -> (Vec<Entry>, HashMap<PathBuf, (Fingerprint, Entry)>, ScanStats) {
         let next = AtomicUsize::new(0);
-        let out = Mutex::new(Vec::with_capacity(found.len()));
+        let out = Mutex::new((Vec::with_capacity(found.len()), HashMap::new(), ScanStats::default()));
         let threads = self.threads.min(found.len()).max(1);
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
                     let mut buf = vec![0u8; READ_BUF_BYTES];
-                    let mut local = Vec::new();
+                    let (mut entries, mut cache, mut stats) = (Vec::new(), Vec::new(), ScanStats::default());
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(recorded) = found.get(i) else { break };
                         let fs_path = self.fs_path(recorded);
+                        let before = std::fs::symlink_metadata(&fs_path).ok().filter(|m| m.is_file());
+                        let fp = before.as_ref().map(entry::fingerprint);
+                        if let (Some(fp), Some((cached_fp, e))) = (fp, previous.get(recorded)) {
+                            if fp == *cached_fp {
+                                cache.push((recorded.clone(), (fp, e.clone())));
+                                entries.push(e.clone());
+                                continue;
+                            }
+                        }
                         if let Measured::Entry(e) = entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf) {
-                            local.push(e);
+                            if e.kind() == EntryKind::File {
+                                stats.hashed += 1;
+                                stats.bytes_hashed += e.size;
+                                if let Some(fp) = fp {
+                                    cache.push((recorded.clone(), (fp, e.clone())));
+                                }
+                            }
+                            entries.push(e);
                         }
                     }
                     if let Ok(mut all) = out.lock() {
-                        all.append(&mut local);
+                        all.0.append(&mut entries);
+                        all.1.extend(cache);
+                        all.2.hashed += stats.hashed;
+                        all.2.bytes_hashed += stats.bytes_hashed;
                     }
                 });
             }

@@ -102,3 +102,44 @@ fn relative_and_bad_patterns_are_refused() {
     assert!(WatchPattern::new("opt/x").is_err());
     assert!(WatchPattern::new("/opt/[x").is_err());
 }
+
+#[test]
+fn unchanged_files_are_not_hashed_again_and_changes_are() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        std::fs::write(d.path().join(format!("f{i}")), format!("v1 {i}")).unwrap();
+    }
+    let s = Scanner::new(&[format!("{}/*", d.path().display())], None).unwrap();
+    let (first, stats) = s.scan_with_stats(false).unwrap();
+    assert_eq!((stats.entries, stats.hashed), (5, 5));
+    let (again, stats) = s.scan_with_stats(false).unwrap();
+    assert_eq!(stats.hashed, 0, "nothing changed, nothing hashed");
+    assert_eq!(again, first);
+    std::fs::write(d.path().join("f3"), "v2 changed").unwrap();
+    let (changed, stats) = s.scan_with_stats(false).unwrap();
+    assert_eq!(stats.hashed, 1, "only the changed file");
+    assert_ne!(changed, first);
+    let (_, stats) = s.scan_with_stats(true).unwrap();
+    assert_eq!(stats.hashed, 5, "a full rescan hashes everything");
+}
+
+#[test]
+fn watch_targets_cover_existing_bases_files_and_missing_ones() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("opt/smars")).unwrap();
+    std::fs::write(d.path().join("opt/smars.conf"), "x").unwrap();
+    let base = d.path().display();
+    let s = Scanner::new(
+        &[
+            format!("{base}/opt/smars/**"),
+            format!("{base}/opt/smars.conf"),
+            format!("{base}/not/yet/**"),
+        ],
+        None,
+    )
+    .unwrap();
+    let t = s.watch_targets();
+    assert!(t.contains(&(d.path().join("opt/smars"), true)), "{t:?}");
+    assert!(t.contains(&(d.path().join("opt"), false)), "{t:?}");
+    assert!(t.contains(&(d.path().to_path_buf(), false)), "{t:?}");
+}

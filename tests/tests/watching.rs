@@ -1,0 +1,137 @@
+//! Changes seen as they happen: heartbeats are a minute apart here, so only
+//! the inotify watcher can explain a verdict within seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use lockstep_proto::pb::GateState;
+use lockstep_tests::fleet::{FleetSpec, reasons_of, state_of};
+use lockstep_tests::knight::{BIN, Morning};
+
+fn quiet_fleet(hosts: usize) -> FleetSpec {
+    FleetSpec {
+        scan_interval: Duration::from_secs(60),
+        freshness_ttl: Duration::from_secs(300),
+        ..FleetSpec::smars(hosts)
+    }
+}
+
+fn last_seq(m: &Morning, host: &str) -> u64 {
+    let viewer = PeerIdentity::Operator {
+        name: "t".into(),
+        role: OperatorRole::Viewer,
+    };
+    m.fleet
+        .controller
+        .get_host(&viewer, host, false)
+        .unwrap()
+        .status
+        .unwrap()
+        .last_seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_on_one_host_closes_its_gate_and_names_the_file() {
+    let m = Morning::with_spec(quiet_fleet(3)).await.unwrap();
+    m.step1_release_everywhere().await.unwrap();
+    // A rename-over deploy of a new binary on smars-02 only; nobody triggers a scan.
+    m.fleet
+        .write(&["smars-02".to_string()], BIN, b"hotfix built on a laptop")
+        .unwrap();
+    let g = m
+        .fleet
+        .wait_for("smars-02 to close", |g| state_of(g, "smars-02") == GateState::Closed)
+        .await
+        .unwrap();
+    let reasons = reasons_of(&g, "smars-02");
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].starts_with(&format!("drift: {BIN} sha256")), "{reasons:?}");
+    assert_eq!(state_of(&g, "smars-01"), GateState::Open);
+    assert_eq!(state_of(&g, "smars-03"), GateState::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_500_writes_yields_one_attestation() {
+    let m = Morning::with_spec(quiet_fleet(1)).await.unwrap();
+    m.step1_release_everywhere().await.unwrap();
+    let before = last_seq(&m, "smars-01");
+    let root = m.fleet.host("smars-01").unwrap().root.join("opt/smars/share");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..500 {
+        std::fs::write(root.join(format!("tick-{i:03}.csv")), format!("row {i}\n")).unwrap();
+    }
+    let want = m.fleet.local_digest("smars-01").unwrap();
+    m.fleet
+        .wait_for("the burst to be reported", |_| {
+            m.fleet
+                .controller
+                .get_host(
+                    &PeerIdentity::Operator {
+                        name: "t".into(),
+                        role: OperatorRole::Viewer,
+                    },
+                    "smars-01",
+                    false,
+                )
+                .map(|d| hex::encode(d.status.unwrap().digest) == want)
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        last_seq(&m, "smars-01"),
+        before + 1,
+        "one attestation for the whole burst"
+    );
+    let g = m.fleet.gates().unwrap();
+    let reasons = reasons_of(&g, "smars-01");
+    assert_eq!(reasons.len(), 51, "50 named, then a pointer to the full diff");
+    assert!(reasons[50].contains("and 450 more differences"), "{}", reasons[50]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_directory_deleted_and_recreated_is_still_watched() {
+    let m = Morning::with_spec(quiet_fleet(2)).await.unwrap();
+    m.step1_release_everywhere().await.unwrap();
+    let one = vec!["smars-01".to_string()];
+    let dir = m.fleet.host("smars-01").unwrap().root.join("opt/smars");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let g = m
+        .fleet
+        .wait_for("smars-01 to close with its files gone", |g| {
+            state_of(g, "smars-01") == GateState::Closed
+        })
+        .await
+        .unwrap();
+    assert!(
+        reasons_of(&g, "smars-01")
+            .iter()
+            .any(|r| r.contains("absent, release 1 has")),
+        "{:?}",
+        reasons_of(&g, "smars-01")
+    );
+    // Re-deploy into a new directory of the same name.
+    m.install_old(&one).unwrap();
+    m.fleet
+        .wait_for("smars-01 to reopen after the re-deploy", |g| {
+            state_of(g, "smars-01") == GateState::Open
+        })
+        .await
+        .unwrap();
+    // And the new directory is watched: a new file in it is seen.
+    m.fleet.write(&one, "/opt/smars/bin/extra-tool", b"x").unwrap();
+    let g = m
+        .fleet
+        .wait_for("the new file to close the gate", |g| {
+            state_of(g, "smars-01") == GateState::Closed
+        })
+        .await
+        .unwrap();
+    assert!(
+        reasons_of(&g, "smars-01")[0].contains("/opt/smars/bin/extra-tool"),
+        "{:?}",
+        reasons_of(&g, "smars-01")
+    );
+}
