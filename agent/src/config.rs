@@ -60,6 +60,51 @@ struct RawConfig {
     controller: RawController,
     #[serde(default)]
     gate: RawGate,
+    #[serde(default, rename = "process")]
+    processes: Vec<RawProcess>,
+    #[serde(default, rename = "config")]
+    configs: Vec<RawConfigFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    name: String,
+    exe: Option<String>,
+    comm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfigFile {
+    path: PathBuf,
+    format: String,
+}
+
+/// A process to measure: matched by executable path and/or process name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRule {
+    /// Label in entries and reasons ("proc:<name>...").
+    pub name: String,
+    pub exe: Option<String>,
+    /// The kernel's process name (/proc/PID/comm, at most 15 characters).
+    pub comm: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    Ini,
+    Toml,
+    Json,
+    Yaml,
+    KeyValue,
+}
+
+/// A config file whose keys become entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub format: ConfigFormat,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -107,6 +152,8 @@ pub struct AgentConfig {
     pub full_rescan_interval: Duration,
     pub controller: ControllerConfig,
     pub gate: GateConfig,
+    pub processes: Vec<ProcessRule>,
+    pub configs: Vec<ConfigFile>,
 }
 
 /// What the agent does with the controller's gate on this host.
@@ -225,6 +272,44 @@ impl AgentConfig {
             .map_err(|e| invalid("quiet_period", e))?;
         let full_rescan_interval = duration(raw.full_rescan_interval.as_deref(), Duration::from_secs(3600))
             .map_err(|e| invalid("full_rescan_interval", e))?;
+        let mut processes = Vec::new();
+        for (i, p) in raw.processes.into_iter().enumerate() {
+            validate_id(&p.name).map_err(|e| invalid("process.name", format!("process[{i}]: {e}")))?;
+            if p.exe.is_none() && p.comm.is_none() {
+                return Err(invalid(
+                    "process",
+                    format!("process[{i}] ({}): give exe = \"/path\" or comm = \"name\"", p.name),
+                ));
+            }
+            processes.push(ProcessRule {
+                name: p.name,
+                exe: p.exe,
+                comm: p.comm,
+            });
+        }
+        let mut configs = Vec::new();
+        for (i, c) in raw.configs.into_iter().enumerate() {
+            let format = match c.format.as_str() {
+                "ini" => ConfigFormat::Ini,
+                "toml" => ConfigFormat::Toml,
+                "json" => ConfigFormat::Json,
+                "yaml" => ConfigFormat::Yaml,
+                "key=value" | "keyvalue" => ConfigFormat::KeyValue,
+                other => {
+                    return Err(invalid(
+                        "config.format",
+                        format!("config[{i}]: {other:?}: use ini, toml, json, yaml or key=value"),
+                    ));
+                }
+            };
+            if !c.path.is_absolute() {
+                return Err(invalid(
+                    "config.path",
+                    format!("config[{i}]: {} must be absolute", c.path.display()),
+                ));
+            }
+            configs.push(ConfigFile { path: c.path, format });
+        }
         let gate = GateConfig {
             state_file: raw.gate.state_file.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
             on_open: raw.gate.on_open,
@@ -243,6 +328,8 @@ impl AgentConfig {
             quiet_period,
             full_rescan_interval,
             gate,
+            processes,
+            configs,
             controller: ControllerConfig {
                 address: raw.controller.address,
                 server_name,
@@ -321,6 +408,14 @@ mod tests {
                 "not a UTC range",
             ),
             (format!("{GOOD}\n[gate]\noutage = \"pray\"\n"), "gate.outage: \"pray\""),
+            (
+                format!("{GOOD}\n[[process]]\nname = \"smars\"\n"),
+                "give exe = \"/path\" or comm",
+            ),
+            (
+                format!("{GOOD}\n[[config]]\npath = \"/etc/x\"\nformat = \"xml\"\n"),
+                "use ini, toml, json, yaml or key=value",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -142,7 +142,7 @@ fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8]) -> Entry {
     entry
 }
 
-fn hash_file(file: &mut File, buf: &mut [u8]) -> std::io::Result<Vec<u8>> {
+pub fn hash_file(file: &mut File, buf: &mut [u8]) -> std::io::Result<Vec<u8>> {
     let mut ctx = Context::new(&SHA256);
     loop {
         match file.read(buf) {

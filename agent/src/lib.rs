@@ -3,6 +3,8 @@
 //! - [`config`]: the TOML configuration, validated once at start.
 //! - [`scan`]: watch patterns to paths, measured on every core.
 //! - [`entry`]: measuring one path safely (no following, no blocking, no mixes).
+//! - [`process`]: what runs: images, libraries, command lines via /proc.
+//! - [`configkeys`]: config files parsed into key entries.
 //! - [`state`]: the attestation key and the sequence number on disk.
 //! - [`report`]: the scan–sign–submit loop with backoff.
 //! - [`directives`]: follows the controller's directive stream.
@@ -13,10 +15,12 @@
 
 pub mod backoff;
 pub mod config;
+pub mod configkeys;
 pub mod directives;
 pub mod entry;
 pub mod gatekeeper;
 pub mod hooks;
+pub mod process;
 pub mod report;
 pub mod scan;
 pub mod state;

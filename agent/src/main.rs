@@ -143,11 +143,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             root,
             output,
         } => {
-            let watch = match config {
-                Some(path) => AgentConfig::load(&path)?.watch,
-                None => watch,
+            // With --config, the config files' keys are included, exactly as
+            // the agent reports them; running processes never are (a build
+            // runs nothing).
+            let entries = match config {
+                Some(path) => {
+                    let mut config = AgentConfig::load(&path)?;
+                    config.root = root;
+                    let scanner = Scanner::new(&config.watch, config.root.clone())?;
+                    lockstep_agent::report::measure_files(&scanner, &config, true)?.0
+                }
+                None => Scanner::new(&watch, root)?.scan()?,
             };
-            let entries = Scanner::new(&watch, root)?.scan()?;
             let json = lockstep_proto::manifest::to_json(&entries)?;
             if output.as_os_str() == "-" {
                 println!("{json}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
-use lockstep_proto::pb::{Attestation, GateState, PinKeyRequest, SubmitReply};
+use lockstep_proto::pb::{Attestation, Entry, GateState, PinKeyRequest, SubmitReply};
 use lockstep_proto::tls::{self, TlsError};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::gatekeeper::GateKeeper;
-use crate::scan::{ScanError, Scanner};
+use crate::scan::{ScanError, ScanStats, Scanner};
 use crate::state::{self, SeqCounter, StateError};
 
 /// Largest message the agent will send or accept.
@@ -48,6 +48,30 @@ impl From<tonic::Status> for AgentError {
             _ => Self::Rejected(s),
         }
     }
+}
+
+/// What a host *has*: the watched files (only changed ones re-hashed unless
+/// `full`) and the keys of its config files. A build's manifest is this,
+/// measured over the staged tree.
+pub fn measure_files(
+    scanner: &Scanner,
+    config: &AgentConfig,
+    full: bool,
+) -> Result<(Vec<Entry>, ScanStats), ScanError> {
+    let (mut entries, stats) = scanner.scan_with_stats(full)?;
+    for c in &config.configs {
+        entries.extend(crate::configkeys::measure(c, config.root.as_deref()));
+    }
+    let entries = lockstep_proto::digest::canonicalize(entries).map_err(ScanError::Canonical)?;
+    Ok((entries, stats))
+}
+
+/// Everything one attestation says about this host: what it has, and what runs.
+pub fn measure_host(scanner: &Scanner, config: &AgentConfig, full: bool) -> Result<(Vec<Entry>, ScanStats), ScanError> {
+    let (mut entries, stats) = measure_files(scanner, config, full)?;
+    entries.extend(crate::process::measure(&config.processes, config.root.as_deref()));
+    let entries = lockstep_proto::digest::canonicalize(entries).map_err(ScanError::Canonical)?;
+    Ok((entries, stats))
 }
 
 pub struct Agent {
@@ -205,8 +229,8 @@ impl Agent {
         let full = self
             .last_full_scan
             .is_none_or(|t| t.elapsed() >= self.config.full_rescan_interval);
-        let scanner = self.scanner.clone();
-        let (entries, stats) = tokio::task::spawn_blocking(move || scanner.scan_with_stats(full)).await??;
+        let (scanner, config) = (self.scanner.clone(), self.config.clone());
+        let (entries, stats) = tokio::task::spawn_blocking(move || measure_host(&scanner, &config, full)).await??;
         if full {
             self.last_full_scan = Some(std::time::Instant::now());
         }

@@ -84,6 +84,8 @@ struct RawRole {
     hosts: Vec<String>,
     #[serde(default)]
     per_host: Vec<String>,
+    #[serde(default)]
+    retired_flags: Vec<String>,
 }
 
 /// How a role's expected version set is chosen.
@@ -115,11 +117,26 @@ pub struct RoleConfig {
     /// Paths attested but left out of comparison (hostname-specific files).
     /// Decided here, never by the host, so a host cannot exempt its own binaries.
     pub per_host: GlobSet,
+    /// Config keys (`power_peg`, `router.power_peg`) and command-line flags
+    /// (`--power-peg`) that must not be set anywhere on a host of this role.
+    pub retired_flags: Vec<String>,
 }
 
 impl RoleConfig {
+    /// Per-host files, and the keys of per-host config files (`<file>#key`).
     pub fn is_per_host(&self, path: &[u8]) -> bool {
-        !self.per_host.is_empty() && self.per_host.is_match(lockstep_proto::paths::from_bytes(path))
+        if self.per_host.is_empty() {
+            return false;
+        }
+        let file = path.iter().rposition(|b| *b == b'#').map_or(path, |i| &path[..i]);
+        self.per_host.is_match(lockstep_proto::paths::from_bytes(path))
+            || self.per_host.is_match(lockstep_proto::paths::from_bytes(file))
+    }
+
+    /// Left out of the version-set comparison (rule 5): per-host paths, and
+    /// what runs (judged by rule 6 against the expected files instead).
+    pub fn is_excluded_from_comparison(&self, path: &[u8]) -> bool {
+        path.starts_with(b"proc:") || self.is_per_host(path)
     }
 }
 
@@ -217,6 +234,7 @@ impl ControllerConfig {
                     hosts: r.hosts,
                     per_host_patterns: r.per_host,
                     per_host,
+                    retired_flags: r.retired_flags,
                 },
             );
         }

@@ -84,7 +84,7 @@ impl FleetState {
         let (Some(role_cfg), Some(entries)) = (config.roles.get(role), self.manifests.get(digest_hex)) else {
             return;
         };
-        let d = digest_where(entries, |e| !role_cfg.is_per_host(&e.path));
+        let d = digest_where(entries, |e| !role_cfg.is_excluded_from_comparison(&e.path));
         self.comparable.insert(key, d);
     }
 

@@ -4,7 +4,8 @@
 
 use lockstep_proto::diff;
 use lockstep_proto::digest::Digest;
-use lockstep_proto::pb::{Entry, Gate, GateState, Reason, ReasonKind};
+use lockstep_proto::digest::short_hex;
+use lockstep_proto::pb::{Entry, EntryKind, Gate, GateState, Reason, ReasonKind};
 
 use crate::config::RoleConfig;
 use crate::store::{HaltRecord, HaltScope, HostRecord};
@@ -192,6 +193,8 @@ pub fn decide(
         ));
     }
     reasons.extend(compare(role, facts, expected));
+    reasons.extend(running(facts, expected));
+    reasons.extend(retired_flags(role, facts));
     if reasons.is_empty() {
         gate.state = GateState::Open as i32;
         gate.lease_expires_unix_ms = record.accepted_at_unix_ms + clock.freshness_ttl_ms;
@@ -240,7 +243,7 @@ fn compare(role: &RoleConfig, facts: &HostFacts<'_>, expected: &Expected<'_>) ->
         return Vec::new();
     }
     let label = expected.label();
-    let changes = diff::diff(entries, want_entries, &label, |p| role.is_per_host(p));
+    let changes = diff::diff(entries, want_entries, &label, |p| role.is_excluded_from_comparison(p));
     let mut out: Vec<Reason> = changes
         .iter()
         .take(MAX_DRIFT_REASONS)
@@ -262,6 +265,120 @@ fn compare(role: &RoleConfig, facts: &HostFacts<'_>, expected: &Expected<'_>) ->
             ReasonKind::Drift,
             format!("drift: version set differs from {label}"),
         ));
+    }
+    out
+}
+
+/// "proc:smars@ab12cd34/lib:/x" → "smars".
+fn process_name(path: &str) -> &str {
+    let rest = path.strip_prefix("proc:").unwrap_or(path);
+    rest.split(['@', '/']).next().unwrap_or(rest)
+}
+
+/// Rule 6: every running image (and every mapped library the expected set
+/// names) is the one the expected set has at that path. A deleted image is
+/// drift whatever it contained.
+fn running(facts: &HostFacts<'_>, expected: &Expected<'_>) -> Vec<Reason> {
+    let (Expected::Release { entries: want, .. } | Expected::Consensus { entries: want, .. }) = expected else {
+        return Vec::new();
+    };
+    let (Some(entries), label) = (facts.entries, expected.label()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| matches!(e.kind(), EntryKind::Process | EntryKind::ProcessLib))
+    {
+        let path = String::from_utf8_lossy(&e.path);
+        let name = process_name(&path);
+        let shown = String::from_utf8_lossy(&e.link_target);
+        let what = if e.kind() == EntryKind::Process { "runs" } else { "maps" };
+        if let Some(on_disk) = shown.strip_suffix(" (deleted)") {
+            // Replaced (a deploy renames over the file) or removed since the
+            // process started: drift whatever it contains.
+            let vs = match want.binary_search_by(|w| w.path.as_slice().cmp(on_disk.as_bytes())) {
+                Ok(i) if want[i].sha256 == e.sha256 => format!(", same content as {label}"),
+                Ok(i) => format!(
+                    ", sha256 {} != {label} ({})",
+                    short_hex(&e.sha256),
+                    short_hex(&want[i].sha256)
+                ),
+                Err(_) => String::new(),
+            };
+            out.push(reason(
+                ReasonKind::Process,
+                format!("process {name} {what} a replaced or deleted {on_disk}{vs}: restart it on the released binary"),
+            ));
+            continue;
+        }
+        match want.binary_search_by(|w| w.path.as_slice().cmp(shown.as_bytes())) {
+            Ok(i) if want[i].sha256 != e.sha256 => out.push(reason(
+                ReasonKind::Process,
+                format!(
+                    "process {name} {what} {shown} sha256 {} != {label} ({}): not restarted since the deploy?",
+                    short_hex(&e.sha256),
+                    short_hex(&want[i].sha256)
+                ),
+            )),
+            Ok(_) => {}
+            // An image the expected set does not name at all; libraries it
+            // does not name (libc...) are not the release's business.
+            Err(_) if e.kind() == EntryKind::Process => out.push(reason(
+                ReasonKind::Process,
+                format!("process {name} runs {shown}, which {label} does not name"),
+            )),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn is_set(value: &str) -> bool {
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "0" | "false" | "no" | "off"
+    )
+}
+
+/// Rule 7: no retired flag is set anywhere on the host, whatever the
+/// expected set says (a release cannot bless a retired flag).
+fn retired_flags(role: &RoleConfig, facts: &HostFacts<'_>) -> Vec<Reason> {
+    let Some(entries) = facts.entries else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for flag in &role.retired_flags {
+        for e in entries {
+            let path = String::from_utf8_lossy(&e.path);
+            match e.kind() {
+                EntryKind::ConfigKey if !flag.starts_with('-') => {
+                    let Some((file, key)) = path.rsplit_once('#') else {
+                        continue;
+                    };
+                    let named = key == flag || key.ends_with(&format!(".{flag}"));
+                    if named && is_set(&e.value) {
+                        out.push(reason(
+                            ReasonKind::RetiredFlag,
+                            format!("retired flag: {key} = {} in {file}", e.value),
+                        ));
+                    }
+                }
+                EntryKind::ProcessArgs if flag.starts_with('-') => {
+                    let hit = e
+                        .value
+                        .split('\0')
+                        .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+                    if hit {
+                        out.push(reason(
+                            ReasonKind::RetiredFlag,
+                            format!("retired flag: {flag} on the command line of {}", process_name(&path)),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
     }
     out
 }

@@ -25,6 +25,7 @@ fn role(n: usize) -> RoleConfig {
         hosts: (1..=n).map(|i| format!("smars-{i:02}")).collect(),
         per_host_patterns: vec!["/etc/hostname".into()],
         per_host: set.build().unwrap(),
+        retired_flags: vec!["power_peg".into(), "--power-peg".into()],
     }
 }
 
@@ -49,7 +50,7 @@ fn set(version: u8, hostname: &str) -> Vec<Entry> {
 }
 
 fn comparable(entries: &[Entry], r: &RoleConfig) -> Digest {
-    digest_where(entries, |e| !r.is_per_host(&e.path))
+    digest_where(entries, |e| !r.is_excluded_from_comparison(&e.path))
 }
 
 fn record(accepted_ago_ms: i64) -> HostRecord {
@@ -364,4 +365,126 @@ fn a_halt_closes_an_otherwise_open_gate_and_says_how_to_lift_it() {
     let gate = decide(&r, &missing, &release_v1(&r, &entries), &[&halt], clock());
     assert_eq!(gate.state(), GateState::Missing);
     assert_eq!(gate.reasons.len(), 2);
+}
+
+fn with(mut base: Vec<Entry>, extra: Vec<Entry>) -> Vec<Entry> {
+    base.extend(extra);
+    canonicalize(base).unwrap()
+}
+
+fn decide_for(entries: &[Entry]) -> Gate {
+    let r = role(1);
+    let rec = record(0);
+    let facts = HostFacts {
+        host: "smars-01",
+        record: Some(&rec),
+        entries: Some(entries),
+        comparable: Some(comparable(entries, &r)),
+    };
+    decide(&r, &facts, &release_v1(&r, entries), &[], clock())
+}
+
+fn process(image: u8, exe: &str) -> Entry {
+    Entry {
+        path: format!("proc:smars@{image:02x}{image:02x}{image:02x}{image:02x}").into_bytes(),
+        kind: EntryKind::Process as i32,
+        sha256: vec![image; 32],
+        link_target: exe.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn running_the_released_image_is_fine_and_anything_else_is_named() {
+    // Release 7's binary has sha256 01...; disk matches it in every case.
+    let ok = decide_for(&with(set(1, "h"), vec![process(1, "/opt/smars/bin/smars")]));
+    assert_eq!(ok.state(), GateState::Open, "{:?}", ok.reasons);
+
+    let old = decide_for(&with(set(1, "h"), vec![process(9, "/opt/smars/bin/smars")]));
+    assert_eq!(old.state(), GateState::Closed);
+    assert_eq!(
+        old.reasons.len(),
+        1,
+        "running state is not set drift: {:?}",
+        old.reasons
+    );
+    assert_eq!(old.reasons[0].kind(), ReasonKind::Process);
+    assert!(
+        old.reasons[0]
+            .text
+            .contains("process smars runs /opt/smars/bin/smars sha256 09090909.. != release 7 (01010101..)"),
+        "{}",
+        old.reasons[0].text
+    );
+
+    let deleted = decide_for(&with(set(1, "h"), vec![process(1, "/opt/smars/bin/smars (deleted)")]));
+    assert_eq!(
+        deleted.reasons[0].text,
+        "process smars runs a replaced or deleted /opt/smars/bin/smars, same content as release 7: restart it on the released binary"
+    );
+    let replaced = decide_for(&with(set(1, "h"), vec![process(9, "/opt/smars/bin/smars (deleted)")]));
+    let text = &replaced.reasons[0].text;
+    assert!(
+        text.contains("replaced or deleted /opt/smars/bin/smars, sha256 09090909.. != release 7 (01010101..)"),
+        "{text}"
+    );
+
+    let elsewhere = decide_for(&with(set(1, "h"), vec![process(1, "/tmp/smars")]));
+    assert!(
+        elsewhere.reasons[0]
+            .text
+            .contains("runs /tmp/smars, which release 7 does not name"),
+        "{:?}",
+        elsewhere.reasons
+    );
+}
+
+#[test]
+fn retired_flags_close_the_gate_in_config_keys_and_command_lines() {
+    let key = |k: &str, v: &str| Entry {
+        path: format!("/opt/smars/etc/smars.conf#{k}").into_bytes(),
+        kind: EntryKind::ConfigKey as i32,
+        value: v.into(),
+        ..Default::default()
+    };
+    let args = |a: &str| Entry {
+        path: b"proc:smars/cmdline#0".to_vec(),
+        kind: EntryKind::ProcessArgs as i32,
+        value: a.replace(' ', "\0"),
+        ..Default::default()
+    };
+    let g = decide_for(&with(set(1, "h"), vec![key("router.power_peg", "1")]));
+    let retired: Vec<&str> = g
+        .reasons
+        .iter()
+        .filter(|r| r.kind() == ReasonKind::RetiredFlag)
+        .map(|r| r.text.as_str())
+        .collect();
+    assert_eq!(
+        retired,
+        vec!["retired flag: router.power_peg = 1 in /opt/smars/etc/smars.conf"]
+    );
+    // Present but off is not set.
+    let g = decide_for(&with(set(1, "h"), vec![key("router.power_peg", "false")]));
+    assert!(
+        g.reasons.iter().all(|r| r.kind() != ReasonKind::RetiredFlag),
+        "{:?}",
+        g.reasons
+    );
+    let g = decide_for(&with(
+        set(1, "h"),
+        vec![args("/opt/smars/bin/smars --power-peg=on --venue NYSE")],
+    ));
+    assert_eq!(g.state(), GateState::Closed);
+    assert_eq!(
+        g.reasons[0].text,
+        "retired flag: --power-peg on the command line of smars"
+    );
+    let g = decide_for(&with(set(1, "h"), vec![args("/opt/smars/bin/smars --power-pegged")]));
+    assert_eq!(
+        g.state(),
+        GateState::Open,
+        "a longer flag is another flag: {:?}",
+        g.reasons
+    );
 }

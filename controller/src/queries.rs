@@ -116,11 +116,11 @@ impl Controller {
                 ));
             }
         };
-        let changes = diff::diff(&left, &right, &right_label, |p| role.is_per_host(p));
+        let changes = diff::diff(&left, &right, &right_label, |p| role.is_excluded_from_comparison(p));
         let per_host_excluded = left
             .iter()
             .chain(right.iter())
-            .filter(|e| role.is_per_host(&e.path))
+            .filter(|e| role.is_excluded_from_comparison(&e.path))
             .count();
         Ok(pb::DiffReply {
             left: req.host.clone(),

@@ -74,6 +74,8 @@ fn differing_field(a: &Entry, b: &Entry, label: &str) -> Option<String> {
     }
     let (field, left, right) = if a.sha256 != b.sha256 {
         ("sha256", short_hex(&a.sha256), short_hex(&b.sha256))
+    } else if a.value != b.value {
+        ("value", a.value.replace('\0', " "), b.value.replace('\0', " "))
     } else if a.link_target != b.link_target {
         ("target", paths::display(&a.link_target), paths::display(&b.link_target))
     } else if a.size != b.size {
@@ -100,6 +102,10 @@ pub fn describe(e: &Entry) -> String {
         EntryKind::Socket => "socket".into(),
         EntryKind::BlockDevice => "block device".into(),
         EntryKind::CharDevice => "char device".into(),
+        EntryKind::Process => format!("running image sha256 {}", short_hex(&e.sha256)),
+        EntryKind::ProcessLib => format!("mapped library sha256 {}", short_hex(&e.sha256)),
+        EntryKind::ProcessArgs => format!("command line {:?}", e.value.replace('\0', " ")),
+        EntryKind::ConfigKey => format!("= {}", e.value),
         EntryKind::Unspecified => "unknown entry".into(),
     }
 }

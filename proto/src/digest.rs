@@ -5,7 +5,8 @@
 //! Encoding (all integers big-endian), hashed with SHA-256:
 //! `"lockstep.v1.version-set\0"`, u64 entry count, then per entry sorted by
 //! path bytes: u32 path length, path, u8 kind, u32 sha256 length, sha256,
-//! u64 size, u32 mode, u32 uid, u32 gid, u32 link-target length, target.
+//! u64 size, u32 mode, u32 uid, u32 gid, u32 link-target length, target,
+//! u32 value length, value.
 //! The `error` text is not digested: it explains an entry, it is not content.
 
 use ring::digest::{Context, SHA256};
@@ -57,6 +58,7 @@ pub fn digest_where(entries: &[Entry], keep: impl Fn(&Entry) -> bool) -> Digest 
         ctx.update(&e.uid.to_be_bytes());
         ctx.update(&e.gid.to_be_bytes());
         put_bytes(&mut ctx, &e.link_target);
+        put_bytes(&mut ctx, e.value.as_bytes());
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
@@ -119,6 +121,7 @@ mod tests {
             Box::new(|e| e.uid = 1),
             Box::new(|e| e.gid = 1),
             Box::new(|e| e.link_target = b"/x".to_vec()),
+            Box::new(|e| e.value = "1".into()),
         ];
         for (i, m) in mutations.iter().enumerate() {
             let mut set = base.clone();

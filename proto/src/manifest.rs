@@ -41,6 +41,8 @@ pub struct ManifestEntry {
     pub link_target_hex: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub error: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub value: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +59,7 @@ pub enum ManifestError {
     DigestMismatch { stated: String, computed: String },
 }
 
-const KINDS: [(EntryKind, &str); 9] = [
+const KINDS: [(EntryKind, &str); 13] = [
     (EntryKind::File, "file"),
     (EntryKind::Symlink, "symlink"),
     (EntryKind::Missing, "missing"),
@@ -67,6 +69,10 @@ const KINDS: [(EntryKind, &str); 9] = [
     (EntryKind::BlockDevice, "block-device"),
     (EntryKind::CharDevice, "char-device"),
     (EntryKind::Unstable, "unstable"),
+    (EntryKind::Process, "process"),
+    (EntryKind::ProcessLib, "process-lib"),
+    (EntryKind::ProcessArgs, "process-args"),
+    (EntryKind::ConfigKey, "config-key"),
 ];
 
 pub fn kind_name(kind: EntryKind) -> &'static str {
@@ -89,6 +95,7 @@ fn to_manifest_entry(e: &Entry) -> ManifestEntry {
         gid: e.gid,
         link_target_hex: (!e.link_target.is_empty()).then(|| hex::encode(&e.link_target)),
         error: e.error.clone(),
+        value: e.value.clone(),
     }
 }
 
@@ -123,6 +130,7 @@ fn from_manifest_entry(index: usize, m: ManifestEntry) -> Result<Entry, Manifest
         gid: m.gid,
         link_target,
         error: m.error,
+        value: m.value,
     })
 }
 

@@ -38,6 +38,12 @@ pub struct FleetSpec {
     pub per_host: Vec<String>,
     /// Inventory hosts whose agent is never started (no agent installed).
     pub without_agent: Vec<String>,
+    /// Agent `[[process]]` rules: (name, exe path as the host sees it).
+    pub processes: Vec<(String, String)>,
+    /// Agent `[[config]]` files: (path, format).
+    pub configs: Vec<(String, String)>,
+    /// The role's retired flags.
+    pub retired_flags: Vec<String>,
 }
 
 impl FleetSpec {
@@ -51,6 +57,9 @@ impl FleetSpec {
             watch: vec!["/opt/smars/**".into(), "/etc/hostname".into()],
             per_host: vec!["/etc/hostname".into()],
             without_agent: Vec::new(),
+            processes: Vec::new(),
+            configs: vec![("/opt/smars/etc/smars.conf".into(), "ini".into())],
+            retired_flags: Vec::new(),
         }
     }
 
@@ -166,6 +175,13 @@ on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"
             cert = base.join("agent.pem").display(),
             key = base.join("agent.key").display(),
         );
+        let mut toml = toml;
+        for (name, exe) in &self.spec.processes {
+            toml.push_str(&format!("\n[[process]]\nname = {name:?}\nexe = {exe:?}\n"));
+        }
+        for (path, format) in &self.spec.configs {
+            toml.push_str(&format!("\n[[config]]\npath = {path:?}\nformat = {format:?}\n"));
+        }
         let config_path = base.join("agent.toml");
         std::fs::write(&config_path, toml)?;
         let config = AgentConfig::load(&config_path)?;
@@ -313,7 +329,8 @@ on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"
     /// The digest `host`'s agent will report for its files as they are now.
     pub fn local_digest(&self, host: &str) -> anyhow::Result<String> {
         let h = self.host(host)?;
-        let entries = Scanner::new(&h.config.watch, h.config.root.clone())?.scan()?;
+        let scanner = Scanner::new(&h.config.watch, h.config.root.clone())?;
+        let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true)?;
         Ok(hex::encode(lockstep_proto::digest::digest(&entries)))
     }
 
@@ -475,7 +492,9 @@ name = "{role}"
 mode = "{mode}"
 hosts = {hosts:?}
 per_host = {per_host:?}
+retired_flags = {retired:?}
 "#,
+        retired = spec.retired_flags,
         data = dir.join("controller").display(),
         ttl = spec.freshness_ttl.as_millis(),
         pki = dir.join("pki").display(),

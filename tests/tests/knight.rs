@@ -39,7 +39,12 @@ async fn knight_morning_is_caught_before_the_open() {
     }
     assert_eq!(state_of(&s2.gates, &odd), GateState::Closed);
     let reasons = reasons_of(&s2.gates, &odd);
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    // The config file is parsed: the reason names the flag, not only a hash.
+    assert!(
+        reasons.contains(&format!("drift: {CONF}#router.flag_rlp value 0 != release 2 (1)")),
+        "{reasons:?}"
+    );
     for path in [BIN, CONF, RLP_LIB] {
         assert!(
             reasons
@@ -60,7 +65,7 @@ async fn knight_morning_is_caught_before_the_open() {
         .find(|(cmd, _)| cmd.starts_with("lockstep diff"))
         .unwrap();
     assert!(
-        diff.1.contains("smars-08 differs from release 2 in 3 entries"),
+        diff.1.contains("smars-08 differs from release 2 in 4 entries"),
         "{}",
         diff.1
     );
@@ -78,7 +83,7 @@ async fn knight_morning_is_caught_before_the_open() {
             "{h}: {:?}",
             g.reasons
         );
-        assert_eq!(g.reasons.len(), 3, "{h}: {:?}", g.reasons);
+        assert_eq!(g.reasons.len(), 4, "{h}: {:?}", g.reasons);
     }
     assert_eq!(s3.gate_check_exit, 3);
 

@@ -26,10 +26,8 @@ async fn open_fleet() -> Morning {
 /// A correctly formed attestation of `host`'s current files.
 fn attestation(fleet: &Fleet, host: &str, seq: u64) -> Attestation {
     let h = fleet.host(host).unwrap();
-    let entries = lockstep_agent::scan::Scanner::new(&h.config.watch, h.config.root.clone())
-        .unwrap()
-        .scan()
-        .unwrap();
+    let scanner = lockstep_agent::scan::Scanner::new(&h.config.watch, h.config.root.clone()).unwrap();
+    let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true).unwrap();
     Attestation {
         host: host.into(),
         role: "smars".into(),

@@ -132,10 +132,12 @@ async fn release_from_a_build_manifest_gates_the_fleet() {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-    let entries = lockstep_agent::scan::Scanner::new(&["/opt/smars/**".to_string()], Some(stage.path().to_path_buf()))
-        .unwrap()
-        .scan()
-        .unwrap();
+    // The build measures its staged tree with the agents' own config.
+    let mut config = m.fleet.host("smars-01").unwrap().config.clone();
+    config.root = Some(stage.path().to_path_buf());
+    config.watch = vec!["/opt/smars/**".to_string()];
+    let scanner = lockstep_agent::scan::Scanner::new(&config.watch, config.root.clone()).unwrap();
+    let (entries, _) = lockstep_agent::report::measure_files(&scanner, &config, true).unwrap();
     let manifest = stage.path().join("release.json");
     std::fs::write(&manifest, lockstep_proto::manifest::to_json(&entries).unwrap()).unwrap();
     let manifest = manifest.display().to_string();

@@ -12,7 +12,8 @@ pub enum ExitCode {
     AllOpen = 0,
     /// Bad arguments, denied, or any other error.
     Error = 1,
-    /// A host's version set differs from the expected one (or there is none).
+    /// A host's version set differs from the expected one (or there is
+    /// none), a process runs another image, or a retired flag is set.
     Drift = 3,
     /// A host is stale (silent past the TTL) or missing (never reported).
     StaleOrMissing = 4,
@@ -30,7 +31,16 @@ pub fn exit_code(gates: &[Gate]) -> ExitCode {
         ExitCode::AllOpen
     } else if has(ReasonKind::Halted) {
         ExitCode::Halted
-    } else if has(ReasonKind::Drift) || has(ReasonKind::NoRelease) || has(ReasonKind::NoMajority) {
+    } else if [
+        ReasonKind::Drift,
+        ReasonKind::NoRelease,
+        ReasonKind::NoMajority,
+        ReasonKind::Process,
+        ReasonKind::RetiredFlag,
+    ]
+    .into_iter()
+    .any(has)
+    {
         ExitCode::Drift
     } else if has(ReasonKind::Rejected) {
         ExitCode::Rejected
@@ -72,9 +82,28 @@ pub fn state_word(s: GateState) -> &'static str {
 pub fn why(g: &Gate) -> String {
     let count = |k: ReasonKind| g.reasons.iter().filter(|r| r.kind() == k).count();
     let mut parts = Vec::new();
-    let drift = count(ReasonKind::Drift);
-    if drift > 0 {
-        parts.push(format!("drift: {drift} file{}", if drift == 1 { "" } else { "s" }));
+    // Files, not entries: a config file's changed keys belong to that file.
+    let mut files: Vec<&str> = g
+        .reasons
+        .iter()
+        .filter(|r| r.kind() == ReasonKind::Drift)
+        .filter_map(|r| r.text.strip_prefix("drift: "))
+        .filter(|t| t.starts_with('/'))
+        .map(|t| t.split(' ').next().unwrap_or(t).split('#').next().unwrap_or(t))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    let more = g
+        .reasons
+        .iter()
+        .any(|r| r.kind() == ReasonKind::Drift && r.text.contains(" more differences"));
+    if count(ReasonKind::Drift) > 0 {
+        let n = files.len();
+        parts.push(format!(
+            "drift: {n}{} file{}",
+            if more { "+" } else { "" },
+            if n == 1 && !more { "" } else { "s" }
+        ));
     }
     for (k, word) in [
         (ReasonKind::Missing, "never reported"),
@@ -83,6 +112,8 @@ pub fn why(g: &Gate) -> String {
         (ReasonKind::Stale, "stale"),
         (ReasonKind::NoRelease, "no release"),
         (ReasonKind::NoMajority, "no majority"),
+        (ReasonKind::Process, "process"),
+        (ReasonKind::RetiredFlag, "retired flag"),
     ] {
         if count(k) > 0 {
             parts.push(word.to_string());
@@ -144,7 +175,16 @@ mod tests {
         let mut gates: Vec<Gate> = (1..=7)
             .map(|i| gate(&format!("smars-0{i}"), GateState::Open, &[]))
             .collect();
-        gates.push(gate("smars-08", GateState::Closed, &[K::Drift, K::Drift, K::Drift]));
+        let mut odd = gate("smars-08", GateState::Closed, &[K::Drift, K::Drift, K::Drift, K::Drift]);
+        for (r, t) in odd.reasons.iter_mut().zip([
+            "drift: /opt/smars/bin/smars sha256 a.. != release 2 (b..)",
+            "drift: /opt/smars/etc/smars.conf sha256 c.. != release 2 (d..)",
+            "drift: /opt/smars/etc/smars.conf#router.flag_rlp value 0 != release 2 (1)",
+            "drift: /opt/smars/lib/librlp.so absent, release 2 has file sha256 e..",
+        ]) {
+            r.text = t.into();
+        }
+        gates.push(odd);
         let reply = GateCheckReply {
             role: "smars".into(),
             mode: "release".into(),
