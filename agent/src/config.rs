@@ -9,7 +9,7 @@
 //! scan_interval = "10s"
 //! # root = "/host"   # measure a host filesystem mounted here, as if at /
 //! watch_changes = true           # inotify: see changes as they happen
-//! quiet_period = "200ms"         # let a burst of writes settle first
+//! quiet_period = "50ms"          # let a burst of writes settle first
 //! full_rescan_interval = "1h"    # re-hash everything, whatever changed
 //!
 //! [controller]
@@ -268,8 +268,8 @@ impl AgentConfig {
         };
         let hook_timeout = duration(raw.gate.hook_timeout.as_deref(), Duration::from_secs(30))
             .map_err(|e| invalid("gate.hook_timeout", e))?;
-        let quiet_period = duration(raw.quiet_period.as_deref(), Duration::from_millis(200))
-            .map_err(|e| invalid("quiet_period", e))?;
+        let quiet_period =
+            duration(raw.quiet_period.as_deref(), Duration::from_millis(50)).map_err(|e| invalid("quiet_period", e))?;
         let full_rescan_interval = duration(raw.full_rescan_interval.as_deref(), Duration::from_secs(3600))
             .map_err(|e| invalid("full_rescan_interval", e))?;
         let mut processes = Vec::new();

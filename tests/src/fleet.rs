@@ -44,6 +44,9 @@ pub struct FleetSpec {
     pub configs: Vec<(String, String)>,
     /// The role's retired flags.
     pub retired_flags: Vec<String>,
+    /// Agents watch with inotify (each agent takes an inotify instance; the
+    /// kernel's default limit is 128 per user, so large fleets turn it off).
+    pub watch_changes: bool,
 }
 
 impl FleetSpec {
@@ -60,6 +63,7 @@ impl FleetSpec {
             processes: Vec::new(),
             configs: vec![("/opt/smars/etc/smars.conf".into(), "ini".into())],
             retired_flags: Vec::new(),
+            watch_changes: true,
         }
     }
 
@@ -151,6 +155,7 @@ state_dir = "{state}"
 watch = {watch:?}
 scan_interval = "{scan}ms"
 root = "{root}"
+watch_changes = {watching}
 
 [controller]
 address = "{addr}"
@@ -166,6 +171,7 @@ on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"
             gate = base.join("gate.json").display(),
             hooklog = base.join("hooks.log").display(),
             role = self.spec.role,
+            watching = self.spec.watch_changes,
             state = base.join("state").display(),
             watch = self.spec.watch,
             scan = self.spec.scan_interval.as_millis(),

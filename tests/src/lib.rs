@@ -2,8 +2,10 @@
 //! a generated PKI, a controller serving mTLS on 127.0.0.1:0 over a real sled
 //! store, and agents whose "hosts" are directories measured as if they were `/`.
 //!
+//! - [`bench`]: realtime benchmarks (change to verdict, halt fan-out).
 //! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
 //! - [`knight`]: the Knight Capital morning, step by step.
 
+pub mod bench;
 pub mod fleet;
 pub mod knight;
