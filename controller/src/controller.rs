@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use lockstep_proto::envelope;
 use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{Entry, Envelope, Gate, SubmitReply};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::audit::{AuditEvent, ChainHead};
 use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
@@ -31,11 +32,20 @@ pub struct Controller {
     gates: Mutex<HashMap<String, watch::Sender<Gate>>>,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
+    /// End of the audit chain; held while a write and its records are flushed.
+    audit_head: tokio::sync::Mutex<ChainHead>,
+    /// Gate transitions to record, written by [`Controller::record_gate_transitions`].
+    transitions: (
+        mpsc::UnboundedSender<AuditEvent>,
+        Mutex<Option<mpsc::UnboundedReceiver<AuditEvent>>>,
+    ),
 }
 
 impl Controller {
     pub fn new(config: ControllerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let state = FleetState::load(store.as_ref(), &config)?;
+        let audit_head = ChainHead::after(store.last_audit()?.as_ref());
+        let (tx, rx) = mpsc::unbounded_channel();
         Ok(Self {
             config,
             store,
@@ -44,6 +54,8 @@ impl Controller {
             release_lock: tokio::sync::Mutex::new(()),
             gates: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
+            audit_head: tokio::sync::Mutex::new(audit_head),
+            transitions: (tx, Mutex::new(Some(rx))),
         })
     }
 
@@ -82,20 +94,47 @@ impl Controller {
     }
 
     /// Hands a decided gate to the host's directive stream if it differs
-    /// from what the stream last had (the decision time aside).
+    /// from what the stream last had (the decision time aside), and queues
+    /// a state change (OPEN, CLOSED, MISSING) for the audit log.
     fn push(&self, gate: Gate) {
-        let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = gates.get(&gate.host) {
-            tx.send_if_modified(|old| {
-                let changed = Gate {
-                    decided_at_unix_ms: old.decided_at_unix_ms,
-                    ..gate.clone()
-                } != *old;
-                if changed {
-                    *old = gate;
-                }
-                changed
-            });
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = gates.get(&gate.host) else {
+            // The first decision about a host is its starting point, not a transition.
+            gates.insert(gate.host.clone(), watch::channel(gate).0);
+            return;
+        };
+        let mut transition = None;
+        tx.send_if_modified(|old| {
+            let changed = Gate {
+                decided_at_unix_ms: old.decided_at_unix_ms,
+                ..gate.clone()
+            } != *old;
+            if old.state != gate.state {
+                let reasons: Vec<&str> = gate.reasons.iter().map(|r| r.text.as_str()).collect();
+                transition = Some(AuditEvent {
+                    actor: "controller".into(),
+                    action: "gate.changed".into(),
+                    host: gate.host.clone(),
+                    role: gate.role.clone(),
+                    detail: format!(
+                        "{} -> {}{}",
+                        gate_word(old.state()),
+                        gate_word(gate.state()),
+                        if reasons.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", reasons.join("; "))
+                        }
+                    ),
+                });
+            }
+            if changed {
+                *old = gate;
+            }
+            changed
+        });
+        if let Some(t) = transition {
+            let _ = self.transitions.0.send(t);
         }
     }
 
@@ -139,14 +178,54 @@ impl Controller {
     where
         F: FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
     {
+        self.persist_audited(Vec::new(), work).await
+    }
+
+    /// Like [`Controller::persist`], with `events` appended to the audit
+    /// chain in the same flush: the change and its record are durable
+    /// together or not at all.
+    pub(crate) async fn persist_audited<F>(&self, events: Vec<AuditEvent>, work: F) -> Result<(), ApiError>
+    where
+        F: FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        let mut head = self.audit_head.lock().await;
+        let (records, next) = crate::audit::seal(&head, events, lockstep_proto::now_unix_ms());
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             work(store.as_ref())?;
+            records.iter().try_for_each(|r| store.put_audit(r))?;
             store.flush()
         })
         .await
         .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
-        .map_err(ApiError::Store)
+        .map_err(ApiError::Store)?;
+        *head = next;
+        Ok(())
+    }
+
+    /// Appends `events` to the audit chain, durably.
+    pub async fn audit(&self, events: Vec<AuditEvent>) -> Result<(), ApiError> {
+        self.persist_audited(events, |_| Ok(())).await
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Writes gate transitions to the audit log as they are decided, until
+    /// the controller is dropped. Run once, by the server.
+    pub async fn record_gate_transitions(&self) {
+        let rx = self.transitions.1.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut rx) = rx else { return };
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            if let Err(e) = self.audit(batch).await {
+                tracing::error!(error = %e, "cannot record gate transitions in the audit log");
+            }
+        }
     }
 
     fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -202,7 +281,14 @@ impl Controller {
             ..existing.unwrap_or_default()
         };
         let stored = record.clone();
-        self.persist(move |s| s.put_host(&stored)).await?;
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "key.pinned".into(),
+            host: host.to_string(),
+            role: role.to_string(),
+            detail: format!("attestation key {key_id} pinned on first contact"),
+        };
+        self.persist_audited(vec![event], move |s| s.put_host(&stored)).await?;
         self.write().hosts.insert(host.to_string(), record);
         info!(host, key_id = %key_id, "pinned attestation key");
         Ok(key_id)
@@ -240,7 +326,14 @@ impl Controller {
                     reason: rejection.to_string(),
                 });
                 let stored = rec.clone();
-                self.persist(move |s| s.put_host(&stored)).await?;
+                let event = AuditEvent {
+                    actor: peer.to_string(),
+                    action: "attestation.rejected".into(),
+                    host: host.to_string(),
+                    role: role.to_string(),
+                    detail: rejection.to_string(),
+                };
+                self.persist_audited(vec![event], move |s| s.put_host(&stored)).await?;
                 self.write().hosts.insert(host.to_string(), rec);
                 self.publish_gate(role, host);
                 return Err(ApiError::Rejected(rejection));
@@ -268,7 +361,19 @@ impl Controller {
             .filter(|_| !self.read().has_manifest(&verified.digest_hex))
             .map(Arc::new);
         let (stored, manifest, digest_hex) = (rec.clone(), new_manifest.clone(), verified.digest_hex.clone());
-        self.persist(move |s| {
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "attestation.accepted".into(),
+            host: host.to_string(),
+            role: role.to_string(),
+            detail: format!(
+                "seq {}, version set {}{}",
+                a.seq,
+                &verified.digest_hex[..verified.digest_hex.len().min(16)],
+                if a.full { " (full)" } else { " (heartbeat)" }
+            ),
+        };
+        self.persist_audited(vec![event], move |s| {
             if let Some(entries) = &manifest {
                 s.put_manifest(&digest_hex, entries)?;
             }
@@ -326,5 +431,14 @@ pub(crate) fn require(peer: &PeerIdentity, needed: OperatorRole) -> Result<&str,
         other => Err(ApiError::PermissionDenied(format!(
             "console requests need an operator certificate; this connection is {other}"
         ))),
+    }
+}
+
+fn gate_word(s: lockstep_proto::pb::GateState) -> &'static str {
+    match s {
+        lockstep_proto::pb::GateState::Open => "OPEN",
+        lockstep_proto::pb::GateState::Closed => "CLOSED",
+        lockstep_proto::pb::GateState::Missing => "MISSING",
+        lockstep_proto::pb::GateState::Unspecified => "UNKNOWN",
     }
 }

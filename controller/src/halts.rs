@@ -6,6 +6,7 @@ use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{self, halt_scope::Scope};
 use tracing::warn;
 
+use crate::audit::AuditEvent;
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::store::{HaltRecord, HaltScope};
@@ -63,7 +64,22 @@ impl Controller {
             resume_reason: String::new(),
         };
         let stored = record.clone();
-        self.persist(move |s| s.put_halt(&stored)).await?;
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "halt".into(),
+            host: if let HaltScope::Host(h) = &scope {
+                h.clone()
+            } else {
+                String::new()
+            },
+            role: if let HaltScope::Role(r) = &scope {
+                r.clone()
+            } else {
+                String::new()
+            },
+            detail: format!("halt {id} on {scope}: {}", record.reason),
+        };
+        self.persist_audited(vec![event], move |s| s.put_halt(&stored)).await?;
         self.write().halts.insert(id, record.clone());
         warn!(halt = id, scope = %scope, by = %record.halted_by, reason = %record.reason, "HALT");
         self.publish_all();

@@ -4,12 +4,13 @@
 //! adapters) → [`controller`] (ingest, durable-then-acknowledge) using
 //! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
 //! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
-//! [`halts`] (the kill switch),
+//! [`halts`] (the kill switch), [`audit`] (the hash-chained audit log),
 //! [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
 //! [`error`] (the one mapping to gRPC status).
 //!
 //! Console: [`console`] (the `lockstep` CLI) and [`pki`] (the fleet CA).
 
+pub mod audit;
 pub mod config;
 pub mod console;
 pub mod controller;

@@ -142,3 +142,50 @@ impl Controller {
         })
     }
 }
+
+impl Controller {
+    /// Audit records matching the filters, oldest first.
+    pub fn list_audit(
+        &self,
+        peer: &PeerIdentity,
+        req: &pb::ListAuditRequest,
+    ) -> Result<Vec<pb::AuditRecord>, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        let records = self.store().audit_from(req.after_seq + 1).map_err(ApiError::Store)?;
+        let mut out: Vec<pb::AuditRecord> = records
+            .iter()
+            .filter(|r| req.host.is_empty() || r.host == req.host)
+            .filter(|r| req.role.is_empty() || r.role == req.role)
+            .filter(|r| r.at_unix_ms >= req.since_unix_ms)
+            .map(|r| r.to_pb())
+            .collect();
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        if limit > 0 && out.len() > limit {
+            out.drain(..out.len() - limit);
+        }
+        Ok(out)
+    }
+
+    /// Checks the whole audit chain as stored.
+    pub fn verify_audit(&self, peer: &PeerIdentity) -> Result<pb::VerifyAuditReply, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        let records = self.store().audit_from(0).map_err(ApiError::Store)?;
+        let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
+        Ok(match crate::audit::verify(&records) {
+            Ok(()) => pb::VerifyAuditReply {
+                ok: true,
+                records: count,
+                ..Default::default()
+            },
+            Err(b) => {
+                tracing::error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
+                pb::VerifyAuditReply {
+                    ok: false,
+                    records: count,
+                    first_broken_seq: b.seq,
+                    problem: b.problem,
+                }
+            }
+        })
+    }
+}

@@ -9,6 +9,7 @@ use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{self, Release, ReleaseState, propose_release_request::Source};
 use tracing::info;
 
+use crate::audit::AuditEvent;
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::store::ReleaseRecord;
@@ -70,7 +71,17 @@ impl Controller {
             approved_at_unix_ms: 0,
         };
         let (stored, manifest, d) = (record.clone(), entries.clone(), digest_hex.clone());
-        self.persist(move |s| {
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "release.proposed".into(),
+            role: role.clone(),
+            detail: format!(
+                "release {number} from {} ({} entries): {}",
+                record.source, record.entry_count, record.note
+            ),
+            ..Default::default()
+        };
+        self.persist_audited(vec![event], move |s| {
             if !s.has_manifest(&d)? {
                 s.put_manifest(&d, &manifest)?;
             }
@@ -114,7 +125,15 @@ impl Controller {
         record.approved_by = Some(who.clone());
         record.approved_at_unix_ms = lockstep_proto::now_unix_ms();
         let stored = record.clone();
-        self.persist(move |s| s.put_release(&stored)).await?;
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "release.approved".into(),
+            role: record.role.clone(),
+            detail: format!("release {number} (proposed by {}) is now active", record.proposed_by),
+            ..Default::default()
+        };
+        self.persist_audited(vec![event], move |s| s.put_release(&stored))
+            .await?;
         self.write().releases.insert(number, record.clone());
         info!(release = number, role = %record.role, approved_by = %who, "release approved and active");
         if let Ok(role) = self.role(&record.role) {

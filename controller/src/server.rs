@@ -126,6 +126,10 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = controller.config().limits.max_payload_bytes + 64 * 1024;
     let ticker = tokio::spawn(refresh_gates(controller.clone()));
+    let recorder = {
+        let c = controller.clone();
+        tokio::spawn(async move { c.record_gate_transitions().await })
+    };
     let incoming = ReceiverStream::new(accept_loop(listener, tls));
     let stopping = controller.clone();
     let begin = async move {
@@ -160,6 +164,7 @@ pub async fn serve(
         }
     };
     ticker.abort();
+    recorder.abort();
     result
 }
 

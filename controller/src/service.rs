@@ -9,7 +9,9 @@ use lockstep_proto::pb::{self, agent_service_server::AgentService, console_servi
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::AuditEvent;
 use crate::controller::Controller;
+use crate::error::ApiError;
 use crate::server::PeerInfo;
 
 fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
@@ -89,69 +91,122 @@ impl ConsoleApi {
     pub fn new(controller: Arc<Controller>) -> Self {
         Self { controller }
     }
+
+    /// Records a refused console action in the audit log (who tried what),
+    /// then hands the result on.
+    async fn audited<T>(&self, who: &PeerIdentity, what: &str, result: Result<T, ApiError>) -> Result<T, Status> {
+        if let Err(ApiError::PermissionDenied(why)) = &result {
+            let event = AuditEvent {
+                actor: who.to_string(),
+                action: "console.denied".into(),
+                detail: format!("{what}: {why}"),
+                ..Default::default()
+            };
+            if let Err(e) = self.controller.audit(vec![event]).await {
+                tracing::error!(error = %e, "cannot record a denied console action");
+            }
+        }
+        result.map_err(Status::from)
+    }
 }
 
 #[tonic::async_trait]
 impl ConsoleService for ConsoleApi {
     async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::HostList>, Status> {
         let who = peer(&req)?;
-        let hosts = self.controller.list_hosts(&who, &req.get_ref().role)?;
+        let hosts = self
+            .audited(&who, "hosts", self.controller.list_hosts(&who, &req.get_ref().role))
+            .await?;
         Ok(Response::new(pb::HostList { hosts }))
     }
 
     async fn get_host(&self, req: Request<pb::GetHostRequest>) -> Result<Response<pb::HostDetail>, Status> {
         let who = peer(&req)?;
         let r = req.get_ref();
-        Ok(Response::new(self.controller.get_host(
-            &who,
-            &r.host,
-            r.include_entries,
-        )?))
+        let result = self.controller.get_host(&who, &r.host, r.include_entries);
+        Ok(Response::new(self.audited(&who, "host", result).await?))
     }
 
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(self.controller.diff(&who, req.get_ref())?))
+        Ok(Response::new(
+            self.audited(&who, "diff", self.controller.diff(&who, req.get_ref()))
+                .await?,
+        ))
     }
 
     async fn gate_check(&self, req: Request<pb::GateCheckRequest>) -> Result<Response<pb::GateCheckReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(self.controller.gate_check(&who, &req.get_ref().role)?))
+        Ok(Response::new(
+            self.audited(
+                &who,
+                "gate check",
+                self.controller.gate_check(&who, &req.get_ref().role),
+            )
+            .await?,
+        ))
     }
 
     async fn propose_release(&self, req: Request<pb::ProposeReleaseRequest>) -> Result<Response<pb::Release>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(
-            self.controller.propose_release(&who, req.into_inner()).await?,
-        ))
+        let result = self.controller.propose_release(&who, req.into_inner()).await;
+        Ok(Response::new(self.audited(&who, "release propose", result).await?))
     }
 
     async fn approve_release(&self, req: Request<pb::ApproveReleaseRequest>) -> Result<Response<pb::Release>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(
-            self.controller.approve_release(&who, req.get_ref().number).await?,
-        ))
+        let result = self.controller.approve_release(&who, req.get_ref().number).await;
+        Ok(Response::new(self.audited(&who, "release approve", result).await?))
     }
 
     async fn halt(&self, req: Request<pb::HaltRequest>) -> Result<Response<pb::HaltReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(self.controller.halt(&who, req.into_inner()).await?))
+        let result = self.controller.halt(&who, req.into_inner()).await;
+        Ok(Response::new(self.audited(&who, "halt", result).await?))
     }
 
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(self.controller.resume(&who, req.into_inner()).await?))
+        let result = self.controller.resume(&who, req.into_inner()).await;
+        Ok(Response::new(self.audited(&who, "resume", result).await?))
     }
 
     async fn list_halts(&self, req: Request<pb::ListHaltsRequest>) -> Result<Response<pb::HaltList>, Status> {
         let who = peer(&req)?;
-        let halts = self.controller.list_halts(&who, req.get_ref().all)?;
+        let halts = self
+            .audited(&who, "halts", self.controller.list_halts(&who, req.get_ref().all))
+            .await?;
         Ok(Response::new(pb::HaltList { halts }))
+    }
+
+    async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::AuditList>, Status> {
+        let who = peer(&req)?;
+        let records = self
+            .audited(&who, "audit", self.controller.list_audit(&who, req.get_ref()))
+            .await?;
+        Ok(Response::new(pb::AuditList { records }))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(
+            self.audited(&who, "audit verify", self.controller.verify_audit(&who))
+                .await?,
+        ))
     }
 
     async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<Response<pb::ReleaseList>, Status> {
         let who = peer(&req)?;
-        let releases = self.controller.list_releases(&who, &req.get_ref().role)?;
+        let releases = self
+            .audited(
+                &who,
+                "release list",
+                self.controller.list_releases(&who, &req.get_ref().role),
+            )
+            .await?;
         Ok(Response::new(pb::ReleaseList { releases }))
     }
 }

@@ -9,6 +9,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::audit::AuditRecord;
 use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
 
 pub struct SledStore {
@@ -18,6 +19,7 @@ pub struct SledStore {
     manifests: sled::Tree,
     releases: sled::Tree,
     halts: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl SledStore {
@@ -33,6 +35,7 @@ impl SledStore {
             manifests: db.open_tree("manifests").map_err(err)?,
             releases: db.open_tree("releases").map_err(err)?,
             halts: db.open_tree("halts").map_err(err)?,
+            audit: db.open_tree("audit").map_err(err)?,
             db,
         })
     }
@@ -113,6 +116,33 @@ impl Store for SledStore {
 
     fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError> {
         self.put_json(&self.halts, &halt.id.to_be_bytes(), halt)
+    }
+
+    fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.put_json(&self.audit, &record.seq.to_be_bytes(), record)
+    }
+
+    fn audit_from(&self, from: u64) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit
+            .range(from.to_be_bytes()..)
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.backend(e))?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: format!("audit {}", hex::encode(&k)),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn last_audit(&self) -> Result<Option<AuditRecord>, StoreError> {
+        let Some((k, v)) = self.audit.last().map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
+            key: format!("audit {}", hex::encode(&k)),
+            reason: e.to_string(),
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {

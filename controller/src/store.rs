@@ -123,5 +123,9 @@ pub trait Store: Send + Sync {
     fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError>;
     fn halts(&self) -> Result<Vec<HaltRecord>, StoreError>;
     fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError>;
+    fn put_audit(&self, record: &crate::audit::AuditRecord) -> Result<(), StoreError>;
+    /// Audit records with seq >= `from`, in order.
+    fn audit_from(&self, from: u64) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
+    fn last_audit(&self) -> Result<Option<crate::audit::AuditRecord>, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }

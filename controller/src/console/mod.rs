@@ -115,6 +115,50 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The hash-chained audit log: read it, verify it, export it.
+    #[command(args_conflicts_with_subcommands = true)]
+    Audit {
+        #[command(subcommand)]
+        action: Option<AuditCommand>,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the whole chain; exit 1 naming the first broken record.
+    Verify,
+    /// Every record as JSON lines (for archiving or a SIEM).
+    Export,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct AuditFilter {
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Since a time (RFC 3339) or a while ago ("15m").
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only the newest N records.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Keep printing new records as they are written.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+fn since_unix_ms(text: Option<&str>) -> anyhow::Result<i64> {
+    let Some(t) = text else { return Ok(0) };
+    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+        let ms = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        return Ok(i64::try_from(ms).unwrap_or(i64::MAX));
+    }
+    let ago = humantime::parse_duration(t)
+        .map_err(|_| anyhow::anyhow!("--since {t:?}: give a time like 2026-11-22T09:00:00Z or a while ago like 15m"))?;
+    Ok(lockstep_proto::now_unix_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Exactly one of --fleet, --role, --host.
@@ -296,6 +340,51 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             let req = pb::ListHaltsRequest { all };
             let list = client.list_halts(req).await.map_err(unreachable)?.into_inner();
             render::halts(out, &list.halts, json)?;
+        }
+        Command::Audit {
+            action: Some(AuditCommand::Verify),
+            ..
+        } => {
+            let reply = client
+                .verify_audit(pb::VerifyAuditRequest {})
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::audit_verified(out, &reply, json)?;
+            return Ok(if reply.ok { 0 } else { 1 });
+        }
+        Command::Audit {
+            action: Some(AuditCommand::Export),
+            ..
+        } => {
+            let list = client
+                .list_audit(pb::ListAuditRequest::default())
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::audit_export(out, &list.records)?;
+        }
+        Command::Audit { action: None, filter } => {
+            let mut req = pb::ListAuditRequest {
+                host: filter.host.unwrap_or_default(),
+                role: filter.role.unwrap_or_default(),
+                since_unix_ms: since_unix_ms(filter.since.as_deref())?,
+                after_seq: 0,
+                limit: filter.limit,
+            };
+            loop {
+                let list = client.list_audit(req.clone()).await.map_err(unreachable)?.into_inner();
+                render::audit(out, &list.records, json)?;
+                out.flush()?;
+                if !filter.follow {
+                    break;
+                }
+                if let Some(last) = list.records.last() {
+                    req.after_seq = last.seq;
+                }
+                req.limit = 0;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         Command::Release(cmd) => {
             run_release(&mut client, cmd, out, json)

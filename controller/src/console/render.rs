@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use lockstep_proto::digest::short_hex;
 use lockstep_proto::manifest::kind_name;
+use lockstep_proto::pb::{AuditRecord, VerifyAuditReply};
 use lockstep_proto::pb::{
     ChangeKind, DiffReply, Gate, GateCheckReply, Halt, HaltReply, HostDetail, HostStatus, Release, ReleaseState,
     ResumeReply, halt_scope::Scope,
@@ -397,4 +398,64 @@ pub fn halts(out: &mut dyn Write, list: &[Halt], json: bool) -> io::Result<()> {
         })
         .collect();
     table(out, &["HALT", "SCOPE", "STATE", "BY", "AT", "REASON"], &rows)
+}
+
+fn audit_json(r: &AuditRecord) -> Value {
+    json!({
+        "seq": r.seq, "at_unix_ms": r.at_unix_ms, "actor": r.actor, "action": r.action, "host": r.host,
+        "role": r.role, "detail": r.detail, "prev_hash": r.prev_hash, "hash": r.hash,
+    })
+}
+
+pub fn audit(out: &mut dyn Write, records: &[AuditRecord], json: bool) -> io::Result<()> {
+    if json {
+        for r in records {
+            writeln!(out, "{}", audit_json(r))?;
+        }
+        return Ok(());
+    }
+    for r in records {
+        let subject = match (r.host.as_str(), r.role.as_str()) {
+            ("", "") => String::new(),
+            (h, "") | ("", h) => format!(" [{h}]"),
+            (h, _) => format!(" [{h}]"),
+        };
+        writeln!(
+            out,
+            "{:>5}  {}  {:<22} {}{}: {}",
+            r.seq,
+            when(r.at_unix_ms),
+            r.action,
+            r.actor,
+            subject,
+            r.detail
+        )?;
+    }
+    Ok(())
+}
+
+pub fn audit_export(out: &mut dyn Write, records: &[AuditRecord]) -> io::Result<()> {
+    audit(out, records, true)
+}
+
+pub fn audit_verified(out: &mut dyn Write, r: &VerifyAuditReply, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(
+            out,
+            &json!({"ok": r.ok, "records": r.records, "first_broken_seq": r.first_broken_seq, "problem": r.problem}),
+        );
+    }
+    if r.ok {
+        writeln!(
+            out,
+            "audit log intact: {} records, every hash chained to the one before",
+            r.records
+        )
+    } else {
+        writeln!(
+            out,
+            "AUDIT LOG BROKEN at record {} of {}: {}. Records from there on cannot be trusted; keep the store for investigation.",
+            r.first_broken_seq, r.records, r.problem
+        )
+    }
 }
