@@ -8,6 +8,7 @@
 //!    approved one: all 8 are CLOSED.
 //! 4. Release 2 is deployed everywhere (all OPEN, also on the hosts), then
 //!    the kill switch: every agent's local gate closes.
+//! 5. The audit log tells the story, and its hash chain verifies.
 //!
 //! Each step returns what the console showed so the demo can print it and
 //! the test can assert it.
@@ -190,6 +191,17 @@ impl Morning {
             .finish("Release 2 deployed everywhere, then the kill switch", t)
             .await?;
         Ok((step, took))
+    }
+
+    /// The record: the newest audit entries for the role, and the chain verified.
+    pub async fn step5_audit(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut t = Vec::new();
+        // Gate transitions are recorded in the background: let the halt's land.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.run(&self.bob, &["audit", "--role", "smars", "--limit", "12"], &mut t)
+            .await?;
+        self.run(&self.bob, &["audit", "verify"], &mut t).await?;
+        Ok(t)
     }
 
     pub async fn step3_roll_back(&self) -> anyhow::Result<Step> {

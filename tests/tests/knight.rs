@@ -95,6 +95,10 @@ async fn knight_morning_is_caught_before_the_open() {
         assert!(line.contains("drill: stop SMARS"), "{h}: {line}");
     }
     assert_eq!(s4.gate_check_exit, 5, "halted exit code");
+
+    let s5 = m.step5_audit().await.unwrap();
+    assert!(s5[0].1.contains("halt 1 on role smars"), "{}", s5[0].1);
+    assert!(s5[1].1.contains("audit log intact"), "{}", s5[1].1);
     m.fleet.shutdown().await.unwrap();
 }
 
