@@ -43,6 +43,25 @@ fn build(
     Ok(watcher)
 }
 
+/// Builds a watcher on what exists now. Targets are re-read after the watch
+/// is in place: a directory created in between produced no event and would
+/// otherwise go unwatched.
+fn establish(
+    scanner: &Scanner,
+    tx: &mpsc::UnboundedSender<notify::Event>,
+) -> Result<(Vec<(PathBuf, bool)>, notify::RecommendedWatcher), notify::Error> {
+    let mut targets = scanner.watch_targets();
+    loop {
+        let watcher = build(&targets, tx.clone())?;
+        let now = scanner.watch_targets();
+        if now == targets {
+            debug!(?targets, "watching");
+            return Ok((targets, watcher));
+        }
+        targets = now;
+    }
+}
+
 /// Watches until `shutdown`, notifying `changed` after each settled burst.
 /// Returns early (after logging why) if watching is impossible; the agent's
 /// periodic scans go on regardless.
@@ -55,11 +74,12 @@ pub async fn watch_changes(
 ) {
     tokio::pin!(shutdown);
     let (tx, mut rx) = mpsc::unbounded_channel::<notify::Event>();
-    let mut targets = scanner.watch_targets();
-    let mut watcher = match build(&targets, tx.clone()) {
+    let (mut targets, mut watcher) = match establish(&scanner, &tx) {
         Ok(w) => w,
         Err(e) => return degrade(&e, scan_interval),
     };
+    // Whatever changed before the watch was live produced no event.
+    changed.notify_one();
     loop {
         // Wait for the first change of a burst.
         let first = tokio::select! {
@@ -67,6 +87,7 @@ pub async fn watch_changes(
             () = &mut shutdown => return,
         };
         let Some(first) = first else { return };
+        tracing::trace!(kind = ?first.kind, paths = ?first.paths, "change");
         if is_noise(&first) {
             continue;
         }
@@ -90,8 +111,7 @@ pub async fn watch_changes(
         let now = scanner.watch_targets();
         if now != targets {
             drop(watcher);
-            targets = now;
-            watcher = match build(&targets, tx.clone()) {
+            (targets, watcher) = match establish(&scanner, &tx) {
                 Ok(w) => w,
                 Err(e) => return degrade(&e, scan_interval),
             };

@@ -47,6 +47,8 @@ pub struct FleetSpec {
     /// Agents watch with inotify (each agent takes an inotify instance; the
     /// kernel's default limit is 128 per user, so large fleets turn it off).
     pub watch_changes: bool,
+    /// How long writes must pause before the agent scans (agent `quiet_period`).
+    pub quiet_period: Duration,
 }
 
 impl FleetSpec {
@@ -64,6 +66,7 @@ impl FleetSpec {
             configs: vec![("/opt/smars/etc/smars.conf".into(), "ini".into())],
             retired_flags: Vec::new(),
             watch_changes: true,
+            quiet_period: Duration::from_millis(50),
         }
     }
 
@@ -156,6 +159,7 @@ watch = {watch:?}
 scan_interval = "{scan}ms"
 root = "{root}"
 watch_changes = {watching}
+quiet_period = "{quiet}ms"
 
 [controller]
 address = "{addr}"
@@ -172,6 +176,7 @@ on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"
             hooklog = base.join("hooks.log").display(),
             role = self.spec.role,
             watching = self.spec.watch_changes,
+            quiet = self.spec.quiet_period.as_millis(),
             state = base.join("state").display(),
             watch = self.spec.watch,
             scan = self.spec.scan_interval.as_millis(),
