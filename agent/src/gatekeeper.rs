@@ -205,11 +205,13 @@ impl GateKeeper {
         }
     }
 
+    /// Atomic, not fsynced: the file lives under /run (tmpfs), and a copy
+    /// lost to a crash fails closed (no file, or an older and shorter lease).
     fn write(&self) {
         let path: &PathBuf = &self.config.state_file;
         let written = serde_json::to_vec_pretty(&self.file)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| state::write_atomic_mode(path, &bytes, 0o644).map_err(|e| e.to_string()));
+            .and_then(|bytes| state::write_atomic_mode(path, &bytes, 0o644, false).map_err(|e| e.to_string()));
         if let Err(e) = written {
             // The file is what `gate check` reads: failing to write it must
             // not leave an old OPEN behind. Its lease bounds that anyway.

@@ -44,13 +44,14 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(io_err(dir))
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600.
+/// Writes `bytes` to `path` atomically and durably with mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    write_atomic_mode(path, bytes, 0o600)
+    write_atomic_mode(path, bytes, 0o600, true)
 }
 
-/// Writes `bytes` to `path` atomically with `mode`.
-pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+/// Writes `bytes` to `path` atomically (readers see the old or the new
+/// content, never a mix) with `mode`; `durable` also waits for the disk.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)
