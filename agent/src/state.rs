@@ -66,7 +66,9 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32, durable: bool) ->
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent().filter(|_| durable) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
     }
     Ok(())
 }

@@ -86,6 +86,8 @@ pub async fn halt_fanout(agents: usize) -> anyhow::Result<Duration> {
         scan_interval: Duration::from_secs(300),
         freshness_ttl: Duration::from_secs(600),
         watch_changes: false,
+        // On a real fleet each host forks its own hook; here 1000 would share 2 cores.
+        hooks: false,
         ..FleetSpec::smars(agents)
     };
     let m = Morning::with_spec(spec).await?;

@@ -49,6 +49,8 @@ pub struct FleetSpec {
     pub watch_changes: bool,
     /// How long writes must pause before the agent scans (agent `quiet_period`).
     pub quiet_period: Duration,
+    /// Give each host `on_open`/`on_close` hooks that log to `hooks.log`.
+    pub hooks: bool,
 }
 
 impl FleetSpec {
@@ -67,6 +69,7 @@ impl FleetSpec {
             retired_flags: Vec::new(),
             watch_changes: true,
             quiet_period: Duration::from_millis(50),
+            hooks: true,
         }
     }
 
@@ -169,11 +172,8 @@ key = "{key}"
 
 [gate]
 state_file = "{gate}"
-on_open = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"]
-on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"]
 "#,
             gate = base.join("gate.json").display(),
-            hooklog = base.join("hooks.log").display(),
             role = self.spec.role,
             watching = self.spec.watch_changes,
             quiet = self.spec.quiet_period.as_millis(),
@@ -187,6 +187,14 @@ on_close = ["sh", "-c", "echo \"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\" >> {hooklog}"
             key = base.join("agent.key").display(),
         );
         let mut toml = toml;
+        if self.spec.hooks {
+            let log = base.join("hooks.log");
+            let hook = format!(
+                "[\"sh\", \"-c\", \"echo \\\"$LOCKSTEP_GATE $LOCKSTEP_RELEASE\\\" >> {}\"]",
+                log.display()
+            );
+            toml = toml.replace("[gate]\n", &format!("[gate]\non_open = {hook}\non_close = {hook}\n"));
+        }
         for (name, exe) in &self.spec.processes {
             toml.push_str(&format!("\n[[process]]\nname = {name:?}\nexe = {exe:?}\n"));
         }
