@@ -132,11 +132,33 @@ pub async fn serve(
     };
     let incoming = ReceiverStream::new(accept_loop(listener, tls));
     let stopping = controller.clone();
+    let closing_for_health = controller.closing();
     let begin = async move {
         shutdown.await;
         stopping.begin_shutdown();
     };
     let closing = controller.closing();
+    // Standard gRPC health and reflection, so off-the-shelf tools work.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_serving::<ConsoleServiceServer<ConsoleApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            // The descriptors are compiled in: failing here is a build defect.
+            tracing::error!(error = %e, "gRPC reflection unavailable");
+            e
+        })
+        .ok();
+    let not_serving = async move {
+        closing_for_health.await;
+        health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+        health.set_not_serving::<ConsoleServiceServer<ConsoleApi>>().await;
+        std::future::pending::<()>().await;
+    };
+    let health_task = tokio::spawn(not_serving);
     let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(64)
@@ -152,6 +174,8 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(health_service)
+        .add_optional_service(reflection)
         .serve_with_incoming_shutdown(incoming, begin);
     tokio::pin!(server);
     // Streams end when shutdown begins; anything still open after the grace
@@ -165,6 +189,7 @@ pub async fn serve(
     };
     ticker.abort();
     recorder.abort();
+    health_task.abort();
     result
 }
 

@@ -24,6 +24,10 @@ pub mod pb {
     tonic::include_proto!("lockstep.v1");
 }
 
+/// The encoded `FileDescriptorSet` of the wire contract, served by gRPC
+/// reflection so off-the-shelf tools (grpcurl...) can talk to lockstep.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lockstep_descriptor");
+
 /// Milliseconds since the Unix epoch, the time unit on the wire.
 pub fn now_unix_ms() -> i64 {
     let now = std::time::SystemTime::now()
