@@ -132,8 +132,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
+                let host = config.host.clone();
                 let agent = Agent::new(config)?;
-                agent.run(shutdown_signal()).await;
+                lockstep_proto::systemd::ready(&format!("attesting {host}"));
+                let watchdog = lockstep_proto::systemd::watchdog_interval()
+                    .map(|every| tokio::spawn(lockstep_proto::systemd::keep_watchdog_fed(every)));
+                agent
+                    .run(async {
+                        shutdown_signal().await;
+                        lockstep_proto::systemd::stopping();
+                    })
+                    .await;
+                if let Some(w) = watchdog {
+                    w.abort();
+                }
                 anyhow::Ok(())
             })
         }

@@ -41,7 +41,18 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
         .await
         .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;
     let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
-    tracing::info!(addr = %listener.local_addr()?, "controller listening");
-    server::serve(listener, tls, controller, shutdown).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "controller listening");
+    lockstep_proto::systemd::ready(&format!("serving on {addr}"));
+    let watchdog = lockstep_proto::systemd::watchdog_interval()
+        .map(|every| tokio::spawn(lockstep_proto::systemd::keep_watchdog_fed(every)));
+    let stopping = async {
+        shutdown.await;
+        lockstep_proto::systemd::stopping();
+    };
+    server::serve(listener, tls, controller, stopping).await?;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
 }

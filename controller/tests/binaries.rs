@@ -127,3 +127,80 @@ fn controller_with_a_bad_config_names_the_key_and_exits_nonzero() {
         "{err}"
     );
 }
+
+#[test]
+fn controller_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("pki");
+    let pki_s = pki.to_str().unwrap();
+    assert!(lockstep(&["pki", "init", "--dir", pki_s]).status.success());
+    let out = pki.join("controller");
+    let o = lockstep(&[
+        "pki",
+        "issue",
+        "--dir",
+        pki_s,
+        "--out",
+        out.to_str().unwrap(),
+        "controller",
+        "--name",
+        "127.0.0.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = d.path().join("controller.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
+            data = d.path().join("data").display(),
+            pki = pki.display()
+        ),
+    )
+    .unwrap();
+    let sock_path = d.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    // As systemd does: WATCHDOG_PID is the service's own pid (exec keeps it).
+    let mut child = Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_lockstep-controller"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .spawn()
+        .unwrap();
+    // Whatever happens below, no controller is left running.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        let n = sock.recv(&mut buf).expect("no notification from the controller");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS=serving on 127.0.0.1:"), "{seen}");
+    // systemd stops services with SIGTERM: a clean, prompt exit.
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stopping = false;
+    while !stopping {
+        let n = sock.recv(&mut buf).expect("no STOPPING=1 after SIGTERM");
+        stopping = String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

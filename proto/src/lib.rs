@@ -9,6 +9,7 @@
 //!   client channel both the agent and the console use.
 //! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.
+//! - [`systemd`]: readiness and watchdog notifications, for both daemons.
 
 pub mod diff;
 pub mod digest;
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod identity;
 pub mod manifest;
 pub mod paths;
+pub mod systemd;
 pub mod tls;
 
 /// Generated from `lockstep/v1/lockstep.proto`.
