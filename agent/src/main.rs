@@ -132,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
+                let signalled = shutdown_signal();
                 let host = config.host.clone();
                 let agent = Agent::new(config)?;
                 lockstep_proto::systemd::ready(&format!("attesting {host}"));
@@ -139,7 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|every| tokio::spawn(lockstep_proto::systemd::keep_watchdog_fed(every)));
                 agent
                     .run(async {
-                        shutdown_signal().await;
+                        signalled.await;
                         lockstep_proto::systemd::stopping();
                     })
                     .await;
@@ -178,16 +179,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGTERM (how systemd stops us) or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (how systemd stops us) or SIGINT. The handlers are
+/// installed when this is called, not when the future is first polled, so a
+/// signal right after READY=1 is a graceful stop, not a kill. Call it inside
+/// the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let (term, int) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }

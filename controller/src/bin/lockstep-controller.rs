@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(lockstep_controller::run(&cli.config, shutdown_signal())));
+        .and_then(|rt| rt.block_on(async { lockstep_controller::run(&cli.config, shutdown_signal()).await }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -40,16 +40,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGTERM (systemd) or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (how systemd stops us) or SIGINT. The handlers are
+/// installed when this is called, not when the future is first polled, so a
+/// signal right after READY=1 is a graceful stop, not a kill. Call it inside
+/// the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let (term, int) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }
