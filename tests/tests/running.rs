@@ -42,7 +42,15 @@ async fn a_binary_replaced_under_a_running_process_closes_the_gate() {
     install_binary(&m, &all, "/usr/bin/sleep");
     // smars-01 runs its SMARS; smars-02 has not started its own yet.
     let exe = m.fleet.host("smars-01").unwrap().root.join(BIN.trim_start_matches('/'));
-    let _running = Kill(Command::new(&exe).arg("600").spawn().unwrap());
+    let running = Kill(Command::new(&exe).arg("600").spawn().unwrap());
+    // Measure only once exec and the dynamic loader are done (libc mapped),
+    // or agent and harness could each see a different half-started process.
+    let pid = running.0.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("libc")) {
+        assert!(std::time::Instant::now() < deadline, "child never finished loading");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     m.fleet.settle(&all).await.unwrap();
     let (code, out) = m
         .fleet
