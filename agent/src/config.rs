@@ -11,6 +11,7 @@
 //! watch_changes = true           # inotify: see changes as they happen
 //! quiet_period = "50ms"          # let a burst of writes settle first
 //! full_rescan_interval = "1h"    # re-hash everything, whatever changed
+//! metrics_listen = "127.0.0.1:9721"   # Prometheus /metrics; "off" disables
 //!
 //! [controller]
 //! address = "lockstep.example:7443"
@@ -57,6 +58,8 @@ struct RawConfig {
     quiet_period: Option<String>,
     #[serde(default)]
     full_rescan_interval: Option<String>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
     controller: RawController,
     #[serde(default)]
     gate: RawGate,
@@ -150,6 +153,8 @@ pub struct AgentConfig {
     pub quiet_period: Duration,
     /// How often every file is hashed again, whatever its fingerprint says.
     pub full_rescan_interval: Duration,
+    /// Where `lockstep-agent run` serves `/metrics`; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub controller: ControllerConfig,
     pub gate: GateConfig,
     pub processes: Vec<ProcessRule>,
@@ -272,6 +277,16 @@ impl AgentConfig {
             duration(raw.quiet_period.as_deref(), Duration::from_millis(50)).map_err(|e| invalid("quiet_period", e))?;
         let full_rescan_interval = duration(raw.full_rescan_interval.as_deref(), Duration::from_secs(3600))
             .map_err(|e| invalid("full_rescan_interval", e))?;
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9721))),
+            Some("" | "off") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!("{a:?} is not an address like \"127.0.0.1:9721\" (or \"off\")"),
+                )
+            })?),
+        };
         let mut processes = Vec::new();
         for (i, p) in raw.processes.into_iter().enumerate() {
             validate_id(&p.name).map_err(|e| invalid("process.name", format!("process[{i}]: {e}")))?;
@@ -327,6 +342,7 @@ impl AgentConfig {
             watch_changes: raw.watch_changes.unwrap_or(true),
             quiet_period,
             full_rescan_interval,
+            metrics_listen,
             gate,
             processes,
             configs,

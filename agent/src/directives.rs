@@ -11,8 +11,8 @@ use lockstep_proto::pb::{DirectivesRequest, directive};
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
-use crate::backoff::Backoff;
 use crate::gatekeeper::GateKeeper;
+use lockstep_proto::backoff::Backoff;
 
 /// Waits for the keeper's lease deadline (forever when there is none).
 async fn lease_runs_out(keeper: &GateKeeper) {

@@ -10,16 +10,16 @@
 //! - [`directives`]: follows the controller's directive stream.
 //! - [`gatekeeper`]: the local gate: lease, state file, hooks, outage policy.
 //! - [`hooks`]: runs `on_open` / `on_close` commands in order.
+//! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`watch`]: inotify watching, debounced, that triggers scans.
-//! - [`backoff`]: jittered exponential backoff.
 
-pub mod backoff;
 pub mod config;
 pub mod configkeys;
 pub mod directives;
 pub mod entry;
 pub mod gatekeeper;
 pub mod hooks;
+pub mod metrics;
 pub mod process;
 pub mod report;
 pub mod scan;

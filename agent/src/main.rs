@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -134,7 +135,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(async {
                 let signalled = shutdown_signal();
                 let host = config.host.clone();
+                let metrics_at = config.metrics_listen;
                 let agent = Agent::new(config)?;
+                let metrics = match metrics_at {
+                    Some(at) => {
+                        let listener = tokio::net::TcpListener::bind(at).await.with_context(|| {
+                            format!("binding {at} for /metrics (config key `metrics_listen`; \"off\" disables it)")
+                        })?;
+                        let m = agent.metrics();
+                        let render: lockstep_proto::metrics_endpoint::Render = Arc::new(move || m.render());
+                        Some(tokio::spawn(lockstep_proto::metrics_endpoint::serve(
+                            listener,
+                            render,
+                            std::future::pending(),
+                        )))
+                    }
+                    None => None,
+                };
                 lockstep_proto::systemd::ready(&format!("attesting {host}"));
                 let watchdog = lockstep_proto::systemd::watchdog_interval()
                     .map(|every| tokio::spawn(lockstep_proto::systemd::keep_watchdog_fed(every)));
@@ -146,6 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await;
                 if let Some(w) = watchdog {
                     w.abort();
+                }
+                if let Some(m) = metrics {
+                    m.abort();
                 }
                 anyhow::Ok(())
             })

@@ -15,11 +15,12 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::gatekeeper::GateKeeper;
+use crate::metrics::AgentMetrics;
 use crate::scan::{ScanError, ScanStats, Scanner};
 use crate::state::{self, SeqCounter, StateError};
+use lockstep_proto::backoff::Backoff;
 
 /// Largest message the agent will send or accept.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -91,6 +92,7 @@ pub struct Agent {
     /// When every file was last hashed regardless of the cache.
     last_full_scan: Option<std::time::Instant>,
     scan_now: Arc<Notify>,
+    metrics: Arc<AgentMetrics>,
     /// Notified by the watcher when files changed and settled.
     fs_changed: Arc<Notify>,
 }
@@ -127,12 +129,18 @@ impl Agent {
             last_full_scan: None,
             fs_changed: Arc::new(Notify::new()),
             scan_now: Arc::new(Notify::new()),
+            metrics: Arc::new(AgentMetrics::new()),
         })
     }
 
     /// Notifying this makes the agent scan and report at once.
     pub fn scan_trigger(&self) -> Arc<Notify> {
         self.scan_now.clone()
+    }
+
+    /// The agent's metrics, for its `/metrics` endpoint.
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
     }
 
     /// Whether the last attestation sent carried entries (false: a heartbeat).
@@ -230,7 +238,13 @@ impl Agent {
             .last_full_scan
             .is_none_or(|t| t.elapsed() >= self.config.full_rescan_interval);
         let (scanner, config) = (self.scanner.clone(), self.config.clone());
+        let started = std::time::Instant::now();
         let (entries, stats) = tokio::task::spawn_blocking(move || measure_host(&scanner, &config, full)).await??;
+        self.metrics.scan_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .files_measured
+            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+        self.metrics.bytes_hashed.inc_by(stats.bytes_hashed);
         if full {
             self.last_full_scan = Some(std::time::Instant::now());
         }
@@ -299,6 +313,10 @@ impl Agent {
         let reply = match self.client.submit(envelope).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
+                self.metrics.report(match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => "failed",
+                    _ => "refused",
+                });
                 if status.code() == tonic::Code::FailedPrecondition
                     && status.message().contains("no attestation key is pinned")
                 {
@@ -307,6 +325,9 @@ impl Agent {
                 return Err(status.into());
             }
         };
+        if reply.accepted {
+            self.metrics.report("accepted");
+        }
         if full && reply.accepted {
             self.acked_full = Some(digest.to_vec());
         }

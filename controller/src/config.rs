@@ -30,6 +30,10 @@ use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::TlsPaths;
 use serde::Deserialize;
 
+use crate::alerts::AlertSettings;
+use crate::incidents::Grouping;
+use crate::webhook::WebhookSettings;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -58,6 +62,29 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default, rename = "role")]
     roles: Vec<RawRole>,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook: Option<String>,
+    webhook_ca: Option<PathBuf>,
+    group_wait: Option<String>,
+    group_wait_max: Option<String>,
+    queue: Option<usize>,
+    max_attempts: Option<u32>,
+    timeout: Option<String>,
+    audit_verify_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +175,9 @@ pub struct ControllerConfig {
     pub max_clock_skew: Duration,
     pub tls: TlsPaths,
     pub limits: Limits,
+    /// Where `/metrics` is served (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    pub alerts: AlertSettings,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -187,6 +217,17 @@ impl ControllerConfig {
             max_payload_bytes: raw.limits.max_message_bytes.unwrap_or(defaults.max_payload_bytes),
             max_entries: raw.limits.max_entries.unwrap_or(defaults.max_entries),
         };
+        let metrics_listen = match raw.metrics.listen.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
+            Some("") | Some("off") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{a:?} is not an address like \"127.0.0.1:9720\" (or \"off\")"),
+                )
+            })?),
+        };
+        let alerts = alert_settings(raw.alerts).map_err(|(k, e)| invalid(&format!("alerts.{k}"), e))?;
         let mut roles = BTreeMap::new();
         let mut inventory = HashMap::new();
         for (i, r) in raw.roles.into_iter().enumerate() {
@@ -249,10 +290,63 @@ impl ControllerConfig {
                 key: raw.tls.key,
             },
             limits,
+            metrics_listen,
+            alerts,
             roles,
             inventory,
         })
     }
+}
+
+/// The controller's default `/metrics` port (the agent's is one above).
+pub const DEFAULT_METRICS_PORT: u16 = 9720;
+
+fn alert_settings(raw: RawAlerts) -> Result<AlertSettings, (&'static str, String)> {
+    let defaults = AlertSettings::default();
+    let ms = |k: &'static str, t: Option<&str>, d: i64| -> Result<i64, (&'static str, String)> {
+        let d = duration(t, Duration::from_millis(u64::try_from(d).unwrap_or(0))).map_err(|e| (k, e))?;
+        Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    let grouping = Grouping {
+        wait_ms: ms("group_wait", raw.group_wait.as_deref(), defaults.grouping.wait_ms)?,
+        max_wait_ms: ms(
+            "group_wait_max",
+            raw.group_wait_max.as_deref(),
+            defaults.grouping.max_wait_ms,
+        )?,
+    };
+    let webhook = match raw.webhook {
+        None => None,
+        Some(url) => {
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| ("webhook", format!("{url:?} is not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(("webhook", format!("{url:?}: use an http:// or https:// URL")));
+            }
+            let max_attempts = raw.max_attempts.unwrap_or(8);
+            if max_attempts == 0 {
+                return Err(("max_attempts", "must be at least 1".into()));
+            }
+            Some(WebhookSettings {
+                url: uri,
+                ca: raw.webhook_ca,
+                queue: raw.queue.unwrap_or(1000).max(1),
+                max_attempts,
+                timeout: duration(raw.timeout.as_deref(), Duration::from_secs(5)).map_err(|e| ("timeout", e))?,
+            })
+        }
+    };
+    let audit_verify_interval = duration(raw.audit_verify_interval.as_deref(), defaults.audit_verify_interval)
+        .map_err(|e| ("audit_verify_interval", e))?;
+    if audit_verify_interval.is_zero() {
+        return Err(("audit_verify_interval", "must be more than 0s".into()));
+    }
+    Ok(AlertSettings {
+        webhook,
+        grouping,
+        audit_verify_interval,
+    })
 }
 
 fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {

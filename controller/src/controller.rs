@@ -16,6 +16,8 @@ use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::gate::Clock;
+use crate::incidents::{Incidents, Signal, cause_of};
+use crate::metrics::Metrics;
 use crate::store::{HostRecord, Rejection as StoredRejection, Store, StoreError};
 use crate::verify::{self, Checks};
 
@@ -39,6 +41,9 @@ pub struct Controller {
         mpsc::UnboundedSender<AuditEvent>,
         Mutex<Option<mpsc::UnboundedReceiver<AuditEvent>>>,
     ),
+    /// Failures grouped by root cause, for alerts (see [`crate::alerts`]).
+    pub(crate) incidents: Mutex<Incidents>,
+    pub metrics: Metrics,
 }
 
 impl Controller {
@@ -46,6 +51,7 @@ impl Controller {
         let state = FleetState::load(store.as_ref(), &config)?;
         let audit_head = ChainHead::after(store.last_audit()?.as_ref());
         let (tx, rx) = mpsc::unbounded_channel();
+        let incidents = Incidents::load(store.incidents()?);
         Ok(Self {
             config,
             store,
@@ -56,6 +62,8 @@ impl Controller {
             closing: watch::channel(false).0,
             audit_head: tokio::sync::Mutex::new(audit_head),
             transitions: (tx, Mutex::new(Some(rx))),
+            incidents: Mutex::new(incidents),
+            metrics: Metrics::new(),
         })
     }
 
@@ -99,12 +107,16 @@ impl Controller {
     fn push(&self, gate: Gate) {
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = gates.get(&gate.host) else {
-            // The first decision about a host is its starting point, not a transition.
+            // The first decision about a host is its starting point, not a
+            // transition to audit; alerts still learn where it starts.
+            self.signal_gate(&gate);
             gates.insert(gate.host.clone(), watch::channel(gate).0);
             return;
         };
         let mut transition = None;
+        let mut cause_changed = false;
         tx.send_if_modified(|old| {
+            cause_changed = cause_of(old).map(|c| c.key) != cause_of(&gate).map(|c| c.key);
             let changed = Gate {
                 decided_at_unix_ms: old.decided_at_unix_ms,
                 ..gate.clone()
@@ -136,6 +148,20 @@ impl Controller {
         if let Some(t) = transition {
             let _ = self.transitions.0.send(t);
         }
+        if cause_changed {
+            let current = tx.borrow().clone();
+            drop(gates);
+            self.signal_gate(&current);
+        }
+    }
+
+    fn signal_gate(&self, gate: &Gate) {
+        self.signal(Signal::Gate {
+            host: gate.host.clone(),
+            role: gate.role.clone(),
+            role_hosts: self.config.roles.get(&gate.role).map_or(0, |r| r.hosts.len()),
+            cause: cause_of(gate),
+        });
     }
 
     /// Re-decides every gate of `role` and pushes those that changed.
@@ -191,14 +217,17 @@ impl Controller {
         let mut head = self.audit_head.lock().await;
         let (records, next) = crate::audit::seal(&head, events, lockstep_proto::now_unix_ms());
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let flushed = tokio::task::spawn_blocking(move || {
             work(store.as_ref())?;
             records.iter().try_for_each(|r| store.put_audit(r))?;
             store.flush()
         })
-        .await
-        .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
-        .map_err(ApiError::Store)?;
+        .await;
+        self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
+        flushed
+            .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
+            .map_err(ApiError::Store)?;
         *head = next;
         Ok(())
     }
@@ -316,10 +345,14 @@ impl Controller {
             max_skew_ms: i64::try_from(self.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
             now_unix_ms: now,
         };
-        let verified = match verify::verify(&envelope, &checks) {
+        let started = std::time::Instant::now();
+        let verdict = verify::verify(&envelope, &checks);
+        self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+        let verified = match verdict {
             Ok(v) => v,
             Err(rejection) => {
                 warn!(host, reason = %rejection, "rejected attestation");
+                self.metrics.attestation(Some(rejection.kind()));
                 let mut rec = record;
                 rec.last_rejection = Some(StoredRejection {
                     at_unix_ms: now,
@@ -335,6 +368,14 @@ impl Controller {
                 };
                 self.persist_audited(vec![event], move |s| s.put_host(&stored)).await?;
                 self.write().hosts.insert(host.to_string(), rec);
+                // Before the gate is re-decided, so the closing gate joins
+                // this rejection's incident instead of counting twice.
+                self.signal(Signal::Rejected {
+                    host: host.to_string(),
+                    role: role.to_string(),
+                    role_hosts: self.config.roles.get(role).map_or(0, |r| r.hosts.len()),
+                    detail: rejection.to_string(),
+                });
                 self.publish_gate(role, host);
                 return Err(ApiError::Rejected(rejection));
             }
@@ -387,6 +428,7 @@ impl Controller {
             }
             state.hosts.insert(host.to_string(), rec);
         }
+        self.metrics.attestation(None);
         let gate = self.publish_gate(role, host);
         Ok(SubmitReply {
             accepted: true,

@@ -5,11 +5,13 @@
 //! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
 //! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
 //! [`halts`] (the kill switch), [`audit`] (the hash-chained audit log),
-//! [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
+//! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
+//! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
 //! [`error`] (the one mapping to gRPC status).
 //!
 //! Console: [`console`] (the `lockstep` CLI) and [`pki`] (the fleet CA).
 
+pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod console;
@@ -18,6 +20,8 @@ pub mod error;
 pub mod fleet;
 pub mod gate;
 pub mod halts;
+pub mod incidents;
+pub mod metrics;
 pub mod pki;
 pub mod queries;
 pub mod releases;
@@ -26,6 +30,7 @@ pub mod service;
 pub mod sled_store;
 pub mod store;
 pub mod verify;
+pub mod webhook;
 
 use std::future::Future;
 use std::path::Path;
@@ -40,7 +45,14 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
+            format!("binding {at} for /metrics (config key `metrics.listen`; \"off\" disables it)")
+        })?),
+        None => None,
+    };
     let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
+    let metrics = metrics_listener.map(|l| serve_metrics(l, controller.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "controller listening");
     lockstep_proto::systemd::ready(&format!("serving on {addr}"));
@@ -54,5 +66,24 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     if let Some(w) = watchdog {
         w.abort();
     }
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
+}
+
+/// Serves the controller's `/metrics` on `listener` (a task; abort it to stop).
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    controller: Arc<controller::Controller>,
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics");
+    }
+    let render: lockstep_proto::metrics_endpoint::Render = Arc::new(move || controller.metrics_text());
+    tokio::spawn(async move {
+        if let Err(e) = lockstep_proto::metrics_endpoint::serve(listener, render, std::future::pending()).await {
+            tracing::error!(error = %e, "the /metrics endpoint stopped");
+        }
+    })
 }

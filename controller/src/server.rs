@@ -130,6 +130,7 @@ pub async fn serve(
         let c = controller.clone();
         tokio::spawn(async move { c.record_gate_transitions().await })
     };
+    let alerts = tokio::spawn(crate::alerts::run(controller.clone()));
     let incoming = ReceiverStream::new(accept_loop(listener, tls));
     let stopping = controller.clone();
     let closing_for_health = controller.closing();
@@ -189,6 +190,7 @@ pub async fn serve(
     };
     ticker.abort();
     recorder.abort();
+    alerts.abort();
     health_task.abort();
     result
 }

@@ -60,7 +60,9 @@ impl AgentService for AgentApi {
         let mut gates = self.controller.watch_gate(&host)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let closing = self.controller.closing();
+        let connected = StreamGauge::open(self.controller.metrics.connected_agents.clone());
         tokio::spawn(async move {
+            let _connected = connected;
             tokio::pin!(closing);
             loop {
                 let mut gate = gates.borrow_and_update().clone();
@@ -80,6 +82,22 @@ impl AgentService for AgentApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Counts an open directive stream for as long as it lives.
+struct StreamGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl StreamGauge {
+    fn open(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -196,6 +214,28 @@ impl ConsoleService for ConsoleApi {
             self.audited(&who, "audit verify", self.controller.verify_audit(&who))
                 .await?,
         ))
+    }
+
+    async fn list_incidents(
+        &self,
+        req: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::IncidentList>, Status> {
+        let who = peer(&req)?;
+        let list = self
+            .audited(&who, "alerts", self.controller.list_incidents(&who))
+            .await?;
+        Ok(Response::new(pb::IncidentList {
+            incidents: list.iter().map(|i| i.to_pb()).collect(),
+        }))
+    }
+
+    async fn ack_incident(&self, req: Request<pb::AckIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        let who = peer(&req)?;
+        let id = req.get_ref().id;
+        let acked = self
+            .audited(&who, "alerts ack", self.controller.ack_incident(&who, id).await)
+            .await?;
+        Ok(Response::new(acked.to_pb()))
     }
 
     async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<Response<pb::ReleaseList>, Status> {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::AuditRecord;
+use crate::incidents::IncidentRecord;
 use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
 
 pub struct SledStore {
@@ -20,6 +21,7 @@ pub struct SledStore {
     releases: sled::Tree,
     halts: sled::Tree,
     audit: sled::Tree,
+    incidents: sled::Tree,
 }
 
 impl SledStore {
@@ -36,6 +38,7 @@ impl SledStore {
             releases: db.open_tree("releases").map_err(err)?,
             halts: db.open_tree("halts").map_err(err)?,
             audit: db.open_tree("audit").map_err(err)?,
+            incidents: db.open_tree("incidents").map_err(err)?,
             db,
         })
     }
@@ -116,6 +119,14 @@ impl Store for SledStore {
 
     fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError> {
         self.put_json(&self.halts, &halt.id.to_be_bytes(), halt)
+    }
+
+    fn incidents(&self) -> Result<Vec<IncidentRecord>, StoreError> {
+        self.all_json(&self.incidents)
+    }
+
+    fn put_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
+        self.put_json(&self.incidents, &incident.id.to_be_bytes(), incident)
     }
 
     fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {

@@ -127,5 +127,8 @@ pub trait Store: Send + Sync {
     /// Audit records with seq >= `from`, in order.
     fn audit_from(&self, from: u64) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
     fn last_audit(&self) -> Result<Option<crate::audit::AuditRecord>, StoreError>;
+    /// Every stored incident, closed ones included (they keep ids unique).
+    fn incidents(&self) -> Result<Vec<crate::incidents::IncidentRecord>, StoreError>;
+    fn put_incident(&self, incident: &crate::incidents::IncidentRecord) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }

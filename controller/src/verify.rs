@@ -38,6 +38,22 @@ pub enum Rejection {
     DigestMismatch { stated: String, computed: String },
 }
 
+impl Rejection {
+    /// A short, stable name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Signature(_) => "signature",
+            Self::Malformed(_) => "malformed",
+            Self::TooLarge(_) => "too_large",
+            Self::HostMismatch { .. } => "host_mismatch",
+            Self::RoleMismatch { .. } => "role_mismatch",
+            Self::Replay { .. } => "replay",
+            Self::ClockSkew { .. } => "clock_skew",
+            Self::DigestMismatch { .. } => "digest_mismatch",
+        }
+    }
+}
+
 /// An attestation that passed every check.
 #[derive(Debug)]
 pub struct Verified {

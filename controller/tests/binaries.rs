@@ -152,7 +152,7 @@ fn controller_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops_on_sigterm(
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
             data = d.path().join("data").display(),
             pki = pki.display()
         ),

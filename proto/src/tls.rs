@@ -76,7 +76,8 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+/// The CA certificates in a PEM file, as a trust store.
+pub fn load_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca)? {
         roots.add(cert).map_err(|e| TlsError::Config {
@@ -97,7 +98,7 @@ fn config_err(path: &Path) -> impl Fn(rustls::Error) -> TlsError + '_ {
 /// The controller's side: a client certificate from the fleet CA is required.
 pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&paths.ca)?), provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(&paths.ca)?), provider.clone())
         .build()
         .map_err(|e| TlsError::Config {
             path: paths.ca.clone(),
@@ -118,7 +119,7 @@ pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_err(&paths.ca))?
-        .with_root_certificates(roots(&paths.ca)?)
+        .with_root_certificates(load_roots(&paths.ca)?)
         .with_client_auth_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)
         .map_err(config_err(&paths.key))?;
     config.alpn_protocols = vec![b"h2".to_vec()];

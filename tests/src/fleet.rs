@@ -51,6 +51,8 @@ pub struct FleetSpec {
     pub quiet_period: Duration,
     /// Give each host `on_open`/`on_close` hooks that log to `hooks.log`.
     pub hooks: bool,
+    /// TOML appended to the controller's config (`[alerts]`, ...).
+    pub controller_extra: String,
 }
 
 impl FleetSpec {
@@ -70,6 +72,7 @@ impl FleetSpec {
             watch_changes: true,
             quiet_period: Duration::from_millis(50),
             hooks: true,
+            controller_extra: String::new(),
         }
     }
 
@@ -84,6 +87,8 @@ pub struct HostHandle {
     pub root: PathBuf,
     pub config: AgentConfig,
     trigger: Option<Arc<Notify>>,
+    /// The running agent's metrics.
+    pub metrics: Option<Arc<lockstep_agent::metrics::AgentMetrics>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -211,6 +216,7 @@ state_file = "{gate}"
                 root,
                 config,
                 trigger: None,
+                metrics: None,
                 stop: None,
                 task: None,
             },
@@ -230,6 +236,7 @@ state_file = "{gate}"
         let agent = Agent::new(h.config.clone())?;
         let (stop, stopped) = oneshot::channel();
         h.trigger = Some(agent.scan_trigger());
+        h.metrics = Some(agent.metrics());
         h.stop = Some(stop);
         h.task = Some(tokio::spawn(agent.run(async {
             let _ = stopped.await;
@@ -512,7 +519,10 @@ mode = "{mode}"
 hosts = {hosts:?}
 per_host = {per_host:?}
 retired_flags = {retired:?}
+
+{extra}
 "#,
+        extra = spec.controller_extra,
         retired = spec.retired_flags,
         data = dir.join("controller").display(),
         ttl = spec.freshness_ttl.as_millis(),

@@ -5,7 +5,9 @@
 //! - [`bench`]: realtime benchmarks (change to verdict, halt fan-out).
 //! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
 //! - [`knight`]: the Knight Capital morning, step by step.
+//! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
 
 pub mod bench;
 pub mod fleet;
 pub mod knight;
+pub mod sink;

@@ -115,6 +115,11 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Open incidents (failures grouped by root cause); `alerts ack ID` marks one read.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsCommand>,
+    },
     /// The hash-chained audit log: read it, verify it, export it.
     #[command(args_conflicts_with_subcommands = true)]
     Audit {
@@ -123,6 +128,12 @@ pub enum Command {
         #[command(flatten)]
         filter: AuditFilter,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertsCommand {
+    /// Acknowledge an incident: it leaves the list once it is also resolved.
+    Ack { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -340,6 +351,24 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             let req = pb::ListHaltsRequest { all };
             let list = client.list_halts(req).await.map_err(unreachable)?.into_inner();
             render::halts(out, &list.halts, json)?;
+        }
+        Command::Alerts { action: None } => {
+            let list = client
+                .list_incidents(pb::ListIncidentsRequest {})
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::incidents(out, &list.incidents, json)?;
+        }
+        Command::Alerts {
+            action: Some(AlertsCommand::Ack { id }),
+        } => {
+            let acked = client
+                .ack_incident(pb::AckIncidentRequest { id })
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::incident_acked(out, &acked, json)?;
         }
         Command::Audit {
             action: Some(AuditCommand::Verify),

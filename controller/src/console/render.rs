@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use lockstep_proto::digest::short_hex;
 use lockstep_proto::manifest::kind_name;
-use lockstep_proto::pb::{AuditRecord, VerifyAuditReply};
+use lockstep_proto::pb::{AuditRecord, Incident, VerifyAuditReply};
 use lockstep_proto::pb::{
     ChangeKind, DiffReply, Gate, GateCheckReply, Halt, HaltReply, HostDetail, HostStatus, Release, ReleaseState,
     ResumeReply, halt_scope::Scope,
@@ -458,4 +458,61 @@ pub fn audit_verified(out: &mut dyn Write, r: &VerifyAuditReply, json: bool) -> 
             r.first_broken_seq, r.records, r.problem
         )
     }
+}
+
+fn incident_json(i: &Incident) -> Value {
+    json!({
+        "id": i.id, "key": i.key, "title": i.title, "role": i.role, "hosts": i.hosts, "ever": i.ever,
+        "count": i.count, "detail": i.detail, "opened_at_unix_ms": i.opened_at_unix_ms,
+        "last_seen_unix_ms": i.last_seen_unix_ms, "resolved_at_unix_ms": i.resolved_at_unix_ms,
+        "acked_by": i.acked_by, "acked_at_unix_ms": i.acked_at_unix_ms, "see": i.see,
+    })
+}
+
+fn incident_state(i: &Incident) -> String {
+    match (i.resolved_at_unix_ms != 0, i.acked_by.is_empty()) {
+        (false, true) => "FIRING".into(),
+        (false, false) => format!("FIRING, acked by {}", i.acked_by),
+        (true, _) => "RESOLVED, unacknowledged".into(),
+    }
+}
+
+pub fn incidents(out: &mut dyn Write, list: &[Incident], json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &Value::Array(list.iter().map(incident_json).collect()));
+    }
+    if list.is_empty() {
+        return writeln!(out, "no open incidents");
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                incident_state(i),
+                ago(i.opened_at_unix_ms),
+                i.count.to_string(),
+                i.title.clone(),
+                i.see.clone(),
+            ]
+        })
+        .collect();
+    table(out, &["ID", "STATE", "OPENED", "COUNT", "INCIDENT", "SEE"], &rows)?;
+    writeln!(out, "acknowledge one with: lockstep alerts ack ID")
+}
+
+pub fn incident_acked(out: &mut dyn Write, i: &Incident, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &incident_json(i));
+    }
+    let then = if i.resolved_at_unix_ms != 0 {
+        "it is resolved, so it is closed"
+    } else {
+        "it stays listed until every host recovers"
+    };
+    writeln!(
+        out,
+        "incident {} acknowledged by {}: {}; {then}",
+        i.id, i.acked_by, i.title
+    )
 }

@@ -1,0 +1,89 @@
+//! The agent's small Prometheus surface: how long scans take, how much they
+//! measure, and when the controller last accepted a report.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabels {
+    /// "accepted", "refused" (the controller said no) or "failed" (no answer).
+    pub result: &'static str,
+}
+
+pub struct AgentMetrics {
+    registry: Registry,
+    pub scan_seconds: Histogram,
+    pub files_measured: Gauge,
+    pub bytes_hashed: Counter,
+    pub reports: Family<ReportLabels, Counter>,
+    pub last_report: Gauge<f64, AtomicU64>,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // 1 ms to ~65 s.
+        let scan_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "lockstep_agent_scan_seconds",
+            "Time to measure the host (files, config keys, processes)",
+            scan_seconds.clone(),
+        );
+        let files_measured = Gauge::default();
+        registry.register(
+            "lockstep_agent_files_measured",
+            "Entries in the last measurement",
+            files_measured.clone(),
+        );
+        let bytes_hashed = Counter::default();
+        registry.register(
+            "lockstep_agent_hashed_bytes",
+            "Bytes read and hashed (unchanged files are not re-hashed)",
+            bytes_hashed.clone(),
+        );
+        let reports = Family::<ReportLabels, Counter>::default();
+        registry.register("lockstep_agent_reports", "Reports sent, by result", reports.clone());
+        let last_report = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lockstep_agent_last_successful_report_timestamp_seconds",
+            "Unix time the controller last accepted a report (0: never)",
+            last_report.clone(),
+        );
+        Self {
+            registry,
+            scan_seconds,
+            files_measured,
+            bytes_hashed,
+            reports,
+            last_report,
+        }
+    }
+
+    pub fn report(&self, result: &'static str) {
+        self.reports.get_or_create(&ReportLabels { result }).inc();
+        if result == "accepted" {
+            #[allow(clippy::cast_precision_loss)] // ms since 1970 fit an f64's 53 bits
+            self.last_report.set(lockstep_proto::now_unix_ms() as f64 / 1000.0);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,224 @@
+//! Alerts: signals from gate decisions, rejections and audit checks go into
+//! the incident book ([`crate::incidents`]); a loop sends what is due to the
+//! webhook and stores it; operators list and acknowledge incidents from the
+//! console. Only transitions make signals, never a routine attestation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::audit::AuditEvent;
+use crate::controller::{Controller, require};
+use crate::error::ApiError;
+use crate::incidents::{Due, Grouping, IncidentRecord, Notified, Signal};
+use crate::webhook::{Outbox, WebhookSettings};
+
+/// `[alerts]` in the controller config.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    pub webhook: Option<WebhookSettings>,
+    pub grouping: Grouping,
+    /// How often the controller re-verifies its whole audit chain.
+    pub audit_verify_interval: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            grouping: Grouping {
+                wait_ms: 2_000,
+                max_wait_ms: 30_000,
+            },
+            audit_verify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The webhook's JSON body (documented in docs/alerts.md; `version` changes
+/// only when a field changes meaning).
+#[derive(Debug, Serialize)]
+pub struct Payload {
+    pub version: u32,
+    /// "firing", "updated" or "resolved".
+    pub status: &'static str,
+    pub incident: u64,
+    pub title: String,
+    /// One line for chat tools: what, where, and the commands to run.
+    pub text: String,
+    pub key: String,
+    pub role: String,
+    /// Hosts that have the cause now (all that had it, once resolved).
+    pub hosts: Vec<String>,
+    pub role_hosts: usize,
+    /// Occurrences folded into this incident.
+    pub count: u64,
+    pub detail: String,
+    pub opened_at: String,
+    pub resolved_at: Option<String>,
+    pub acknowledged_by: Option<String>,
+    /// Console command that shows more.
+    pub see: String,
+    /// Console command that acknowledges the incident.
+    pub ack: String,
+}
+
+fn rfc3339(unix_ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Payload {
+    pub fn of(due: &Due) -> Self {
+        let r = &due.record;
+        let status = match (due.status, due.update) {
+            (Notified::Resolved, _) => "resolved",
+            (_, true) => "updated",
+            _ => "firing",
+        };
+        let hosts: Vec<String> = if r.is_resolved() { &r.ever } else { &r.hosts }
+            .iter()
+            .cloned()
+            .collect();
+        let shown: Vec<&str> = hosts.iter().take(10).map(String::as_str).collect();
+        let more = hosts.len().saturating_sub(shown.len());
+        let hosts_text = match (shown.is_empty(), more) {
+            (true, _) => String::new(),
+            (false, 0) => format!(" ({})", shown.join(", ")),
+            (false, n) => format!(" ({} and {n} more)", shown.join(", ")),
+        };
+        let count = if r.count > 1 {
+            format!(" Seen {} times since {}.", r.count, rfc3339(r.opened_at_unix_ms))
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "[lockstep] {} incident {}: {}{hosts_text}. {}.{count} See: {}. Acknowledge: lockstep alerts ack {}.",
+            status.to_uppercase(),
+            r.id,
+            r.title(),
+            r.detail,
+            r.see(),
+            r.id
+        );
+        Self {
+            version: 1,
+            status,
+            incident: r.id,
+            title: r.title(),
+            text,
+            key: r.key.clone(),
+            role: r.role.clone(),
+            hosts,
+            role_hosts: r.role_hosts,
+            count: r.count,
+            detail: r.detail.clone(),
+            opened_at: rfc3339(r.opened_at_unix_ms),
+            resolved_at: r.is_resolved().then(|| rfc3339(r.resolved_at_unix_ms)),
+            acknowledged_by: r.acked_by.clone(),
+            see: r.see(),
+            ack: format!("lockstep alerts ack {}", r.id),
+        }
+    }
+}
+
+/// How often the loop looks for due notifications.
+const TICK: Duration = Duration::from_millis(100);
+
+impl Controller {
+    /// Feeds the incident book; cheap, never blocks on I/O.
+    pub(crate) fn signal(&self, signal: Signal) {
+        let mut book = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        book.observe(signal, lockstep_proto::now_unix_ms());
+    }
+
+    /// Incidents not yet closed, for `lockstep alerts`.
+    pub fn list_incidents(&self, peer: &PeerIdentity) -> Result<Vec<IncidentRecord>, ApiError> {
+        require(peer, OperatorRole::Viewer)?;
+        Ok(self.incidents.lock().unwrap_or_else(|p| p.into_inner()).list())
+    }
+
+    /// `lockstep alerts ack ID`: an operator has read the incident.
+    pub async fn ack_incident(&self, peer: &PeerIdentity, id: u64) -> Result<IncidentRecord, ApiError> {
+        let name = require(peer, OperatorRole::Operator)?.to_string();
+        let record = self
+            .incidents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ack(id, &name, lockstep_proto::now_unix_ms())
+            .map_err(ApiError::NotFound)?;
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "incident.acknowledged".into(),
+            host: String::new(),
+            role: record.role.clone(),
+            detail: format!("incident {id}: {}", record.title()),
+        };
+        let stored = record.clone();
+        self.persist_audited(vec![event], move |s| s.put_incident(&stored))
+            .await?;
+        info!(incident = id, by = %name, "incident acknowledged");
+        Ok(record)
+    }
+
+    fn verify_audit_chain(&self) {
+        let records = match self.store().audit_from(0) {
+            Ok(r) => r,
+            Err(e) => {
+                self.signal(Signal::AuditBroken {
+                    detail: format!("cannot read it: {e}"),
+                });
+                return;
+            }
+        };
+        if let Err(b) = crate::audit::verify(&records) {
+            error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
+            self.signal(Signal::AuditBroken { detail: b.to_string() });
+        }
+    }
+}
+
+/// Sends due notifications and re-verifies the audit chain, until dropped.
+/// Run once, by the server.
+pub async fn run(controller: Arc<Controller>) {
+    let settings = controller.config().alerts.clone();
+    let outbox: Option<Outbox> = settings.webhook.clone().and_then(|w| {
+        let url = w.url.clone();
+        crate::webhook::start(w, controller.metrics.alerts.clone())
+            .inspect_err(|e| error!(%url, error = %e, "webhook unusable: alerts are only listed by `lockstep alerts`"))
+            .ok()
+    });
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_verify = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if tokio::time::Instant::now() >= next_verify {
+            next_verify += settings.audit_verify_interval;
+            let c = controller.clone();
+            let _ = tokio::task::spawn_blocking(move || c.verify_audit_chain()).await;
+        }
+        let due = controller
+            .incidents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(lockstep_proto::now_unix_ms(), settings.grouping);
+        for d in due {
+            let payload = Payload::of(&d);
+            warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");
+            let stored = d.record.clone();
+            if let Err(e) = controller.persist(move |s| s.put_incident(&stored)).await {
+                error!(incident = payload.incident, error = %e, "cannot store incident");
+            }
+            if let Some(outbox) = &outbox {
+                match serde_json::to_vec(&payload) {
+                    Ok(body) => outbox.send(body),
+                    Err(e) => error!(error = %e, "cannot encode alert"),
+                }
+            }
+        }
+    }
+}
