@@ -15,7 +15,7 @@ use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 
 fn config(dir: &Path) -> ControllerConfig {
     let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[alerts]\ngroup_wait = \"100ms\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
         dir.display()
     );
     ControllerConfig::parse(&text, Path::new("controller.toml")).unwrap()
@@ -57,7 +57,25 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
         store.flush().unwrap();
     }
     let store = Arc::new(SledStore::open(&store_path).unwrap());
-    let c = Controller::new(config(d.path()), store).unwrap();
+    let c = Arc::new(Controller::new(config(d.path()), store).unwrap());
+    // The controller checks its own chain when it starts: an incident, without anyone asking.
+    let alerts = tokio::spawn(lockstep_controller::alerts::run(c.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let incident = loop {
+        let list = c.list_incidents(&viewer()).unwrap();
+        if let Some(i) = list.into_iter().find(|i| i.key == "audit") {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit incident");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        incident.title().contains("audit record 3 is broken"),
+        "{}",
+        incident.title()
+    );
+    assert_eq!(incident.see(), "lockstep audit verify");
+    alerts.abort();
     let broken = c.verify_audit(&viewer()).unwrap();
     assert!(!broken.ok);
     assert_eq!(broken.first_broken_seq, 3);

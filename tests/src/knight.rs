@@ -193,7 +193,8 @@ impl Morning {
         Ok((step, took))
     }
 
-    /// The record: the newest audit entries for the role, and the chain verified.
+    /// The record: the newest audit entries for the role, the chain verified,
+    /// and the incidents still open.
     pub async fn step5_audit(&self) -> anyhow::Result<Vec<(String, String)>> {
         let mut t = Vec::new();
         // Gate transitions are recorded in the background: let the halt's land.
@@ -201,6 +202,8 @@ impl Morning {
         self.run(&self.bob, &["audit", "--role", "smars", "--limit", "12"], &mut t)
             .await?;
         self.run(&self.bob, &["audit", "verify"], &mut t).await?;
+        // Every failure of the morning, grouped by root cause, waiting to be acknowledged.
+        self.run(&self.bob, &["alerts"], &mut t).await?;
         Ok(t)
     }
 

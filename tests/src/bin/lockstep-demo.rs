@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let (step, took) = morning.step4_halt().await?;
     print_step(4, &step);
     println!("every agent's local gate (lockstep-agent gate check) closed {took:.0?} after the halt");
-    println!("\n=== Step 5: The audit log tells the story, and verifies ===");
+    println!("\n=== Step 5: The audit log tells the story and verifies; the incidents wait for an operator ===");
     for (cmd, out) in morning.step5_audit().await? {
         println!("$ {cmd}");
         print!("{out}");
