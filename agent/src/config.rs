@@ -134,6 +134,8 @@ struct RawController {
     key: PathBuf,
     #[serde(default)]
     connect_timeout: Option<String>,
+    #[serde(default)]
+    renew_fraction: Option<f64>,
 }
 
 /// A validated agent configuration.
@@ -204,6 +206,8 @@ pub struct ControllerConfig {
     pub server_name: String,
     pub tls: TlsPaths,
     pub connect_timeout: Duration,
+    /// The certificate is renewed once this fraction of its lifetime has passed.
+    pub renew_fraction: f64,
 }
 
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
@@ -249,6 +253,15 @@ impl AgentConfig {
         default_server_name(&raw.controller.address).map_err(|e| invalid("controller.address", e.to_string()))?;
         let connect_timeout = duration(raw.controller.connect_timeout.as_deref(), Duration::from_secs(5))
             .map_err(|e| invalid("controller.connect_timeout", e))?;
+        let renew_fraction = raw.controller.renew_fraction.unwrap_or(2.0 / 3.0);
+        if !(0.1..=0.95).contains(&renew_fraction) {
+            return Err(invalid(
+                "controller.renew_fraction",
+                format!(
+                    "{renew_fraction} is outside 0.1..0.95 (the share of a certificate's lifetime to wait before renewing)"
+                ),
+            ));
+        }
         let outage = match (raw.gate.outage.as_deref(), raw.gate.hold_hours_utc.as_deref()) {
             (None | Some("close"), None) => OutagePolicy::Close,
             (None | Some("close"), Some(_)) => {
@@ -355,6 +368,7 @@ impl AgentConfig {
                     key: raw.controller.key,
                 },
                 connect_timeout,
+                renew_fraction,
             },
         })
     }

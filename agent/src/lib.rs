@@ -5,6 +5,7 @@
 //! - [`entry`]: measuring one path safely (no following, no blocking, no mixes).
 //! - [`process`]: what runs: images, libraries, command lines via /proc.
 //! - [`configkeys`]: config files parsed into key entries.
+//! - [`enrollment`]: join-token enrollment and certificate renewal.
 //! - [`state`]: the attestation key and the sequence number on disk.
 //! - [`report`]: the scan–sign–submit loop with backoff.
 //! - [`directives`]: follows the controller's directive stream.
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod configkeys;
 pub mod directives;
+pub mod enrollment;
 pub mod entry;
 pub mod gatekeeper;
 pub mod hooks;

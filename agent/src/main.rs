@@ -29,6 +29,22 @@ enum Command {
         #[arg(long, default_value = "/etc/lockstep/agent.toml")]
         config: PathBuf,
     },
+    /// Enroll this host with a one-time join token (from `lockstep token
+    /// create`): makes its TLS and attestation keys here and gets its
+    /// certificate. Run once before `run`, and again after a revocation.
+    Enroll {
+        #[arg(long, default_value = "/etc/lockstep/agent.toml")]
+        config: PathBuf,
+        /// The join token ("-": read it from standard input, keeping it out of shell history).
+        #[arg(long, env = "LOCKSTEP_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Controller address, host:port (default: controller.address in the config).
+        #[arg(long)]
+        controller: Option<String>,
+        /// Fleet CA certificate to check the controller against (default: controller.ca in the config).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
     /// Gate state on this host.
     #[command(subcommand)]
     Gate(GateCommand),
@@ -169,6 +185,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 anyhow::Ok(())
             })
+        }
+        Command::Enroll {
+            config,
+            token,
+            controller,
+            ca,
+        } => {
+            let mut config = AgentConfig::load(&config)?;
+            if let Some(addr) = controller {
+                config.controller.server_name = lockstep_proto::tls::default_server_name(&addr)?;
+                config.controller.address = addr;
+            }
+            let token = if token == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .read_line(&mut t)
+                    .context("reading the join token from standard input")?;
+                t
+            } else {
+                token
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let reply = runtime.block_on(lockstep_agent::enrollment::enroll(&config, &token, ca.as_deref()))?;
+            let until = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(reply.not_after_unix_ms).unwrap_or(0));
+            println!(
+                "enrolled {} in role {}: attestation key {} pinned, certificate {} valid until {} (renewed automatically)",
+                config.host,
+                reply.role,
+                reply.key_id,
+                config.controller.tls.cert.display(),
+                humantime::format_rfc3339_seconds(until)
+            );
+            Ok(())
         }
         Command::Measure {
             config,

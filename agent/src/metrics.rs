@@ -23,6 +23,7 @@ pub struct AgentMetrics {
     pub bytes_hashed: Counter,
     pub reports: Family<ReportLabels, Counter>,
     pub last_report: Gauge<f64, AtomicU64>,
+    pub cert_expiry: Gauge<f64, AtomicU64>,
 }
 
 impl Default for AgentMetrics {
@@ -61,8 +62,15 @@ impl AgentMetrics {
             "Unix time the controller last accepted a report (0: never)",
             last_report.clone(),
         );
+        let cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lockstep_agent_cert_expiry_timestamp_seconds",
+            "Unix time the agent's TLS certificate expires (renewed before)",
+            cert_expiry.clone(),
+        );
         Self {
             registry,
+            cert_expiry,
             scan_seconds,
             files_measured,
             bytes_hashed,

@@ -39,6 +39,11 @@ pub enum AgentError {
     Unreachable(tonic::Status),
     #[error("scan task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(
+        "no TLS key at {} (controller.key): this host is not enrolled yet; get a token with `lockstep token create` and run `lockstep-agent enroll --token TOKEN`",
+        key.display()
+    )]
+    NotEnrolled { key: std::path::PathBuf },
 }
 
 impl From<tonic::Status> for AgentError {
@@ -93,6 +98,8 @@ pub struct Agent {
     last_full_scan: Option<std::time::Instant>,
     scan_now: Arc<Notify>,
     metrics: Arc<AgentMetrics>,
+    /// The TLS certificate presented to the controller, renewed in place.
+    cert: Arc<lockstep_proto::tls::ReloadableCert>,
     /// Notified by the watcher when files changed and settled.
     fs_changed: Arc<Notify>,
 }
@@ -100,12 +107,17 @@ pub struct Agent {
 impl Agent {
     /// Loads keys and state and prepares the (lazy) channel; no network yet.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        if !config.controller.tls.key.exists() {
+            return Err(AgentError::NotEnrolled {
+                key: config.controller.tls.key.clone(),
+            });
+        }
         state::ensure_dir(&config.state_dir)?;
         let signer = state::attestation_key(&config.state_dir)?;
         state::check_key_permissions(&config.controller.tls.key)?;
         let seq = SeqCounter::load(&config.state_dir)?;
         let scanner = Arc::new(Scanner::new(&config.watch, config.root.clone())?);
-        let tls_config = tls::client_config(&config.controller.tls)?;
+        let (tls_config, cert) = tls::reloadable_client_config(&config.controller.tls)?;
         let channel = tls::channel(
             &config.controller.address,
             &config.controller.server_name,
@@ -130,6 +142,7 @@ impl Agent {
             fs_changed: Arc::new(Notify::new()),
             scan_now: Arc::new(Notify::new()),
             metrics: Arc::new(AgentMetrics::new()),
+            cert,
         })
     }
 
@@ -164,6 +177,16 @@ impl Agent {
         let follower = tokio::spawn(crate::directives::follow(self.client.clone(), keeper, async {
             let _ = follow_stopped.await;
         }));
+        let (stop_renew, renew_stopped) = tokio::sync::oneshot::channel::<()>();
+        let renewer = tokio::spawn(crate::enrollment::keep_renewed(
+            self.client.clone(),
+            self.config.clone(),
+            self.cert.clone(),
+            self.metrics.clone(),
+            async {
+                let _ = renew_stopped.await;
+            },
+        ));
         let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = self.config.watch_changes.then(|| {
             tokio::spawn(crate::watch::watch_changes(
@@ -181,6 +204,8 @@ impl Agent {
         if let Some(w) = watcher {
             let _ = w.await;
         }
+        let _ = stop_renew.send(());
+        let _ = renewer.await;
         let _ = stop_follow.send(());
         let _ = follower.await;
         let _ = hooks.await;

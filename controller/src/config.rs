@@ -66,6 +66,30 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     alerts: RawAlerts,
+    #[serde(default)]
+    enrollment: RawEnrollment,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnrollment {
+    ca_key: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    cert_validity: Option<String>,
+    token_ttl: Option<String>,
+}
+
+/// `[enrollment]`: the controller signs agent certificates with the fleet
+/// CA's key, for hosts that present a join token.
+#[derive(Debug, Clone)]
+pub struct EnrollmentConfig {
+    /// Without it, enrollment and renewal are refused (certificates are
+    /// issued by hand with `lockstep pki`).
+    pub ca_key: Option<PathBuf>,
+    pub ca_cert: PathBuf,
+    pub cert_validity: Duration,
+    /// Default lifetime of a join token.
+    pub token_ttl: Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -178,6 +202,7 @@ pub struct ControllerConfig {
     /// Where `/metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub alerts: AlertSettings,
+    pub enrollment: EnrollmentConfig,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -228,6 +253,21 @@ impl ControllerConfig {
             })?),
         };
         let alerts = alert_settings(raw.alerts).map_err(|(k, e)| invalid(&format!("alerts.{k}"), e))?;
+        let cert_validity = duration(
+            raw.enrollment.cert_validity.as_deref(),
+            Duration::from_secs(30 * 24 * 3600),
+        )
+        .map_err(|e| invalid("enrollment.cert_validity", e))?;
+        if cert_validity < Duration::from_secs(5) {
+            return Err(invalid("enrollment.cert_validity", "must be at least 5s".into()));
+        }
+        let enrollment = EnrollmentConfig {
+            ca_key: raw.enrollment.ca_key,
+            ca_cert: raw.enrollment.ca_cert.unwrap_or_else(|| raw.tls.ca.clone()),
+            cert_validity,
+            token_ttl: duration(raw.enrollment.token_ttl.as_deref(), Duration::from_secs(3600))
+                .map_err(|e| invalid("enrollment.token_ttl", e))?,
+        };
         let mut roles = BTreeMap::new();
         let mut inventory = HashMap::new();
         for (i, r) in raw.roles.into_iter().enumerate() {
@@ -292,6 +332,7 @@ impl ControllerConfig {
             limits,
             metrics_listen,
             alerts,
+            enrollment,
             roles,
             inventory,
         })

@@ -9,7 +9,7 @@ use lockstep_proto::envelope;
 use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{Entry, Envelope, Gate, SubmitReply};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::audit::{AuditEvent, ChainHead};
 use crate::config::{ControllerConfig, RoleConfig};
@@ -93,6 +93,7 @@ impl Controller {
 
     /// `host`'s gate now and every later decision, for its directive stream.
     pub fn watch_gate(&self, host: &str) -> Result<watch::Receiver<Gate>, ApiError> {
+        self.refuse_if_revoked(host)?;
         let current = self.current_gate(host)?;
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         let tx = gates
@@ -257,13 +258,13 @@ impl Controller {
         }
     }
 
-    fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.host_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(host.to_string()).or_default().clone()
     }
 
     /// The host named by an agent certificate, and the role the inventory gives it.
-    fn agent_host<'a>(&'a self, peer: &'a PeerIdentity) -> Result<(&'a str, &'a str), ApiError> {
+    pub(crate) fn agent_host<'a>(&'a self, peer: &'a PeerIdentity) -> Result<(&'a str, &'a str), ApiError> {
         let PeerIdentity::Agent { host } = peer else {
             return Err(ApiError::PermissionDenied(format!(
                 "only agent certificates may attest; this connection is {peer}"
@@ -274,52 +275,50 @@ impl Controller {
                 "host {host} is not in any role's inventory: add it to `hosts` of a [[role]] in the controller config"
             ))
         })?;
+        self.refuse_if_revoked(host)?;
         Ok((host, role))
     }
 
-    /// Pins an agent's attestation key on first contact (see `PinKeyRequest`).
+    /// A revoked host's certificate is still CA-valid until it expires:
+    /// every agent call checks this instead.
+    pub(crate) fn refuse_if_revoked(&self, host: &str) -> Result<(), ApiError> {
+        match self.read().hosts.get(host).and_then(|r| r.revoked.clone()) {
+            None => Ok(()),
+            Some(rev) => Err(ApiError::PermissionDenied(format!(
+                "host {host} was {} by {}: {}; it must enroll again with a new token (lockstep token create)",
+                if rev.removed { "removed from service" } else { "revoked" },
+                rev.by,
+                rev.reason
+            ))),
+        }
+    }
+
+    /// Confirms the agent holds the attestation key pinned when it enrolled
+    /// (see `PinKeyRequest`): a key is only ever pinned by enrollment.
     pub async fn pin_key(&self, peer: &PeerIdentity, public_key: Vec<u8>) -> Result<String, ApiError> {
-        let (host, role) = self.agent_host(peer)?;
+        let (host, _) = self.agent_host(peer)?;
         if public_key.len() != 32 {
             return Err(ApiError::InvalidArgument("an Ed25519 public key is 32 bytes".into()));
         }
-        let lock = self.host_lock(host);
-        let _guard = lock.lock().await;
-        let key_hex = hex::encode(&public_key);
+        let pinned = self
+            .read()
+            .hosts
+            .get(host)
+            .map(|r| r.pinned_key_hex.clone())
+            .unwrap_or_default();
         let key_id = envelope::key_id(&public_key);
-        let existing = self.read().hosts.get(host).cloned();
-        if let Some(rec) = &existing {
-            if rec.pinned_key_hex == key_hex {
-                return Ok(key_id);
-            }
-            if !rec.pinned_key_hex.is_empty() {
-                warn!(host, offered = %key_id, "refused a different attestation key for an already pinned host");
-                return Err(ApiError::PermissionDenied(format!(
-                    "host {host} already has attestation key {} pinned; a new key needs the host re-enrolled",
-                    hex::decode(&rec.pinned_key_hex)
-                        .map(|k| envelope::key_id(&k))
-                        .unwrap_or_default()
-                )));
-            }
+        if pinned.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "host {host} is not enrolled: create a join token with `lockstep token create --host {host}` and run `lockstep-agent enroll` on it"
+            )));
         }
-        let record = HostRecord {
-            host: host.to_string(),
-            role: role.to_string(),
-            pinned_key_hex: key_hex,
-            pinned_at_unix_ms: lockstep_proto::now_unix_ms(),
-            ..existing.unwrap_or_default()
-        };
-        let stored = record.clone();
-        let event = AuditEvent {
-            actor: peer.to_string(),
-            action: "key.pinned".into(),
-            host: host.to_string(),
-            role: role.to_string(),
-            detail: format!("attestation key {key_id} pinned on first contact"),
-        };
-        self.persist_audited(vec![event], move |s| s.put_host(&stored)).await?;
-        self.write().hosts.insert(host.to_string(), record);
-        info!(host, key_id = %key_id, "pinned attestation key");
+        if pinned != hex::encode(&public_key) {
+            warn!(host, offered = %key_id, "refused an attestation key other than the one pinned at enrollment");
+            return Err(ApiError::PermissionDenied(format!(
+                "host {host} enrolled with attestation key {}, not {key_id}; a new key needs the host re-enrolled with a new token",
+                hex::decode(&pinned).map(|k| envelope::key_id(&k)).unwrap_or_default()
+            )));
+        }
         Ok(key_id)
     }
 
@@ -450,7 +449,7 @@ impl Controller {
     /// Decides `host`'s gate now and pushes it (its lease was renewed or it
     /// was just refused); in consensus mode one host can move the majority,
     /// so the whole role is re-decided.
-    fn publish_gate(&self, role: &str, host: &str) -> Option<Gate> {
+    pub(crate) fn publish_gate(&self, role: &str, host: &str) -> Option<Gate> {
         let role_cfg = self.config.roles.get(role)?;
         if role_cfg.mode == crate::config::RoleMode::Consensus {
             self.publish_role(role_cfg);

@@ -163,6 +163,28 @@ pub fn decide(
         decided_at_unix_ms: clock.now_unix_ms,
         ..Default::default()
     };
+    if let Some(rev) = facts.record.and_then(|r| r.revoked.as_ref()) {
+        gate.state = GateState::Closed as i32;
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(rev.at_unix_ms).unwrap_or(0));
+        let text = if rev.removed {
+            format!(
+                "removed from service by {} at {}: {} (take it out of role {}'s hosts in the controller config)",
+                rev.by,
+                humantime::format_rfc3339_seconds(at),
+                rev.reason,
+                role.name
+            )
+        } else {
+            format!(
+                "revoked by {} at {}: {} (it must enroll again with a new token)",
+                rev.by,
+                humantime::format_rfc3339_seconds(at),
+                rev.reason
+            )
+        };
+        gate.reasons = vec![reason(ReasonKind::Revoked, text)];
+        return gate;
+    }
     let Some(record) = facts.record.filter(|r| r.has_reported()) else {
         gate.state = GateState::Missing as i32;
         gate.reasons = halt_reasons(halts);

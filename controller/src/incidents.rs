@@ -145,6 +145,7 @@ pub fn cause_of(gate: &Gate) -> Option<Cause> {
             "running code the expected set does not name".into(),
         ),
         ReasonKind::RetiredFlag => (format!("retired:{role}"), "retired flag set".into()),
+        ReasonKind::Revoked => (format!("revoked:{role}"), "revoked".into()),
         ReasonKind::Unspecified => (format!("closed:{role}"), "gate closed".into()),
     };
     Some(Cause { key, words, detail })

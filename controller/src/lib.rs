@@ -4,7 +4,8 @@
 //! adapters) → [`controller`] (ingest, durable-then-acknowledge) using
 //! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
 //! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
-//! [`halts`] (the kill switch), [`audit`] (the hash-chained audit log),
+//! [`halts`] (the kill switch), [`enrollment`] (tokens, enrollment, renewal,
+//! revocation), [`audit`] (the hash-chained audit log),
 //! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
 //! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
 //! [`error`] (the one mapping to gRPC status).
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod config;
 pub mod console;
 pub mod controller;
+pub mod enrollment;
 pub mod error;
 pub mod fleet;
 pub mod gate;

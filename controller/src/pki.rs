@@ -171,6 +171,42 @@ pub fn issue_pem(
     })
 }
 
+/// Signs an agent's certificate request: the key is the one in the request
+/// (born on the host, never sent), everything else (the host identity, the
+/// dates, the usages) is decided here, whatever the request asked for.
+/// `not_before` is the controller's now: only the controller checks agent
+/// certificates, with the same clock.
+pub fn sign_agent_csr(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_der: &[u8],
+    host: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<String, PkiError> {
+    validate_id(host).map_err(|e| PkiError::Invalid(e.to_string()))?;
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+    let mut csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+        .map_err(|e| PkiError::Invalid(format!("the certificate request is not valid PKCS#10: {e}")))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, host);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let uri = PeerIdentity::Agent { host: host.into() }.uri();
+    params.subject_alt_names.push(SanType::URI(
+        uri.as_str()
+            .try_into()
+            .map_err(|_| PkiError::Invalid(format!("bad identity URI {uri}")))?,
+    ));
+    csr.params = params;
+    Ok(csr.signed_by(&issuer)?.pem())
+}
+
 /// Signs a certificate with the CA in `ca_dir`, valid from now for
 /// `validity`, and writes `<out>.pem` and `<out>.key` (0600).
 pub fn issue(ca_dir: &Path, subject: &Subject, out: &Path, validity: Duration) -> Result<(PathBuf, PathBuf), PkiError> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use lockstep_proto::identity::PeerIdentity;
 use lockstep_proto::pb::agent_service_server::AgentServiceServer;
 use lockstep_proto::pb::console_service_server::ConsoleServiceServer;
+use lockstep_proto::pb::enroll_service_server::EnrollServiceServer;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +24,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use crate::controller::Controller;
-use crate::service::{AgentApi, ConsoleApi};
+use crate::service::{AgentApi, ConsoleApi, EnrollApi};
 
 /// After shutdown begins, connections get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -171,9 +172,14 @@ pub async fn serve(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            ConsoleServiceServer::new(ConsoleApi::new(controller))
+            ConsoleServiceServer::new(ConsoleApi::new(controller.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+        )
+        .add_service(
+            EnrollServiceServer::new(EnrollApi::new(controller))
+                .max_decoding_message_size(64 * 1024)
+                .max_encoding_message_size(64 * 1024),
         )
         .add_service(health_service)
         .add_optional_service(reflection)

@@ -19,9 +19,11 @@ fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
         .extensions()
         .get::<PeerInfo>()
         .ok_or_else(|| Status::unauthenticated("no TLS peer information"))?;
-    info.identity
-        .clone()
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+    info.identity.clone().map_err(|e| {
+        Status::unauthenticated(format!(
+            "client certificate: {e}; only enrollment (`lockstep-agent enroll --token`) is served without a fleet certificate"
+        ))
+    })
 }
 
 pub struct AgentApi {
@@ -47,6 +49,13 @@ impl AgentService for AgentApi {
     async fn submit(&self, req: Request<pb::Envelope>) -> Result<Response<pb::SubmitReply>, Status> {
         let who = peer(&req)?;
         Ok(Response::new(self.controller.submit(&who, req.into_inner()).await?))
+    }
+
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewReply>, Status> {
+        let who = peer(&req)?;
+        Ok(Response::new(
+            self.controller.renew(&who, &req.get_ref().csr_der).await?,
+        ))
     }
 
     type DirectivesStream = GateStream;
@@ -216,6 +225,34 @@ impl ConsoleService for ConsoleApi {
         ))
     }
 
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenReply>, Status> {
+        let who = peer(&req)?;
+        let reply = self
+            .audited(
+                &who,
+                "token create",
+                self.controller.create_token(&who, req.get_ref()).await,
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn revoke_host(&self, req: Request<pb::RevokeHostRequest>) -> Result<Response<pb::RevokeHostReply>, Status> {
+        let who = peer(&req)?;
+        let what = if req.get_ref().remove {
+            "host remove"
+        } else {
+            "host revoke"
+        };
+        let reply = self
+            .audited(&who, what, self.controller.revoke_host(&who, req.get_ref()).await)
+            .await?;
+        Ok(Response::new(reply))
+    }
+
     async fn list_incidents(
         &self,
         req: Request<pb::ListIncidentsRequest>,
@@ -248,5 +285,24 @@ impl ConsoleService for ConsoleApi {
             )
             .await?;
         Ok(Response::new(pb::ReleaseList { releases }))
+    }
+}
+
+/// Enrollment: the one service answered without a client certificate; the
+/// join token is the credential.
+pub struct EnrollApi {
+    controller: Arc<Controller>,
+}
+
+impl EnrollApi {
+    pub fn new(controller: Arc<Controller>) -> Self {
+        Self { controller }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::enroll_service_server::EnrollService for EnrollApi {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollReply>, Status> {
+        Ok(Response::new(self.controller.enroll(req.into_inner()).await?))
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::audit::AuditRecord;
 use crate::incidents::IncidentRecord;
-use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
+use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
 
 pub struct SledStore {
     path: PathBuf,
@@ -22,6 +22,7 @@ pub struct SledStore {
     halts: sled::Tree,
     audit: sled::Tree,
     incidents: sled::Tree,
+    tokens: sled::Tree,
 }
 
 impl SledStore {
@@ -39,6 +40,7 @@ impl SledStore {
             halts: db.open_tree("halts").map_err(err)?,
             audit: db.open_tree("audit").map_err(err)?,
             incidents: db.open_tree("incidents").map_err(err)?,
+            tokens: db.open_tree("tokens").map_err(err)?,
             db,
         })
     }
@@ -127,6 +129,22 @@ impl Store for SledStore {
 
     fn put_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
         self.put_json(&self.incidents, &incident.id.to_be_bytes(), incident)
+    }
+
+    fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let Some(bytes) = self.tokens.get(hash_hex).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("token {hash_hex}"),
+                reason: e.to_string(),
+            })
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_json(&self.tokens, token.hash_hex.as_bytes(), token)
     }
 
     fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {

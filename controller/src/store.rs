@@ -37,6 +37,36 @@ pub struct HostRecord {
     pub boot_id: String,
     pub agent_version: String,
     pub last_rejection: Option<Rejection>,
+    /// When the host last enrolled with a token (0: never).
+    #[serde(default)]
+    pub enrolled_at_unix_ms: i64,
+    /// Set by `lockstep host revoke` / `host remove`; cleared by enrolling again.
+    #[serde(default)]
+    pub revoked: Option<Revocation>,
+}
+
+/// An operator's revocation of a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub by: String,
+    pub at_unix_ms: i64,
+    pub reason: String,
+    /// Decommissioned (`host remove`), not just distrusted.
+    pub removed: bool,
+}
+
+/// A join token, kept as the SHA-256 of its text: the token itself is shown
+/// once to the operator who made it and never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub hash_hex: String,
+    pub host: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at_unix_ms: i64,
+    pub expires_at_unix_ms: i64,
+    /// 0 until used; a token is good for one enrollment.
+    pub used_at_unix_ms: i64,
 }
 
 impl HostRecord {
@@ -130,5 +160,7 @@ pub trait Store: Send + Sync {
     /// Every stored incident, closed ones included (they keep ids unique).
     fn incidents(&self) -> Result<Vec<crate::incidents::IncidentRecord>, StoreError>;
     fn put_incident(&self, incident: &crate::incidents::IncidentRecord) -> Result<(), StoreError>;
+    fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }

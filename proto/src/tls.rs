@@ -18,7 +18,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(
-        "cannot read {what} from {path}: {reason}. Check the path in the config, or create it with `lockstep pki issue`"
+        "cannot read {what} from {path}: {reason}. Check the path in the config; an agent gets its certificate with `lockstep-agent enroll --token`, others with `lockstep pki issue`"
     )]
     Read {
         what: &'static str,
@@ -95,10 +95,14 @@ fn config_err(path: &Path) -> impl Fn(rustls::Error) -> TlsError + '_ {
     }
 }
 
-/// The controller's side: a client certificate from the fleet CA is required.
+/// The controller's side. A client certificate, when presented, must chain
+/// to the fleet CA or the handshake fails; a connection without one is let
+/// through only so that it can enroll (every other call refuses it: see
+/// the controller's `service` module).
 pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(&paths.ca)?), provider.clone())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Config {
             path: paths.ca.clone(),
@@ -124,6 +128,95 @@ pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
         .map_err(config_err(&paths.key))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// An enrolling agent's side: no certificate yet, so it only authenticates
+/// the controller against the fleet CA.
+pub fn enroll_client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(ca))?
+        .with_root_certificates(load_roots(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client certificate an agent presents, replaceable while it runs: a
+/// renewed certificate is used by the next connection, and connections
+/// already open (the directive stream) carry on undisturbed.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: std::sync::RwLock::new(certified_key(cert, key)?),
+        }))
+    }
+
+    /// Reads the certificate and key again (after they were replaced).
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let fresh = certified_key(cert, key)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let signing = provider()
+        .key_provider
+        .load_private_key(load_key(key)?)
+        .map_err(config_err(key))?;
+    let ck = rustls::sign::CertifiedKey::new(load_certs(cert)?, signing);
+    ck.keys_match().map_err(|e| TlsError::Config {
+        path: key.to_path_buf(),
+        reason: format!("does not match the certificate {}: {e}", cert.display()),
+    })?;
+    Ok(Arc::new(ck))
+}
+
+impl rustls::client::ResolvesClientCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Like [`client_config`], with a certificate that can be replaced while running.
+pub fn reloadable_client_config(paths: &TlsPaths) -> Result<(Arc<ClientConfig>, Arc<ReloadableCert>), TlsError> {
+    let cert = ReloadableCert::load(&paths.cert, &paths.key)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(&paths.ca))?
+        .with_root_certificates(load_roots(&paths.ca)?)
+        .with_client_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(config), cert))
+}
+
+/// (not_before, not_after) of the first certificate in a PEM file, in Unix ms.
+pub fn validity_unix_ms(cert: &Path) -> Result<(i64, i64), TlsError> {
+    let certs = load_certs(cert)?;
+    let first = certs.first().ok_or_else(|| TlsError::Empty {
+        what: "certificate",
+        path: cert.to_path_buf(),
+    })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(first).map_err(|e| TlsError::Config {
+        path: cert.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let v = parsed.validity();
+    Ok((v.not_before.timestamp() * 1000, v.not_after.timestamp() * 1000))
 }
 
 /// Splits "host:port" (or "[v6]:port") and gives the name to verify the

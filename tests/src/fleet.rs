@@ -53,6 +53,10 @@ pub struct FleetSpec {
     pub hooks: bool,
     /// TOML appended to the controller's config (`[alerts]`, ...).
     pub controller_extra: String,
+    /// Lifetime of the agent certificates the controller issues.
+    pub cert_validity: Duration,
+    /// Agents renew once this share of their certificate's lifetime has passed.
+    pub renew_fraction: f64,
 }
 
 impl FleetSpec {
@@ -73,6 +77,8 @@ impl FleetSpec {
             quiet_period: Duration::from_millis(50),
             hooks: true,
             controller_extra: String::new(),
+            cert_validity: Duration::from_secs(30 * 24 * 3600),
+            renew_fraction: 2.0 / 3.0,
         }
     }
 
@@ -142,6 +148,7 @@ impl Fleet {
         }
         for host in fleet.hosts.keys().cloned().collect::<Vec<_>>() {
             if !fleet.spec.without_agent.contains(&host) {
+                fleet.enroll(&host).await?;
                 fleet.start_agent(&host)?;
             }
         }
@@ -153,12 +160,6 @@ impl Fleet {
         let root = base.join("root");
         std::fs::create_dir_all(root.join("etc"))?;
         std::fs::write(root.join("etc/hostname"), format!("{host}\n"))?;
-        pki::issue(
-            &self.pki_dir,
-            &Subject::Agent { host: host.to_string() },
-            &base.join("agent"),
-            YEAR,
-        )?;
         let toml = format!(
             r#"host = "{host}"
 role = "{role}"
@@ -174,11 +175,13 @@ address = "{addr}"
 ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
+renew_fraction = {renew}
 
 [gate]
 state_file = "{gate}"
 "#,
             gate = base.join("gate.json").display(),
+            renew = self.spec.renew_fraction,
             role = self.spec.role,
             watching = self.spec.watch_changes,
             quiet = self.spec.quiet_period.as_millis(),
@@ -222,6 +225,24 @@ state_file = "{gate}"
             },
         );
         Ok(())
+    }
+
+    /// Enrolls `host` the way an operator would: a one-time join token
+    /// from the controller, then `lockstep-agent enroll` on the host.
+    pub async fn enroll(&self, host: &str) -> anyhow::Result<()> {
+        let token = self.join_token(host).await?;
+        lockstep_agent::enrollment::enroll(&self.host(host)?.config, &token, None).await?;
+        Ok(())
+    }
+
+    /// A fresh one-time join token for `host`, made by a harness operator.
+    pub async fn join_token(&self, host: &str) -> anyhow::Result<String> {
+        let req = lockstep_proto::pb::CreateTokenRequest {
+            host: host.to_string(),
+            role: self.spec.role.clone(),
+            ttl_ms: 0,
+        };
+        Ok(self.controller.create_token(&harness_operator(), &req).await?.token)
     }
 
     pub fn host(&self, host: &str) -> anyhow::Result<&HostHandle> {
@@ -487,6 +508,13 @@ state_file = "{gate}"
 }
 
 /// The identity the harness reads the controller with (in-process, no TLS).
+fn harness_operator() -> lockstep_proto::identity::PeerIdentity {
+    lockstep_proto::identity::PeerIdentity::Operator {
+        name: "harness".into(),
+        role: OperatorRole::Operator,
+    }
+}
+
 fn harness_viewer() -> lockstep_proto::identity::PeerIdentity {
     lockstep_proto::identity::PeerIdentity::Operator {
         name: "harness".into(),
@@ -520,8 +548,13 @@ hosts = {hosts:?}
 per_host = {per_host:?}
 retired_flags = {retired:?}
 
+[enrollment]
+ca_key = "{pki}/ca.key"
+cert_validity = "{validity}ms"
+
 {extra}
 "#,
+        validity = spec.cert_validity.as_millis(),
         extra = spec.controller_extra,
         retired = spec.retired_flags,
         data = dir.join("controller").display(),

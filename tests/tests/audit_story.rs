@@ -29,7 +29,8 @@ async fn the_audit_log_tells_the_story_and_verifies() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     for needle in [
-        "key.pinned",
+        "token.created",
+        "host.enrolled",
         "attestation.accepted",
         "release.proposed",
         "alice (operator)",

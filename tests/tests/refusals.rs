@@ -330,7 +330,7 @@ async fn a_different_attestation_key_cannot_replace_the_pinned_one() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(
-        err.message().contains("already has attestation key"),
+        err.message().contains("enrolled with attestation key"),
         "{}",
         err.message()
     );

@@ -19,6 +19,7 @@ async fn agent_sends_entries_only_when_its_set_changed() {
     let m = Morning::with_spec(spec).await.unwrap();
     let one = vec!["smars-01".to_string()];
     m.install_old(&one).unwrap();
+    m.fleet.enroll("smars-01").await.unwrap();
     let mut agent = Agent::new(m.fleet.host("smars-01").unwrap().config.clone()).unwrap();
 
     let first = agent.report_once().await.unwrap();
@@ -217,6 +218,7 @@ async fn unreachable_controller_is_a_retryable_error_not_a_crash() {
         ..FleetSpec::smars(1)
     };
     let m = Morning::with_spec(spec).await.unwrap();
+    m.fleet.enroll("smars-01").await.unwrap();
     let mut config = m.fleet.host("smars-01").unwrap().config.clone();
     // A port where nothing listens.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

@@ -73,13 +73,20 @@ pub enum Command {
         #[arg(long)]
         role: Option<String>,
     },
-    /// One host in detail.
+    /// One host in detail; `host revoke` / `host remove` take one out of the fleet.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Host {
-        host: String,
+        #[command(subcommand)]
+        action: Option<HostCommand>,
+        #[arg(required = true)]
+        host: Option<String>,
         /// Also list every entry of its version set.
         #[arg(long)]
         entries: bool,
     },
+    /// One-time join tokens for enrolling hosts.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Differences between a host and another host, or a release.
     Diff {
         host: String,
@@ -127,6 +134,37 @@ pub enum Command {
         action: Option<AuditCommand>,
         #[command(flatten)]
         filter: AuditFilter,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Distrust a host now: its calls are refused and its gate CLOSED until it enrolls with a new token.
+    Revoke {
+        host: String,
+        /// Why: shown on its closed gate and kept in the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Decommission a host: revoked, its key unpinned, kept in history.
+    Remove {
+        host: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a one-time join token bound to a host and its role (printed once; stored hashed).
+    Create {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        role: String,
+        /// How long it stays usable (default: the controller's enrollment.token_ttl, 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
     },
 }
 
@@ -265,11 +303,6 @@ pub enum IssueKind {
         #[arg(long, value_parser = parse_role)]
         role: OperatorRole,
     },
-    /// An agent's client certificate (until token enrollment issues them).
-    Agent {
-        #[arg(long)]
-        host: String,
-    },
 }
 
 fn parse_role(s: &str) -> Result<OperatorRole, String> {
@@ -300,9 +333,36 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             let hosts = client.list_hosts(req).await.map_err(unreachable)?.into_inner().hosts;
             render::hosts(out, &hosts, json)?;
         }
-        Command::Host { host, entries } => {
-            let req = pb::GetHostRequest {
+        Command::Host {
+            action: Some(action), ..
+        } => {
+            let (host, reason, remove) = match action {
+                HostCommand::Revoke { host, reason } => (host, reason, false),
+                HostCommand::Remove { host, reason } => (host, reason, true),
+            };
+            let reply = client
+                .revoke_host(pb::RevokeHostRequest { host, reason, remove })
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::revoked(out, &reply, remove, json)?;
+        }
+        Command::Token(TokenCommand::Create { host, role, ttl }) => {
+            let req = pb::CreateTokenRequest {
                 host,
+                role,
+                ttl_ms: ttl.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            };
+            let reply = client.create_token(req).await.map_err(unreachable)?.into_inner();
+            render::token(out, &reply, json)?;
+        }
+        Command::Host {
+            action: None,
+            host,
+            entries,
+        } => {
+            let req = pb::GetHostRequest {
+                host: host.unwrap_or_default(),
                 include_entries: entries,
             };
             let detail = client.get_host(req).await.map_err(unreachable)?.into_inner();
@@ -523,7 +583,6 @@ fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()>
                     name: name.clone(),
                     role: *role,
                 },
-                IssueKind::Agent { host } => Subject::Agent { host: host.clone() },
             };
             let (cert, key) = pki::issue(dir, &subject, dest, *validity)?;
             writeln!(

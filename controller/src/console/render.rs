@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use lockstep_proto::digest::short_hex;
 use lockstep_proto::manifest::kind_name;
-use lockstep_proto::pb::{AuditRecord, Incident, VerifyAuditReply};
+use lockstep_proto::pb::{AuditRecord, CreateTokenReply, Incident, RevokeHostReply, VerifyAuditReply};
 use lockstep_proto::pb::{
     ChangeKind, DiffReply, Gate, GateCheckReply, Halt, HaltReply, HostDetail, HostStatus, Release, ReleaseState,
     ResumeReply, halt_scope::Scope,
@@ -514,5 +514,38 @@ pub fn incident_acked(out: &mut dyn Write, i: &Incident, json: bool) -> io::Resu
         out,
         "incident {} acknowledged by {}: {}; {then}",
         i.id, i.acked_by, i.title
+    )
+}
+
+pub fn token(out: &mut dyn Write, t: &CreateTokenReply, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(
+            out,
+            &json!({"token": t.token, "host": t.host, "role": t.role, "expires_at_unix_ms": t.expires_at_unix_ms}),
+        );
+    }
+    writeln!(out, "{}", t.token)?;
+    writeln!(
+        out,
+        "one-time join token for {} (role {}), usable until {}; on the host run:\n  lockstep-agent enroll --token <TOKEN>",
+        t.host,
+        t.role,
+        when(t.expires_at_unix_ms)
+    )
+}
+
+pub fn revoked(out: &mut dyn Write, r: &RevokeHostReply, removed: bool, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(
+            out,
+            &json!({"host": r.host, "removed": removed, "gate": r.gate.as_ref().map(gate_json)}),
+        );
+    }
+    let verb = if removed { "removed from service" } else { "revoked" };
+    writeln!(
+        out,
+        "{} {verb}: its calls are refused and its gate is {}; it must enroll again with a new token",
+        r.host,
+        r.gate.as_ref().map_or("CLOSED", |g| state_word(g.state()))
     )
 }
