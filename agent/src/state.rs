@@ -17,11 +17,11 @@ pub enum StateError {
     #[error("key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error(
-        "attestation key {path} is not a valid Ed25519 key; move it away to let the agent make a new one, then re-pin the host"
+        "attestation key {path} is not a valid Ed25519 key; re-enroll the host (`lockstep-agent enroll --token`), which makes a new one"
     )]
     BadKey { path: PathBuf },
     #[error(
-        "sequence file {path} is corrupt ({content:?}); the agent will not guess a sequence number. Restore it, or re-pin the host"
+        "sequence file {path} is corrupt ({content:?}); the agent will not guess a sequence number. Restore it, or re-enroll the host with a new token"
     )]
     BadSeq { path: PathBuf, content: String },
     #[error("sequence number exhausted in {path}")]

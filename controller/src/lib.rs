@@ -43,6 +43,9 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     use anyhow::Context;
     let config = config::ControllerConfig::load(config_path)?;
     let tls = lockstep_proto::tls::server_config(&config.tls)?;
+    if let Some(key) = &config.enrollment.ca_key {
+        check_private(key)?;
+    }
     let store = sled_store::SledStore::open(&config.data_dir.join("store"))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -88,4 +91,19 @@ pub fn serve_metrics(
             tracing::error!(error = %e, "the /metrics endpoint stopped");
         }
     })
+}
+
+/// The CA key signs every agent identity: refuse to run with it readable by
+/// anyone but the controller's user.
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("enrollment.ca_key {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "enrollment.ca_key {} is readable by group or others (mode {mode:04o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(())
 }

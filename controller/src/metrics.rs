@@ -94,6 +94,8 @@ pub struct Metrics {
     pub store_seconds: Histogram,
     /// Agents with an open directive stream.
     pub connected_agents: Gauge,
+    /// Directive streams ever opened (a reconnect opens a new one).
+    pub streams_opened: Counter,
     pub alerts: Family<AlertLabels, Counter>,
     hosts: Family<GateLabels, Gauge>,
     age: Family<HostLabels, Gauge<f64, AtomicU64>>,
@@ -134,6 +136,12 @@ impl Metrics {
             "Agents with an open directive stream",
             connected_agents.clone(),
         );
+        let streams_opened = Counter::default();
+        registry.register(
+            "lockstep_directive_streams_opened",
+            "Directive streams opened by agents (each reconnect opens one)",
+            streams_opened.clone(),
+        );
         let alerts = Family::<AlertLabels, Counter>::default();
         registry.register(
             "lockstep_alert_deliveries",
@@ -160,6 +168,7 @@ impl Metrics {
             verify_seconds,
             store_seconds,
             connected_agents,
+            streams_opened,
             alerts,
             hosts,
             age,

@@ -70,6 +70,8 @@ impl AgentService for AgentApi {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let closing = self.controller.closing();
         let connected = StreamGauge::open(self.controller.metrics.connected_agents.clone());
+        let controller = self.controller.clone();
+        self.controller.metrics.streams_opened.inc();
         tokio::spawn(async move {
             let _connected = connected;
             tokio::pin!(closing);
@@ -83,6 +85,10 @@ impl AgentService for AgentApi {
                 };
                 if tx.send(Ok(directive)).await.is_err() {
                     return; // the agent went away
+                }
+                // A revoked host has been told it is CLOSED; nothing more for it.
+                if controller.refuse_if_revoked(&host).is_err() {
+                    return;
                 }
                 tokio::select! {
                     changed = gates.changed() => if changed.is_err() { return },

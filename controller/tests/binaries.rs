@@ -204,3 +204,50 @@ fn controller_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops_on_sigterm(
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn controller_refuses_a_ca_key_readable_by_others() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("pki");
+    let pki_s = pki.to_str().unwrap();
+    assert!(lockstep(&["pki", "init", "--dir", pki_s]).status.success());
+    let out = pki.join("controller");
+    let o = lockstep(&[
+        "pki",
+        "issue",
+        "--dir",
+        pki_s,
+        "--out",
+        out.to_str().unwrap(),
+        "controller",
+        "--name",
+        "127.0.0.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ca_key = pki.join("ca.key");
+    std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = d.path().join("controller.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"off\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
+            data = d.path().join("data").display(),
+            pki = pki.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_lockstep-controller"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "enrollment.ca_key {} is readable by group or others",
+            ca_key.display()
+        )) && err.contains("chmod 600"),
+        "{err}"
+    );
+}

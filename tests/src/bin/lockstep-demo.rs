@@ -40,6 +40,10 @@ async fn main() -> anyhow::Result<()> {
         args.hosts,
         morning.fleet.dir.path().display()
     );
+    println!(
+        "Each agent enrolled with a one-time join token (lockstep token create, then lockstep-agent enroll): \
+         its TLS and attestation keys were made on the host, the controller signed its certificate and pinned its key."
+    );
     print_step(1, &morning.step1_release_everywhere().await?);
     print_step(2, &morning.step2_new_code_on_all_but_one().await?);
     print_step(3, &morning.step3_roll_back().await?);
