@@ -16,6 +16,38 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A fleet CA and controller certificate made with `lockstep pki` in
+/// `dir/pki`, and a one-role controller config with `extra` TOML.
+fn controller_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let pki = dir.join("pki");
+    let pki_s = pki.to_str().unwrap();
+    assert!(lockstep(&["pki", "init", "--dir", pki_s]).status.success());
+    let out = pki.join("controller");
+    let o = lockstep(&[
+        "pki",
+        "issue",
+        "--dir",
+        pki_s,
+        "--out",
+        out.to_str().unwrap(),
+        "controller",
+        "--name",
+        "127.0.0.1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = dir.join("controller.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n{extra}[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
+            data = dir.join("data").display(),
+            pki = pki.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 #[test]
 fn pki_commands_make_a_ca_and_private_keys() {
     let d = tempfile::tempdir().unwrap();
@@ -132,32 +164,7 @@ fn controller_with_a_bad_config_names_the_key_and_exits_nonzero() {
 fn controller_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops_on_sigterm() {
     use std::os::unix::net::UnixDatagram;
     let d = tempfile::tempdir().unwrap();
-    let pki = d.path().join("pki");
-    let pki_s = pki.to_str().unwrap();
-    assert!(lockstep(&["pki", "init", "--dir", pki_s]).status.success());
-    let out = pki.join("controller");
-    let o = lockstep(&[
-        "pki",
-        "issue",
-        "--dir",
-        pki_s,
-        "--out",
-        out.to_str().unwrap(),
-        "controller",
-        "--name",
-        "127.0.0.1",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let cfg = d.path().join("controller.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
-            data = d.path().join("data").display(),
-            pki = pki.display()
-        ),
-    )
-    .unwrap();
+    let cfg = controller_config(d.path(), "[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let sock_path = d.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
@@ -209,33 +216,15 @@ fn controller_tells_systemd_it_is_ready_feeds_the_watchdog_and_stops_on_sigterm(
 fn controller_refuses_a_ca_key_readable_by_others() {
     let d = tempfile::tempdir().unwrap();
     let pki = d.path().join("pki");
-    let pki_s = pki.to_str().unwrap();
-    assert!(lockstep(&["pki", "init", "--dir", pki_s]).status.success());
-    let out = pki.join("controller");
-    let o = lockstep(&[
-        "pki",
-        "issue",
-        "--dir",
-        pki_s,
-        "--out",
-        out.to_str().unwrap(),
-        "controller",
-        "--name",
-        "127.0.0.1",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = controller_config(
+        d.path(),
+        &format!(
+            "[enrollment]\nca_key = \"{}/ca.key\"\n[metrics]\nlisten = \"off\"\n",
+            pki.display()
+        ),
+    );
     let ca_key = pki.join("ca.key");
     std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let cfg = d.path().join("controller.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"off\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
-            data = d.path().join("data").display(),
-            pki = pki.display()
-        ),
-    )
-    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_lockstep-controller"))
         .arg("--config")
         .arg(&cfg)
