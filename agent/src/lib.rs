@@ -1,5 +1,6 @@
 //! `lockstep-agent`: measures what a host has, signs it, reports it.
 //!
+//! - [`cli`]: the command line (also the source of man pages and completions).
 //! - [`config`]: the TOML configuration, validated once at start.
 //! - [`scan`]: watch patterns to paths, measured on every core.
 //! - [`entry`]: measuring one path safely (no following, no blocking, no mixes).
@@ -14,6 +15,7 @@
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`watch`]: inotify watching, debounced, that triggers scans.
 
+pub mod cli;
 pub mod config;
 pub mod configkeys;
 pub mod directives;

@@ -36,7 +36,21 @@ pub mod webhook;
 
 use std::future::Future;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The `lockstep-controller` command line (here so that its man page is
+/// generated from the same definition).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "lockstep-controller",
+    version,
+    about = "lockstep controller: verifies attestations and decides gates"
+)]
+pub struct DaemonCli {
+    #[arg(long, default_value = "/etc/lockstep/controller.toml")]
+    pub config: PathBuf,
+}
 
 /// Loads the config, opens the store and serves until `shutdown`.
 pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {

@@ -46,9 +46,26 @@ impl Controller {
                     digest::canonicalize(m.entries).map_err(|e| ApiError::InvalidArgument(format!("manifest: {e}")))?;
                 (Arc::new(entries), "manifest file".to_string())
             }
+            Some(Source::FromRelease(n)) => {
+                let state = self.read();
+                let earlier = state
+                    .releases
+                    .get(&n)
+                    .ok_or_else(|| ApiError::NotFound(format!("there is no release {n}")))?;
+                if earlier.role != role {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "release {n} is of role {}, not {role}",
+                        earlier.role
+                    )));
+                }
+                let entries = state
+                    .manifest(&earlier.digest_hex)
+                    .ok_or_else(|| ApiError::Internal(format!("manifest of release {n} is missing from memory")))?;
+                (entries, format!("release {n}"))
+            }
             None => {
                 return Err(ApiError::InvalidArgument(
-                    "give --from-host HOST or --manifest FILE".into(),
+                    "give --from-host HOST, --manifest FILE or --from-release N".into(),
                 ));
             }
         };

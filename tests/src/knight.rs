@@ -91,6 +91,23 @@ impl Morning {
         Ok(())
     }
 
+    /// Writes the new build into `root` as a staged tree (a build's DESTDIR).
+    pub fn stage_new(root: &std::path::Path) -> anyhow::Result<()> {
+        for (path, contents) in [
+            (BIN, NEW_BIN),
+            (CONF, NEW_CONF),
+            (RLP_LIB, NEW_RLP_LIB),
+            (SHARED_LIB, SHARED),
+        ] {
+            let p = root.join(path.trim_start_matches('/'));
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(p, contents)?;
+        }
+        Ok(())
+    }
+
     pub fn install_new(&self, hosts: &[String]) -> anyhow::Result<()> {
         self.fleet.write(hosts, BIN, NEW_BIN)?;
         self.fleet.write(hosts, CONF, NEW_CONF)?;

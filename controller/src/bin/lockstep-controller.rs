@@ -1,20 +1,9 @@
 //! `lockstep-controller`: thin main; see `lockstep_controller::run`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "lockstep-controller",
-    version,
-    about = "lockstep controller: verifies attestations and decides gates"
-)]
-struct Cli {
-    #[arg(long, default_value = "/etc/lockstep/controller.toml")]
-    config: PathBuf,
-}
+use lockstep_controller::DaemonCli as Cli;
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")

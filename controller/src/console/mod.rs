@@ -245,15 +245,20 @@ pub enum GateCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ReleaseCommand {
-    /// Propose a release from a host's current set or a manifest file.
+    /// Propose a release from a host's current set, a manifest file, or an earlier release.
+    #[command(group(clap::ArgGroup::new("source").required(true).multiple(false)))]
     Propose {
         #[arg(long)]
         role: String,
-        #[arg(long, conflicts_with = "manifest", required_unless_present = "manifest")]
+        /// The set a host reports now.
+        #[arg(long, group = "source")]
         from_host: Option<String>,
         /// A manifest written by `lockstep-agent measure`.
-        #[arg(long)]
+        #[arg(long, group = "source")]
         manifest: Option<PathBuf>,
+        /// The set of an earlier release (a rollback: new number, old content).
+        #[arg(long, group = "source")]
+        from_release: Option<u64>,
         #[arg(long, default_value = "")]
         note: String,
     },
@@ -498,14 +503,16 @@ async fn run_release(
             role,
             from_host,
             manifest,
+            from_release,
             note,
         } => {
-            let source = match (from_host, manifest) {
-                (Some(h), _) => Source::FromHost(h),
-                (None, Some(path)) => Source::Manifest(pb::Manifest {
+            let source = match (from_host, manifest, from_release) {
+                (Some(h), _, _) => Source::FromHost(h),
+                (None, Some(path), _) => Source::Manifest(pb::Manifest {
                     entries: read_manifest(&path)?,
                 }),
-                (None, None) => anyhow::bail!("give --from-host HOST or --manifest FILE"),
+                (None, None, Some(n)) => Source::FromRelease(n),
+                (None, None, None) => anyhow::bail!("give --from-host HOST, --manifest FILE or --from-release N"),
             };
             let req = pb::ProposeReleaseRequest {
                 role,

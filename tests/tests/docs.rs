@@ -1,0 +1,179 @@
+//! The docs cannot rot: every `lockstep`, `lockstep-agent` and
+//! `lockstep-controller` command in a shell block of README.md and docs/, and
+//! every one a shipped systemd unit or drop-in runs, must parse with the
+//! binaries' own command-line definitions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Splits a shell command line into words (quotes, no expansion), stopping
+/// at a redirection, pipe or list operator.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut started = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                started = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if started {
+                    out.push(std::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(cur);
+    }
+    let end = out
+        .iter()
+        .position(|w| matches!(w.as_str(), ">" | ">>" | "|" | "&&" | "||" | ";" | "#"))
+        .unwrap_or(out.len());
+    out.truncate(end);
+    out
+}
+
+/// (where, command words) of every lockstep command in `text`'s shell blocks.
+fn commands_in_markdown(path: &Path, text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with("```") {
+            in_sh = !in_sh && (line == "```sh" || line == "```bash");
+            continue;
+        }
+        if !in_sh || line.starts_with('#') {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        let full = format!("{pending}{line}");
+        pending.clear();
+        let w = words(&full);
+        if w.first().is_some_and(|c| c.starts_with("lockstep")) {
+            out.push((format!("{}:{}", path.display(), n + 1), w));
+        }
+    }
+    out
+}
+
+/// Commands run by `Exec*=` lines of systemd units and drop-ins.
+fn commands_in_unit(path: &Path, text: &str) -> Vec<(String, Vec<String>)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(n, line)| {
+            let (key, value) = line.split_once('=')?;
+            if !key.starts_with("Exec") {
+                return None;
+            }
+            let mut w = words(value.trim_start_matches(['-', '@', '+', '!']));
+            let bin = Path::new(w.first()?).file_name()?.to_str()?.to_string();
+            w[0] = bin;
+            Some((format!("{}:{}", path.display(), n + 1), w))
+        })
+        .filter(|(_, w)| w[0].starts_with("lockstep"))
+        .collect()
+}
+
+fn parse(words: &[String]) -> Result<(), String> {
+    let result = match words[0].as_str() {
+        "lockstep" => lockstep_controller::console::Cli::try_parse_from(words).map(drop),
+        "lockstep-agent" => lockstep_agent::cli::Cli::try_parse_from(words).map(drop),
+        "lockstep-controller" => lockstep_controller::DaemonCli::try_parse_from(words).map(drop),
+        other => return Err(format!("unknown program {other}")),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_documented_command_parses() {
+    let root = repo();
+    let mut commands = Vec::new();
+    let mut markdown = files(&root.join("docs"), "md");
+    markdown.push(root.join("README.md"));
+    for path in markdown {
+        let text = std::fs::read_to_string(&path).unwrap();
+        commands.extend(commands_in_markdown(&path, &text));
+    }
+    let mut units = files(&root.join("packaging/systemd"), "service");
+    units.extend(files(&root.join("packaging/examples"), "conf"));
+    for path in units {
+        let text = std::fs::read_to_string(&path).unwrap();
+        commands.extend(commands_in_unit(&path, &text));
+    }
+    let failures: Vec<String> = commands
+        .iter()
+        .filter_map(|(at, w)| parse(w).err().map(|e| format!("{at}: `{}`\n{e}", w.join(" "))))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} documented commands do not parse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // The check itself must have found the docs' commands.
+    assert!(commands.len() >= 50, "only {} commands found", commands.len());
+    for program in ["lockstep", "lockstep-agent", "lockstep-controller"] {
+        assert!(
+            commands.iter().any(|(_, w)| w[0] == program),
+            "no {program} command found"
+        );
+    }
+}
+
+#[test]
+fn the_checker_catches_a_broken_command() {
+    let text = "```sh\nlockstep gate check --rolle smars\nlockstep-agent enroll --token x\n```\n";
+    let found = commands_in_markdown(Path::new("x.md"), text);
+    assert_eq!(found.len(), 2);
+    assert!(parse(&found[0].1).unwrap_err().contains("--rolle"));
+    assert!(parse(&found[1].1).is_ok());
+    assert_eq!(
+        words(r#"lockstep halt --role smars --reason "two words" > out.txt"#),
+        ["lockstep", "halt", "--role", "smars", "--reason", "two words"]
+    );
+}
