@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::audit::{AuditEvent, ChainHead};
+use crate::commit::GroupCommit;
 use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
@@ -34,8 +35,8 @@ pub struct Controller {
     gates: Mutex<HashMap<String, watch::Sender<Gate>>>,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
-    /// End of the audit chain; held while a write and its records are flushed.
-    audit_head: tokio::sync::Mutex<ChainHead>,
+    /// Durable writes, group-committed with their audit records.
+    committer: GroupCommit,
     /// Gate transitions to record, written by [`Controller::record_gate_transitions`].
     transitions: (
         mpsc::UnboundedSender<AuditEvent>,
@@ -60,7 +61,7 @@ impl Controller {
             release_lock: tokio::sync::Mutex::new(()),
             gates: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
-            audit_head: tokio::sync::Mutex::new(audit_head),
+            committer: GroupCommit::new(audit_head),
             transitions: (tx, Mutex::new(Some(rx))),
             incidents: Mutex::new(incidents),
             metrics: Metrics::new(),
@@ -215,22 +216,10 @@ impl Controller {
     where
         F: FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
     {
-        let mut head = self.audit_head.lock().await;
-        let (records, next) = crate::audit::seal(&head, events, lockstep_proto::now_unix_ms());
-        let store = self.store.clone();
         let started = std::time::Instant::now();
-        let flushed = tokio::task::spawn_blocking(move || {
-            work(store.as_ref())?;
-            records.iter().try_for_each(|r| store.put_audit(r))?;
-            store.flush()
-        })
-        .await;
+        let result = self.committer.commit(&self.store, events, Box::new(work)).await;
         self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
-        flushed
-            .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
-            .map_err(ApiError::Store)?;
-        *head = next;
-        Ok(())
+        result
     }
 
     /// Appends `events` to the audit chain, durably.

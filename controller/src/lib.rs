@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod commit;
 pub mod config;
 pub mod console;
 pub mod controller;

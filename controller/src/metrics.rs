@@ -127,7 +127,7 @@ impl Metrics {
         let store_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "lockstep_store_seconds",
-            "Time to store one change durably with its audit records",
+            "Time from asking to store a change (with its audit records) to it being durable; concurrent changes share one flush",
             store_seconds.clone(),
         );
         let connected_agents = Gauge::default();

@@ -5,7 +5,7 @@
 use lockstep_proto::pb::Entry;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage at {path}: {reason}")]
     Backend { path: String, reason: String },

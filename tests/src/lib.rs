@@ -3,11 +3,15 @@
 //! store, and agents whose "hosts" are directories measured as if they were `/`.
 //!
 //! - [`bench`]: realtime benchmarks (change to verdict, halt fan-out).
+//! - [`scan_bench`]: full scan of a generated tree vs sha256sum, aide and ring's limit.
+//! - [`ingest_bench`]: many simulated agents attesting to one controller.
 //! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
 //! - [`knight`]: the Knight Capital morning, step by step.
 //! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
 
 pub mod bench;
 pub mod fleet;
+pub mod ingest_bench;
 pub mod knight;
+pub mod scan_bench;
 pub mod sink;

@@ -23,3 +23,35 @@ fn quantiles_use_nearest_rank() {
     let l = bench::Latencies::new((1..=100).rev().map(ms).collect());
     assert_eq!((l.quantile(0.5), l.quantile(0.99), l.max()), (ms(50), ms(99), ms(100)));
 }
+
+#[test]
+fn scan_benchmark_runs_at_tiny_size_against_sha256sum() {
+    use lockstep_tests::scan_bench;
+    let dir = scan_bench::workdir(None).unwrap();
+    let root = dir.path().join("tree");
+    let spec = scan_bench::TreeSpec {
+        files: 40,
+        total_bytes: 8 << 20,
+    };
+    let (files, bytes) = scan_bench::generate(&root, spec).unwrap();
+    assert_eq!(files, 40);
+    assert!(bytes > 4 << 20, "{bytes}");
+    let (_, hashed) = scan_bench::lockstep_scan(&root).unwrap();
+    assert_eq!(hashed, files, "every generated file is hashed");
+    scan_bench::sha256sum(&root, 2).unwrap();
+    // aide may be absent here; when present it must run.
+    if let Err(why) = scan_bench::aide(&root, dir.path(), 2).unwrap() {
+        assert!(why.contains("not installed"), "{why}");
+    }
+    assert!(scan_bench::ring_rate(8 << 20) > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_benchmark_runs_at_tiny_size() {
+    let r = lockstep_tests::ingest_bench::ingest(3, std::time::Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(r.accepted > 0 && r.bare_calls > 0);
+    assert_eq!(r.latencies.samples.len() as u64, r.accepted);
+    assert!(lockstep_tests::ingest_bench::ed25519_verify_rate(std::time::Duration::from_millis(50)) > 0.0);
+}

@@ -198,8 +198,10 @@ async fn directive_stream_sends_the_current_gate_then_changes() {
     let next = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let d = stream.message().await.unwrap().unwrap();
+            // The deploy writes four files; under load the agent may report
+            // the first ones before the binary lands: wait for the binary.
             if let Some(directive::Kind::Gate(g)) = d.kind {
-                if g.state() == GateState::Closed {
+                if g.state() == GateState::Closed && g.reasons.iter().any(|r| r.text.contains(BIN)) {
                     return g;
                 }
             }

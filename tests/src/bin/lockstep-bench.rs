@@ -1,14 +1,39 @@
-//! `lockstep-bench`: realtime figures on this machine. Not part of the test
-//! suite's pass/fail; a smoke test runs it tiny so it cannot rot.
+//! `lockstep-bench`: lockstep's performance on this machine, side by side
+//! with the physical limits and the tools a user would otherwise pick, in
+//! one run so the ratios hold on a noisy machine. Not part of the test
+//! suite's pass/fail; a smoke test runs each part tiny so it cannot rot.
 //!
-//!   cargo run --release -p lockstep-tests --bin lockstep-bench
+//!   cargo run --release -p lockstep-tests --bin lockstep-bench              # everything
+//!   cargo run --release -p lockstep-tests --bin lockstep-bench -- --only scan
 
-use clap::Parser;
-use lockstep_tests::bench;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use lockstep_tests::{bench, ingest_bench, scan_bench};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Scan,
+    Realtime,
+    Ingest,
+}
 
 #[derive(Parser)]
-#[command(about = "lockstep realtime benchmarks on a loopback fleet")]
+#[command(about = "lockstep benchmarks against the physical limits and the peers")]
 struct Args {
+    /// Run only these parts (repeatable); default: all.
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
+    /// Files in the generated scan tree.
+    #[arg(long, default_value_t = 20_000)]
+    scan_files: usize,
+    /// Size of the generated scan tree, MiB.
+    #[arg(long, default_value_t = 2048)]
+    scan_mib: u64,
+    /// Where to generate the scan tree (default: the temp dir).
+    #[arg(long)]
+    scan_dir: Option<PathBuf>,
     /// File changes to time (write → controller verdict).
     #[arg(long, default_value_t = 200)]
     changes: usize,
@@ -18,21 +43,90 @@ struct Args {
     /// Fleet sizes for the halt fan-out (repeatable).
     #[arg(long = "agents", default_values_t = [100usize, 1000])]
     agents: Vec<usize>,
+    /// Simulated agents for the ingest benchmark.
+    #[arg(long, default_value_t = 200)]
+    ingest_agents: usize,
+    /// Seconds of heartbeats (and of bare calls) in the ingest benchmark.
+    #[arg(long, default_value_t = 10)]
+    ingest_seconds: u64,
 }
 
-fn ms(d: std::time::Duration) -> String {
+fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+fn gbs(bytes: u64, d: Duration) -> String {
+    format!("{:.2} GB/s", bytes as f64 / d.as_secs_f64() / 1e9)
+}
+
+fn scan(args: &Args) -> anyhow::Result<()> {
+    let dir = scan_bench::workdir(args.scan_dir.clone())?;
+    let root = dir.path().join("tree");
+    let spec = scan_bench::TreeSpec {
+        files: args.scan_files,
+        total_bytes: args.scan_mib << 20,
+    };
+    let (files, bytes) = scan_bench::generate(&root, spec)?;
+    let ring1 = scan_bench::ring_rate(512 << 20);
+    println!("\n## Full scan: {files} files, {:.2} GB\n", bytes as f64 / 1e9);
+    println!("| tool | cache | time | GB/s | files/s | vs lockstep |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    let row = |tool: &str, cache: &str, took: Duration, base: Duration| {
+        println!(
+            "| {tool} | {cache} | {} | {} | {:.0} | {:.2}× |",
+            ms(took),
+            gbs(bytes, took),
+            files as f64 / took.as_secs_f64(),
+            took.as_secs_f64() / base.as_secs_f64()
+        );
+    };
+    // Warm: the tree was just written; one untimed pass makes sure it is all cached.
+    scan_bench::lockstep_scan(&root)?;
+    let mut runs: Vec<Duration> = (0..3)
+        .map(|_| scan_bench::lockstep_scan(&root).map(|r| r.0))
+        .collect::<Result<_, _>>()?;
+    runs.sort();
+    let base = runs[1];
+    row("lockstep-agent (all cores)", "warm", base, base);
+    row("find | xargs sha256sum", "warm", scan_bench::sha256sum(&root, 1)?, base);
+    row(
+        "find | xargs -P 2 sha256sum",
+        "warm",
+        scan_bench::sha256sum(&root, 2)?,
+        base,
+    );
+    match scan_bench::aide(&root, dir.path(), 2)? {
+        Ok(took) => row("aide --init (sha256, 2 workers)", "warm", took, base),
+        Err(why) => println!("| aide --init | | {why} | | | |"),
+    }
+    match scan_bench::drop_caches() {
+        Ok(()) => {
+            let (cold, _) = scan_bench::lockstep_scan(&root)?;
+            row("lockstep-agent (all cores)", "cold", cold, base);
+            scan_bench::drop_caches().map_err(anyhow::Error::msg)?;
+            row(
+                "find | xargs -P 2 sha256sum",
+                "cold",
+                scan_bench::sha256sum(&root, 2)?,
+                base,
+            );
+        }
+        Err(why) => println!("| cold cache | | {why} | | | |"),
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "| ring SHA-256, in memory, 1 core (the limit per core) | | | {:.2} GB/s | | |",
+        ring1 / 1e9
+    );
+    println!(
+        "| the same × {cores} cores (the limit) | | | {:.2} GB/s | | |",
+        ring1 * cores as f64 / 1e9
+    );
+    Ok(())
+}
+
+async fn realtime(args: &Args) -> anyhow::Result<()> {
+    println!("\n## Realtime\n");
     println!("| benchmark | size | median | p99 | max |");
     println!("| --- | --- | ---: | ---: | ---: |");
     let l = bench::change_to_verdict(args.hosts, args.changes).await?;
@@ -44,12 +138,58 @@ async fn main() -> anyhow::Result<()> {
         ms(l.quantile(0.99)),
         ms(l.max())
     );
-    for n in args.agents {
+    for &n in &args.agents {
         let took = bench::halt_fanout(n).await?;
         println!(
             "| `lockstep halt` → gate file closed on every agent | {n} agents | | | {} |",
             ms(took)
         );
+    }
+    Ok(())
+}
+
+async fn ingest(args: &Args) -> anyhow::Result<()> {
+    let verify = ingest_bench::ed25519_verify_rate(Duration::from_secs(1));
+    let r = ingest_bench::ingest(args.ingest_agents, Duration::from_secs(args.ingest_seconds)).await?;
+    println!("\n## Controller ingest: {} simulated agents over mTLS\n", r.agents);
+    println!("| measure | rate | median | p99 |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| signed heartbeats verified and durably stored | {:.0}/s | {} | {} |",
+        r.per_second(),
+        ms(r.latencies.quantile(0.5)),
+        ms(r.latencies.quantile(0.99))
+    );
+    println!(
+        "| bare mTLS unary call (PinKey), same agents | {:.0}/s | | |",
+        r.bare_per_second()
+    );
+    println!("| Ed25519 verify, ring, 1 core (the limit per core) | {verify:.0}/s | | |");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let want = |p| args.only.is_empty() || args.only.contains(&p);
+    println!(
+        "lockstep-bench on {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if want(Part::Scan) {
+        scan(&args)?;
+    }
+    if want(Part::Realtime) {
+        realtime(&args).await?;
+    }
+    if want(Part::Ingest) {
+        ingest(&args).await?;
     }
     Ok(())
 }
