@@ -55,3 +55,17 @@ async fn ingest_benchmark_runs_at_tiny_size() {
     assert_eq!(r.latencies.samples.len() as u64, r.accepted);
     assert!(lockstep_tests::ingest_bench::ed25519_verify_rate(std::time::Duration::from_millis(50)) > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_agent_benchmark_runs_the_real_agent_briefly() {
+    let r =
+        lockstep_tests::idle_bench::idle_agent(std::time::Duration::from_secs(1), std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+    assert!(
+        r.rss_bytes > 1 << 20,
+        "a running agent has some memory: {}",
+        r.rss_bytes
+    );
+    assert!(r.cpu_percent >= 0.0);
+}

@@ -3,6 +3,7 @@
 //! one run so the ratios hold on a noisy machine. Not part of the test
 //! suite's pass/fail; a smoke test runs each part tiny so it cannot rot.
 //!
+//!   cargo build --release -p lockstep-agent    # the idle part runs the real agent binary
 //!   cargo run --release -p lockstep-tests --bin lockstep-bench              # everything
 //!   cargo run --release -p lockstep-tests --bin lockstep-bench -- --only scan
 
@@ -10,12 +11,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use lockstep_tests::{bench, ingest_bench, scan_bench};
+use lockstep_tests::{bench, idle_bench, ingest_bench, scan_bench};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
     Scan,
     Realtime,
+    Idle,
     Ingest,
 }
 
@@ -43,6 +45,9 @@ struct Args {
     /// Fleet sizes for the halt fan-out (repeatable).
     #[arg(long = "agents", default_values_t = [100usize, 1000])]
     agents: Vec<usize>,
+    /// Seconds the idle agent is watched.
+    #[arg(long, default_value_t = 30)]
+    idle_seconds: u64,
     /// Simulated agents for the ingest benchmark.
     #[arg(long, default_value_t = 200)]
     ingest_agents: usize,
@@ -88,9 +93,14 @@ fn scan(args: &Args) -> anyhow::Result<()> {
     runs.sort();
     let base = runs[1];
     row("lockstep-agent (all cores)", "warm", base, base);
-    row("find | xargs sha256sum", "warm", scan_bench::sha256sum(&root, 1)?, base);
     row(
-        "find | xargs -P 2 sha256sum",
+        "find \\| xargs sha256sum",
+        "warm",
+        scan_bench::sha256sum(&root, 1)?,
+        base,
+    );
+    row(
+        "find \\| xargs -P 2 sha256sum",
         "warm",
         scan_bench::sha256sum(&root, 2)?,
         base,
@@ -105,7 +115,7 @@ fn scan(args: &Args) -> anyhow::Result<()> {
             row("lockstep-agent (all cores)", "cold", cold, base);
             scan_bench::drop_caches().map_err(anyhow::Error::msg)?;
             row(
-                "find | xargs -P 2 sha256sum",
+                "find \\| xargs -P 2 sha256sum",
                 "cold",
                 scan_bench::sha256sum(&root, 2)?,
                 base,
@@ -148,6 +158,23 @@ async fn realtime(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn idle(args: &Args) -> anyhow::Result<()> {
+    let r = idle_bench::idle_agent(Duration::from_secs(10), Duration::from_secs(args.idle_seconds)).await?;
+    println!("\n## Agent at rest (real process, heartbeat every 10 s, inotify on)\n");
+    println!("| measure | value | over |");
+    println!("| --- | ---: | --- |");
+    println!(
+        "| CPU, share of one core | {:.3} % | {} s |",
+        r.cpu_percent,
+        r.watched.as_secs()
+    );
+    println!(
+        "| resident memory (VmRSS) | {:.1} MB | at the end |",
+        r.rss_bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
 async fn ingest(args: &Args) -> anyhow::Result<()> {
     let verify = ingest_bench::ed25519_verify_rate(Duration::from_secs(1));
     let r = ingest_bench::ingest(args.ingest_agents, Duration::from_secs(args.ingest_seconds)).await?;
@@ -187,6 +214,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::Realtime) {
         realtime(&args).await?;
+    }
+    if want(Part::Idle) {
+        idle(&args).await?;
     }
     if want(Part::Ingest) {
         ingest(&args).await?;
