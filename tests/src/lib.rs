@@ -4,6 +4,7 @@
 //!
 //! - [`bench`]: realtime benchmarks (change to verdict, halt fan-out).
 //! - [`scan_bench`]: full scan of a generated tree vs sha256sum, aide and ring's limit.
+//! - [`fleet_bench`]: the real controller with 10,000 simulated enrolled agents.
 //! - [`idle_bench`]: the real agent process at rest: CPU and memory.
 //! - [`ingest_bench`]: many simulated agents attesting to one controller.
 //! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod fleet;
+pub mod fleet_bench;
 pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;

@@ -69,3 +69,11 @@ async fn idle_agent_benchmark_runs_the_real_agent_briefly() {
     );
     assert!(r.cpu_percent >= 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_benchmark_runs_the_real_controller_with_a_few_hosts() {
+    let r = lockstep_tests::fleet_bench::fleet(5).await.unwrap();
+    assert_eq!(r.hosts, 5);
+    assert_eq!(r.gate_check.samples.len(), 5);
+    assert!(r.controller_rss_bytes > 1 << 20, "{}", r.controller_rss_bytes);
+}

@@ -3,7 +3,7 @@
 //! one run so the ratios hold on a noisy machine. Not part of the test
 //! suite's pass/fail; a smoke test runs each part tiny so it cannot rot.
 //!
-//!   cargo build --release -p lockstep-agent    # the idle part runs the real agent binary
+//!   cargo build --release -p lockstep-agent -p lockstep-controller    # idle and fleet run the real binaries
 //!   cargo run --release -p lockstep-tests --bin lockstep-bench              # everything
 //!   cargo run --release -p lockstep-tests --bin lockstep-bench -- --only scan
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use lockstep_tests::{bench, idle_bench, ingest_bench, scan_bench};
+use lockstep_tests::{bench, fleet_bench, idle_bench, ingest_bench, scan_bench};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -19,6 +19,7 @@ enum Part {
     Realtime,
     Idle,
     Ingest,
+    Fleet,
 }
 
 #[derive(Parser)]
@@ -45,6 +46,9 @@ struct Args {
     /// Fleet sizes for the halt fan-out (repeatable).
     #[arg(long = "agents", default_values_t = [100usize, 1000])]
     agents: Vec<usize>,
+    /// Simulated hosts for the fleet-scale benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    fleet_hosts: usize,
     /// Seconds the idle agent is watched.
     #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
@@ -195,6 +199,38 @@ async fn ingest(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn fleet(args: &Args) -> anyhow::Result<()> {
+    let r = fleet_bench::fleet(args.fleet_hosts).await?;
+    println!(
+        "\n## Fleet scale: {} hosts, one role, each an enrolled simulated agent\n",
+        r.hosts
+    );
+    println!("| measure | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| enrolling every host (token + CSR + pinned key) | {} |",
+        ms(r.enroll_took)
+    );
+    println!(
+        "| controller RSS, every host reported, every stream open | {:.0} MB |",
+        r.controller_rss_bytes as f64 / 1e6
+    );
+    println!(
+        "| `gate check --role` over every host, median of 5 | {} |",
+        ms(r.gate_check.quantile(0.5))
+    );
+    println!(
+        "| `lockstep halt` → every connected agent told CLOSED | {} |",
+        ms(r.halt_to_all)
+    );
+    println!("| deploy storm: reports spread over | {} |", ms(r.storm_span));
+    println!(
+        "| deploy storm: last report → every gate OPEN on the new release | {} |",
+        ms(r.storm_settle)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
@@ -220,6 +256,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::Ingest) {
         ingest(&args).await?;
+    }
+    if want(Part::Fleet) {
+        fleet(&args).await?;
     }
     Ok(())
 }
