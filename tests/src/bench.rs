@@ -46,10 +46,11 @@ fn viewer() -> PeerIdentity {
 /// Writes `changes` new versions of the SMARS binary on one host of a
 /// `hosts`-host fleet (rename-over, as deploy tools do) and times each from
 /// the write to the controller holding the new version set and its verdict.
-pub async fn change_to_verdict(hosts: usize, changes: usize) -> anyhow::Result<Latencies> {
+pub async fn change_to_verdict(hosts: usize, changes: usize, quiet_period: Duration) -> anyhow::Result<Latencies> {
     let spec = FleetSpec {
         scan_interval: Duration::from_secs(300),
         freshness_ttl: Duration::from_secs(600),
+        quiet_period,
         ..FleetSpec::smars(hosts)
     };
     let m = Morning::with_spec(spec).await?;
@@ -73,7 +74,7 @@ pub async fn change_to_verdict(hosts: usize, changes: usize) -> anyhow::Result<L
         }
         samples.push(start.elapsed());
         // Let the watcher go quiet so each change is its own burst.
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(quiet_period + Duration::from_millis(10)).await;
     }
     m.fleet.shutdown().await?;
     Ok(Latencies::new(samples))
