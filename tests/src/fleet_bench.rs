@@ -235,9 +235,22 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
                 entries: set.to_vec(),
                 ..Default::default()
             };
-            client.submit(signer.seal_attestation(&report(1, &old))).await?;
+            // Like a real agent, retry while 10,000 connections queue up.
+            let mut backoff = lockstep_proto::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let mut stream = loop {
+                let first = async {
+                    client.submit(signer.seal_attestation(&report(1, &old))).await?;
+                    client.directives(pb::DirectivesRequest {}).await
+                };
+                match first.await {
+                    Ok(s) => break s.into_inner(),
+                    Err(e) if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown => {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             reported.fetch_add(1, Ordering::Relaxed);
-            let mut stream = client.directives(pb::DirectivesRequest {}).await?.into_inner();
             let mut last = GateState::Unspecified;
             let mut storm_sent = false;
             loop {
@@ -278,11 +291,17 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
         anyhow::Ok(())
     };
     let r = reported.clone();
-    wait_until(
+    let first_reports = wait_until(
         "every host's first report",
         Box::new(move || r.load(Ordering::Relaxed) >= hosts),
-    )
-    .await?;
+    );
+    tokio::select! {
+        done = first_reports => done?,
+        Some(failed) = agents.join_next() => {
+            failed??;
+            anyhow::bail!("a simulated agent stopped before reporting");
+        }
+    }
 
     // Release 1 from a host's set; every gate opens.
     let propose = |source| pb::ProposeReleaseRequest {
