@@ -44,6 +44,8 @@ pub struct Controller {
     ),
     /// Failures grouped by root cause, for alerts (see [`crate::alerts`]).
     pub(crate) incidents: Mutex<Incidents>,
+    /// Refused connections and calls, counted for the audit log.
+    pub refusals: crate::refusals::Refusals,
     pub metrics: Metrics,
 }
 
@@ -64,6 +66,7 @@ impl Controller {
             committer: GroupCommit::new(audit_head),
             transitions: (tx, Mutex::new(Some(rx))),
             incidents: Mutex::new(incidents),
+            refusals: crate::refusals::Refusals::default(),
             metrics: Metrics::new(),
         })
     }

@@ -27,6 +27,7 @@ pub mod incidents;
 pub mod metrics;
 pub mod pki;
 pub mod queries;
+pub mod refusals;
 pub mod releases;
 pub mod server;
 pub mod service;

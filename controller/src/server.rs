@@ -5,7 +5,8 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,9 +30,12 @@ use crate::service::{AgentApi, ConsoleApi, EnrollApi};
 /// After shutdown begins, connections get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A TLS handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in flight at once; more wait in the kernel's accept queue.
-const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
+/// Handshakes in flight from one address: a peer that opens connections and
+/// never speaks cannot take every handshake slot from the rest of the fleet.
+const MAX_HANDSHAKES_PER_PEER: usize = 64;
 
 /// Who is on the other end of a connection, as its certificate says.
 #[derive(Debug, Clone)]
@@ -78,12 +82,49 @@ fn peer_identity(conn: &tokio_rustls::server::TlsStream<TcpStream>) -> Result<Pe
     PeerIdentity::from_cert_der(leaf).map_err(|e| e.to_string())
 }
 
+/// Handshakes in flight per peer address.
+#[derive(Clone, Default)]
+struct InFlight(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One handshake counted against its peer until dropped.
+struct InFlightSlot(InFlight, IpAddr);
+
+impl InFlight {
+    fn take(&self, ip: IpAddr) -> Option<InFlightSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let mut map = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Accepts TCP connections, completes TLS handshakes concurrently (bounded in
-/// number and time), and hands finished connections to tonic.
-fn accept_loop(listener: TcpListener, tls: Arc<ServerConfig>) -> mpsc::Receiver<io::Result<TlsConn>> {
+/// number, per peer and in time), and hands finished connections to tonic.
+/// Failed handshakes are counted for the audit log.
+fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    controller: Arc<Controller>,
+) -> mpsc::Receiver<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(1024);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let in_flight = InFlight::default();
     tokio::spawn(async move {
         loop {
             let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -97,9 +138,17 @@ fn accept_loop(listener: TcpListener, tls: Arc<ServerConfig>) -> mpsc::Receiver<
                     continue;
                 }
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let Some(slot) = in_flight.take(addr.ip()) else {
+                controller.refusals.connection(
+                    addr.ip(),
+                    &format!("more than {MAX_HANDSHAKES_PER_PEER} handshakes in flight from this address; connection closed"),
+                );
+                continue;
+            };
+            let (acceptor, tx, controller) = (acceptor.clone(), tx.clone(), controller.clone());
             tokio::spawn(async move {
                 let _permit = permit;
+                let _slot = slot;
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
@@ -109,8 +158,17 @@ fn accept_loop(listener: TcpListener, tls: Arc<ServerConfig>) -> mpsc::Receiver<
                         };
                         let _ = tx.send(Ok(TlsConn { inner, info })).await;
                     }
-                    Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake refused"),
-                    Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        debug!(peer = %addr, error = %e, "TLS handshake refused");
+                        controller.refusals.connection(addr.ip(), &e.to_string());
+                    }
+                    Err(_) => {
+                        debug!(peer = %addr, "TLS handshake timed out");
+                        controller.refusals.connection(
+                            addr.ip(),
+                            &format!("not finished within {}s; connection closed", HANDSHAKE_TIMEOUT.as_secs()),
+                        );
+                    }
                 }
             });
         }
@@ -132,8 +190,10 @@ pub async fn serve(
         tokio::spawn(async move { c.record_gate_transitions().await })
     };
     let alerts = tokio::spawn(crate::alerts::run(controller.clone()));
-    let incoming = ReceiverStream::new(accept_loop(listener, tls));
+    let refusals = tokio::spawn(crate::refusals::run(controller.clone()));
+    let incoming = ReceiverStream::new(accept_loop(listener, tls, controller.clone()));
     let stopping = controller.clone();
+    let stopping_flush = controller.clone();
     let closing_for_health = controller.closing();
     let begin = async move {
         shutdown.await;
@@ -162,6 +222,7 @@ pub async fn serve(
     };
     let health_task = tokio::spawn(not_serving);
     let server = tonic::transport::Server::builder()
+        .layer(crate::refusals::RefusalLayer::new(controller.clone()))
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(64)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -197,7 +258,9 @@ pub async fn serve(
     ticker.abort();
     recorder.abort();
     alerts.abort();
+    refusals.abort();
     health_task.abort();
+    crate::refusals::flush(&stopping_flush).await;
     result
 }
 

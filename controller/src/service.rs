@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::AuditEvent;
 use crate::controller::Controller;
 use crate::error::ApiError;
+use crate::refusals::Audited;
 use crate::server::PeerInfo;
 
 fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
@@ -48,7 +49,17 @@ impl AgentService for AgentApi {
 
     async fn submit(&self, req: Request<pb::Envelope>) -> Result<Response<pb::SubmitReply>, Status> {
         let who = peer(&req)?;
-        Ok(Response::new(self.controller.submit(&who, req.into_inner()).await?))
+        let audited = req.extensions().get::<Audited>().cloned();
+        match self.controller.submit(&who, req.into_inner()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(e) => {
+                // The controller wrote a rejection's audit record itself.
+                if let (ApiError::Rejected(_), Some(a)) = (&e, audited) {
+                    a.set();
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewReply>, Status> {

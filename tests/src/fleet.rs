@@ -482,6 +482,34 @@ state_file = "{gate}"
         }
     }
 
+    /// Every audit record, as the JSON lines `lockstep audit export` prints.
+    pub async fn audit_records(&self) -> anyhow::Result<Vec<String>> {
+        let viewer = self.operator("auditor", OperatorRole::Viewer)?;
+        let (code, out) = self.console(&viewer, &["audit", "export"]).await?;
+        anyhow::ensure!(code == 0, "audit export exited {code}: {out}");
+        Ok(out.lines().map(str::to_string).collect())
+    }
+
+    /// Waits (up to 15 s) for an audit record of `action` whose JSON line
+    /// contains `needle`, and returns that line.
+    pub async fn wait_audit(&self, action: &str, needle: &str) -> anyhow::Result<String> {
+        let want = format!("\"action\":\"{action}\"");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let records = self.audit_records().await?;
+            if let Some(r) = records.iter().find(|r| r.contains(&want) && r.contains(needle)) {
+                return Ok(r.clone());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "no {action} audit record containing {needle:?}; the last records were:\n{}",
+                    records[records.len().saturating_sub(10)..].join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A raw agent-service client that presents `host`'s certificate.
     pub fn agent_client(&self, host: &str) -> anyhow::Result<AgentServiceClient<Channel>> {
         let h = self.host(host)?;

@@ -202,6 +202,13 @@ async fn certificates_from_another_ca_or_out_of_date_are_refused_at_the_handshak
         g.gates.iter().all(|g| g.state() == GateState::Open),
         "nothing changed: {g:?}"
     );
+    // Each refused handshake is in the audit log with the reason.
+    // (A certificate from another CA with the same CA name fails on the
+    // issuer's signature.)
+    for why in ["BadSignature", "certificate expired", "certificate not valid yet"] {
+        let rec = m.fleet.wait_audit("connection.refused", why).await.unwrap();
+        assert!(rec.contains("peer 127.0.0.1"), "{rec}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
