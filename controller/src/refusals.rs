@@ -304,7 +304,11 @@ mod tests {
         let events = r.drain();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].actor, "peer 127.0.0.2");
-        assert!(events[0].detail.starts_with("500 times in 2s: TLS handshake: no client certificate"));
+        assert!(
+            events[0]
+                .detail
+                .starts_with("500 times in 2s: TLS handshake: no client certificate")
+        );
         assert!(r.drain().is_empty(), "a window starts empty");
     }
 

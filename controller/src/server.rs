@@ -3,9 +3,9 @@
 //! two gRPC services on top. `serve` takes a bound listener so tests can bind
 //! port 0 and know the port before serving.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -141,7 +141,9 @@ fn accept_loop(
             let Some(slot) = in_flight.take(addr.ip()) else {
                 controller.refusals.connection(
                     addr.ip(),
-                    &format!("more than {MAX_HANDSHAKES_PER_PEER} handshakes in flight from this address; connection closed"),
+                    &format!(
+                        "more than {MAX_HANDSHAKES_PER_PEER} handshakes in flight from this address; connection closed"
+                    ),
                 );
                 continue;
             };
@@ -166,7 +168,10 @@ fn accept_loop(
                         debug!(peer = %addr, "TLS handshake timed out");
                         controller.refusals.connection(
                             addr.ip(),
-                            &format!("not finished within {}s; connection closed", HANDSHAKE_TIMEOUT.as_secs()),
+                            &format!(
+                                "not finished within {}s; connection closed",
+                                HANDSHAKE_TIMEOUT.as_secs()
+                            ),
                         );
                     }
                 }

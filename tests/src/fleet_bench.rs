@@ -4,21 +4,15 @@
 //! this process. Measures the controller's memory, `gate check` over the
 //! whole role, a halt reaching every connected agent, and a deploy storm.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lockstep_controller::pki::{self, Subject};
-use lockstep_proto::identity::OperatorRole;
-use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
-use lockstep_proto::pb::{self, Attestation, Entry, EntryKind, GateState};
-use lockstep_proto::tls::{self, TlsPaths};
+use lockstep_proto::pb::{self, Entry, GateState};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::bench::Latencies;
+use crate::proc_fleet::{ProcFleet, ProcSpec, agent_client, entries, report};
 
 pub struct FleetResult {
     pub hosts: usize,
@@ -29,32 +23,6 @@ pub struct FleetResult {
     /// From the last storm report acknowledged to every gate OPEN on the new release.
     pub storm_settle: Duration,
     pub storm_span: Duration,
-}
-
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// The `lockstep-controller` binary next to the running executable.
-pub fn controller_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("lockstep-controller");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!(
-        "no lockstep-controller binary next to {}: build it first (cargo build [--release] -p lockstep-controller)",
-        exe.display()
-    )
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn rss_of(pid: u32) -> u64 {
@@ -69,51 +37,6 @@ fn rss_of(pid: u32) -> u64 {
         * 1024
 }
 
-/// A small version set (the same on every host: stored once, by digest).
-fn entries(build: &str) -> Vec<Entry> {
-    let files = [
-        ("/opt/smars/bin/smars", build),
-        ("/opt/smars/etc/smars.conf", "venue = NYSE"),
-    ];
-    let list = files
-        .iter()
-        .map(|(path, content)| Entry {
-            path: path.as_bytes().to_vec(),
-            kind: EntryKind::File as i32,
-            sha256: ring::digest::digest(&ring::digest::SHA256, content.as_bytes())
-                .as_ref()
-                .to_vec(),
-            size: content.len() as u64,
-            mode: 0o755,
-            ..Default::default()
-        })
-        .collect();
-    lockstep_proto::digest::canonicalize(list).unwrap_or_default()
-}
-
-fn console(addr: &str, paths: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<Channel>> {
-    let channel = tls::channel(addr, "127.0.0.1", tls::client_config(paths)?, Duration::from_secs(10))?;
-    Ok(ConsoleServiceClient::new(channel).max_decoding_message_size(256 << 20))
-}
-
-fn operator(pki_dir: &Path, name: &str, role: OperatorRole) -> anyhow::Result<TlsPaths> {
-    let out = pki_dir.join(name);
-    pki::issue(
-        pki_dir,
-        &Subject::Operator {
-            name: name.into(),
-            role,
-        },
-        &out,
-        YEAR,
-    )?;
-    Ok(TlsPaths {
-        ca: pki_dir.join(pki::CA_CERT),
-        cert: out.with_extension("pem"),
-        key: out.with_extension("key"),
-    })
-}
-
 /// What every simulated agent's stream has seen, counted.
 #[derive(Default)]
 struct Seen {
@@ -123,85 +46,15 @@ struct Seen {
 
 /// Runs the whole fleet benchmark with `hosts` simulated agents.
 pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
-    let dir = tempfile::Builder::new().prefix("lockstep-fleet-bench-").tempdir()?;
-    let pki_dir = dir.path().join("pki");
-    pki::init(&pki_dir, YEAR)?;
-    pki::issue(
-        &pki_dir,
-        &Subject::Controller {
-            names: vec!["127.0.0.1".into()],
-        },
-        &pki_dir.join("controller"),
-        YEAR,
-    )?;
-    let alice = operator(&pki_dir, "alice", OperatorRole::Operator)?;
-    let bob = operator(&pki_dir, "bob", OperatorRole::Approver)?;
     let names: Vec<String> = (1..=hosts).map(|i| format!("smars-{i:05}")).collect();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{addr}\"\ndata_dir = \"{data}\"\nfreshness_ttl = \"600s\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"off\"\n[[role]]\nname = \"smars\"\nhosts = {names:?}\n",
-            data = dir.path().join("controller").display(),
-            pki = pki_dir.display(),
-        ),
-    )?;
-    let child = Killed(
-        Command::new(controller_binary()?)
-            .arg("--config")
-            .arg(&config)
-            .env("LOCKSTEP_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    let pid = child.0.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "controller did not start listening on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut alice_console = console(&addr, &alice)?;
-    let mut bob_console = console(&addr, &bob)?;
+    let fleet = ProcFleet::start(ProcSpec::smars(names.clone())).await?;
+    let pid = fleet.controller_pid().unwrap_or(0);
+    let mut alice_console = fleet.console(&fleet.alice)?;
+    let mut bob_console = fleet.console(&fleet.bob)?;
 
     // Enroll every host: a token each, then the agent side of enrollment.
     let enroll_start = Instant::now();
-    let limit = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut enrolling = tokio::task::JoinSet::new();
-    for name in &names {
-        let token = alice_console
-            .create_token(pb::CreateTokenRequest {
-                host: name.clone(),
-                role: "smars".into(),
-                ttl_ms: 0,
-            })
-            .await?
-            .into_inner()
-            .token;
-        let base = dir.path().join("hosts").join(name);
-        let text = format!(
-            "host = \"{name}\"\nrole = \"smars\"\nstate_dir = \"{state}\"\nwatch = [\"/opt/smars/**\"]\n[controller]\naddress = \"{addr}\"\nca = \"{pki}/ca.pem\"\ncert = \"{b}/agent.pem\"\nkey = \"{b}/agent.key\"\n",
-            state = base.join("state").display(),
-            pki = pki_dir.display(),
-            b = base.display(),
-        );
-        let agent_config = lockstep_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"))?;
-        let permit = limit.clone().acquire_owned().await?;
-        enrolling.spawn(async move {
-            let _permit = permit;
-            lockstep_agent::enrollment::enroll(&agent_config, &token, None).await?;
-            anyhow::Ok(agent_config)
-        });
-    }
-    let mut configs = Vec::with_capacity(hosts);
-    while let Some(done) = enrolling.join_next().await {
-        configs.push(done??);
-    }
+    let configs = fleet.enroll(&names, 32).await?;
     let enroll_took = enroll_start.elapsed();
 
     // Every simulated agent: first report, then its directive stream; on
@@ -218,23 +71,8 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
         let (old, new, mut storm_rx) = (old.clone(), new.clone(), storm_rx.clone());
         agents.spawn(async move {
             let signer = lockstep_agent::state::attestation_key(&cfg.state_dir)?;
-            let channel = tls::channel(
-                &cfg.controller.address,
-                &cfg.controller.server_name,
-                tls::client_config(&cfg.controller.tls)?,
-                Duration::from_secs(30),
-            )?;
-            let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-            let report = |seq: u64, set: &[Entry]| Attestation {
-                host: cfg.host.clone(),
-                role: "smars".into(),
-                seq,
-                measured_at_unix_ms: lockstep_proto::now_unix_ms(),
-                digest: lockstep_proto::digest::digest(set).to_vec(),
-                full: true,
-                entries: set.to_vec(),
-                ..Default::default()
-            };
+            let mut client = agent_client(&cfg)?;
+            let report = |seq: u64, set: &[Entry]| report(&cfg.host, seq, set, true);
             // Like a real agent, retry while 10,000 connections queue up.
             let mut backoff = lockstep_proto::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             let mut stream = loop {
@@ -423,7 +261,7 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
     )
     .await?;
     agents.abort_all();
-    drop(child);
+    drop(fleet);
     Ok(FleetResult {
         hosts,
         enroll_took,

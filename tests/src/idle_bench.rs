@@ -3,33 +3,18 @@
 //! and resident memory read from /proc over a quiet period.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::fleet::FleetSpec;
 use crate::knight::Morning;
+use crate::proc_fleet::{Killed, binary};
 
 pub struct IdleResult {
     /// Share of one core used while idle, in percent.
     pub cpu_percent: f64,
     pub rss_bytes: u64,
     pub watched: Duration,
-}
-
-/// The `lockstep-agent` binary next to the running executable (the same
-/// target directory and profile), or why it is not there.
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("lockstep-agent");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!(
-        "no lockstep-agent binary next to {}: build it first (cargo build [--release] -p lockstep-agent)",
-        exe.display()
-    )
 }
 
 /// (utime + stime) in clock ticks and VmRSS in bytes of process `pid`.
@@ -47,15 +32,6 @@ fn sample(pid: u32) -> anyhow::Result<(u64, u64)> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     Ok((ticks, rss_kib * 1024))
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn agent_config(base: &Path, harness_config: &Path) -> anyhow::Result<PathBuf> {
@@ -81,7 +57,7 @@ pub async fn idle_agent(heartbeat: Duration, quiet: Duration) -> anyhow::Result<
     m.fleet.enroll(&host).await?;
     let base = m.fleet.dir.path().join("hosts").join(&host);
     let config = agent_config(&base, &base.join("agent.toml"))?;
-    let child = Command::new(agent_binary()?)
+    let child = Command::new(binary("lockstep-agent")?)
         .args(["run", "--config"])
         .arg(&config)
         .env("LOCKSTEP_LOG", "error")

@@ -17,5 +17,6 @@ pub mod fleet_bench;
 pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;
+pub mod proc_fleet;
 pub mod scan_bench;
 pub mod sink;

@@ -97,7 +97,13 @@ async fn undecodable_and_oversize_requests_are_refused_audited_and_open_nothing(
     // A well-formed envelope whose payload is garbage, signed by the real key.
     let key = host_key(&m.fleet, "smars-01");
     let garbage = key.seal(b"\xff\xff\xff not protobuf".to_vec());
-    let err = m.fleet.agent_client("smars-01").unwrap().submit(garbage).await.unwrap_err();
+    let err = m
+        .fleet
+        .agent_client("smars-01")
+        .unwrap()
+        .submit(garbage)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     // The audit log names each, with the host whose certificate sent it.
@@ -109,7 +115,11 @@ async fn undecodable_and_oversize_requests_are_refused_audited_and_open_nothing(
 
     // Nothing was accepted from any of it; the other hosts are untouched.
     let after = m.fleet.gates().unwrap();
-    assert_ne!(state_of(&after, "smars-01"), GateState::Open, "a malformed payload left the gate open");
+    assert_ne!(
+        state_of(&after, "smars-01"),
+        GateState::Open,
+        "a malformed payload left the gate open"
+    );
     for h in ["smars-02", "smars-03"] {
         assert_eq!(state_of(&after, h), state_of(&before, h), "{h}");
     }
@@ -146,7 +156,11 @@ async fn too_many_entries_and_a_future_timestamp_are_rejected_and_audited() {
     assert!(err.message().contains("clock"), "{}", err.message());
     let g = m.fleet.gates().unwrap();
     assert_eq!(state_of(&g, "smars-02"), GateState::Closed);
-    assert!(reasons_of(&g, "smars-02")[0].contains("clock"), "{:?}", reasons_of(&g, "smars-02"));
+    assert!(
+        reasons_of(&g, "smars-02")[0].contains("clock"),
+        "{:?}",
+        reasons_of(&g, "smars-02")
+    );
     m.fleet.wait_audit("attestation.rejected", "clock").await.unwrap();
     m.fleet.shutdown().await.unwrap();
 }
@@ -160,10 +174,7 @@ async fn no_client_certificate_and_a_revoked_host_are_refused_and_audited() {
     let config = tls::enroll_client_config(&ca).unwrap();
     let channel = tls::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap();
     let mut anonymous = pb::agent_service_client::AgentServiceClient::new(channel);
-    let err = anonymous
-        .submit(pb::Envelope::default())
-        .await
-        .unwrap_err();
+    let err = anonymous.submit(pb::Envelope::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("client certificate"), "{}", err.message());
     let rec = m.fleet.wait_audit("request.refused", "Unauthenticated").await.unwrap();
@@ -225,8 +236,15 @@ async fn a_flood_of_silent_connections_does_not_lock_out_the_fleet() {
         .await
         .unwrap();
     assert!(rec.contains("peer 127.0.0.2"), "{rec}");
-    let timed_out = m.fleet.wait_audit("connection.refused", "not finished within").await.unwrap();
-    assert!(timed_out.contains("times in"), "counted, not one record each: {timed_out}");
+    let timed_out = m
+        .fleet
+        .wait_audit("connection.refused", "not finished within")
+        .await
+        .unwrap();
+    assert!(
+        timed_out.contains("times in"),
+        "counted, not one record each: {timed_out}"
+    );
     let records = m.fleet.audit_records().await.unwrap();
     let flood_records = records.iter().filter(|r| r.contains("127.0.0.2")).count();
     assert!(flood_records < 20, "{flood_records} audit records for one flood");
@@ -259,7 +277,10 @@ async fn a_peer_that_never_reads_its_stream_does_not_stall_the_others() {
     }
     // The hosts that read their streams followed every change and are OPEN.
     let hosts = ["smars-01".to_string(), "smars-02".to_string()];
-    m.fleet.wait_local(&hosts, 0, "gates open after the drill").await.unwrap();
+    m.fleet
+        .wait_local(&hosts, 0, "gates open after the drill")
+        .await
+        .unwrap();
     let g = m.fleet.gates().unwrap();
     assert!(g.gates.iter().all(|g| g.state() == GateState::Open), "{g:?}");
     drop(unread);
