@@ -68,6 +68,36 @@ struct RawConfig {
     alerts: RawAlerts,
     #[serde(default)]
     enrollment: RawEnrollment,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    min_free_mib: Option<u64>,
+    stall_timeout: Option<String>,
+}
+
+/// `[store]`: how the controller protects its store from a full or failing disk.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSettings {
+    /// Below this much free space on the store's filesystem nothing is
+    /// written (and nothing acknowledged): a disk that fills up stops the
+    /// controller cleanly instead of failing half-way through a write.
+    pub min_free_bytes: u64,
+    /// A write that has not finished by then is a failed store: nothing
+    /// more is written until the controller restarts.
+    pub stall_timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 256 << 20,
+            stall_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -203,6 +233,7 @@ pub struct ControllerConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub alerts: AlertSettings,
     pub enrollment: EnrollmentConfig,
+    pub store: StoreSettings,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -268,6 +299,18 @@ impl ControllerConfig {
             token_ttl: duration(raw.enrollment.token_ttl.as_deref(), Duration::from_secs(3600))
                 .map_err(|e| invalid("enrollment.token_ttl", e))?,
         };
+        let store_defaults = StoreSettings::default();
+        let store = StoreSettings {
+            min_free_bytes: raw
+                .store
+                .min_free_mib
+                .map_or(store_defaults.min_free_bytes, |m| m.saturating_mul(1 << 20)),
+            stall_timeout: duration(raw.store.stall_timeout.as_deref(), store_defaults.stall_timeout)
+                .map_err(|e| invalid("store.stall_timeout", e))?,
+        };
+        if store.stall_timeout < Duration::from_secs(1) {
+            return Err(invalid("store.stall_timeout", "must be at least 1s".into()));
+        }
         let mut roles = BTreeMap::new();
         let mut inventory = HashMap::new();
         for (i, r) in raw.roles.into_iter().enumerate() {
@@ -333,6 +376,7 @@ impl ControllerConfig {
             metrics_listen,
             alerts,
             enrollment,
+            store,
             roles,
             inventory,
         })

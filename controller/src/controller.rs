@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 use crate::store::{HostRecord, Rejection as StoredRejection, Store, StoreError};
 use crate::verify::{self, Checks};
 
+/// Id of the in-memory halt a failed store raises (never a stored halt's id).
+const STORE_FAILURE_HALT: u64 = u64::MAX;
+
 pub struct Controller {
     pub(crate) config: ControllerConfig,
     store: Arc<dyn Store>,
@@ -55,6 +58,7 @@ impl Controller {
         let audit_head = ChainHead::after(store.last_audit()?.as_ref());
         let (tx, rx) = mpsc::unbounded_channel();
         let incidents = Incidents::load(store.incidents()?);
+        let store_settings = config.store;
         Ok(Self {
             config,
             store,
@@ -63,7 +67,7 @@ impl Controller {
             release_lock: tokio::sync::Mutex::new(()),
             gates: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
-            committer: GroupCommit::new(audit_head),
+            committer: GroupCommit::new(audit_head, store_settings),
             transitions: (tx, Mutex::new(Some(rx))),
             incidents: Mutex::new(incidents),
             refusals: crate::refusals::Refusals::default(),
@@ -222,6 +226,9 @@ impl Controller {
         let started = std::time::Instant::now();
         let result = self.committer.commit(&self.store, events, Box::new(work)).await;
         self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(ApiError::Store(err @ StoreError::Stalled { .. })) = &result {
+            self.halt_on_failed_store(err);
+        }
         result
     }
 
@@ -357,7 +364,10 @@ impl Controller {
                     role: role.to_string(),
                     detail: rejection.to_string(),
                 };
-                self.persist_audited(vec![event], move |s| s.put_host(&stored)).await?;
+                // The gate closes on the rejection even if it cannot be stored.
+                if let Err(e) = self.persist_audited(vec![event], move |s| s.put_host(&stored)).await {
+                    tracing::error!(host, error = %e, "cannot store a rejection; the gate closes anyway");
+                }
                 self.write().hosts.insert(host.to_string(), rec);
                 // Before the gate is re-decided, so the closing gate joins
                 // this rejection's incident instead of counting twice.
@@ -405,13 +415,18 @@ impl Controller {
                 if a.full { " (full)" } else { " (heartbeat)" }
             ),
         };
-        self.persist_audited(vec![event], move |s| {
-            if let Some(entries) = &manifest {
-                s.put_manifest(&digest_hex, entries)?;
-            }
-            s.put_host(&stored)
-        })
-        .await?;
+        let persisted = self
+            .persist_audited(vec![event], move |s| {
+                if let Some(entries) = &manifest {
+                    s.put_manifest(&digest_hex, entries)?;
+                }
+                s.put_host(&stored)
+            })
+            .await;
+        if let Err(e) = persisted {
+            self.close_unstored(host, role, now, &e);
+            return Err(e);
+        }
         {
             let mut state = self.write();
             if let Some(entries) = new_manifest {
@@ -426,6 +441,48 @@ impl Controller {
             manifest_needed: false,
             gate,
         })
+    }
+
+    /// An attestation that could not be stored (disk full, I/O error) was
+    /// not acknowledged; the host's gate closes in memory, naming the cause,
+    /// until one is stored: what the controller cannot keep it does not trust.
+    fn close_unstored(&self, host: &str, role: &str, now: i64, e: &ApiError) {
+        tracing::error!(host, error = %e, "cannot store an attestation; closing the host's gate");
+        {
+            let mut state = self.write();
+            let rec = state.hosts.entry(host.to_string()).or_default();
+            rec.last_rejection = Some(StoredRejection {
+                at_unix_ms: now,
+                reason: format!("the controller could not store it ({e})"),
+            });
+        }
+        self.publish_gate(role, host);
+    }
+
+    /// A store that stopped answering takes the whole fleet out of the
+    /// market: an in-memory halt (it cannot be stored) that lasts until the
+    /// controller restarts, shown by `lockstep halts` like any other.
+    fn halt_on_failed_store(&self, e: &StoreError) {
+        {
+            let mut state = self.write();
+            if state.halts.contains_key(&STORE_FAILURE_HALT) {
+                return;
+            }
+            state.halts.insert(
+                STORE_FAILURE_HALT,
+                crate::store::HaltRecord {
+                    id: STORE_FAILURE_HALT,
+                    scope: crate::store::HaltScope::Fleet,
+                    reason: format!("the controller's store failed: {e}"),
+                    halted_by: "controller".into(),
+                    halted_at_unix_ms: lockstep_proto::now_unix_ms(),
+                    resumed_by: None,
+                    resumed_at_unix_ms: 0,
+                    resume_reason: String::new(),
+                },
+            );
+        }
+        self.publish_all();
     }
 
     /// `host`'s gate as of now.

@@ -174,6 +174,22 @@ impl Store for SledStore {
         })
     }
 
+    fn check_space(&self, min_free: u64) -> Result<(), StoreError> {
+        let st = rustix::fs::statvfs(&self.path).map_err(|e| StoreError::Backend {
+            path: self.path.display().to_string(),
+            reason: format!("cannot read free space: {e}"),
+        })?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < min_free {
+            return Err(StoreError::DiskFull {
+                path: self.path.display().to_string(),
+                free_mib: free >> 20,
+                need_mib: min_free.div_ceil(1 << 20),
+            });
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| self.backend(e))?;
         Ok(())

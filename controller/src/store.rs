@@ -11,6 +11,14 @@ pub enum StoreError {
     Backend { path: String, reason: String },
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "disk full: {path} has {free_mib} MiB free, below the {need_mib} MiB kept in reserve ([store] min_free_mib); free space there"
+    )]
+    DiskFull { path: String, free_mib: u64, need_mib: u64 },
+    #[error(
+        "a write to the store has not finished in {after_s}s (disk full or failing?); nothing more is written until the controller restarts"
+    )]
+    Stalled { after_s: u64 },
 }
 
 /// A rejected attestation, kept so the gate can say why it is closed.
@@ -143,6 +151,9 @@ impl HaltRecord {
 /// returns only once everything written before it is on disk: the
 /// controller acknowledges nothing before that.
 pub trait Store: Send + Sync {
+    /// Refuses (DiskFull) when the store's filesystem has less than
+    /// `min_free` bytes available, before anything of a change is written.
+    fn check_space(&self, min_free: u64) -> Result<(), StoreError>;
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
     fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;
     fn has_manifest(&self, digest_hex: &str) -> Result<bool, StoreError>;

@@ -216,3 +216,218 @@ async fn agent_killed_mid_scan_or_report_never_reuses_a_sequence_number() {
     }
     drop(agent);
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// None when this process may not mount (not root): the caller says so.
+    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem holding `dir` until a write fails with ENOSPC.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "filling the disk: {e}");
+            // Byte by byte to the last one.
+            while f.write_all(&[0]).is_ok() {}
+            return path;
+        }
+    }
+}
+
+/// A 3-host fleet whose controller keeps its store on a 16 MiB tmpfs, every
+/// gate OPEN on release 1; None when tmpfs cannot be mounted (not root).
+struct DiskFleet {
+    fleet: ProcFleet,
+    disk: Tmpfs,
+    configs: Vec<lockstep_agent::config::AgentConfig>,
+    _scratch: tempfile::TempDir,
+}
+
+async fn fleet_on_small_disk(store_toml: &str) -> Option<DiskFleet> {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&scratch.path().join("disk"), "16m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: the full-disk tests must mount their tmpfs"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    };
+    let hosts: Vec<String> = (1..=3).map(|i| format!("smars-{i}")).collect();
+    let mut spec = ProcSpec::smars(hosts.clone());
+    spec.data_dir = Some(disk.0.join("controller"));
+    spec.extra_toml = store_toml.into();
+    let fleet = ProcFleet::start(spec).await.unwrap();
+    let configs = fleet.enroll(&hosts, 3).await.unwrap();
+    for cfg in &configs {
+        let signer = lockstep_agent::state::attestation_key(&cfg.state_dir).unwrap();
+        let reply = agent_client(cfg)
+            .unwrap()
+            .submit(signer.seal_attestation(&report(&cfg.host, 1, &entries("build 1"), true)))
+            .await
+            .unwrap();
+        assert!(reply.get_ref().accepted);
+    }
+    fleet.release_from_host("smars-1").await.unwrap();
+    let df = DiskFleet {
+        fleet,
+        disk,
+        configs,
+        _scratch: scratch,
+    };
+    assert!(df.gates().await.gates.iter().all(|g| g.state() == GateState::Open));
+    Some(df)
+}
+
+impl DiskFleet {
+    async fn gates(&self) -> pb::GateCheckReply {
+        self.fleet
+            .console(&self.fleet.bob)
+            .unwrap()
+            .gate_check(pb::GateCheckRequest { role: "smars".into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn seq_of(&self, host: &str) -> u64 {
+        let hosts = self.fleet.hosts().await.unwrap();
+        hosts.into_iter().find(|s| s.host == host).unwrap().last_seq
+    }
+
+    /// smars-1 reports a new 2,000-entry version set (a new manifest to
+    /// store) at each seq from `seq` on until one is refused: (the refusal,
+    /// the seq refused).
+    async fn report_until_refused(&self, mut seq: u64) -> (tonic::Status, u64) {
+        let cfg = &self.configs[0];
+        let signer = lockstep_agent::state::attestation_key(&cfg.state_dir).unwrap();
+        let mut client = agent_client(cfg).unwrap();
+        for build in 0..200 {
+            let set: Vec<pb::Entry> = (0..2000)
+                .map(|i| {
+                    let mut e = entries(&format!("build {build}.{i}"))[0].clone();
+                    e.path = format!("/opt/smars/lib/lib{i:05}.so").into_bytes();
+                    e
+                })
+                .collect();
+            let set = lockstep_proto::digest::canonicalize(set).unwrap();
+            if let Err(e) = client
+                .submit(signer.seal_attestation(&report(&cfg.host, seq, &set, true)))
+                .await
+            {
+                return (e, seq);
+            }
+            seq += 1;
+        }
+        panic!("the controller kept accepting attestations on a full disk");
+    }
+
+    /// After a `kill -9` and restart: the store opens, the audit chain
+    /// verifies, `acked` is still smars-1's seq, and a new report of
+    /// release 1 (at `seq`) is accepted and OPEN.
+    async fn restart_and_check(&mut self, acked: u64, seq: u64) {
+        self.fleet.kill_controller().unwrap();
+        self.fleet.start_controller().await.unwrap();
+        let (code, out) = self.fleet.lockstep(&self.fleet.alice, &["audit", "verify"]).unwrap();
+        assert_eq!(code, 0, "the audit chain does not verify after a full disk: {out}");
+        let stored = self.seq_of("smars-1").await;
+        assert!(stored >= acked, "acknowledged seq {acked}, stored {stored}");
+        self.accepts_release_again(seq).await;
+    }
+
+    async fn accepts_release_again(&self, seq: u64) {
+        let cfg = &self.configs[0];
+        let signer = lockstep_agent::state::attestation_key(&cfg.state_dir).unwrap();
+        let reply = agent_client(cfg)
+            .unwrap()
+            .submit(signer.seal_attestation(&report(&cfg.host, seq, &entries("build 1"), true)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.accepted);
+        assert_eq!(reply.gate.unwrap().state(), GateState::Open);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_attestations_closes_the_gate_and_corrupts_nothing() {
+    let Some(mut df) = fleet_on_small_disk("[store]\nmin_free_mib = 2\n").await else {
+        return;
+    };
+    let filler = fill(&df.disk.0);
+    let (refused, seq) = df.report_until_refused(2).await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("disk full"), "{}", refused.message());
+    assert!(refused.message().contains("min_free_mib"), "{}", refused.message());
+    assert!(
+        df.fleet.controller_exited().is_none(),
+        "the controller died on a full disk"
+    );
+    let g = df.gates().await;
+    let gate = g.gates.iter().find(|x| x.host == "smars-1").unwrap();
+    assert_eq!(gate.state(), GateState::Closed, "{:?}", gate.reasons);
+    assert!(
+        gate.reasons.iter().any(|r| r.text.contains("could not store")),
+        "{:?}",
+        gate.reasons
+    );
+    let acked = df.seq_of("smars-1").await;
+    assert_eq!(
+        acked,
+        seq - 1,
+        "every report before the refused one was acknowledged and counted"
+    );
+
+    // Space again: the same controller accepts reports, no restart needed.
+    std::fs::remove_file(filler).unwrap();
+    df.accepts_release_again(seq + 1).await;
+    df.restart_and_check(seq + 1, seq + 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_answering_halts_the_fleet_until_restart() {
+    // No reserve: the disk fills inside the store's own write.
+    let Some(mut df) = fleet_on_small_disk("[store]\nmin_free_mib = 0\nstall_timeout = \"2s\"\n").await else {
+        return;
+    };
+    let filler = fill(&df.disk.0);
+    let acked_before = df.seq_of("smars-1").await;
+    let (refused, seq) = df.report_until_refused(2).await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        df.fleet.controller_exited().is_none(),
+        "the controller died on a full disk"
+    );
+    // Every gate closes, whichever host tried to write.
+    let g = df.gates().await;
+    for gate in &g.gates {
+        assert_eq!(gate.state(), GateState::Closed, "{}: {:?}", gate.host, gate.reasons);
+    }
+    let (code, out) = df.fleet.lockstep(&df.fleet.alice, &["halts"]).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("store failed"), "{out}");
+    let acked = df.seq_of("smars-1").await.max(acked_before);
+    std::fs::remove_file(filler).unwrap();
+    df.restart_and_check(acked, seq + 1).await;
+}
