@@ -254,17 +254,55 @@ impl ProcFleet {
         Ok(configs.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// Starts a real `lockstep-agent run` for an enrolled `host`.
+    /// Starts a real `lockstep-agent run` for an enrolled `host`; its log
+    /// (warnings and up) goes to [`ProcFleet::agent_log`].
     pub fn start_agent(&self, host: &str) -> anyhow::Result<Killed> {
-        let config = self.dir.path().join("hosts").join(host).join("agent.toml");
+        let base = self.dir.path().join("hosts").join(host);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(base.join("agent.log"))?;
         let child = Command::new(binary("lockstep-agent")?)
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(base.join("agent.toml"))
             .env("LOCKSTEP_LOG", "warn")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()?;
         Ok(Killed(child))
+    }
+
+    /// What `host`'s agent processes have logged so far.
+    pub fn agent_log(&self, host: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("hosts").join(host).join("agent.log")).unwrap_or_default()
+    }
+
+    /// Replaces `host`'s tree with `build` (the same shape for every host).
+    pub fn write_tree(&self, host: &str, build: &str) -> anyhow::Result<()> {
+        let root = self.dir.path().join("hosts").join(host).join("root/opt/smars");
+        std::fs::create_dir_all(root.join("bin"))?;
+        std::fs::create_dir_all(root.join("etc"))?;
+        std::fs::write(root.join("bin/smars"), build)?;
+        std::fs::write(root.join("etc/smars.conf"), "venue = NYSE\n")?;
+        Ok(())
+    }
+
+    /// Waits (30 s at most) until `lockstep-agent gate check` of `host`
+    /// exits `code`.
+    pub async fn wait_local(&self, host: &str, code: i32) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.local_gate_check(host)? == code {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let gate = std::fs::read_to_string(self.dir.path().join("hosts").join(host).join("gate.json"))
+                    .unwrap_or_default();
+                anyhow::bail!("{host}: local gate check never exited {code}; gate file: {gate}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `lockstep-agent gate check` of `host`, through the real binary.

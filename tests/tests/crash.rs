@@ -13,25 +13,6 @@ use lockstep_proto::pb::{self, GateState};
 use lockstep_tests::proc_fleet::{ProcFleet, ProcSpec, agent_client, entries, report};
 use tokio::sync::watch;
 
-fn write_tree(fleet: &ProcFleet, host: &str, build: &str) {
-    let root = fleet.dir.path().join("hosts").join(host).join("root/opt/smars");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("bin/smars"), build).unwrap();
-    std::fs::write(root.join("etc/smars.conf"), "venue = NYSE\n").unwrap();
-}
-
-async fn wait_local(fleet: &ProcFleet, host: &str, code: i32) {
-    for _ in 0..300 {
-        if fleet.local_gate_check(host).unwrap() == code {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let gate = std::fs::read_to_string(fleet.dir.path().join("hosts").join(host).join("gate.json")).unwrap_or_default();
-    panic!("{host}: local gate check never exited {code}; gate file: {gate}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_killed_under_load_keeps_every_acknowledged_attestation() {
     let sims: Vec<String> = (1..=120).map(|i| format!("smars-{i:03}")).collect();
@@ -42,7 +23,7 @@ async fn controller_killed_under_load_keeps_every_acknowledged_attestation() {
 
     // Two real agents; release 1 is what they run.
     for r in &reals {
-        write_tree(&fleet, r, "build 1");
+        fleet.write_tree(r, "build 1").unwrap();
     }
     let _agents: Vec<_> = reals.iter().map(|r| fleet.start_agent(r).unwrap()).collect();
     fleet
@@ -56,7 +37,7 @@ async fn controller_killed_under_load_keeps_every_acknowledged_attestation() {
         .unwrap();
     fleet.release_from_host("real-1").await.unwrap();
     for r in &reals {
-        wait_local(&fleet, r, 0).await;
+        fleet.wait_local(r, 0).await.unwrap();
     }
     let release_set = fleet
         .console(&fleet.alice)
@@ -166,7 +147,7 @@ async fn controller_killed_under_load_keeps_every_acknowledged_attestation() {
         .await
         .unwrap();
     for r in &reals {
-        wait_local(&fleet, r, 0).await;
+        fleet.wait_local(r, 0).await.unwrap();
     }
 }
 
@@ -175,7 +156,7 @@ async fn agent_killed_mid_scan_or_report_never_reuses_a_sequence_number() {
     let host = "real-1".to_string();
     let fleet = ProcFleet::start(ProcSpec::smars(vec![host.clone()])).await.unwrap();
     fleet.enroll(std::slice::from_ref(&host), 1).await.unwrap();
-    write_tree(&fleet, &host, "build 1");
+    fleet.write_tree(&host, "build 1").unwrap();
     // A large file makes each scan take long enough to be killed inside.
     let big = fleet.dir.path().join("hosts/real-1/root/opt/smars/bin/smars-big");
     let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
