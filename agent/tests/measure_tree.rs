@@ -106,6 +106,18 @@ fn hostile_tree_is_measured_truthfully_and_the_scan_finishes() {
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     symlink("loop-b", t.join("loop-a")).unwrap();
     symlink("loop-a", t.join("loop-b")).unwrap();
+    symlink("self", t.join("self")).unwrap();
+    let socket = t.join("agent.sock");
+    let _listening = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // A device node needs root to make (CI runs as root).
+    let device = t.join("null");
+    let have_device = is_root()
+        && Command::new("mknod")
+            .arg(&device)
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success();
 
     let entries = measure(&format!("{}/**", t.display()));
 
@@ -136,14 +148,24 @@ fn hostile_tree_is_measured_truthfully_and_the_scan_finishes() {
     let (_, mode, uid, gid) = stat(&fifo);
     assert_eq!((f.mode, f.uid, f.gid), (mode, uid, gid));
 
-    for (name, target) in [("loop-a", "loop-b"), ("loop-b", "loop-a")] {
+    for (name, target) in [("loop-a", "loop-b"), ("loop-b", "loop-a"), ("self", "self")] {
         let l = entry(&entries, &t.join(name));
         assert_eq!(l.kind(), EntryKind::Symlink);
         assert_eq!(l.link_target, target.as_bytes());
     }
+    assert_eq!(entry(&entries, &socket).kind(), EntryKind::Socket);
+    if have_device {
+        let dev = entry(&entries, &device);
+        assert_eq!(
+            dev.kind(),
+            EntryKind::CharDevice,
+            "a device is recorded by type, never read"
+        );
+        assert!(dev.sha256.is_empty());
+    }
     assert_eq!(
         entries.len(),
-        8,
+        10 + usize::from(have_device),
         "{:#?}",
         entries
             .iter()
@@ -187,4 +209,106 @@ fn bad_config_is_a_clear_error_and_nonzero_exit() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("agent.toml") && err.contains("missing field"), "{err}");
+}
+
+/// A world-readable scratch dir the unprivileged `measure` can enter.
+fn open_dir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = d.path().join("tree");
+    std::fs::create_dir(&t).unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (d, t)
+}
+
+#[test]
+fn a_file_rewritten_while_it_is_hashed_is_never_reported_as_a_mix() {
+    use std::io::{Seek, Write};
+    let (_d, t) = open_dir();
+    let path = t.join("smars");
+    const SIZE: usize = 16 << 20;
+    let a = vec![b'a'; SIZE];
+    let b = vec![b'b'; SIZE];
+    std::fs::write(&path, &a).unwrap();
+    let sha = |data: &[u8]| hex::encode(ring::digest::digest(&ring::digest::SHA256, data));
+    let (sha_a, sha_b) = (sha(&a), sha(&b));
+    // Rewrite the file in place, 1 MiB at a time, A then B then A...: a
+    // reader that does not check can hash half of each.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let data = if round % 2 == 0 { &b } else { &a };
+                f.rewind().unwrap();
+                for chunk in data.chunks(1 << 20) {
+                    f.write_all(chunk).unwrap();
+                }
+                round += 1;
+            }
+            round
+        })
+    };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let entries = measure(&format!("{}/**", t.display()));
+        let e = entry(&entries, &path);
+        match e.kind() {
+            EntryKind::Unstable => assert!(e.sha256.is_empty(), "an unstable file carries no hash"),
+            EntryKind::File => {
+                let got = hex::encode(&e.sha256);
+                assert!(got == sha_a || got == sha_b, "a hash of a mix of two versions: {got}");
+            }
+            other => panic!("unexpected kind {other:?}: {}", e.error),
+        }
+        seen.push(e.kind());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 2, "the writer barely ran ({rounds} rounds)");
+    eprintln!("5 measures under {rounds} rewrites: {seen:?}");
+}
+
+#[test]
+fn a_sparse_file_over_4_gib_is_hashed_in_full() {
+    use std::io::{Seek, SeekFrom, Write};
+    let (_d, t) = open_dir();
+    let path = t.join("huge.bin");
+    let mut f = std::fs::File::create(&path).unwrap();
+    // 4 GiB of holes, then one byte: a 32-bit size or offset would lose it.
+    f.seek(SeekFrom::Start(4 << 30)).unwrap();
+    f.write_all(b"x").unwrap();
+    drop(f);
+    let entries = measure(&format!("{}/**", t.display()));
+    let e = entry(&entries, &path);
+    assert_eq!(e.kind(), EntryKind::File, "{}", e.error);
+    assert_eq!(e.size, (4u64 << 30) + 1);
+    // (sha256sum takes ~40 s here; ring over the same bytes is the same rule.)
+    let mut want = ring::digest::Context::new(&ring::digest::SHA256);
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..4096 {
+        want.update(&zeros);
+    }
+    want.update(b"x");
+    assert_eq!(e.sha256, want.finish().as_ref());
+}
+
+#[test]
+fn a_directory_of_100_000_files_is_measured_entry_by_entry() {
+    let (_d, t) = open_dir();
+    let dir = t.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..100_000u32 {
+        std::fs::write(dir.join(format!("f{i:06}")), i.to_le_bytes()).unwrap();
+    }
+    let entries = measure(&format!("{}/**", t.display()));
+    let files: Vec<&Entry> = entries.iter().filter(|e| e.kind() == EntryKind::File).collect();
+    assert_eq!(files.len(), 100_000);
+    let last = entry(&entries, &dir.join("f099999"));
+    assert_eq!(
+        last.sha256,
+        ring::digest::digest(&ring::digest::SHA256, &99_999u32.to_le_bytes()).as_ref()
+    );
 }
