@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use lockstep_proto::digest::{canonicalize, digest};
 use lockstep_proto::diff::diff;
+use lockstep_proto::digest::{canonicalize, digest};
 use lockstep_proto::envelope::{self, Limits, Signer};
 use lockstep_proto::pb::{Attestation, ChangeKind, Entry};
 use proptest::prelude::*;
@@ -26,20 +26,18 @@ fn entry() -> impl Strategy<Value = Entry> {
         proptest::collection::vec(any::<u8>(), 0..4),
         "[a-z=]{0,4}",
     )
-        .prop_map(
-            |(path, kind, sha256, size, mode, uid, gid, link_target, value)| Entry {
-                path,
-                kind,
-                sha256,
-                size,
-                mode,
-                uid,
-                gid,
-                link_target,
-                value,
-                ..Default::default()
-            },
-        )
+        .prop_map(|(path, kind, sha256, size, mode, uid, gid, link_target, value)| Entry {
+            path,
+            kind,
+            sha256,
+            size,
+            mode,
+            uid,
+            gid,
+            link_target,
+            value,
+            ..Default::default()
+        })
 }
 
 /// A canonical version set: unique paths, sorted.

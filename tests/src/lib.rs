@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod fleet;
 pub mod fleet_bench;
+pub mod fuzz;
 pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;
