@@ -482,6 +482,36 @@ state_file = "{gate}"
         }
     }
 
+    /// A correctly formed attestation of `host`'s current files, as its
+    /// agent would make it (for tests that play a host by hand).
+    pub fn attestation(&self, host: &str, seq: u64) -> anyhow::Result<lockstep_proto::pb::Attestation> {
+        let h = self.host(host)?;
+        let scanner = lockstep_agent::scan::Scanner::new(&h.config.watch, h.config.root.clone())?;
+        let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true)?;
+        Ok(lockstep_proto::pb::Attestation {
+            host: host.into(),
+            role: self.spec.role.clone(),
+            seq,
+            measured_at_unix_ms: lockstep_proto::now_unix_ms(),
+            digest: lockstep_proto::digest::digest(&entries).to_vec(),
+            full: true,
+            entries,
+            ..Default::default()
+        })
+    }
+
+    /// The real attestation key of `host`, read from its agent's state dir.
+    pub fn host_key(&self, host: &str) -> anyhow::Result<lockstep_proto::envelope::Signer> {
+        Ok(lockstep_agent::state::attestation_key(
+            &self.host(host)?.config.state_dir,
+        )?)
+    }
+
+    /// The last sequence number `host`'s agent used.
+    pub fn last_seq(&self, host: &str) -> anyhow::Result<u64> {
+        Ok(lockstep_agent::state::SeqCounter::load(&self.host(host)?.config.state_dir)?.last())
+    }
+
     /// Every audit record, as the JSON lines `lockstep audit export` prints.
     pub async fn audit_records(&self) -> anyhow::Result<Vec<String>> {
         let viewer = self.operator("auditor", OperatorRole::Viewer)?;

@@ -102,7 +102,10 @@ async fn controller_killed_under_load_keeps_every_acknowledged_attestation() {
     while load.join_next().await.is_some() {}
     let acked = acked.lock().unwrap().clone();
     let total: u64 = acked.values().sum();
-    eprintln!("kill -9 after {total} acknowledged attestations from {} simulated hosts", acked.len());
+    eprintln!(
+        "kill -9 after {total} acknowledged attestations from {} simulated hosts",
+        acked.len()
+    );
     assert!(
         total > 500,
         "the load was too light to mean anything: {total} acknowledged"

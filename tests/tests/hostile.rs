@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use lockstep_agent::state;
-use lockstep_proto::pb::{self, Attestation, GateState};
+use lockstep_proto::pb::{self, GateState};
 use lockstep_proto::tls::{self, TlsPaths};
 use lockstep_tests::fleet::{Fleet, FleetSpec, agent_client_with, reasons_of, state_of};
 use lockstep_tests::knight::Morning;
@@ -23,33 +22,6 @@ async fn open_fleet() -> Morning {
     let s = m.step1_release_everywhere().await.unwrap();
     assert_eq!(s.gate_check_exit, 0, "{:?}", s.transcript);
     m
-}
-
-fn attestation(fleet: &Fleet, host: &str, seq: u64) -> Attestation {
-    let h = fleet.host(host).unwrap();
-    let scanner = lockstep_agent::scan::Scanner::new(&h.config.watch, h.config.root.clone()).unwrap();
-    let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true).unwrap();
-    Attestation {
-        host: host.into(),
-        role: "smars".into(),
-        seq,
-        measured_at_unix_ms: lockstep_proto::now_unix_ms(),
-        digest: lockstep_proto::digest::digest(&entries).to_vec(),
-        full: true,
-        entries,
-        ..Default::default()
-    }
-}
-
-fn next_seq(fleet: &Fleet, host: &str) -> u64 {
-    state::SeqCounter::load(&fleet.host(host).unwrap().config.state_dir)
-        .unwrap()
-        .last()
-        + 1
-}
-
-fn host_key(fleet: &Fleet, host: &str) -> lockstep_proto::envelope::Signer {
-    state::attestation_key(&fleet.host(host).unwrap().config.state_dir).unwrap()
 }
 
 fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> tonic::transport::Channel {
@@ -95,7 +67,7 @@ async fn undecodable_and_oversize_requests_are_refused_audited_and_open_nothing(
     assert!(err.message().contains("too large"), "{}", err.message());
 
     // A well-formed envelope whose payload is garbage, signed by the real key.
-    let key = host_key(&m.fleet, "smars-01");
+    let key = m.fleet.host_key("smars-01").unwrap();
     let garbage = key.seal(b"\xff\xff\xff not protobuf".to_vec());
     let err = m
         .fleet
@@ -130,10 +102,13 @@ async fn undecodable_and_oversize_requests_are_refused_audited_and_open_nothing(
 async fn too_many_entries_and_a_future_timestamp_are_rejected_and_audited() {
     let mut m = open_fleet().await;
     m.fleet.stop_agent("smars-02").await.unwrap();
-    let key = host_key(&m.fleet, "smars-02");
+    let key = m.fleet.host_key("smars-02").unwrap();
     let mut client = m.fleet.agent_client("smars-02").unwrap();
 
-    let mut a = attestation(&m.fleet, "smars-02", next_seq(&m.fleet, "smars-02"));
+    let mut a = m
+        .fleet
+        .attestation("smars-02", m.fleet.last_seq("smars-02").unwrap() + 1)
+        .unwrap();
     let template = a.entries[0].clone();
     a.entries = (0..51)
         .map(|i| pb::Entry {
@@ -149,7 +124,10 @@ async fn too_many_entries_and_a_future_timestamp_are_rejected_and_audited() {
     assert_eq!(state_of(&g, "smars-02"), GateState::Closed);
     m.fleet.wait_audit("attestation.rejected", "51 entries").await.unwrap();
 
-    let mut a = attestation(&m.fleet, "smars-02", next_seq(&m.fleet, "smars-02") + 1);
+    let mut a = m
+        .fleet
+        .attestation("smars-02", m.fleet.last_seq("smars-02").unwrap() + 2)
+        .unwrap();
     a.measured_at_unix_ms += 3_600_000; // an hour ahead; skew allowed is 30 s
     let err = client.submit(key.seal_attestation(&a)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
@@ -188,8 +166,11 @@ async fn no_client_certificate_and_a_revoked_host_are_refused_and_audited() {
         .await
         .unwrap();
     assert_eq!(code, 0, "{out}");
-    let key = host_key(&m.fleet, "smars-03");
-    let a = attestation(&m.fleet, "smars-03", next_seq(&m.fleet, "smars-03"));
+    let key = m.fleet.host_key("smars-03").unwrap();
+    let a = m
+        .fleet
+        .attestation("smars-03", m.fleet.last_seq("smars-03").unwrap() + 1)
+        .unwrap();
     let err = m
         .fleet
         .agent_client("smars-03")
@@ -219,8 +200,11 @@ async fn a_flood_of_silent_connections_does_not_lock_out_the_fleet() {
     // A real host still gets its attestation through, well inside the
     // time the silent handshakes hold their slots (5 s).
     m.fleet.stop_agent("smars-01").await.unwrap();
-    let key = host_key(&m.fleet, "smars-01");
-    let a = attestation(&m.fleet, "smars-01", next_seq(&m.fleet, "smars-01"));
+    let key = m.fleet.host_key("smars-01").unwrap();
+    let a = m
+        .fleet
+        .attestation("smars-01", m.fleet.last_seq("smars-01").unwrap() + 1)
+        .unwrap();
     let mut client = m.fleet.agent_client("smars-01").unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(3), client.submit(key.seal_attestation(&a)))
         .await

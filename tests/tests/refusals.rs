@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use lockstep_agent::state;
 use lockstep_controller::pki::{self, Subject};
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::identity::OperatorRole;
-use lockstep_proto::pb::{Attestation, GateState, PinKeyRequest};
+use lockstep_proto::pb::{GateState, PinKeyRequest};
 use lockstep_proto::tls::TlsPaths;
-use lockstep_tests::fleet::{Fleet, FleetSpec, agent_client_with, reasons_of, state_of};
+use lockstep_tests::fleet::{FleetSpec, agent_client_with, reasons_of, state_of};
 use lockstep_tests::knight::Morning;
 use time::OffsetDateTime;
 
@@ -23,41 +22,14 @@ async fn open_fleet() -> Morning {
     m
 }
 
-/// A correctly formed attestation of `host`'s current files.
-fn attestation(fleet: &Fleet, host: &str, seq: u64) -> Attestation {
-    let h = fleet.host(host).unwrap();
-    let scanner = lockstep_agent::scan::Scanner::new(&h.config.watch, h.config.root.clone()).unwrap();
-    let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true).unwrap();
-    Attestation {
-        host: host.into(),
-        role: "smars".into(),
-        seq,
-        measured_at_unix_ms: lockstep_proto::now_unix_ms(),
-        digest: lockstep_proto::digest::digest(&entries).to_vec(),
-        full: true,
-        entries,
-        ..Default::default()
-    }
-}
-
-/// The real attestation key of `host`, read from its agent's state dir.
-fn host_key(fleet: &Fleet, host: &str) -> Signer {
-    state::attestation_key(&fleet.host(host).unwrap().config.state_dir).unwrap()
-}
-
-fn last_seq(fleet: &Fleet, host: &str) -> u64 {
-    let dir = &fleet.host(host).unwrap().config.state_dir;
-    state::SeqCounter::load(dir).unwrap().last()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_signature_closes_the_gate() {
     let mut m = open_fleet().await;
     m.fleet.stop_agent("smars-02").await.unwrap();
     let forger = Signer::from_pkcs8(&Signer::generate_pkcs8().unwrap()).unwrap();
-    let mut env = forger.seal_attestation(&attestation(&m.fleet, "smars-02", 1_000));
+    let mut env = forger.seal_attestation(&m.fleet.attestation("smars-02", 1_000).unwrap());
     // Claim the real key's id, so the check that fails is the signature itself.
-    env.key_id = host_key(&m.fleet, "smars-02").key_id().to_string();
+    env.key_id = m.fleet.host_key("smars-02").unwrap().key_id().to_string();
     let err = m.fleet.agent_client("smars-02").unwrap().submit(env).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("signature does not verify"), "{}", err.message());
@@ -71,9 +43,9 @@ async fn forged_signature_closes_the_gate() {
 async fn replayed_sequence_number_is_refused_and_closes_the_gate() {
     let mut m = open_fleet().await;
     m.fleet.stop_agent("smars-01").await.unwrap();
-    let key = host_key(&m.fleet, "smars-01");
-    let seq = last_seq(&m.fleet, "smars-01") + 1;
-    let env = key.seal_attestation(&attestation(&m.fleet, "smars-01", seq));
+    let key = m.fleet.host_key("smars-01").unwrap();
+    let seq = m.fleet.last_seq("smars-01").unwrap() + 1;
+    let env = key.seal_attestation(&m.fleet.attestation("smars-01", seq).unwrap());
     let mut client = m.fleet.agent_client("smars-01").unwrap();
     let ok = client.submit(env.clone()).await.unwrap().into_inner();
     assert!(ok.accepted);
@@ -97,8 +69,8 @@ async fn host_a_certificate_cannot_attest_for_host_b() {
     let mut m = open_fleet().await;
     m.fleet.stop_agent("smars-01").await.unwrap();
     // smars-01's own key and certificate, claiming to be smars-02.
-    let key = host_key(&m.fleet, "smars-01");
-    let mut a = attestation(&m.fleet, "smars-02", 10_000);
+    let key = m.fleet.host_key("smars-01").unwrap();
+    let mut a = m.fleet.attestation("smars-02", 10_000).unwrap();
     a.host = "smars-02".into();
     let err = m
         .fleet
@@ -181,7 +153,7 @@ async fn certificates_from_another_ca_or_out_of_date_are_refused_at_the_handshak
         let mut client = agent_client_with(m.fleet.addr, &paths).unwrap();
         // Re-pinning smars-01's own key would succeed if the request reached
         // the controller's logic; any error here is the TLS layer refusing.
-        let real_key = host_key(&m.fleet, "smars-01").public_key().to_vec();
+        let real_key = m.fleet.host_key("smars-01").unwrap().public_key().to_vec();
         let err = client
             .pin_key(PinKeyRequest { public_key: real_key })
             .await
@@ -217,7 +189,12 @@ async fn operator_certificate_cannot_attest_and_agent_certificate_cannot_use_the
     let alice = m.fleet.operator("alice", OperatorRole::Approver).unwrap();
     let mut as_operator = agent_client_with(m.fleet.addr, &alice).unwrap();
     let err = as_operator
-        .submit(host_key(&m.fleet, "smars-01").seal_attestation(&attestation(&m.fleet, "smars-01", 99_999)))
+        .submit(
+            m.fleet
+                .host_key("smars-01")
+                .unwrap()
+                .seal_attestation(&m.fleet.attestation("smars-01", 99_999).unwrap()),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
