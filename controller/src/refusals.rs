@@ -260,7 +260,7 @@ where
                         .headers()
                         .get("grpc-message")
                         .and_then(|v| v.to_str().ok())
-                        .map(|m| percent_decode(m))
+                        .map(percent_decode)
                         .unwrap_or_default();
                     controller.refusals.request(peer.as_ref(), &path, code, &message);
                 }
