@@ -37,6 +37,12 @@ async fn forged_signature_closes_the_gate() {
     assert_eq!(state_of(&g, "smars-02"), GateState::Closed);
     assert!(reasons_of(&g, "smars-02")[0].contains("last attestation rejected: signature does not verify"));
     assert_eq!(state_of(&g, "smars-01"), GateState::Open, "other hosts unaffected");
+    let rec = m
+        .fleet
+        .wait_audit("attestation.rejected", "signature does not verify")
+        .await
+        .unwrap();
+    assert!(rec.contains("\"host\":\"smars-02\""), "{rec}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +68,7 @@ async fn replayed_sequence_number_is_refused_and_closes_the_gate() {
     let g = m.fleet.gates().unwrap();
     assert_eq!(state_of(&g, "smars-01"), GateState::Closed);
     assert!(reasons_of(&g, "smars-01")[0].contains("replay"));
+    m.fleet.wait_audit("attestation.rejected", "replay: seq").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +103,15 @@ async fn host_a_certificate_cannot_attest_for_host_b() {
         state_of(&g, "smars-02"),
         GateState::Open,
         "the victim keeps its own verdict"
+    );
+    let rec = m
+        .fleet
+        .wait_audit("attestation.rejected", "but the attestation names smars-02")
+        .await
+        .unwrap();
+    assert!(
+        rec.contains("\"host\":\"smars-01\""),
+        "recorded against the impostor: {rec}"
     );
 }
 
