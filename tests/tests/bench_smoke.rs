@@ -55,6 +55,11 @@ async fn ingest_benchmark_runs_at_tiny_size() {
         .unwrap();
     assert!(r.accepted > 0 && r.bare_calls > 0);
     assert_eq!(r.latencies.samples.len() as u64, r.accepted);
+    assert!(!r.ran_dry, "3 agents cannot use up 500 ms of signed-ahead heartbeats");
+    assert!(
+        r.controller_cpu + r.generator_cpu > std::time::Duration::ZERO,
+        "CPU accounting reads /proc"
+    );
     assert!(lockstep_tests::ingest_bench::ed25519_verify_rate(std::time::Duration::from_millis(50)) > 0.0);
 }
 
