@@ -196,6 +196,10 @@ pub async fn serve(
     };
     let alerts = tokio::spawn(crate::alerts::run(controller.clone()));
     let refusals = tokio::spawn(crate::refusals::run(controller.clone()));
+    let heartbeats = {
+        let c = controller.clone();
+        tokio::spawn(async move { c.count_heartbeats().await })
+    };
     let incoming = ReceiverStream::new(accept_loop(listener, tls, controller.clone()));
     let stopping = controller.clone();
     let stopping_flush = controller.clone();
@@ -264,8 +268,10 @@ pub async fn serve(
     recorder.abort();
     alerts.abort();
     refusals.abort();
+    heartbeats.abort();
     health_task.abort();
     crate::refusals::flush(&stopping_flush).await;
+    stopping_flush.record_heartbeat_count().await;
     result
 }
 

@@ -49,6 +49,37 @@ async fn agent_sends_entries_only_when_its_set_changed() {
         )
         .unwrap();
     assert_eq!(hex::encode(&hosts[0].digest), m.fleet.local_digest("smars-01").unwrap());
+
+    // The audit log has each full measurement (two version sets, then the
+    // restarted agent's first), not each heartbeat: the unchanged
+    // heartbeats are counted in one record.
+    let accepted: Vec<String> = m
+        .fleet
+        .audit_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.contains("\"action\":\"attestation.accepted\"") && r.contains("\"host\":\"smars-01\""))
+        .collect();
+    assert_eq!(accepted.len(), 3, "one record per full measurement: {accepted:#?}");
+    assert!(accepted.iter().all(|r| r.contains("(full)")), "{accepted:#?}");
+    m.fleet.controller.record_heartbeat_count().await;
+    let counted = m
+        .fleet
+        .wait_audit("attestation.heartbeats", "heartbeats renewed unchanged version sets")
+        .await
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_str(&counted).unwrap();
+    let n: u64 = record["detail"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // smars-02's agent runs too, so at least smars-01's two.
+    assert!(n >= 2, "{counted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
