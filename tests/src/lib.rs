@@ -18,6 +18,7 @@ pub mod fuzz;
 pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;
+pub mod openssl_speed;
 pub mod proc_fleet;
 pub mod scan_bench;
 pub mod sink;

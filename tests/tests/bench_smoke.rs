@@ -63,6 +63,19 @@ async fn ingest_benchmark_runs_at_tiny_size() {
     assert!(lockstep_tests::ingest_bench::ed25519_verify_rate(std::time::Duration::from_millis(50)) > 0.0);
 }
 
+#[test]
+fn openssl_comparison_reads_its_figures_or_says_why_not() {
+    // openssl may be absent here; when present its output must parse.
+    match lockstep_tests::openssl_speed::ed25519_verify_rate(1) {
+        Ok(rate) => assert!(rate > 0.0),
+        Err(why) => assert!(why.contains("not installed"), "{why}"),
+    }
+    match lockstep_tests::openssl_speed::sha256_rate(1) {
+        Ok(rate) => assert!(rate > 0.0),
+        Err(why) => assert!(why.contains("not installed"), "{why}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_agent_benchmark_runs_the_real_agent_briefly() {
     let r =
