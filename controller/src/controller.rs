@@ -295,7 +295,8 @@ impl Controller {
         };
         if let Err(e) = self.audit(vec![event]).await {
             // Put back: they are counted in the next record instead.
-            self.unchanged_heartbeats.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            self.unchanged_heartbeats
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "cannot record the heartbeat count in the audit log");
         }
     }
@@ -435,10 +436,8 @@ impl Controller {
         // A new version set, a full measurement or a reboot is recorded; a
         // heartbeat that renews the same set is stored and counted
         // (`attestation.heartbeats`), not recorded one by one.
-        let unchanged = !a.full
-            && record.last_seq > 0
-            && record.digest_hex == verified.digest_hex
-            && record.boot_id == a.boot_id;
+        let unchanged =
+            !a.full && record.last_seq > 0 && record.digest_hex == verified.digest_hex && record.boot_id == a.boot_id;
         let rec = HostRecord {
             last_seq: a.seq,
             digest_hex: verified.digest_hex.clone(),

@@ -239,7 +239,9 @@ async fn ingest(args: &Args) -> anyhow::Result<()> {
             r.took.as_secs_f64()
         );
         if r.ran_dry {
-            println!("WARNING: an agent used up its signed-ahead heartbeats before the window ended; the rate is a lower bound.");
+            println!(
+                "WARNING: an agent used up its signed-ahead heartbeats before the window ended; the rate is a lower bound."
+            );
         }
     }
     if let Some(r) = runs.iter().max_by_key(|r| r.agents) {
