@@ -36,6 +36,17 @@ impl Latencies {
     }
 }
 
+/// Runs `rate` on every core at once and sums the rates: what all cores
+/// together deliver, which on a VM can be well under cores × one core (the
+/// vCPUs may share physical cores).
+pub fn on_every_core(rate: impl Fn() -> f64 + Sync) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..cores).map(|_| s.spawn(&rate)).collect();
+        runs.into_iter().map(|r| r.join().unwrap_or(0.0)).sum()
+    })
+}
+
 fn viewer() -> PeerIdentity {
     PeerIdentity::Operator {
         name: "bench".into(),

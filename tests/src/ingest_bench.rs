@@ -40,6 +40,9 @@ pub struct IngestResult {
     pub bare_calls: u64,
     pub bare_took: Duration,
     pub bare_controller_cpu: Duration,
+    /// Encoded request sizes: a heartbeat's envelope and a PinKey request.
+    pub heartbeat_bytes: usize,
+    pub bare_bytes: usize,
 }
 
 impl IngestResult {
@@ -160,6 +163,13 @@ pub async fn ingest(agents: usize, duration: Duration) -> anyhow::Result<IngestR
         workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     });
     anyhow::ensure!(signed.len() == sims.len(), "signing ahead failed");
+    let heartbeat_bytes = signed
+        .first()
+        .and_then(|h| h.first())
+        .map_or(0, prost::Message::encoded_len);
+    let bare_bytes = prost::Message::encoded_len(&PinKeyRequest {
+        public_key: vec![0; 32],
+    });
 
     let accepted = Arc::new(AtomicU64::new(0));
     let ran_dry = Arc::new(AtomicBool::new(false));
@@ -237,5 +247,7 @@ pub async fn ingest(agents: usize, duration: Duration) -> anyhow::Result<IngestR
         bare_calls: calls.load(Ordering::Relaxed),
         bare_took,
         bare_controller_cpu,
+        heartbeat_bytes,
+        bare_bytes,
     })
 }

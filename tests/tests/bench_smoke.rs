@@ -55,6 +55,7 @@ async fn ingest_benchmark_runs_at_tiny_size() {
         .unwrap();
     assert!(r.accepted > 0 && r.bare_calls > 0);
     assert_eq!(r.latencies.samples.len() as u64, r.accepted);
+    assert!(r.heartbeat_bytes > r.bare_bytes && r.bare_bytes > 0);
     assert!(!r.ran_dry, "3 agents cannot use up 500 ms of signed-ahead heartbeats");
     assert!(
         r.controller_cpu + r.generator_cpu > std::time::Duration::ZERO,
