@@ -10,6 +10,7 @@
 //! # root = "/host"   # measure a host filesystem mounted here, as if at /
 //! watch_changes = true           # inotify: see changes as they happen
 //! quiet_period = "50ms"          # let a burst of writes settle first
+//! small_change_quiet_period = "15ms"   # ... or one replaced file, once closed
 //! full_rescan_interval = "1h"    # re-hash everything, whatever changed
 //! metrics_listen = "127.0.0.1:9721"   # Prometheus /metrics; "off" disables
 //!
@@ -56,6 +57,8 @@ struct RawConfig {
     watch_changes: Option<bool>,
     #[serde(default)]
     quiet_period: Option<String>,
+    #[serde(default)]
+    small_change_quiet_period: Option<String>,
     #[serde(default)]
     full_rescan_interval: Option<String>,
     #[serde(default)]
@@ -153,6 +156,8 @@ pub struct AgentConfig {
     pub watch_changes: bool,
     /// How long writes must pause before a change is scanned and reported.
     pub quiet_period: Duration,
+    /// The shorter pause for a small change (a few paths, all closed).
+    pub small_change_quiet_period: Duration,
     /// How often every file is hashed again, whatever its fingerprint says.
     pub full_rescan_interval: Duration,
     /// Where `lockstep-agent run` serves `/metrics`; `None`: not served.
@@ -288,6 +293,21 @@ impl AgentConfig {
             .map_err(|e| invalid("gate.hook_timeout", e))?;
         let quiet_period =
             duration(raw.quiet_period.as_deref(), Duration::from_millis(50)).map_err(|e| invalid("quiet_period", e))?;
+        let small_change_quiet_period = duration(
+            raw.small_change_quiet_period.as_deref(),
+            Duration::from_millis(15).min(quiet_period),
+        )
+        .map_err(|e| invalid("small_change_quiet_period", e))?;
+        if small_change_quiet_period > quiet_period {
+            return Err(invalid(
+                "small_change_quiet_period",
+                format!(
+                    "{} is longer than quiet_period ({}); a small change must not wait longer than a burst",
+                    humantime::format_duration(small_change_quiet_period),
+                    humantime::format_duration(quiet_period)
+                ),
+            ));
+        }
         let full_rescan_interval = duration(raw.full_rescan_interval.as_deref(), Duration::from_secs(3600))
             .map_err(|e| invalid("full_rescan_interval", e))?;
         let metrics_listen = match raw.metrics_listen.as_deref() {
@@ -354,6 +374,7 @@ impl AgentConfig {
             root: raw.root,
             watch_changes: raw.watch_changes.unwrap_or(true),
             quiet_period,
+            small_change_quiet_period,
             full_rescan_interval,
             metrics_listen,
             gate,
@@ -401,6 +422,11 @@ mod tests {
         assert_eq!(c.controller.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.gate.state_file, PathBuf::from(DEFAULT_STATE_FILE));
         assert_eq!(c.gate.outage, OutagePolicy::Close);
+        assert_eq!(c.quiet_period, Duration::from_millis(50));
+        assert_eq!(c.small_change_quiet_period, Duration::from_millis(15));
+        // A quiet period under the small-change default caps it.
+        let quick = parse(&format!("quiet_period = \"5ms\"\n{GOOD}")).unwrap();
+        assert_eq!(quick.small_change_quiet_period, Duration::from_millis(5));
         let held = parse(&format!(
             "{GOOD}\n[gate]\noutage = \"hold\"\nhold_hours_utc = \"13:30-20:00\"\n"
         ))
@@ -429,6 +455,10 @@ mod tests {
             ),
             (GOOD.replace("127.0.0.1:7443", "nohost"), "controller.address:"),
             (format!("{GOOD}\nsurprise = 1\n"), "unknown field `surprise`"),
+            (
+                format!("small_change_quiet_period = \"80ms\"\n{GOOD}"),
+                "small_change_quiet_period: 80ms is longer than quiet_period (50ms)",
+            ),
             (
                 format!("{GOOD}\n[gate]\noutage = \"hold\"\n"),
                 "gate.hold_hours_utc: outage = \"hold\" needs",

@@ -191,7 +191,10 @@ impl Agent {
         let watcher = self.config.watch_changes.then(|| {
             tokio::spawn(crate::watch::watch_changes(
                 self.scanner.clone(),
-                self.config.quiet_period,
+                crate::watch::Quiet {
+                    burst: self.config.quiet_period,
+                    small_change: self.config.small_change_quiet_period,
+                },
                 self.config.scan_interval,
                 self.fs_changed.clone(),
                 async {

@@ -1,16 +1,18 @@
 //! Sees changes as they happen (inotify, through `notify`) and, once writes
-//! have settled for the quiet period, asks the agent to scan. A deploy that
-//! writes 500 files yields one scan, and one attestation. The watch set
+//! have settled, asks the agent to scan. A deploy that writes 500 files
+//! yields one scan, and one attestation; a single file replaced (a hotfix)
+//! is reported after a much shorter pause (see [`Burst`]). The watch set
 //! follows the filesystem: a watched directory deleted and re-created is
 //! watched again, a base that does not exist yet is awaited from its nearest
 //! existing ancestor. If the kernel runs out of inotify watches the agent
 //! says so and relies on its periodic scans, never on silence.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -21,6 +23,108 @@ use crate::scan::Scanner;
 /// Writes that keep coming for this long still trigger a scan: a stream of
 /// changes must not postpone the attestation forever.
 const MAX_SETTLE: Duration = Duration::from_secs(5);
+
+/// A change touching at most this many paths, all written and closed, is
+/// small: one file written in place, or written and renamed over (2 paths),
+/// or an editor's save (a probe file, a backup, the file).
+const SMALL_CHANGE_PATHS: usize = 4;
+
+/// How long changes must pause before they are scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quiet {
+    /// A burst (a deploy, or a file still open for writing) must pause this long.
+    pub burst: Duration,
+    /// A small change whose files are all closed needs only this pause: long
+    /// enough to see a rename that follows a write, short enough that a
+    /// hotfix reaches the controller within milliseconds.
+    pub small_change: Duration,
+}
+
+/// The changes seen since the first of a burst, and when they count as
+/// settled. Only a few distinct paths are kept: past [`SMALL_CHANGE_PATHS`]
+/// the burst is large, and how large no longer matters.
+#[derive(Debug)]
+struct Burst {
+    started: Instant,
+    last: Instant,
+    paths: Vec<PathBuf>,
+    /// Paths written to and not yet closed: their writer may not be done.
+    open_writes: Vec<PathBuf>,
+    large: bool,
+}
+
+impl Burst {
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            last: now,
+            paths: Vec::new(),
+            open_writes: Vec::new(),
+            large: false,
+        }
+    }
+
+    /// Takes one event in. Returns false for events that are not changes,
+    /// which do not start a burst: reads (our own scans read files) extend
+    /// none either; a writer closing its file ends the writes of a burst.
+    fn add(&mut self, ev: &notify::Event, now: Instant) -> bool {
+        match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                self.open_writes.retain(|p| !ev.paths.contains(p));
+                self.last = now;
+                return false;
+            }
+            EventKind::Access(_) => return false,
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                for p in &ev.paths {
+                    self.note_open(p);
+                }
+            }
+            EventKind::Remove(RemoveKind::File | RemoveKind::Any) => {
+                self.open_writes.retain(|p| !ev.paths.contains(p));
+            }
+            _ => {}
+        }
+        self.last = now;
+        for p in &ev.paths {
+            self.note_path(p);
+        }
+        true
+    }
+
+    fn note_path(&mut self, p: &Path) {
+        if self.large || self.paths.iter().any(|q| q == p) {
+            return;
+        }
+        if self.paths.len() == SMALL_CHANGE_PATHS {
+            self.large = true;
+            self.paths.clear();
+        } else {
+            self.paths.push(p.to_path_buf());
+        }
+    }
+
+    fn note_open(&mut self, p: &Path) {
+        // A writer to more paths than a small change has makes the burst large anyway.
+        if self.open_writes.len() <= SMALL_CHANGE_PATHS && !self.open_writes.iter().any(|q| q == p) {
+            self.open_writes.push(p.to_path_buf());
+        }
+    }
+
+    /// How long the burst must pause, as it stands.
+    fn pause(&self, quiet: Quiet) -> Duration {
+        if self.large || !self.open_writes.is_empty() {
+            quiet.burst
+        } else {
+            quiet.small_change
+        }
+    }
+
+    /// When the burst counts as settled if nothing more happens.
+    fn settles_at(&self, quiet: Quiet) -> Instant {
+        (self.last + self.pause(quiet)).min(self.started + MAX_SETTLE)
+    }
+}
 
 /// A watcher on the current targets, feeding `tx`.
 fn build(
@@ -67,7 +171,7 @@ fn establish(
 /// periodic scans go on regardless.
 pub async fn watch_changes(
     scanner: Arc<Scanner>,
-    quiet: Duration,
+    quiet: Quiet,
     scan_interval: Duration,
     changed: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
@@ -88,24 +192,22 @@ pub async fn watch_changes(
         };
         let Some(first) = first else { return };
         tracing::trace!(kind = ?first.kind, paths = ?first.paths, "change");
-        if is_noise(&first) {
+        let mut burst = Burst::new(Instant::now());
+        if !burst.add(&first, Instant::now()) {
             continue;
         }
         // Then for the writes to settle.
-        let started = Instant::now();
-        let mut settle = Instant::now() + quiet;
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(ev) if !is_noise(&ev) => settle = (Instant::now() + quiet).min(started + MAX_SETTLE),
-                    Some(_) => {}
+                    Some(ev) => { burst.add(&ev, Instant::now()); }
                     None => return,
                 },
-                () = tokio::time::sleep_until(settle) => break,
+                () = tokio::time::sleep_until(burst.settles_at(quiet)) => break,
                 () = &mut shutdown => return,
             }
         }
-        debug!(after = ?started.elapsed(), "changes settled; scanning");
+        debug!(after = ?burst.started.elapsed(), large = burst.large, "changes settled; scanning");
         changed.notify_one();
         // Directories may have come or gone: watch what exists now.
         let now = scanner.watch_targets();
@@ -122,11 +224,6 @@ pub async fn watch_changes(
     }
 }
 
-/// Our own scans read files: reads are not changes.
-fn is_noise(ev: &notify::Event) -> bool {
-    matches!(ev.kind, EventKind::Access(_))
-}
-
 fn degrade(e: &notify::Error, scan_interval: Duration) {
     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
         error!(
@@ -138,3 +235,7 @@ fn degrade(e: &notify::Error, scan_interval: Duration) {
         warn!(error = %e, fallback_every = ?scan_interval, "cannot watch for changes; relying on periodic rescans");
     }
 }
+
+#[cfg(test)]
+#[path = "watch_tests.rs"]
+mod tests;

@@ -57,11 +57,19 @@ fn viewer() -> PeerIdentity {
 /// Writes `changes` new versions of the SMARS binary on one host of a
 /// `hosts`-host fleet (rename-over, as deploy tools do) and times each from
 /// the write to the controller holding the new version set and its verdict.
-pub async fn change_to_verdict(hosts: usize, changes: usize, quiet_period: Duration) -> anyhow::Result<Latencies> {
+/// The agents wait `quiet_period` after a burst and `small_change_quiet_period`
+/// after a small change (this is one).
+pub async fn change_to_verdict(
+    hosts: usize,
+    changes: usize,
+    quiet_period: Duration,
+    small_change_quiet_period: Duration,
+) -> anyhow::Result<Latencies> {
     let spec = FleetSpec {
         scan_interval: Duration::from_secs(300),
         freshness_ttl: Duration::from_secs(600),
         quiet_period,
+        small_change_quiet_period,
         ..FleetSpec::smars(hosts)
     };
     let m = Morning::with_spec(spec).await?;

@@ -49,6 +49,8 @@ pub struct FleetSpec {
     pub watch_changes: bool,
     /// How long writes must pause before the agent scans (agent `quiet_period`).
     pub quiet_period: Duration,
+    /// The pause for a small, finished change (agent `small_change_quiet_period`).
+    pub small_change_quiet_period: Duration,
     /// Give each host `on_open`/`on_close` hooks that log to `hooks.log`.
     pub hooks: bool,
     /// TOML appended to the controller's config (`[alerts]`, ...).
@@ -75,6 +77,7 @@ impl FleetSpec {
             retired_flags: Vec::new(),
             watch_changes: true,
             quiet_period: Duration::from_millis(50),
+            small_change_quiet_period: Duration::from_millis(15),
             hooks: true,
             controller_extra: String::new(),
             cert_validity: Duration::from_secs(30 * 24 * 3600),
@@ -169,6 +172,7 @@ scan_interval = "{scan}ms"
 root = "{root}"
 watch_changes = {watching}
 quiet_period = "{quiet}ms"
+small_change_quiet_period = "{small}ms"
 
 [controller]
 address = "{addr}"
@@ -185,6 +189,7 @@ state_file = "{gate}"
             role = self.spec.role,
             watching = self.spec.watch_changes,
             quiet = self.spec.quiet_period.as_millis(),
+            small = self.spec.small_change_quiet_period.as_millis(),
             state = base.join("state").display(),
             watch = self.spec.watch,
             scan = self.spec.scan_interval.as_millis(),

@@ -7,9 +7,14 @@ use lockstep_tests::bench;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_to_verdict_benchmark_runs_at_tiny_size() {
-    let l = bench::change_to_verdict(2, 3, std::time::Duration::from_millis(20))
-        .await
-        .unwrap();
+    let l = bench::change_to_verdict(
+        2,
+        3,
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_millis(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(l.samples.len(), 3);
     assert!(l.quantile(0.5) <= l.quantile(0.99) && l.quantile(0.99) <= l.max());
 }

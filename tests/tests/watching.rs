@@ -14,8 +14,10 @@ fn quiet_fleet(hosts: usize) -> FleetSpec {
     FleetSpec {
         scan_interval: Duration::from_secs(60),
         freshness_ttl: Duration::from_secs(300),
-        // Longer than any pause inside a burst on a loaded 2-core machine.
+        // Longer than any pause inside a burst on a loaded 2-core machine;
+        // the first files of a burst are a small change until there are more.
         quiet_period: Duration::from_millis(300),
+        small_change_quiet_period: Duration::from_millis(300),
         ..FleetSpec::smars(hosts)
     }
 }

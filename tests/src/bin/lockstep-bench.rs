@@ -152,10 +152,13 @@ async fn realtime(args: &Args) -> anyhow::Result<()> {
     println!("\n## Realtime\n");
     println!("| benchmark | size | median | p99 | max |");
     println!("| --- | --- | ---: | ---: | ---: |");
-    for quiet_ms in [50u64, 20] {
-        let l = bench::change_to_verdict(args.hosts, args.changes, Duration::from_millis(quiet_ms)).await?;
+    // The defaults, then every change treated as a burst (the agent before
+    // small changes had their own pause).
+    for (quiet_ms, small_ms) in [(50u64, 15u64), (50, 50)] {
+        let (quiet, small) = (Duration::from_millis(quiet_ms), Duration::from_millis(small_ms));
+        let l = bench::change_to_verdict(args.hosts, args.changes, quiet, small).await?;
         println!(
-            "| file write → controller verdict, quiet_period {quiet_ms} ms | {} changes, {} hosts | {} | {} | {} |",
+            "| file write → controller verdict, quiet_period {quiet_ms} ms, small_change_quiet_period {small_ms} ms | {} changes, {} hosts | {} | {} | {} |",
             l.samples.len(),
             args.hosts,
             ms(l.quantile(0.5)),
