@@ -15,6 +15,7 @@
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`watch`]: inotify watching, debounced, that triggers scans.
 
+pub mod attest_stream;
 pub mod cli;
 pub mod config;
 pub mod configkeys;

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
+use crate::attest_stream::AttestStream;
 use crate::config::AgentConfig;
 use crate::gatekeeper::GateKeeper;
 use crate::metrics::AgentMetrics;
@@ -86,6 +87,8 @@ pub struct Agent {
     signer: Signer,
     seq: SeqCounter,
     client: AgentServiceClient<Channel>,
+    /// Attestations go to the controller on this stream.
+    attest: AttestStream,
     boot_id: String,
     /// Digest whose entries the controller has acknowledged.
     acked_full: Option<Vec<u8>>,
@@ -132,6 +135,7 @@ impl Agent {
             scanner,
             signer,
             seq,
+            attest: AttestStream::new(client.clone()),
             client,
             boot_id: state::boot_id(),
             acked_full: None,
@@ -338,11 +342,14 @@ impl Agent {
         };
         let envelope = self.signer.seal_attestation(&attestation);
         self.last_sent_full = full;
-        let reply = match self.client.submit(envelope).await {
-            Ok(r) => r.into_inner(),
+        let reply = match self.attest.send(envelope).await {
+            Ok(r) => r,
             Err(status) => {
                 self.metrics.report(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => "failed",
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled => "failed",
                     _ => "refused",
                 });
                 if status.code() == tonic::Code::FailedPrecondition

@@ -55,6 +55,14 @@ impl Refusals {
         });
     }
 
+    /// An error that ends a stream (its status travels in trailers, which
+    /// the layer does not see), counted like a refused call if it is one.
+    pub fn stream_ended(&self, peer: Option<&PeerInfo>, path: &str, status: &tonic::Status) {
+        if is_refusal(status.code()) {
+            self.request(peer, path, status.code(), status.message());
+        }
+    }
+
     /// A gRPC call answered with an error that no handler audited.
     pub fn request(&self, peer: Option<&PeerInfo>, path: &str, code: tonic::Code, message: &str) {
         let (actor, host) = match peer {

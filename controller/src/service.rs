@@ -38,6 +38,9 @@ impl AgentApi {
 }
 
 type GateStream = Pin<Box<dyn Stream<Item = Result<pb::Directive, Status>> + Send>>;
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitReply, Status>> + Send>>;
+
+const ATTEST_PATH: &str = "/lockstep.v1.AgentService/Attest";
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -60,6 +63,60 @@ impl AgentService for AgentApi {
                 Err(e.into())
             }
         }
+    }
+
+    type AttestStream = ReplyStream;
+
+    /// `submit` on one stream: each envelope answered in order. The first
+    /// error ends the stream with its status, as `submit` would have
+    /// answered it; the agent opens a new stream for its next attestation.
+    async fn attest(&self, req: Request<tonic::Streaming<pb::Envelope>>) -> Result<Response<ReplyStream>, Status> {
+        let who = peer(&req)?;
+        // Refused callers are answered before the stream opens (and counted
+        // by the refusal layer, as for `submit`).
+        self.controller.agent_host(&who)?;
+        let info = req.extensions().get::<PeerInfo>().cloned();
+        let mut envelopes = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let controller = self.controller.clone();
+        tokio::spawn(async move {
+            let closing = controller.closing();
+            tokio::pin!(closing);
+            loop {
+                let next = tokio::select! {
+                    next = envelopes.message() => next,
+                    () = &mut closing => return, // the controller is stopping
+                };
+                let envelope = match next {
+                    Ok(Some(envelope)) => envelope,
+                    Ok(None) => return, // the agent closed its side
+                    Err(status) => {
+                        // Undecodable or over the size limit, or the agent went away.
+                        controller.refusals.stream_ended(info.as_ref(), ATTEST_PATH, &status);
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                match controller.submit(&who, envelope).await {
+                    Ok(reply) => {
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return; // the agent went away
+                        }
+                    }
+                    Err(e) => {
+                        // The controller wrote a rejection's audit record itself.
+                        let rejected = matches!(e, ApiError::Rejected(_));
+                        let status = Status::from(e);
+                        if !rejected {
+                            controller.refusals.stream_ended(info.as_ref(), ATTEST_PATH, &status);
+                        }
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewReply>, Status> {

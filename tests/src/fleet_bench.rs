@@ -72,12 +72,14 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
         agents.spawn(async move {
             let signer = lockstep_agent::state::attestation_key(&cfg.state_dir)?;
             let mut client = agent_client(&cfg)?;
+            // Attestations on the agent's own stream client, as agents send them.
+            let mut attest = lockstep_agent::attest_stream::AttestStream::new(client.clone());
             let report = |seq: u64, set: &[Entry]| report(&cfg.host, seq, set, true);
             // Like a real agent, retry while 10,000 connections queue up.
             let mut backoff = lockstep_proto::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             let mut stream = loop {
                 let first = async {
-                    client.submit(signer.seal_attestation(&report(1, &old))).await?;
+                    attest.send(signer.seal_attestation(&report(1, &old))).await?;
                     client.directives(pb::DirectivesRequest {}).await
                 };
                 match first.await {
@@ -113,7 +115,7 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
                         // Spread over 10 s, deterministically by index.
                         let at = Duration::from_millis((i as u64 * 7919) % 10_000);
                         tokio::time::sleep(at).await;
-                        client.submit(signer.seal_attestation(&report(2, &new))).await?;
+                        attest.send(signer.seal_attestation(&report(2, &new))).await?;
                         storm_done.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
                     }
                 }

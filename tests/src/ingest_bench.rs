@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lockstep_agent::attest_stream::AttestStream;
+use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Envelope, PinKeyRequest};
+use tonic::transport::Channel;
 
 use crate::bench::Latencies;
 use crate::proc_fleet::{ProcFleet, ProcSpec, agent_client, entries, report};
@@ -26,17 +29,50 @@ const MAX_RATE: u64 = 30_000;
 /// Signed-ahead heartbeats must still be inside the controller's 30 s skew.
 const MAX_WINDOW: Duration = Duration::from_secs(20);
 
-pub struct IngestResult {
-    pub agents: usize,
+/// How the simulated agents send their heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Each agent's long-lived `Attest` stream, as agents do.
+    Stream,
+    /// One unary `Submit` call per heartbeat.
+    Unary,
+}
+
+/// One window of heartbeats sent as fast as they are acknowledged.
+pub struct HeartbeatWindow {
     pub accepted: u64,
     pub took: Duration,
     pub latencies: Latencies,
-    /// CPU the controller process used during the heartbeat window.
+    /// CPU the controller process used during the window.
     pub controller_cpu: Duration,
     /// CPU this process (the simulated agents) used during the window.
     pub generator_cpu: Duration,
     /// An agent ran out of signed-ahead heartbeats before the window ended.
     pub ran_dry: bool,
+}
+
+impl HeartbeatWindow {
+    pub fn per_second(&self) -> f64 {
+        self.accepted as f64 / self.took.as_secs_f64()
+    }
+
+    /// Controller CPU per acknowledged attestation, µs.
+    pub fn controller_us_per_attestation(&self) -> f64 {
+        self.controller_cpu.as_secs_f64() * 1e6 / self.accepted.max(1) as f64
+    }
+
+    /// Generator CPU per attestation, µs.
+    pub fn generator_us_per_attestation(&self) -> f64 {
+        self.generator_cpu.as_secs_f64() * 1e6 / self.accepted.max(1) as f64
+    }
+}
+
+pub struct IngestResult {
+    pub agents: usize,
+    /// Heartbeats on each agent's `Attest` stream.
+    pub streamed: HeartbeatWindow,
+    /// Heartbeats as one unary `Submit` each.
+    pub unary: HeartbeatWindow,
     pub bare_calls: u64,
     pub bare_took: Duration,
     pub bare_controller_cpu: Duration,
@@ -46,27 +82,13 @@ pub struct IngestResult {
 }
 
 impl IngestResult {
-    pub fn per_second(&self) -> f64 {
-        self.accepted as f64 / self.took.as_secs_f64()
-    }
-
     pub fn bare_per_second(&self) -> f64 {
         self.bare_calls as f64 / self.bare_took.as_secs_f64()
-    }
-
-    /// Controller CPU per acknowledged attestation, µs.
-    pub fn controller_us_per_attestation(&self) -> f64 {
-        self.controller_cpu.as_secs_f64() * 1e6 / self.accepted.max(1) as f64
     }
 
     /// Controller CPU per bare call, µs.
     pub fn controller_us_per_bare_call(&self) -> f64 {
         self.bare_controller_cpu.as_secs_f64() * 1e6 / self.bare_calls.max(1) as f64
-    }
-
-    /// Generator CPU per attestation, µs.
-    pub fn generator_us_per_attestation(&self) -> f64 {
-        self.generator_cpu.as_secs_f64() * 1e6 / self.accepted.max(1) as f64
     }
 }
 
@@ -138,85 +160,26 @@ pub async fn ingest(agents: usize, duration: Duration) -> anyhow::Result<IngestR
         sims.push((cfg.host.clone(), signer, client));
     }
 
-    // Sign every agent's heartbeats ahead, on every core.
-    let per_agent = (MAX_RATE * duration.as_millis() as u64 / 1000)
-        .div_ceil(agents as u64)
-        .max(1);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = sims.len().div_ceil(threads).max(1);
-    let signed: Vec<Vec<Envelope>> = std::thread::scope(|s| {
-        let workers: Vec<_> = sims
-            .chunks(chunk)
-            .map(|part| {
-                let set = &set;
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(host, signer, _)| {
-                            (2..2 + per_agent)
-                                .map(|seq| signer.seal_attestation(&report(host, seq, set, false)))
-                                .collect::<Vec<_>>()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    let heartbeat_bytes = sims.first().map_or(0, |(host, signer, _)| {
+        prost::Message::encoded_len(&signer.seal_attestation(&report(host, 0, &set, false)))
     });
-    anyhow::ensure!(signed.len() == sims.len(), "signing ahead failed");
-    let heartbeat_bytes = signed
-        .first()
-        .and_then(|h| h.first())
-        .map_or(0, prost::Message::encoded_len);
     let bare_bytes = prost::Message::encoded_len(&PinKeyRequest {
         public_key: vec![0; 32],
     });
-
-    let accepted = Arc::new(AtomicU64::new(0));
-    let ran_dry = Arc::new(AtomicBool::new(false));
-    let (cpu0, gen0) = (cpu_time(&pid), cpu_time("self"));
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::with_capacity(agents);
-    for ((host, signer, client), heartbeats) in sims.into_iter().zip(signed) {
-        let (accepted, ran_dry) = (accepted.clone(), ran_dry.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut client = client;
-            let mut samples = Vec::new();
-            let mut heartbeats = heartbeats.into_iter();
-            while Instant::now() < deadline {
-                let Some(envelope) = heartbeats.next() else {
-                    ran_dry.store(true, Ordering::Relaxed);
-                    break;
-                };
-                let t = Instant::now();
-                let reply = client.submit(envelope).await?.into_inner();
-                samples.push(t.elapsed());
-                anyhow::ensure!(reply.accepted, "heartbeat of {host} not accepted");
-                accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok((signer, client, samples))
-        }));
-    }
-    let mut samples = Vec::new();
-    let mut again = Vec::with_capacity(agents);
-    for t in tasks {
-        let (signer, client, s) = t.await??;
-        samples.extend(s);
-        again.push((signer, client));
-    }
-    let took = start.elapsed();
-    let (controller_cpu, generator_cpu) = (
-        cpu_time(&pid).saturating_sub(cpu0),
-        cpu_time("self").saturating_sub(gen0),
-    );
+    // Heartbeats on each agent's Attest stream (what agents send), then one
+    // unary Submit each (the call agents made before the stream), each
+    // window signed just before it so every heartbeat is inside the skew.
+    let mut next_seq = 2;
+    let streamed = heartbeat_window(&pid, &sims, &set, &mut next_seq, duration, Via::Stream).await?;
+    let unary = heartbeat_window(&pid, &sims, &set, &mut next_seq, duration, Via::Unary).await?;
 
     let calls = Arc::new(AtomicU64::new(0));
     let bare_cpu0 = cpu_time(&pid);
     let bare_start = Instant::now();
     let deadline = bare_start + duration;
     let mut tasks = Vec::with_capacity(agents);
-    for (signer, mut client) in again {
-        let calls = calls.clone();
+    for (_, signer, client) in &sims {
+        let (calls, mut client) = (calls.clone(), client.clone());
         let public_key = signer.public_key().to_vec();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -238,16 +201,98 @@ pub async fn ingest(agents: usize, duration: Duration) -> anyhow::Result<IngestR
     drop(fleet);
     Ok(IngestResult {
         agents,
-        accepted: accepted.load(Ordering::Relaxed),
-        took,
-        latencies: Latencies::new(samples),
-        controller_cpu,
-        generator_cpu,
-        ran_dry: ran_dry.load(Ordering::Relaxed),
+        streamed,
+        unary,
         bare_calls: calls.load(Ordering::Relaxed),
         bare_took,
         bare_controller_cpu,
         heartbeat_bytes,
         bare_bytes,
+    })
+}
+
+type Sim = (String, lockstep_proto::envelope::Signer, AgentServiceClient<Channel>);
+
+/// Signs `per_agent` heartbeats for every agent from `first_seq` on, on every core.
+fn sign_ahead(sims: &[Sim], set: &[lockstep_proto::pb::Entry], first_seq: u64, per_agent: u64) -> Vec<Vec<Envelope>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = sims.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = sims
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(host, signer, _)| {
+                            (first_seq..first_seq + per_agent)
+                                .map(|seq| signer.seal_attestation(&report(host, seq, set, false)))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    })
+}
+
+/// Every agent sends heartbeats `via` its stream or unary calls, one in
+/// flight each, for `duration`; the heartbeats are signed first.
+async fn heartbeat_window(
+    pid: &str,
+    sims: &[Sim],
+    set: &[lockstep_proto::pb::Entry],
+    next_seq: &mut u64,
+    duration: Duration,
+    via: Via,
+) -> anyhow::Result<HeartbeatWindow> {
+    let per_agent = (MAX_RATE * duration.as_millis() as u64 / 1000)
+        .div_ceil(sims.len() as u64)
+        .max(1);
+    let signed = sign_ahead(sims, set, *next_seq, per_agent);
+    anyhow::ensure!(signed.len() == sims.len(), "signing ahead failed");
+    *next_seq += per_agent;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let ran_dry = Arc::new(AtomicBool::new(false));
+    let (cpu0, gen0) = (cpu_time(pid), cpu_time("self"));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(sims.len());
+    for ((host, _, client), heartbeats) in sims.iter().zip(signed) {
+        let (accepted, ran_dry, host, mut client) = (accepted.clone(), ran_dry.clone(), host.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut heartbeats = heartbeats.into_iter();
+            // The agent's own stream client, as agents send attestations.
+            let mut stream = (via == Via::Stream).then(|| AttestStream::new(client.clone()));
+            while Instant::now() < deadline {
+                let Some(envelope) = heartbeats.next() else {
+                    ran_dry.store(true, Ordering::Relaxed);
+                    break;
+                };
+                let t = Instant::now();
+                let reply = match &mut stream {
+                    Some(stream) => stream.send(envelope).await?,
+                    None => client.submit(envelope).await?.into_inner(),
+                };
+                samples.push(t.elapsed());
+                anyhow::ensure!(reply.accepted, "heartbeat of {host} not accepted");
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await??);
+    }
+    let took = start.elapsed();
+    Ok(HeartbeatWindow {
+        accepted: accepted.load(Ordering::Relaxed),
+        took,
+        latencies: Latencies::new(samples),
+        controller_cpu: cpu_time(pid).saturating_sub(cpu0),
+        generator_cpu: cpu_time("self").saturating_sub(gen0),
+        ran_dry: ran_dry.load(Ordering::Relaxed),
     })
 }

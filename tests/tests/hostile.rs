@@ -42,6 +42,65 @@ async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
     grpc.unary(tonic::Request::new(msg), path, codec).await.unwrap_err()
 }
 
+/// Sends `msg` on an Attest stream as if it were an envelope; the status
+/// that ends the stream.
+async fn attest_raw<M: prost::Message + Default + Send + Sync + 'static>(
+    channel: tonic::transport::Channel,
+    msg: M,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/lockstep.v1.AgentService/Attest");
+    let codec = tonic_prost::ProstCodec::<M, pb::SubmitReply>::default();
+    let request = tonic::Request::new(tokio_stream::iter(vec![msg]));
+    match grpc.streaming(request, path, codec).await {
+        Ok(replies) => replies.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_and_oversize_messages_end_the_attestation_stream_audited() {
+    let mut m = open_fleet().await;
+    m.fleet.stop_agent("smars-02").await.unwrap();
+    let paths = m.fleet.host("smars-02").unwrap().config.controller.tls.clone();
+
+    let err = attest_raw(channel_as(&m.fleet, &paths), pb::ApproveReleaseRequest { number: 5 }).await;
+    assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+    assert!(err.message().contains("failed to decode"), "{}", err.message());
+    let huge = pb::Envelope {
+        payload: vec![0x5a; 256 * 1024],
+        ..Default::default()
+    };
+    let err = attest_raw(channel_as(&m.fleet, &paths), huge).await;
+    assert!(
+        matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        "{err:?}"
+    );
+    assert!(err.message().contains("too large"), "{}", err.message());
+
+    // Stream errors travel in trailers: the stream's handler counts them.
+    let decode = m.fleet.wait_audit("request.refused", "failed to decode").await.unwrap();
+    assert!(decode.contains("\"host\":\"smars-02\""), "{decode}");
+    assert!(decode.contains("AgentService/Attest"), "{decode}");
+    let large = m.fleet.wait_audit("request.refused", "too large").await.unwrap();
+    assert!(large.contains("AgentService/Attest"), "{large}");
+    // Nothing was accepted: the host's last attestation is the agent's.
+    let viewer = lockstep_proto::identity::PeerIdentity::Operator {
+        name: "t".into(),
+        role: lockstep_proto::identity::OperatorRole::Viewer,
+    };
+    let status = m
+        .fleet
+        .controller
+        .get_host(&viewer, "smars-02", false)
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.last_seq, m.fleet.last_seq("smars-02").unwrap());
+    m.fleet.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_and_oversize_requests_are_refused_audited_and_open_nothing() {
     let mut m = open_fleet().await;

@@ -72,6 +72,61 @@ async fn replayed_sequence_number_is_refused_and_closes_the_gate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_stream_answers_in_order_and_ends_at_a_replay() {
+    let mut m = open_fleet().await;
+    m.fleet.stop_agent("smars-03").await.unwrap();
+    let key = m.fleet.host_key("smars-03").unwrap();
+    let seq = m.fleet.last_seq("smars-03").unwrap() + 1;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client = m.fleet.agent_client("smars-03").unwrap();
+    let mut replies = client
+        .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for s in [seq, seq + 1] {
+        tx.send(key.seal_attestation(&m.fleet.attestation("smars-03", s).unwrap()))
+            .await
+            .unwrap();
+        let reply = replies.message().await.unwrap().unwrap();
+        assert!(reply.accepted, "seq {s}");
+        assert_eq!(reply.gate.unwrap().state(), GateState::Open);
+    }
+    let viewer = lockstep_proto::identity::PeerIdentity::Operator {
+        name: "t".into(),
+        role: OperatorRole::Viewer,
+    };
+    let detail = m.fleet.controller.get_host(&viewer, "smars-03", false).unwrap();
+    assert_eq!(detail.status.unwrap().last_seq, seq + 1);
+    // The same seq again: the stream ends with the status Submit answers.
+    tx.send(key.seal_attestation(&m.fleet.attestation("smars-03", seq + 1).unwrap()))
+        .await
+        .unwrap();
+    let err = replies.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("replay: seq"), "{}", err.message());
+    assert!(
+        replies.message().await.unwrap_or(None).is_none(),
+        "nothing after the refusal"
+    );
+    let g = m.fleet.gates().unwrap();
+    assert_eq!(state_of(&g, "smars-03"), GateState::Closed);
+    assert!(reasons_of(&g, "smars-03")[0].contains("replay"));
+    m.fleet.wait_audit("attestation.rejected", "replay: seq").await.unwrap();
+    // A new stream takes the next attestation.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = client
+        .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(key.seal_attestation(&m.fleet.attestation("smars-03", seq + 2).unwrap()))
+        .await
+        .unwrap();
+    assert!(replies.message().await.unwrap().unwrap().accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_a_certificate_cannot_attest_for_host_b() {
     let mut m = open_fleet().await;
     m.fleet.stop_agent("smars-01").await.unwrap();
