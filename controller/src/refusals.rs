@@ -56,9 +56,11 @@ impl Refusals {
     }
 
     /// An error that ends a stream (its status travels in trailers, which
-    /// the layer does not see), counted like a refused call if it is one.
+    /// the layer does not see), counted like a refused call if it is one. A
+    /// transport failure (the peer went away, its connection reset) carries
+    /// its cause as the status's source and is not a refusal.
     pub fn stream_ended(&self, peer: Option<&PeerInfo>, path: &str, status: &tonic::Status) {
-        if is_refusal(status.code()) {
+        if is_refusal(status.code()) && std::error::Error::source(status).is_none() {
             self.request(peer, path, status.code(), status.message());
         }
     }

@@ -91,7 +91,8 @@ impl AgentService for AgentApi {
                     Ok(Some(envelope)) => envelope,
                     Ok(None) => return, // the agent closed its side
                     Err(status) => {
-                        // Undecodable or over the size limit, or the agent went away.
+                        // Undecodable or over the size limit (counted), or the
+                        // agent went away (not a refusal).
                         controller.refusals.stream_ended(info.as_ref(), ATTEST_PATH, &status);
                         let _ = tx.send(Err(status)).await;
                         return;

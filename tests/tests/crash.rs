@@ -200,6 +200,15 @@ async fn agent_killed_mid_scan_or_report_never_reuses_a_sequence_number() {
         );
     }
     drop(agent);
+    // A killed agent's attestation stream breaks; that is not a refusal.
+    // Refusals reach the audit log once a window has closed.
+    tokio::time::sleep(lockstep_controller::refusals::WINDOW + Duration::from_millis(500)).await;
+    let (code, out) = fleet.lockstep(&fleet.alice, &["audit", "export"]).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("request.refused"),
+        "a killed agent was audited as refused: {out}"
+    );
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped.
