@@ -3,6 +3,7 @@
 //! so a thousand identical hosts cost one copy.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use lockstep_proto::pb::{Entry, Manifest};
 use prost::Message;
@@ -25,13 +26,35 @@ pub struct SledStore {
     tokens: sled::Tree,
 }
 
+/// How long `open` waits for the store's file lock when it is taken.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens the sled database, waiting briefly for its file lock. sled 0.34
+/// releases the lock from a background thread after the last handle drops,
+/// so a store closed and reopened in one process (a restart in place, the
+/// tests) can find it still held for a few milliseconds. Another process
+/// holding it is still refused, after `LOCK_WAIT`.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let err = |e: sled::Error| StoreError::Backend {
             path: path.display().to_string(),
             reason: format!("{e}; is another controller using this data_dir?"),
         };
-        let db = sled::Config::new().path(path).open().map_err(err)?;
+        let db = open_db(path).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
             hosts: db.open_tree("hosts").map_err(err)?,
@@ -250,5 +273,33 @@ mod tests {
         }
         let numbers: Vec<u64> = s.releases().unwrap().iter().map(|r| r.number).collect();
         assert_eq!(numbers, vec![2, 10, 300]);
+    }
+
+    #[test]
+    fn a_store_closed_and_reopened_at_once_opens_every_time() {
+        // sled frees its file lock from a background thread after the last
+        // handle drops; an immediate reopen must wait for it, not fail.
+        let d = tempfile::tempdir().unwrap();
+        for n in 0..30u64 {
+            let s = SledStore::open(d.path()).unwrap();
+            let host = HostRecord {
+                host: "smars-01".into(),
+                last_seq: n,
+                ..Default::default()
+            };
+            s.put_host(&host).unwrap();
+            s.flush().unwrap();
+        }
+        assert_eq!(SledStore::open(d.path()).unwrap().hosts().unwrap()[0].last_seq, 29);
+    }
+
+    #[test]
+    fn a_store_held_open_elsewhere_is_refused_naming_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let _held = SledStore::open(d.path()).unwrap();
+        let err = SledStore::open(d.path()).err().expect("a second open must be refused");
+        let text = err.to_string();
+        assert!(text.contains(&d.path().display().to_string()), "{text}");
+        assert!(text.contains("another controller using this data_dir"), "{text}");
     }
 }
