@@ -23,22 +23,22 @@ struct Pending {
 }
 
 pub struct GroupCommit {
-    queue: Mutex<Vec<Pending>>,
-    /// End of the audit chain; held by the committing caller.
-    head: tokio::sync::Mutex<ChainHead>,
+    queue: Arc<Mutex<Vec<Pending>>>,
+    /// End of the audit chain; held by the committing batch.
+    head: Arc<tokio::sync::Mutex<ChainHead>>,
     settings: StoreSettings,
     /// Set when a write stalled: the store cannot be trusted to finish
     /// anything more, so nothing more is attempted until a restart.
-    failed: Mutex<Option<StoreError>>,
+    failed: Arc<Mutex<Option<StoreError>>>,
 }
 
 impl GroupCommit {
     pub fn new(head: ChainHead, settings: StoreSettings) -> Self {
         Self {
-            queue: Mutex::new(Vec::new()),
-            head: tokio::sync::Mutex::new(head),
+            queue: Arc::new(Mutex::new(Vec::new())),
+            head: Arc::new(tokio::sync::Mutex::new(head)),
             settings,
-            failed: Mutex::new(None),
+            failed: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -58,7 +58,7 @@ impl GroupCommit {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Pending { events, work, done: tx });
-        let mut head = self.head.lock().await;
+        let head = self.head.clone().lock_owned().await;
         // The previous committer may have taken ours along.
         if let Ok(result) = rx.try_recv() {
             return result;
@@ -67,20 +67,68 @@ impl GroupCommit {
             return Err(ApiError::Store(e));
         }
         let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        // The batch is written, the chain head advanced and every waiter
+        // answered by a task of its own: a caller dropped here (its client
+        // went away mid-call) must not leave a batch written but its head
+        // unrecorded, or the next batch would reuse its audit sequence
+        // numbers and overwrite its records.
+        let lead = Batch {
+            store: store.clone(),
+            settings: self.settings,
+            failed: self.failed.clone(),
+        };
+        tokio::spawn(lead.write(head, batch));
+        rx.await.unwrap_or_else(|_| {
+            Err(ApiError::Internal(
+                "storage task failed before this change was written".into(),
+            ))
+        })
+    }
+}
+
+/// What the task writing one batch needs.
+struct Batch {
+    store: Arc<dyn Store>,
+    settings: StoreSettings,
+    failed: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl Batch {
+    /// Applies `batch` under the chain head `head`, then answers each waiter.
+    async fn write(self, mut head: tokio::sync::OwnedMutexGuard<ChainHead>, batch: Vec<Pending>) {
         let (changes, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| ((p.events, p.work), p.done)).unzip();
-        let store = store.clone();
+        let store = self.store.clone();
         let start = head.clone();
         let min_free = self.settings.min_free_bytes;
         let task = tokio::task::spawn_blocking(move || apply(store.as_ref(), start, changes, min_free));
         let outcome = match tokio::time::timeout(self.settings.stall_timeout, task).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "storage task failed");
-                let e = ApiError::Internal(format!("storage task failed before this change was written: {e}"));
-                for done in waiters {
-                    let _ = done.send(Err(ApiError::Internal(e.to_string())));
+                // The task panicked part-way: what it wrote is unknown, so
+                // the head is read back from the store rather than kept.
+                tracing::error!(error = %e, "storage task failed; its changes are refused");
+                let store = self.store.clone();
+                let cannot_read = match tokio::task::spawn_blocking(move || store.last_audit()).await {
+                    Ok(Ok(last)) => {
+                        *head = ChainHead::after(last.as_ref());
+                        None
+                    }
+                    Ok(Err(stored)) => Some(stored),
+                    Err(again) => Some(StoreError::Corrupt {
+                        key: "the last audit record".into(),
+                        reason: again.to_string(),
+                    }),
+                };
+                // Without a known head nothing more can be chained on.
+                if let Some(stored) = cannot_read {
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored);
                 }
-                return rx.await.unwrap_or(Err(e));
+                for done in waiters {
+                    let _ = done.send(Err(ApiError::Internal(format!(
+                        "storage task failed before this change was written: {e}"
+                    ))));
+                }
+                return;
             }
             Err(_) => {
                 // The write may never return (a full disk can wedge the
@@ -93,7 +141,7 @@ impl GroupCommit {
                 for done in waiters {
                     let _ = done.send(Err(ApiError::Store(e.clone())));
                 }
-                return rx.await.unwrap_or(Err(ApiError::Store(e)));
+                return;
             }
         };
         if let Some(next) = outcome.head {
@@ -103,11 +151,6 @@ impl GroupCommit {
         for (done, result) in waiters.into_iter().zip(outcome.results) {
             let _ = done.send(result.map_err(ApiError::Store));
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(ApiError::Internal(
-                "storage task failed before this change was written".into(),
-            ))
-        })
     }
 }
 
@@ -153,5 +196,94 @@ fn apply(store: &dyn Store, head: ChainHead, batch: Vec<(Vec<AuditEvent>, Work)>
             results: results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
             head: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sled_store::SledStore;
+
+    fn event(detail: &str) -> Vec<AuditEvent> {
+        vec![AuditEvent {
+            actor: "alice (operator)".into(),
+            action: "halt".into(),
+            detail: detail.into(),
+            ..Default::default()
+        }]
+    }
+
+    /// A new store in a temporary directory and its committer.
+    fn empty_store() -> (tempfile::TempDir, Arc<dyn Store>, GroupCommit) {
+        let d = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(d.path()).unwrap());
+        let settings = StoreSettings {
+            min_free_bytes: 0,
+            stall_timeout: Duration::from_secs(10),
+        };
+        (d, store, GroupCommit::new(ChainHead::after(None), settings))
+    }
+
+    /// The stored audit records say `details`, in order, and chain.
+    fn assert_chain_is(store: &dyn Store, details: &[&str]) {
+        let records = store.audit_from(1).unwrap();
+        let stored: Vec<&str> = records.iter().map(|r| r.detail.as_str()).collect();
+        assert_eq!(stored, details);
+        crate::audit::verify(&records).unwrap();
+    }
+
+    /// A caller dropped while its batch is being written (its client went
+    /// away mid-call) must not lose the batch's audit records: the next
+    /// batch chains on after them, and the chain verifies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_committer_dropped_mid_write_loses_no_audit_record() {
+        let (_d, store, group) = empty_store();
+        let group = Arc::new(group);
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let (group, store) = (group.clone(), store.clone());
+            tokio::spawn(async move {
+                let work: Work = Box::new(move |_| {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv_timeout(Duration::from_secs(10));
+                    Ok(())
+                });
+                group.commit(&store, event("first"), work).await
+            })
+        };
+        tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the first batch never started writing");
+        first.abort(); // its caller is gone while the write is under way
+        let _ = first.await;
+        release_tx.send(()).unwrap();
+        group
+            .commit(&store, event("second"), Box::new(|_| Ok(())))
+            .await
+            .unwrap();
+        assert_chain_is(store.as_ref(), &["first", "second"]);
+    }
+
+    #[tokio::test]
+    async fn a_change_whose_write_panics_is_refused_and_the_chain_goes_on() {
+        let (_d, store, group) = empty_store();
+        group
+            .commit(&store, event("first"), Box::new(|_| Ok(())))
+            .await
+            .unwrap();
+        let err = group
+            .commit(&store, event("lost"), Box::new(|_| panic!("a bug in a change")))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("storage task failed"), "{err}");
+        group
+            .commit(&store, event("third"), Box::new(|_| Ok(())))
+            .await
+            .unwrap();
+        assert_chain_is(store.as_ref(), &["first", "third"]);
     }
 }

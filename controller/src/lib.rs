@@ -8,7 +8,8 @@
 //! revocation), [`audit`] (the hash-chained audit log),
 //! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
 //! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
-//! [`error`] (the one mapping to gRPC status).
+//! [`error`] (the one mapping to gRPC status), [`detach`] (calls run to
+//! completion when their client goes away).
 //!
 //! Console: [`console`] (the `lockstep` CLI) and [`pki`] (the fleet CA).
 
@@ -18,6 +19,7 @@ pub mod commit;
 pub mod config;
 pub mod console;
 pub mod controller;
+pub mod detach;
 pub mod enrollment;
 pub mod error;
 pub mod fleet;

@@ -231,7 +231,14 @@ pub async fn serve(
     };
     let health_task = tokio::spawn(not_serving);
     let server = tonic::transport::Server::builder()
-        .layer(crate::refusals::RefusalLayer::new(controller.clone()))
+        // Outermost first: a call and its refusal count finish even when the
+        // client goes away.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::detach::DetachLayer)
+                .layer(crate::refusals::RefusalLayer::new(controller.clone()))
+                .into_inner(),
+        )
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(64)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
