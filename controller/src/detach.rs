@@ -4,27 +4,55 @@
 //! from the controller's memory (an accepted seq not yet known, so the same
 //! envelope replayed would pass). Detached, the handler always finishes;
 //! only its answer is lost with the client.
+//!
+//! tonic's per-connection call limit is released when the call is dropped,
+//! so a client resetting its calls could leave any number of handlers
+//! running: at most `MAX_DETACHED` run at once, the rest wait their turn
+//! (and a call dropped while it waits never starts).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use tokio::sync::Semaphore;
+
+/// Handlers running at once, over every connection.
+pub const MAX_DETACHED: usize = 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Tower layer that spawns each call's future.
-#[derive(Clone, Copy, Default)]
-pub struct DetachLayer;
+#[derive(Clone)]
+pub struct DetachLayer {
+    running: Arc<Semaphore>,
+}
+
+impl DetachLayer {
+    /// At most `max` handlers running at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for DetachLayer {
     type Service = Detach<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Detach(inner)
+        Detach {
+            inner,
+            running: self.running.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
-pub struct Detach<S>(S);
+pub struct Detach<S> {
+    inner: S,
+    running: Arc<Semaphore>,
+}
 
 impl<S, Req> tower::Service<Req> for Detach<S>
 where
@@ -38,12 +66,21 @@ where
     type Future = BoxFuture<Result<S::Response, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let handler = tokio::spawn(self.0.call(req));
+        let call = self.inner.call(req);
+        let running = self.running.clone();
         Box::pin(async move {
+            let slot = running
+                .acquire_owned()
+                .await
+                .map_err(|_| "the controller is stopping")?;
+            let handler = tokio::spawn(async move {
+                let _slot = slot;
+                call.await
+            });
             match handler.await {
                 Ok(result) => result.map_err(Into::into),
                 // A panicking handler ends its call, as it would undetached.
@@ -83,10 +120,10 @@ mod tests {
                 }
             })
         };
-        let mut svc = DetachLayer.layer(inner);
-        let call = svc.ready().await.unwrap().call(());
+        let mut svc = DetachLayer::new(4).layer(inner);
+        let call = tokio::spawn(svc.ready().await.unwrap().call(()));
         started_rx.await.unwrap();
-        drop(call); // the client reset the stream
+        call.abort(); // the client reset the stream
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !finished.load(Ordering::SeqCst) {
             assert!(
@@ -99,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_ends_its_call_with_an_error() {
-        let mut svc = DetachLayer.layer(tower::service_fn(|(): ()| async {
+        let mut svc = DetachLayer::new(4).layer(tower::service_fn(|(): ()| async {
             if true {
                 panic!("a bug");
             }
@@ -107,5 +144,33 @@ mod tests {
         }));
         let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
         assert!(err.to_string().contains("request handler failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_limit_run_at_once_and_the_rest_wait() {
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inner = {
+            let (running, most) = (running.clone(), most.clone());
+            tower::service_fn(move |(): ()| {
+                let (running, most) = (running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, BoxError>(())
+                }
+            })
+        };
+        let mut svc = DetachLayer::new(3).layer(inner);
+        let mut calls = Vec::new();
+        for _ in 0..12 {
+            calls.push(tokio::spawn(svc.ready().await.unwrap().call(())));
+        }
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 3);
     }
 }

@@ -235,7 +235,7 @@ pub async fn serve(
         // client goes away.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::detach::DetachLayer)
+                .layer(crate::detach::DetachLayer::new(crate::detach::MAX_DETACHED))
                 .layer(crate::refusals::RefusalLayer::new(controller.clone()))
                 .into_inner(),
         )
