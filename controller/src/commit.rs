@@ -23,7 +23,7 @@ struct Pending {
 }
 
 pub struct GroupCommit {
-    queue: Arc<Mutex<Vec<Pending>>>,
+    queue: Mutex<Vec<Pending>>,
     /// End of the audit chain; held by the committing batch.
     head: Arc<tokio::sync::Mutex<ChainHead>>,
     settings: StoreSettings,
@@ -35,7 +35,7 @@ pub struct GroupCommit {
 impl GroupCommit {
     pub fn new(head: ChainHead, settings: StoreSettings) -> Self {
         Self {
-            queue: Arc::new(Mutex::new(Vec::new())),
+            queue: Mutex::new(Vec::new()),
             head: Arc::new(tokio::sync::Mutex::new(head)),
             settings,
             failed: Arc::new(Mutex::new(None)),
@@ -125,7 +125,7 @@ impl Batch {
                 }
                 for done in waiters {
                     let _ = done.send(Err(ApiError::Internal(format!(
-                        "storage task failed before this change was written: {e}"
+                        "storage task failed while writing this change; it is not acknowledged: {e}"
                     ))));
                 }
                 return;

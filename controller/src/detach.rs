@@ -1,4 +1,4 @@
-//! Every lockstep call runs to completion in a task of its own. hyper drops
+//! Every call (lockstep's services, health, reflection) runs to completion in a task of its own. hyper drops
 //! a handler's future when its client resets the stream or the connection
 //! drops; a change stopped there could be durable in the store but missing
 //! from the controller's memory (an accepted seq not yet known, so the same
