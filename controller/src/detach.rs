@@ -2,8 +2,9 @@
 //! in a task of its own. hyper drops a handler's future when its client
 //! resets the stream or the connection drops; a change stopped there could
 //! be durable in the store but missing from the controller's memory (an
-//! accepted seq not yet known, so the same envelope replayed would pass). Detached, the handler always finishes;
-//! only its answer is lost with the client.
+//! accepted seq not yet known, so the same envelope replayed would pass).
+//! Detached, the handler always finishes; only its answer is lost with the
+//! client.
 //!
 //! tonic's per-connection call limit is released when the call is dropped,
 //! so a client resetting its calls could leave any number of handlers
