@@ -3,6 +3,11 @@
 //! takes the whole queue, applies every change, chains their audit records
 //! in queue order, flushes once, and tells each waiter. One fsync then
 //! acknowledges many attestations, and the audit chain stays one sequence.
+//!
+//! Numbers that name what a change stores (halt ids, release numbers) are
+//! allocated here too, by the batch that writes them and in queue order:
+//! read-the-highest-then-write outside the commit gave two concurrent halts
+//! one id, and the second overwrote the first.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,16 +21,65 @@ use crate::store::{Store, StoreError};
 /// The store writes of one change.
 pub type Work = Box<dyn FnOnce(&dyn Store) -> Result<(), StoreError> + Send>;
 
+/// Builds a numbered change once its number is known: its audit events and
+/// its store writes.
+pub type Numbered = Box<dyn FnOnce(u64) -> (Vec<AuditEvent>, Work) + Send>;
+
+/// A sequence of numbers allocated inside the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Halt,
+    Release,
+}
+
+/// The next number of each [`Counter`]; advanced only by a change that is
+/// written and flushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    next_halt: u64,
+    next_release: u64,
+}
+
+impl Counters {
+    /// One past the highest number the store holds, for each counter.
+    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let next = |highest: Option<u64>| highest.map_or(1, |n| n.saturating_add(1));
+        Ok(Self {
+            next_halt: next(store.halts()?.iter().map(|h| h.id).max()),
+            next_release: next(store.releases()?.iter().map(|r| r.number).max()),
+        })
+    }
+
+    fn slot(&mut self, counter: Counter) -> &mut u64 {
+        match counter {
+            Counter::Halt => &mut self.next_halt,
+            Counter::Release => &mut self.next_release,
+        }
+    }
+}
+
+/// What the committing batch holds: the end of the audit chain and the
+/// counters, advanced together.
+struct Head {
+    chain: ChainHead,
+    counters: Counters,
+}
+
+enum Body {
+    Plain { events: Vec<AuditEvent>, work: Work },
+    Numbered { counter: Counter, build: Numbered },
+}
+
 struct Pending {
-    events: Vec<AuditEvent>,
-    work: Work,
-    done: oneshot::Sender<Result<(), ApiError>>,
+    body: Body,
+    /// The number allocated to the change (0 for a plain one).
+    done: oneshot::Sender<Result<u64, ApiError>>,
 }
 
 pub struct GroupCommit {
     queue: Mutex<Vec<Pending>>,
-    /// End of the audit chain; held by the committing batch.
-    head: Arc<tokio::sync::Mutex<ChainHead>>,
+    /// End of the audit chain and the counters; held by the committing batch.
+    head: Arc<tokio::sync::Mutex<Head>>,
     settings: StoreSettings,
     /// Set when a write stalled: the store cannot be trusted to finish
     /// anything more, so nothing more is attempted until a restart.
@@ -33,10 +87,10 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn new(head: ChainHead, settings: StoreSettings) -> Self {
+    pub fn new(chain: ChainHead, counters: Counters, settings: StoreSettings) -> Self {
         Self {
             queue: Mutex::new(Vec::new()),
-            head: Arc::new(tokio::sync::Mutex::new(head)),
+            head: Arc::new(tokio::sync::Mutex::new(Head { chain, counters })),
             settings,
             failed: Arc::new(Mutex::new(None)),
         }
@@ -50,6 +104,22 @@ impl GroupCommit {
     /// Makes `work` and `events` durable together (or neither), sharing the
     /// flush with whatever else is waiting.
     pub async fn commit(&self, store: &Arc<dyn Store>, events: Vec<AuditEvent>, work: Work) -> Result<(), ApiError> {
+        self.enqueue(store, Body::Plain { events, work }).await.map(drop)
+    }
+
+    /// Like [`GroupCommit::commit`] for a change named by the next number of
+    /// `counter`: `build` is called with that number inside the batch, and
+    /// the number is returned once the change is durable.
+    pub async fn commit_numbered(
+        &self,
+        store: &Arc<dyn Store>,
+        counter: Counter,
+        build: Numbered,
+    ) -> Result<u64, ApiError> {
+        self.enqueue(store, Body::Numbered { counter, build }).await
+    }
+
+    async fn enqueue(&self, store: &Arc<dyn Store>, body: Body) -> Result<u64, ApiError> {
         if let Some(e) = self.failed() {
             return Err(ApiError::Store(e));
         }
@@ -57,7 +127,7 @@ impl GroupCommit {
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Pending { events, work, done: tx });
+            .push(Pending { body, done: tx });
         let head = self.head.clone().lock_owned().await;
         // The previous committer may have taken ours along.
         if let Ok(result) = rx.try_recv() {
@@ -95,22 +165,27 @@ struct Batch {
 
 impl Batch {
     /// Applies `batch` under the chain head `head`, then answers each waiter.
-    async fn write(self, mut head: tokio::sync::OwnedMutexGuard<ChainHead>, batch: Vec<Pending>) {
-        let (changes, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| ((p.events, p.work), p.done)).unzip();
+    async fn write(self, mut head: tokio::sync::OwnedMutexGuard<Head>, batch: Vec<Pending>) {
+        let (changes, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.body, p.done)).unzip();
         let store = self.store.clone();
-        let start = head.clone();
+        let start = (head.chain.clone(), head.counters.clone());
         let min_free = self.settings.min_free_bytes;
         let task = tokio::task::spawn_blocking(move || apply(store.as_ref(), start, changes, min_free));
         let outcome = match tokio::time::timeout(self.settings.stall_timeout, task).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 // The task panicked part-way: what it wrote is unknown, so
-                // the head is read back from the store rather than kept.
+                // the head and counters are read back from the store rather
+                // than kept.
                 tracing::error!(error = %e, "storage task failed; its changes are refused");
                 let store = self.store.clone();
-                let cannot_read = match tokio::task::spawn_blocking(move || store.last_audit()).await {
-                    Ok(Ok(last)) => {
-                        *head = ChainHead::after(last.as_ref());
+                let reread = move || Ok::<_, StoreError>((store.last_audit()?, Counters::load(store.as_ref())?));
+                let cannot_read = match tokio::task::spawn_blocking(reread).await {
+                    Ok(Ok((last, counters))) => {
+                        *head = Head {
+                            chain: ChainHead::after(last.as_ref()),
+                            counters,
+                        };
                         None
                     }
                     Ok(Err(stored)) => Some(stored),
@@ -154,16 +229,16 @@ impl Batch {
     }
 }
 
-/// What became of a batch: one result per change, in order, and the new
-/// chain head when the flush succeeded.
+/// What became of a batch: one result per change (its number), in order,
+/// and the new head when the flush succeeded.
 struct Outcome {
-    results: Vec<Result<(), StoreError>>,
-    head: Option<ChainHead>,
+    results: Vec<Result<u64, StoreError>>,
+    head: Option<Head>,
 }
 
-/// Checks free space, applies each change, seals the audit events of those
-/// that applied, and flushes once.
-fn apply(store: &dyn Store, head: ChainHead, batch: Vec<(Vec<AuditEvent>, Work)>, min_free: u64) -> Outcome {
+/// Checks free space, numbers and applies each change, seals the audit
+/// events of those that applied, and flushes once.
+fn apply(store: &dyn Store, start: (ChainHead, Counters), batch: Vec<Body>, min_free: u64) -> Outcome {
     if let Err(e) = store.check_space(min_free) {
         return Outcome {
             results: batch.iter().map(|_| Err(e.clone())).collect(),
@@ -172,16 +247,27 @@ fn apply(store: &dyn Store, head: ChainHead, batch: Vec<(Vec<AuditEvent>, Work)>
     }
     let now = lockstep_proto::now_unix_ms();
     let mut results = Vec::with_capacity(batch.len());
-    let mut next = head;
+    let (mut next, mut counters) = start;
     let mut records = Vec::new();
-    for (events, work) in batch {
+    for body in batch {
+        let (number, events, work) = match body {
+            Body::Plain { events, work } => (None, events, work),
+            Body::Numbered { counter, build } => {
+                let n = *counters.slot(counter);
+                let (events, work) = build(n);
+                (Some((counter, n)), events, work)
+            }
+        };
         let result = work(store);
         if result.is_ok() {
             let (r, h) = crate::audit::seal(&next, events, now);
             records.extend(r);
             next = h;
+            if let Some((counter, n)) = number {
+                *counters.slot(counter) = n.saturating_add(1);
+            }
         }
-        results.push(result);
+        results.push(result.map(|()| number.map_or(0, |(_, n)| n)));
     }
     let flushed = records
         .iter()
@@ -190,7 +276,7 @@ fn apply(store: &dyn Store, head: ChainHead, batch: Vec<(Vec<AuditEvent>, Work)>
     match flushed {
         Ok(()) => Outcome {
             results,
-            head: Some(next),
+            head: Some(Head { chain: next, counters }),
         },
         Err(e) => Outcome {
             results: results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
@@ -223,7 +309,8 @@ mod tests {
             min_free_bytes: 0,
             stall_timeout: Duration::from_secs(10),
         };
-        (d, store, GroupCommit::new(ChainHead::after(None), settings))
+        let counters = Counters::load(store.as_ref()).unwrap();
+        (d, store, GroupCommit::new(ChainHead::after(None), counters, settings))
     }
 
     /// The stored audit records say `details`, in order, and chain.
@@ -285,5 +372,45 @@ mod tests {
             .await
             .unwrap();
         assert_chain_is(store.as_ref(), &["first", "third"]);
+    }
+
+    /// Numbered changes committed at once get distinct numbers in commit
+    /// order, and one whose write fails uses none up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_numbered_changes_get_distinct_numbers() {
+        let (_d, store, group) = empty_store();
+        let group = Arc::new(group);
+        let mut calls = Vec::new();
+        for i in 0..64u32 {
+            let (group, store) = (group.clone(), store.clone());
+            calls.push(tokio::spawn(async move {
+                let build: Numbered = Box::new(move |n| {
+                    let work: Work = if i % 8 == 7 {
+                        Box::new(|_| {
+                            Err(StoreError::Backend {
+                                path: "test".into(),
+                                reason: "refused".into(),
+                            })
+                        })
+                    } else {
+                        Box::new(|_| Ok(()))
+                    };
+                    (event(&format!("number {n}")), work)
+                });
+                group.commit_numbered(&store, Counter::Halt, build).await
+            }));
+        }
+        let mut numbers = Vec::new();
+        for call in calls {
+            if let Ok(n) = call.await.unwrap() {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=56).collect::<Vec<u64>>());
+        let records = store.audit_from(1).unwrap();
+        let mut recorded: Vec<String> = records.iter().map(|r| r.detail.clone()).collect();
+        recorded.sort_by_key(|d| d.trim_start_matches("number ").parse::<u64>().unwrap());
+        assert_eq!(recorded, (1..=56).map(|n| format!("number {n}")).collect::<Vec<_>>());
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::audit::{AuditEvent, ChainHead};
-use crate::commit::GroupCommit;
+use crate::commit::{Counter, Counters, GroupCommit, Numbered};
 use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
@@ -63,6 +63,7 @@ impl Controller {
     pub fn new(config: ControllerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let state = FleetState::load(store.as_ref(), &config)?;
         let audit_head = ChainHead::after(store.last_audit()?.as_ref());
+        let counters = Counters::load(store.as_ref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let incidents = Incidents::load(store.incidents()?);
         let store_settings = config.store;
@@ -74,7 +75,7 @@ impl Controller {
             release_lock: tokio::sync::Mutex::new(()),
             gates: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
-            committer: GroupCommit::new(audit_head, store_settings),
+            committer: GroupCommit::new(audit_head, counters, store_settings),
             transitions: (tx, Mutex::new(Some(rx))),
             incidents: Mutex::new(incidents),
             refusals: crate::refusals::Refusals::default(),
@@ -233,6 +234,18 @@ impl Controller {
     {
         let started = std::time::Instant::now();
         let result = self.committer.commit(&self.store, events, Box::new(work)).await;
+        self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(ApiError::Store(err @ StoreError::Stalled { .. })) = &result {
+            self.halt_on_failed_store(err);
+        }
+        result
+    }
+
+    /// Like [`Controller::persist_audited`] for a change named by the next
+    /// number of `counter`, allocated inside the commit that stores it.
+    pub(crate) async fn persist_numbered(&self, counter: Counter, build: Numbered) -> Result<u64, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.committer.commit_numbered(&self.store, counter, build).await;
         self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(ApiError::Store(err @ StoreError::Stalled { .. })) = &result {
             self.halt_on_failed_store(err);

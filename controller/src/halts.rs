@@ -7,6 +7,7 @@ use lockstep_proto::pb::{self, halt_scope::Scope};
 use tracing::warn;
 
 use crate::audit::AuditEvent;
+use crate::commit::{Counter, Numbered};
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::store::{HaltRecord, HaltScope};
@@ -52,9 +53,8 @@ impl Controller {
             ));
         }
         let scope = self.scope_from(req.scope)?;
-        let id = self.read().halts.keys().next_back().map_or(1, |n| n + 1);
-        let record = HaltRecord {
-            id,
+        let mut record = HaltRecord {
+            id: 0,
             scope: scope.clone(),
             reason: req.reason,
             halted_by: who,
@@ -63,23 +63,28 @@ impl Controller {
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
         };
-        let stored = record.clone();
-        let event = AuditEvent {
-            actor: peer.to_string(),
-            action: "halt".into(),
-            host: if let HaltScope::Host(h) = &scope {
-                h.clone()
-            } else {
-                String::new()
-            },
-            role: if let HaltScope::Role(r) = &scope {
-                r.clone()
-            } else {
-                String::new()
-            },
-            detail: format!("halt {id} on {scope}: {}", record.reason),
-        };
-        self.persist_audited(vec![event], move |s| s.put_halt(&stored)).await?;
+        let (actor, template) = (peer.to_string(), record.clone());
+        let build: Numbered = Box::new(move |id| {
+            let stored = HaltRecord { id, ..template };
+            let event = AuditEvent {
+                actor,
+                action: "halt".into(),
+                host: if let HaltScope::Host(h) = &stored.scope {
+                    h.clone()
+                } else {
+                    String::new()
+                },
+                role: if let HaltScope::Role(r) = &stored.scope {
+                    r.clone()
+                } else {
+                    String::new()
+                },
+                detail: format!("halt {id} on {}: {}", stored.scope, stored.reason),
+            };
+            (vec![event], Box::new(move |s| s.put_halt(&stored)))
+        });
+        let id = self.persist_numbered(Counter::Halt, build).await?;
+        record.id = id;
         self.write().halts.insert(id, record.clone());
         warn!(halt = id, scope = %scope, by = %record.halted_by, reason = %record.reason, "HALT");
         self.publish_all();

@@ -10,6 +10,7 @@ use lockstep_proto::pb::{self, Release, ReleaseState, propose_release_request::S
 use tracing::info;
 
 use crate::audit::AuditEvent;
+use crate::commit::{Counter, Numbered};
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::store::ReleaseRecord;
@@ -70,10 +71,8 @@ impl Controller {
             }
         };
         let digest_hex = hex::encode(digest::digest(&entries));
-        let _guard = self.release_lock.lock().await;
-        let number = self.read().releases.keys().next_back().map_or(1, |n| n + 1);
-        let record = ReleaseRecord {
-            number,
+        let mut record = ReleaseRecord {
+            number: 0,
             role: role.clone(),
             digest_hex: digest_hex.clone(),
             entry_count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
@@ -87,24 +86,29 @@ impl Controller {
             approved_by: None,
             approved_at_unix_ms: 0,
         };
-        let (stored, manifest, d) = (record.clone(), entries.clone(), digest_hex.clone());
-        let event = AuditEvent {
-            actor: peer.to_string(),
-            action: "release.proposed".into(),
-            role: role.clone(),
-            detail: format!(
-                "release {number} from {} ({} entries): {}",
-                record.source, record.entry_count, record.note
-            ),
-            ..Default::default()
-        };
-        self.persist_audited(vec![event], move |s| {
-            if !s.has_manifest(&d)? {
-                s.put_manifest(&d, &manifest)?;
-            }
-            s.put_release(&stored)
-        })
-        .await?;
+        let (actor, template, manifest) = (peer.to_string(), record.clone(), entries.clone());
+        let build: Numbered = Box::new(move |number| {
+            let stored = ReleaseRecord { number, ..template };
+            let event = AuditEvent {
+                actor,
+                action: "release.proposed".into(),
+                role: stored.role.clone(),
+                detail: format!(
+                    "release {number} from {} ({} entries): {}",
+                    stored.source, stored.entry_count, stored.note
+                ),
+                ..Default::default()
+            };
+            let work: crate::commit::Work = Box::new(move |s| {
+                if !s.has_manifest(&stored.digest_hex)? {
+                    s.put_manifest(&stored.digest_hex, &manifest)?;
+                }
+                s.put_release(&stored)
+            });
+            (vec![event], work)
+        });
+        let number = self.persist_numbered(Counter::Release, build).await?;
+        record.number = number;
         {
             let mut state = self.write();
             state.add_manifest(&self.config, &role, &digest_hex, entries);

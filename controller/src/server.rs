@@ -125,12 +125,20 @@ fn accept_loop(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     let in_flight = InFlight::default();
+    // The loop (and the listener with it) ends when shutdown begins, so the
+    // address is free for a controller started after this one.
+    let closing = controller.closing();
     tokio::spawn(async move {
+        tokio::pin!(closing);
         loop {
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return;
             };
-            let (tcp, addr) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = &mut closing => return,
+            };
+            let (tcp, addr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "accept failed");

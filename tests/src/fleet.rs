@@ -357,6 +357,28 @@ state_file = "{gate}"
         Ok(())
     }
 
+    /// Stops the controller and starts a new one on the same store, config
+    /// and address (agents reconnect by themselves).
+    pub async fn restart_controller(&mut self) -> anyhow::Result<()> {
+        self.stop_controller().await?;
+        let config_path = self.dir.path().join("controller.toml");
+        // The old controller must let go of its store (sled locks it): one
+        // on an empty store of its own stands in while the real one restarts.
+        let mut stand_in = ControllerConfig::load(&config_path)?;
+        stand_in.data_dir = tempfile::tempdir_in(self.dir.path())?.keep();
+        let store = SledStore::open(&stand_in.data_dir.join("store"))?;
+        drop(std::mem::replace(
+            &mut self.controller,
+            Arc::new(Controller::new(stand_in, Arc::new(store))?),
+        ));
+        let listener = bind_again(self.addr).await?;
+        let (controller, stop, task) = start_controller(&config_path, listener).await?;
+        self.controller = controller;
+        self.stop_server = Some(stop);
+        self.server = Some(task);
+        Ok(())
+    }
+
     /// Polls until every named host's local gate check gives `code`.
     pub async fn wait_local(&self, hosts: &[String], code: u8, what: &str) -> anyhow::Result<Duration> {
         let start = Instant::now();
@@ -627,6 +649,22 @@ cert_validity = "{validity}ms"
         mode = spec.mode,
         per_host = spec.per_host,
     )
+}
+
+/// Binds `addr` again once its previous listener is gone (sled and the
+/// server let go of it from tasks of their own, so this polls briefly).
+async fn bind_again(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, %addr, "address not free yet");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot bind {addr} again: {e}")),
+        }
+    }
 }
 
 async fn start_controller(
