@@ -14,6 +14,15 @@
 //! full_rescan_interval = "1h"    # re-hash everything, whatever changed
 //! metrics_listen = "127.0.0.1:9721"   # Prometheus /metrics; "off" disables
 //!
+//! [resources]
+//! cpus = "0-1"                   # default: the CPUs the kernel does not isolate
+//!
+//! [market_hours]                 # optional: budgeted full scans while trading
+//! time_zone = "America/New_York"
+//! windows = ["Mon-Fri 09:30-16:00"]
+//! scan_max_bytes_per_sec = "32MiB"
+//! scan_threads = 1
+//!
 //! [controller]
 //! address = "lockstep.example:7443"
 //! ca = "/etc/lockstep/ca.pem"
@@ -28,10 +37,13 @@ use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::{TlsPaths, default_server_name};
 use serde::Deserialize;
 
+use crate::market_hours::{self, MarketHours};
+use crate::placement::CpuList;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key}: {problem}")]
@@ -70,6 +82,25 @@ struct RawConfig {
     processes: Vec<RawProcess>,
     #[serde(default, rename = "config")]
     configs: Vec<RawConfigFile>,
+    #[serde(default)]
+    resources: RawResources,
+    #[serde(default)]
+    market_hours: Option<RawMarketHours>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    cpus: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMarketHours {
+    time_zone: String,
+    windows: Vec<String>,
+    scan_max_bytes_per_sec: Option<String>,
+    scan_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +197,11 @@ pub struct AgentConfig {
     pub gate: GateConfig,
     pub processes: Vec<ProcessRule>,
     pub configs: Vec<ConfigFile>,
+    /// `[resources] cpus`: where every agent thread runs (`None`: the
+    /// housekeeping CPUs, see [`crate::placement`]).
+    pub cpus: Option<CpuList>,
+    /// Trading windows and the full-scan budget inside them.
+    pub market_hours: Option<MarketHours>,
 }
 
 /// What the agent does with the controller's gate on this host.
@@ -219,9 +255,9 @@ pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(&text, path)
     }
@@ -358,6 +394,33 @@ impl AgentConfig {
             }
             configs.push(ConfigFile { path: c.path, format });
         }
+        let cpus = match raw.resources.cpus.as_deref() {
+            None => None,
+            Some(text) => {
+                let cpus = CpuList::parse(text).map_err(|e| invalid("resources.cpus", e.to_string()))?;
+                if cpus.is_empty() {
+                    return Err(invalid(
+                        "resources.cpus",
+                        "is empty; leave it out to use the CPUs the kernel does not isolate".into(),
+                    ));
+                }
+                Some(cpus)
+            }
+        };
+        let market_hours = match raw.market_hours {
+            None => None,
+            Some(m) => {
+                let rate = match m.scan_max_bytes_per_sec.as_deref() {
+                    None => market_hours::DEFAULT_MAX_BYTES_PER_SEC,
+                    Some(text) => market_hours::parse_byte_rate(text)
+                        .map_err(|e| invalid("market_hours.scan_max_bytes_per_sec", e))?,
+                };
+                Some(
+                    MarketHours::new(&m.time_zone, &m.windows, rate, m.scan_threads.unwrap_or(1))
+                        .map_err(|e| invalid("market_hours", e))?,
+                )
+            }
+        };
         let gate = GateConfig {
             state_file: raw.gate.state_file.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
             on_open: raw.gate.on_open,
@@ -380,6 +443,8 @@ impl AgentConfig {
             gate,
             processes,
             configs,
+            cpus,
+            market_hours,
             controller: ControllerConfig {
                 address: raw.controller.address,
                 server_name,

@@ -14,6 +14,30 @@ use tracing::{debug, warn};
 use crate::gatekeeper::GateKeeper;
 use lockstep_proto::backoff::Backoff;
 
+/// Full scans an operator asked for (`lockstep scan --host`), handed from
+/// the directive stream to the report loop.
+#[derive(Debug, Default)]
+pub struct FullScanRequests {
+    pending: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl FullScanRequests {
+    pub fn request(&self) {
+        self.pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Whether one was asked for since the last call.
+    pub fn take(&self) -> bool {
+        self.pending.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub async fn requested(&self) {
+        self.wake.notified().await;
+    }
+}
+
 /// Waits for the keeper's lease deadline (forever when there is none).
 async fn lease_runs_out(keeper: &GateKeeper) {
     match keeper.deadline() {
@@ -25,6 +49,7 @@ async fn lease_runs_out(keeper: &GateKeeper) {
 pub async fn follow(
     mut client: AgentServiceClient<Channel>,
     mut keeper: GateKeeper,
+    scans: std::sync::Arc<FullScanRequests>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -57,11 +82,14 @@ pub async fn follow(
         loop {
             tokio::select! {
                 msg = stream.message() => match msg {
-                    Ok(Some(d)) => {
-                        if let Some(directive::Kind::Gate(gate)) = d.kind {
-                            keeper.apply(&gate);
+                    Ok(Some(d)) => match d.kind {
+                        Some(directive::Kind::Gate(gate)) => keeper.apply(&gate),
+                        Some(directive::Kind::Scan(r)) => {
+                            tracing::info!(id = r.id, by = %r.requested_by, reason = %r.reason, "full scan requested by an operator");
+                            scans.request();
                         }
-                    }
+                        None => {}
+                    },
                     Ok(None) | Err(_) => {
                         debug!("directive stream ended; reconnecting");
                         break;

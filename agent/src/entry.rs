@@ -2,14 +2,42 @@
 //! a FIFO, socket or device (a FIFO would block the agent forever), hash in
 //! bounded streaming reads, and never report a hash of a file that changed
 //! while it was read.
+//!
+//! A scan also leaves the page cache as it found it: a trading process's
+//! working set must not be evicted by the agent reading a 2 GiB tree. Each
+//! chunk is first read with `RWF_NOWAIT`, which succeeds only from the
+//! cache; from the first chunk that was not cached to the end of the file,
+//! the pages are the scan's own, and are dropped (`POSIX_FADV_DONTNEED`)
+//! once the file is hashed. Files that were cached stay cached.
 
 use std::fs::{File, Metadata};
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::io::{ErrorKind, IoSliceMut};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use lockstep_proto::pb::{Entry, EntryKind};
 use ring::digest::{Context, SHA256};
+use rustix::io::{Errno, ReadWriteFlags};
+
+use crate::throttle::Throttle;
+
+/// How file content is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    /// The market-hours byte budget, shared by a scan's workers.
+    pub throttle: Option<&'a Throttle>,
+    /// Drop from the page cache what the read brought in.
+    pub restore_cache: bool,
+}
+
+impl Default for Reading<'_> {
+    fn default() -> Self {
+        Self {
+            throttle: None,
+            restore_cache: true,
+        }
+    }
+}
 
 /// Streaming read size: bounds memory per hashing thread whatever the file size.
 pub const READ_BUF_BYTES: usize = 1 << 20;
@@ -26,7 +54,7 @@ pub enum Measured {
 
 /// Measures `fs_path`, recording it under `recorded` (the two differ when
 /// measuring a staged build tree under a root).
-pub fn measure(fs_path: &Path, recorded: Vec<u8>, buf: &mut [u8]) -> Measured {
+pub fn measure(fs_path: &Path, recorded: Vec<u8>, buf: &mut [u8], reading: Reading<'_>) -> Measured {
     let mut entry = Entry {
         path: recorded,
         ..Default::default()
@@ -61,7 +89,7 @@ pub fn measure(fs_path: &Path, recorded: Vec<u8>, buf: &mut [u8]) -> Measured {
     } else if ft.is_char_device() {
         EntryKind::CharDevice
     } else {
-        return Measured::Entry(hash_regular(fs_path, entry, buf));
+        return Measured::Entry(hash_regular(fs_path, entry, buf, reading));
     };
     entry.kind = kind as i32;
     Measured::Entry(entry)
@@ -97,7 +125,7 @@ pub fn fingerprint(m: &Metadata) -> Fingerprint {
     )
 }
 
-fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8]) -> Entry {
+fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8], reading: Reading<'_>) -> Entry {
     for _ in 0..STABLE_ATTEMPTS {
         // O_NOFOLLOW: a path swapped for a symlink after lstat is not followed.
         // O_NONBLOCK: a path swapped for a FIFO after lstat does not block open.
@@ -121,7 +149,7 @@ fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8]) -> Entry {
             // Replaced between lstat and open: measure again from the top.
             continue;
         }
-        let sha = match hash_file(&mut file, buf) {
+        let sha = match hash_file(&mut file, buf, reading) {
             Ok(h) => h,
             Err(e) => return unreadable(entry, &e),
         };
@@ -142,14 +170,47 @@ fn hash_regular(fs_path: &Path, mut entry: Entry, buf: &mut [u8]) -> Entry {
     entry
 }
 
-pub fn hash_file(file: &mut File, buf: &mut [u8]) -> std::io::Result<Vec<u8>> {
+pub fn hash_file(file: &mut File, buf: &mut [u8], reading: Reading<'_>) -> std::io::Result<Vec<u8>> {
     let mut ctx = Context::new(&SHA256);
+    let mut offset = 0u64;
+    // Where the pages stop being the cache's and start being the scan's.
+    let mut first_miss: Option<u64> = None;
+    let mut probe = reading.restore_cache;
     loop {
-        match file.read(buf) {
-            Ok(0) => break,
-            Ok(n) => ctx.update(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        let n = if probe && first_miss.is_none() {
+            match rustix::io::preadv2(&*file, &mut [IoSliceMut::new(buf)], offset, ReadWriteFlags::NOWAIT) {
+                Ok(n) => n,
+                Err(Errno::AGAIN) => {
+                    first_miss = Some(offset);
+                    continue;
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
+                    // No cache probe on this filesystem: leave its cache alone.
+                    probe = false;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            match file.read_at(buf, offset) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        offset += n as u64;
+        if let Some(t) = reading.throttle {
+            t.take(n as u64);
+        }
+    }
+    if let Some(from) = first_miss {
+        if let Err(e) = rustix::fs::fadvise(&*file, from, None, rustix::fs::Advice::DontNeed) {
+            tracing::debug!(error = %e, "cannot drop a scanned file from the page cache");
         }
     }
     Ok(ctx.finish().as_ref().to_vec())

@@ -2,8 +2,12 @@
 //!
 //! - [`cli`]: the command line (also the source of man pages and completions).
 //! - [`config`]: the TOML configuration, validated once at start.
-//! - [`scan`]: watch patterns to paths, measured on every core.
-//! - [`entry`]: measuring one path safely (no following, no blocking, no mixes).
+//! - [`scan`]: watch patterns to paths, measured on the agent's CPUs.
+//! - [`entry`]: measuring one path safely (no following, no blocking, no mixes),
+//!   leaving the page cache as it found it.
+//! - [`placement`]: the housekeeping CPUs every agent thread is pinned to.
+//! - [`market_hours`]: trading windows and the full-scan budget inside them.
+//! - [`throttle`]: the byte-rate limit of a budgeted scan.
 //! - [`process`]: what runs: images, libraries, command lines via /proc.
 //! - [`configkeys`]: config files parsed into key entries.
 //! - [`enrollment`]: join-token enrollment and certificate renewal.
@@ -24,9 +28,12 @@ pub mod enrollment;
 pub mod entry;
 pub mod gatekeeper;
 pub mod hooks;
+pub mod market_hours;
 pub mod metrics;
+pub mod placement;
 pub mod process;
 pub mod report;
 pub mod scan;
 pub mod state;
+pub mod throttle;
 pub mod watch;

@@ -75,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gate(_) => Ok(()),
         Command::Run { config } => {
             let config = AgentConfig::load(&config)?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let runtime = placed_runtime(&config)?;
             runtime.block_on(async {
                 let signalled = shutdown_signal();
                 let host = config.host.clone();
@@ -175,6 +175,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The runtime of `run`, every thread of it (and every thread those start:
+/// a thread inherits its creator's mask) on the agent's CPUs.
+fn placed_runtime(config: &AgentConfig) -> anyhow::Result<tokio::runtime::Runtime> {
+    use lockstep_agent::placement::{Placement, pin_current_thread};
+    let placement = Placement::new(config.cpus.clone(), std::path::Path::new("/sys"))
+        .context("choosing the agent's CPUs (set [resources] cpus in the agent config)")?;
+    pin_current_thread(&placement.cpus).with_context(|| {
+        format!(
+            "[resources] cpus = \"{}\": pick CPUs this service may use",
+            placement.cpus
+        )
+    })?;
+    tracing::info!(cpus = %placement.cpus, scan_threads = placement.scan_threads, "agent placed");
+    let on_start = placement.clone();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(placement.cpus.len().clamp(1, 4))
+        .enable_all()
+        .on_thread_start(move || on_start.apply_to_current_thread())
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Resolves on SIGTERM (how systemd stops us) or SIGINT. The handlers are

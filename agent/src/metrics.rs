@@ -16,8 +16,19 @@ pub struct ReportLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FullScanLabels {
+    /// "open" (no budget) or "budgeted" (in market hours).
+    pub budget: &'static str,
+    /// "periodic", "first" (nothing hashed yet) or "requested" (an operator).
+    pub cause: &'static str,
+}
+
 pub struct AgentMetrics {
     registry: Registry,
+    pub full_scans: Family<FullScanLabels, Counter>,
+    pub full_scans_deferred: Counter,
+    pub scan_throttled_seconds: Counter<f64, AtomicU64>,
     pub scan_seconds: Histogram,
     pub files_measured: Gauge,
     pub bytes_hashed: Counter,
@@ -68,8 +79,29 @@ impl AgentMetrics {
             "Unix time the agent's TLS certificate expires (renewed before)",
             cert_expiry.clone(),
         );
+        let full_scans = Family::<FullScanLabels, Counter>::default();
+        registry.register(
+            "lockstep_agent_full_scans",
+            "Full scans (every file hashed), by market-hours budget and cause",
+            full_scans.clone(),
+        );
+        let full_scans_deferred = Counter::default();
+        registry.register(
+            "lockstep_agent_full_scans_deferred",
+            "Periodic full rescans that came due in market hours and wait for the window to end",
+            full_scans_deferred.clone(),
+        );
+        let scan_throttled_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "lockstep_agent_scan_throttled_seconds",
+            "Time scan workers waited on the market-hours byte rate",
+            scan_throttled_seconds.clone(),
+        );
         Self {
             registry,
+            full_scans,
+            full_scans_deferred,
+            scan_throttled_seconds,
             cert_expiry,
             scan_seconds,
             files_measured,

@@ -59,7 +59,7 @@ fn matching(rule: &ProcessRule, root: Option<&Path>) -> Vec<Instance> {
 
 fn hash_path(path: &Path, buf: &mut [u8]) -> Result<Vec<u8>, String> {
     let mut f = File::open(path).map_err(|e| e.to_string())?;
-    hash_file(&mut f, buf).map_err(|e| e.to_string())
+    hash_file(&mut f, buf, crate::entry::Reading::default()).map_err(|e| e.to_string())
 }
 
 /// Executable file mappings of `pid`: (path as the kernel shows it, hash of

@@ -18,9 +18,12 @@ use tracing::{debug, info, warn};
 use crate::attest_stream::AttestStream;
 use crate::config::AgentConfig;
 use crate::gatekeeper::GateKeeper;
-use crate::metrics::AgentMetrics;
-use crate::scan::{ScanError, ScanStats, Scanner};
+use crate::market_hours::{MarketHours, ScanPlan};
+use crate::metrics::{AgentMetrics, FullScanLabels};
+use crate::placement::Placement;
+use crate::scan::{Budget, ScanError, ScanStats, Scanner};
 use crate::state::{self, SeqCounter, StateError};
+use crate::throttle::{RealPace, Throttle};
 use lockstep_proto::backoff::Backoff;
 
 /// Largest message the agent will send or accept.
@@ -65,7 +68,16 @@ pub fn measure_files(
     config: &AgentConfig,
     full: bool,
 ) -> Result<(Vec<Entry>, ScanStats), ScanError> {
-    let (mut entries, stats) = scanner.scan_with_stats(full)?;
+    measure_files_within(scanner, config, full, None)
+}
+
+fn measure_files_within(
+    scanner: &Scanner,
+    config: &AgentConfig,
+    full: bool,
+    budget: Option<&Budget>,
+) -> Result<(Vec<Entry>, ScanStats), ScanError> {
+    let (mut entries, stats) = scanner.scan_within(full, budget)?;
     for c in &config.configs {
         entries.extend(crate::configkeys::measure(c, config.root.as_deref()));
     }
@@ -75,7 +87,17 @@ pub fn measure_files(
 
 /// Everything one attestation says about this host: what it has, and what runs.
 pub fn measure_host(scanner: &Scanner, config: &AgentConfig, full: bool) -> Result<(Vec<Entry>, ScanStats), ScanError> {
-    let (mut entries, stats) = measure_files(scanner, config, full)?;
+    measure_host_within(scanner, config, full, None)
+}
+
+/// Like [`measure_host`], a full scan within a market-hours `budget`.
+pub fn measure_host_within(
+    scanner: &Scanner,
+    config: &AgentConfig,
+    full: bool,
+    budget: Option<&Budget>,
+) -> Result<(Vec<Entry>, ScanStats), ScanError> {
+    let (mut entries, stats) = measure_files_within(scanner, config, full, budget)?;
     entries.extend(crate::process::measure(&config.processes, config.root.as_deref()));
     let entries = lockstep_proto::digest::canonicalize(entries).map_err(ScanError::Canonical)?;
     Ok((entries, stats))
@@ -99,6 +121,10 @@ pub struct Agent {
     last_sent_full: bool,
     /// When every file was last hashed regardless of the cache.
     last_full_scan: Option<std::time::Instant>,
+    /// Full scans an operator asked for (`lockstep scan --host`).
+    scan_requests: Arc<crate::directives::FullScanRequests>,
+    /// A periodic full rescan is waiting for market hours to end.
+    deferring: bool,
     scan_now: Arc<Notify>,
     metrics: Arc<AgentMetrics>,
     /// The TLS certificate presented to the controller, renewed in place.
@@ -119,7 +145,12 @@ impl Agent {
         let signer = state::attestation_key(&config.state_dir)?;
         state::check_key_permissions(&config.controller.tls.key)?;
         let seq = SeqCounter::load(&config.state_dir)?;
-        let scanner = Arc::new(Scanner::new(&config.watch, config.root.clone())?);
+        let mut scanner = Scanner::new(&config.watch, config.root.clone())?;
+        match Placement::new(config.cpus.clone(), std::path::Path::new("/sys")) {
+            Ok(p) => scanner = scanner.with_placement(&p),
+            Err(e) => warn!(error = %e, "cannot tell the housekeeping CPUs; scanning wherever the agent runs"),
+        }
+        let scanner = Arc::new(scanner);
         let (tls_config, cert) = tls::reloadable_client_config(&config.controller.tls)?;
         let channel = tls::channel(
             &config.controller.address,
@@ -143,6 +174,8 @@ impl Agent {
             pinned: false,
             last_sent_full: false,
             last_full_scan: None,
+            scan_requests: Arc::default(),
+            deferring: false,
             fs_changed: Arc::new(Notify::new()),
             scan_now: Arc::new(Notify::new()),
             metrics: Arc::new(AgentMetrics::new()),
@@ -178,9 +211,14 @@ impl Agent {
         let hooks = tokio::spawn(crate::hooks::run_hooks(hook_rx, self.config.gate.hook_timeout));
         let keeper = GateKeeper::new(&self.config.host, self.config.gate.clone(), hook_tx);
         let (stop_follow, follow_stopped) = tokio::sync::oneshot::channel::<()>();
-        let follower = tokio::spawn(crate::directives::follow(self.client.clone(), keeper, async {
-            let _ = follow_stopped.await;
-        }));
+        let follower = tokio::spawn(crate::directives::follow(
+            self.client.clone(),
+            keeper,
+            self.scan_requests.clone(),
+            async {
+                let _ = follow_stopped.await;
+            },
+        ));
         let (stop_renew, renew_stopped) = tokio::sync::oneshot::channel::<()>();
         let renewer = tokio::spawn(crate::enrollment::keep_renewed(
             self.client.clone(),
@@ -256,6 +294,7 @@ impl Agent {
             tokio::select! {
                 () = tokio::time::sleep_until(next_report) => changed_only = false,
                 () = self.scan_now.notified() => changed_only = false,
+                () = self.scan_requests.requested() => changed_only = false,
                 // A change between heartbeats: report it if the set moved.
                 () = self.fs_changed.notified(), if !failing => changed_only = true,
                 () = shutdown.as_mut() => return,
@@ -266,19 +305,54 @@ impl Agent {
     /// Scans (hashing only what changed, or everything when the full rescan
     /// is due) and returns the canonical entries and their digest.
     async fn scan(&mut self) -> Result<(Vec<lockstep_proto::pb::Entry>, Vec<u8>), AgentError> {
-        let full = self
-            .last_full_scan
-            .is_none_or(|t| t.elapsed() >= self.config.full_rescan_interval);
-        let (scanner, config) = (self.scanner.clone(), self.config.clone());
+        let in_window = self.config.market_hours.as_ref().is_some_and(MarketHours::is_open_now);
+        let plan = ScanPlan::decide(
+            self.last_full_scan.is_none(),
+            self.last_full_scan
+                .is_some_and(|t| t.elapsed() >= self.config.full_rescan_interval),
+            self.scan_requests.take(),
+            in_window,
+        );
+        if plan.deferred && !self.deferring {
+            info!(host = %self.config.host, "full rescan due in market hours: deferred until the window ends (`lockstep scan --host` forces one)");
+            self.metrics.full_scans_deferred.inc();
+        }
+        self.deferring = plan.deferred;
+        let budget = match (&self.config.market_hours, plan.budgeted) {
+            (Some(m), true) => Some(Budget {
+                threads: m.scan_threads,
+                throttle: Throttle::new(
+                    m.max_bytes_per_sec,
+                    crate::entry::READ_BUF_BYTES as u64,
+                    Arc::new(RealPace::default()),
+                ),
+            }),
+            _ => None,
+        };
+        let full = plan.full.is_some();
+        let (scanner, config, within) = (self.scanner.clone(), self.config.clone(), budget.clone());
         let started = std::time::Instant::now();
-        let (entries, stats) = tokio::task::spawn_blocking(move || measure_host(&scanner, &config, full)).await??;
+        let (entries, stats) =
+            tokio::task::spawn_blocking(move || measure_host_within(&scanner, &config, full, within.as_ref()))
+                .await??;
         self.metrics.scan_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics
             .files_measured
             .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
         self.metrics.bytes_hashed.inc_by(stats.bytes_hashed);
-        if full {
+        if let Some(cause) = plan.full {
             self.last_full_scan = Some(std::time::Instant::now());
+            let labels = FullScanLabels {
+                budget: if budget.is_some() { "budgeted" } else { "open" },
+                cause,
+            };
+            self.metrics.full_scans.get_or_create(&labels).inc();
+            if let Some(b) = &budget {
+                self.metrics
+                    .scan_throttled_seconds
+                    .inc_by(b.throttle.waited().as_secs_f64());
+                info!(host = %self.config.host, cause, bytes = stats.bytes_hashed, seconds = started.elapsed().as_secs_f64(), throttled_s = b.throttle.waited().as_secs_f64(), "full scan within the market-hours budget");
+            }
         }
         debug!(host = %self.config.host, full, entries = stats.entries, hashed = stats.hashed, bytes = stats.bytes_hashed, "scanned");
         let digest = lockstep_proto::digest::digest(&entries).to_vec();

@@ -1,5 +1,5 @@
 //! A full scan: expand the configured watch patterns into paths, measure them
-//! on every core, and return the canonical version set.
+//! on the agent's CPUs, and return the canonical version set.
 //!
 //! A pattern without glob characters names one path, or everything below it
 //! if it is a directory; a pattern with them is walked from its literal
@@ -17,7 +17,9 @@ use lockstep_proto::digest::{self, DigestError};
 use lockstep_proto::paths;
 use lockstep_proto::pb::{Entry, EntryKind};
 
-use crate::entry::{self, Fingerprint, Measured, READ_BUF_BYTES};
+use crate::entry::{self, Fingerprint, Measured, READ_BUF_BYTES, Reading};
+use crate::placement::{self, CpuList, Placement};
+use crate::throttle::Throttle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -81,6 +83,10 @@ pub struct Scanner {
     /// Measure files under this directory as if it were `/` (a staged build).
     root: Option<PathBuf>,
     threads: usize,
+    /// Where the workers run (`None`: wherever the caller's thread may).
+    cpus: Option<CpuList>,
+    /// Drop from the page cache what a scan brought in (see [`crate::entry`]).
+    restore_cache: bool,
     /// Regular files of the last scan: fingerprint when hashed, and the entry.
     cache: Mutex<HashMap<PathBuf, (Fingerprint, Entry)>>,
 }
@@ -105,8 +111,24 @@ impl Scanner {
             patterns,
             root,
             threads,
+            cpus: None,
+            restore_cache: true,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Runs the workers on `placement`'s CPUs, as many as it allows.
+    pub fn with_placement(mut self, placement: &Placement) -> Self {
+        self.threads = placement.scan_threads;
+        self.cpus = Some(placement.cpus.clone());
+        self
+    }
+
+    /// Whether a scan drops from the page cache what it brought in (on by
+    /// default; off only to measure what it saves).
+    pub fn restore_page_cache(mut self, on: bool) -> Self {
+        self.restore_cache = on;
+        self
     }
 
     /// Directories to watch for changes: each pattern's base if it exists,
@@ -158,6 +180,12 @@ impl Scanner {
     /// Like [`Scanner::scan`]; `full` ignores the cache and hashes everything
     /// (the periodic safety net).
     pub fn scan_with_stats(&self, full: bool) -> Result<(Vec<Entry>, ScanStats), ScanError> {
+        self.scan_within(full, None)
+    }
+
+    /// Like [`Scanner::scan_with_stats`], within `budget` when one is given
+    /// (market hours): fewer workers, and reads at most at its byte rate.
+    pub fn scan_within(&self, full: bool, budget: Option<&Budget>) -> Result<(Vec<Entry>, ScanStats), ScanError> {
         let mut found = Vec::new();
         let mut direct = Vec::new();
         for p in &self.patterns {
@@ -170,7 +198,7 @@ impl Scanner {
         } else {
             std::mem::take(&mut *self.cache.lock().unwrap_or_else(|p| p.into_inner()))
         };
-        let (mut entries, next_cache, stats) = self.measure_all(&found, &previous);
+        let (mut entries, next_cache, stats) = self.measure_all(&found, &previous, full, budget);
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = next_cache;
         entries.extend(direct);
         dedup_by_path(&mut entries);
@@ -247,19 +275,35 @@ impl Scanner {
         }
     }
 
-    /// Measures `found` on `threads` threads, each with its own read buffer,
-    /// taking unchanged regular files from `previous`.
+    /// Measures `found` on the scan's threads, each with its own read
+    /// buffer, taking unchanged regular files from `previous`. Workers of a
+    /// full scan run at the lowest CPU priority.
     fn measure_all(
         &self,
         found: &[PathBuf],
         previous: &HashMap<PathBuf, (Fingerprint, Entry)>,
+        full: bool,
+        budget: Option<&Budget>,
     ) -> (Vec<Entry>, HashMap<PathBuf, (Fingerprint, Entry)>, ScanStats) {
         let next = AtomicUsize::new(0);
         let out = Mutex::new((Vec::with_capacity(found.len()), HashMap::new(), ScanStats::default()));
-        let threads = self.threads.min(found.len()).max(1);
+        let threads = budget.map_or(self.threads, |b| b.threads.min(self.threads));
+        let threads = threads.min(found.len()).max(1);
+        let reading = Reading {
+            throttle: budget.map(|b| &b.throttle),
+            restore_cache: self.restore_cache,
+        };
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
+                    if let Some(cpus) = &self.cpus {
+                        if let Err(e) = placement::pin_current_thread(cpus) {
+                            tracing::debug!(error = %e, "scan worker not pinned");
+                        }
+                    }
+                    if full {
+                        placement::lower_current_thread_priority(placement::SCAN_NICE);
+                    }
                     let mut buf = vec![0u8; READ_BUF_BYTES];
                     let (mut entries, mut cache, mut stats) = (Vec::new(), Vec::new(), ScanStats::default());
                     loop {
@@ -275,7 +319,9 @@ impl Scanner {
                                 continue;
                             }
                         }
-                        if let Measured::Entry(e) = entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf) {
+                        if let Measured::Entry(e) =
+                            entry::measure(&fs_path, paths::to_bytes(recorded), &mut buf, reading)
+                        {
                             if e.kind() == EntryKind::File {
                                 stats.hashed += 1;
                                 stats.bytes_hashed += e.size;
@@ -297,6 +343,13 @@ impl Scanner {
         });
         out.into_inner().unwrap_or_default()
     }
+}
+
+/// What a full scan may use in market hours.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub threads: usize,
+    pub throttle: Throttle,
 }
 
 /// Two patterns may reach the same path; it is one entry.

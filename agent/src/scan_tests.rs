@@ -1,6 +1,7 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 
 use super::*;
+use crate::entry::READ_BUF_BYTES;
 
 fn scan(patterns: &[&str]) -> Vec<Entry> {
     let patterns: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
@@ -142,4 +143,39 @@ fn watch_targets_cover_existing_bases_files_and_missing_ones() {
     assert!(t.contains(&(d.path().join("opt/smars"), true)), "{t:?}");
     assert!(t.contains(&(d.path().join("opt"), false)), "{t:?}");
     assert!(t.contains(&(d.path().to_path_buf(), false)), "{t:?}");
+}
+
+/// A full scan within a market-hours budget reads no faster than its byte
+/// rate: bytes hashed against the throttle's own (virtual) clock, so the
+/// check counts bytes over time and never waits.
+#[test]
+fn a_budgeted_scan_keeps_to_its_byte_rate() {
+    use crate::throttle::Pace;
+    use crate::throttle::virtual_pace::VirtualPace;
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..16 {
+        std::fs::write(d.path().join(format!("f{i}")), vec![i as u8; 512 << 10]).unwrap();
+    }
+    let pace = std::sync::Arc::new(VirtualPace::default());
+    let rate = 2u64 << 20;
+    let budget = Budget {
+        threads: 2,
+        throttle: Throttle::new(rate, READ_BUF_BYTES as u64, pace.clone()),
+    };
+    let scanner = Scanner::new(&[d.path().display().to_string()], None).unwrap();
+    let (entries, stats) = scanner.scan_within(true, Some(&budget)).unwrap();
+    assert_eq!((entries.len(), stats.bytes_hashed), (16, 8 << 20));
+    // 8 MiB at 2 MiB/s, less the first burst (1 MiB): at least 3.5 s.
+    let took = pace.now().as_secs_f64();
+    let floor = (stats.bytes_hashed - READ_BUF_BYTES as u64) as f64 / rate as f64;
+    assert!(
+        took >= floor - 1e-6,
+        "{} bytes in {took} s of the throttle's clock",
+        stats.bytes_hashed
+    );
+    assert!(budget.throttle.waited() > std::time::Duration::ZERO);
+    // Unbudgeted, the same tree does not touch the throttle's clock.
+    let before = pace.now();
+    scanner.scan_with_stats(true).unwrap();
+    assert_eq!(pace.now(), before);
 }

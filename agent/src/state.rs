@@ -12,8 +12,8 @@ use lockstep_proto::envelope::Signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("state {path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("key file {path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error(
@@ -29,9 +29,9 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
+    move |cause| StateError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Controller {
     /// heartbeat would be ~86M records a day on 10,000 hosts.
     unchanged_heartbeats: std::sync::atomic::AtomicU64,
     pub metrics: Metrics,
+    /// Full scans operators asked of connected agents.
+    pub(crate) scan_requests: crate::scan_requests::ScanRequests,
 }
 
 impl Controller {
@@ -81,6 +83,7 @@ impl Controller {
             refusals: crate::refusals::Refusals::default(),
             unchanged_heartbeats: std::sync::atomic::AtomicU64::new(0),
             metrics: Metrics::new(),
+            scan_requests: crate::scan_requests::ScanRequests::default(),
         })
     }
 

@@ -5,7 +5,7 @@
 //! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
 //! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
 //! [`halts`] (the kill switch), [`enrollment`] (tokens, enrollment, renewal,
-//! revocation), [`audit`] (the hash-chained audit log),
+//! revocation), [`scan_requests`] (operator-requested full scans), [`audit`] (the hash-chained audit log),
 //! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
 //! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
 //! [`error`] (the one mapping to gRPC status), [`detach`] (calls run to
@@ -31,6 +31,7 @@ pub mod pki;
 pub mod queries;
 pub mod refusals;
 pub mod releases;
+pub mod scan_requests;
 pub mod server;
 pub mod service;
 pub mod sled_store;

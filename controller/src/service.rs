@@ -136,6 +136,7 @@ impl AgentService for AgentApi {
             return Err(Status::permission_denied("only agents receive directives"));
         };
         let mut gates = self.controller.watch_gate(&host)?;
+        let mut scans = self.controller.scan_requests.watch(&host);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let closing = self.controller.closing();
         let connected = StreamGauge::open(self.controller.metrics.connected_agents.clone());
@@ -159,9 +160,24 @@ impl AgentService for AgentApi {
                 if controller.refuse_if_revoked(&host).is_err() {
                     return;
                 }
-                tokio::select! {
-                    changed = gates.changed() => if changed.is_err() { return },
-                    () = &mut closing => return, // the controller is stopping
+                // Scan requests go out as they come; then the next gate.
+                loop {
+                    tokio::select! {
+                        changed = gates.changed() => if changed.is_err() { return } else { break },
+                        changed = scans.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            let Some(request) = scans.borrow_and_update().clone() else { continue };
+                            let directive = pb::Directive {
+                                kind: Some(pb::directive::Kind::Scan(request)),
+                            };
+                            if tx.send(Ok(directive)).await.is_err() {
+                                return;
+                            }
+                        }
+                        () = &mut closing => return, // the controller is stopping
+                    }
                 }
             }
         });
@@ -339,6 +355,17 @@ impl ConsoleService for ConsoleApi {
         Ok(Response::new(pb::IncidentList {
             incidents: list.iter().map(|i| i.to_pb()).collect(),
         }))
+    }
+
+    async fn request_scan(
+        &self,
+        req: Request<pb::RequestScanRequest>,
+    ) -> Result<Response<pb::RequestScanReply>, Status> {
+        let who = peer(&req)?;
+        let reply = self
+            .audited(&who, "scan", self.controller.request_scan(&who, req.get_ref()).await)
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn ack_incident(&self, req: Request<pb::AckIncidentRequest>) -> Result<Response<pb::Incident>, Status> {

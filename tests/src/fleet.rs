@@ -55,6 +55,10 @@ pub struct FleetSpec {
     pub hooks: bool,
     /// TOML appended to the controller's config (`[alerts]`, ...).
     pub controller_extra: String,
+    /// Top-level agent config lines (before its tables).
+    pub agent_extra: String,
+    /// Agent config tables appended at the end (`[market_hours]`, ...).
+    pub agent_tables: String,
     /// Lifetime of the agent certificates the controller issues.
     pub cert_validity: Duration,
     /// Agents renew once this share of their certificate's lifetime has passed.
@@ -80,6 +84,8 @@ impl FleetSpec {
             small_change_quiet_period: Duration::from_millis(15),
             hooks: true,
             controller_extra: String::new(),
+            agent_extra: String::new(),
+            agent_tables: String::new(),
             cert_validity: Duration::from_secs(30 * 24 * 3600),
             renew_fraction: 2.0 / 3.0,
         }
@@ -173,7 +179,7 @@ root = "{root}"
 watch_changes = {watching}
 quiet_period = "{quiet}ms"
 small_change_quiet_period = "{small}ms"
-
+{agent_extra}
 [controller]
 address = "{addr}"
 ca = "{ca}"
@@ -185,6 +191,7 @@ renew_fraction = {renew}
 state_file = "{gate}"
 "#,
             gate = base.join("gate.json").display(),
+            agent_extra = self.spec.agent_extra,
             renew = self.spec.renew_fraction,
             role = self.spec.role,
             watching = self.spec.watch_changes,
@@ -214,6 +221,7 @@ state_file = "{gate}"
         for (path, format) in &self.spec.configs {
             toml.push_str(&format!("\n[[config]]\npath = {path:?}\nformat = {format:?}\n"));
         }
+        toml.push_str(&self.spec.agent_tables);
         let config_path = base.join("agent.toml");
         std::fs::write(&config_path, toml)?;
         let config = AgentConfig::load(&config_path)?;

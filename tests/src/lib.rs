@@ -19,6 +19,7 @@ pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;
 pub mod openssl_speed;
+pub mod probe_bench;
 pub mod proc_fleet;
 pub mod scan_bench;
 pub mod sink;

@@ -257,12 +257,26 @@ impl ProcFleet {
     /// Starts a real `lockstep-agent run` for an enrolled `host`; its log
     /// (warnings and up) goes to [`ProcFleet::agent_log`].
     pub fn start_agent(&self, host: &str) -> anyhow::Result<Killed> {
+        self.start_agent_under(host, &[])
+    }
+
+    /// Like [`ProcFleet::start_agent`], under `wrapper` (e.g. `nice -n 10`).
+    pub fn start_agent_under(&self, host: &str, wrapper: &[&str]) -> anyhow::Result<Killed> {
         let base = self.dir.path().join("hosts").join(host);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(base.join("agent.log"))?;
-        let child = Command::new(binary("lockstep-agent")?)
+        let agent = binary("lockstep-agent")?;
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(base.join("agent.toml"))
             .env("LOCKSTEP_LOG", "warn")

@@ -106,3 +106,38 @@ async fn fleet_benchmark_runs_the_real_controller_with_a_few_hosts() {
     assert_eq!(r.gate_check.samples.len(), 5);
     assert!(r.controller_rss_bytes > 1 << 20, "{}", r.controller_rss_bytes);
 }
+
+#[test]
+fn probe_benchmark_runs_at_tiny_size() {
+    use lockstep_tests::{probe_bench, scan_bench};
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("SKIPPED: the probe needs a CPU of its own");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = dir.path().join("tree");
+    let spec = scan_bench::TreeSpec {
+        files: 20,
+        total_bytes: 2 << 20,
+    };
+    let (_, bytes) = scan_bench::generate(&root, spec).unwrap();
+    let r = probe_bench::run(&root, bytes, std::time::Duration::from_millis(100), 1).unwrap();
+    assert_eq!(r.phases.len(), 7);
+    for (load, l, hashed) in &r.phases {
+        assert!(l.samples > 10, "{}: {} samples", load.name(), l.samples);
+        assert!(l.p50 <= l.p99 && l.p99 <= l.max, "{}: {l:?}", load.name());
+        if !matches!(
+            load,
+            probe_bench::Load::None | probe_bench::Load::Idle | probe_bench::Load::DeployAlone
+        ) {
+            assert!(*hashed > 0, "{} hashed nothing", load.name());
+        }
+    }
+    let working = dir.path().join("working.bin");
+    std::fs::write(&working, vec![1u8; 1 << 20]).unwrap();
+    let [(on, _), (off, _)] = probe_bench::page_cache(&root, &working).unwrap();
+    assert!(
+        on > 0.9 && off > 0.9,
+        "the working set stays resident with memory to spare: {on} {off}"
+    );
+}

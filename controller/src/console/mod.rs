@@ -122,6 +122,14 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Ask a host's agent for a full scan now (in market hours too, within its budget).
+    Scan {
+        #[arg(long)]
+        host: String,
+        /// Why: kept in the audit log and the agent's log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Open incidents (failures grouped by root cause); `alerts ack ID` marks one read.
     Alerts {
         #[command(subcommand)]
@@ -351,6 +359,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .map_err(unreachable)?
                 .into_inner();
             render::revoked(out, &reply, remove, json)?;
+        }
+        Command::Scan { host, reason } => {
+            let reply = client
+                .request_scan(pb::RequestScanRequest { host, reason })
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::scan_requested(out, &reply, json)?;
         }
         Command::Token(TokenCommand::Create { host, role, ttl }) => {
             let req = pb::CreateTokenRequest {

@@ -4,7 +4,9 @@ use std::io::{self, Write};
 
 use lockstep_proto::digest::short_hex;
 use lockstep_proto::manifest::kind_name;
-use lockstep_proto::pb::{AuditRecord, CreateTokenReply, Incident, RevokeHostReply, VerifyAuditReply};
+use lockstep_proto::pb::{
+    AuditRecord, CreateTokenReply, Incident, RequestScanReply, RevokeHostReply, VerifyAuditReply,
+};
 use lockstep_proto::pb::{
     ChangeKind, DiffReply, Gate, GateCheckReply, Halt, HaltReply, HostDetail, HostStatus, Release, ReleaseState,
     ResumeReply, halt_scope::Scope,
@@ -531,6 +533,17 @@ pub fn token(out: &mut dyn Write, t: &CreateTokenReply, json: bool) -> io::Resul
         t.host,
         t.role,
         when(t.expires_at_unix_ms)
+    )
+}
+
+pub fn scan_requested(out: &mut dyn Write, r: &RequestScanReply, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &json!({"host": r.host, "id": r.id}));
+    }
+    writeln!(
+        out,
+        "full scan {} asked of {}: every file is hashed again and its next attestation carries the result (`lockstep host {}`)",
+        r.id, r.host, r.host
     )
 }
 

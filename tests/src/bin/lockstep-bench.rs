@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use lockstep_tests::{bench, fleet_bench, idle_bench, ingest_bench, openssl_speed, scan_bench};
+use lockstep_tests::{bench, fleet_bench, idle_bench, ingest_bench, openssl_speed, probe_bench, scan_bench};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -20,6 +20,8 @@ enum Part {
     Idle,
     Ingest,
     Fleet,
+    /// A latency probe on a CPU of its own beside the agent (trading host).
+    Probe,
 }
 
 #[derive(Parser)]
@@ -59,6 +61,18 @@ struct Args {
     /// Seconds of heartbeats (and of bare calls) in the ingest benchmark.
     #[arg(long, default_value_t = 10)]
     ingest_seconds: u64,
+    /// Seconds of each probe phase per round.
+    #[arg(long, default_value_t = 5)]
+    probe_seconds: u64,
+    /// Rounds of the probe's phases (interleaved).
+    #[arg(long, default_value_t = 3)]
+    probe_rounds: usize,
+    /// Halts timed for the gate-priority measurement.
+    #[arg(long, default_value_t = 50)]
+    probe_halts: usize,
+    /// Size of the tree the probe's agent scans, MiB.
+    #[arg(long, default_value_t = 1024)]
+    probe_mib: u64,
 }
 
 fn ms(d: Duration) -> String {
@@ -351,5 +365,69 @@ async fn main() -> anyhow::Result<()> {
     if want(Part::Fleet) {
         fleet(&args).await?;
     }
+    if want(Part::Probe) {
+        probe(&args).await?;
+    }
+    Ok(())
+}
+
+async fn probe(args: &Args) -> anyhow::Result<()> {
+    let dir = scan_bench::workdir(args.scan_dir.clone())?;
+    let root = dir.path().join("tree");
+    let spec = scan_bench::TreeSpec {
+        files: 2_000,
+        total_bytes: args.probe_mib << 20,
+    };
+    let (files, bytes) = scan_bench::generate(&root, spec)?;
+    let phase = Duration::from_secs(args.probe_seconds);
+    let r = probe_bench::run(&root, bytes, phase, args.probe_rounds)?;
+    println!(
+        "\n== probe: {} on CPU {} beside the agent on CPU {} ({files} files, {} MiB; {} rounds of {} s per phase)",
+        probe_bench::probe_name(),
+        r.probe_cpu,
+        r.agent_cpus,
+        r.tree_bytes >> 20,
+        args.probe_rounds,
+        args.probe_seconds
+    );
+    println!(
+        "{:<32} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10}",
+        "phase", "samples", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "hashed MiB"
+    );
+    let base = r.phases.first().map_or(1.0, |p| p.1.p99);
+    for (load, l, hashed) in &r.phases {
+        println!(
+            "{:<32} {:>9} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>10}   p99 {:+.0}% of baseline",
+            load.name(),
+            l.samples,
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max,
+            hashed >> 20,
+            (l.p99 / base - 1.0) * 100.0
+        );
+    }
+    for nice in [0, 10] {
+        let took = probe_bench::gate_close_under_load(nice, args.probe_halts).await?;
+        let l = bench::Latencies::new(took);
+        println!(
+            "halt -> gate file CLOSED, agent at nice {nice} sharing CPU 0 with a busy loop: median {}, p99 {}, max {} ({} halts)",
+            ms(l.quantile(0.5)),
+            ms(l.quantile(0.99)),
+            ms(l.max()),
+            l.samples.len()
+        );
+    }
+    let working = dir.path().join("working-set.bin");
+    std::fs::write(&working, vec![7u8; 512 << 20])?;
+    let [(on, on_tree), (off, off_tree)] = probe_bench::page_cache(&root, &working)?;
+    println!(
+        "page cache after a full scan of the uncached tree: working set {:.0}% resident, tree {} MiB cached (restore on); {:.0}% and {} MiB (restore off)",
+        on * 100.0,
+        on_tree >> 20,
+        off * 100.0,
+        off_tree >> 20
+    );
     Ok(())
 }

@@ -1,0 +1,84 @@
+//! `lockstep scan --host`: an operator asks a connected agent for a full
+//! scan now, in market hours too (where its periodic full rescan waits for
+//! the window to end). A request is for a live agent, answered by its next
+//! attestation: it is audited, not kept; a host whose agent is not
+//! connected is refused, never silently queued.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use lockstep_proto::pb;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::audit::AuditEvent;
+use crate::controller::{Controller, require};
+use crate::error::ApiError;
+
+/// The latest scan request of each host, watched by its directive stream.
+#[derive(Default)]
+pub struct ScanRequests {
+    hosts: Mutex<HashMap<String, watch::Sender<Option<pb::ScanRequest>>>>,
+    next_id: AtomicU64,
+}
+
+impl ScanRequests {
+    /// Requests for `host` from now on, for its directive stream.
+    pub fn watch(&self, host: &str) -> watch::Receiver<Option<pb::ScanRequest>> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rx = hosts
+            .entry(host.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        rx.mark_unchanged(); // an earlier request is not this stream's
+        rx
+    }
+
+    /// Hands `request` to `host`'s open directive streams; false when none is open.
+    fn send(&self, host: &str, mut request: pb::ScanRequest) -> Option<u64> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = hosts.get(host).filter(|tx| tx.receiver_count() > 0)?;
+        request.id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = request.id;
+        tx.send_replace(Some(request));
+        Some(id)
+    }
+}
+
+impl Controller {
+    pub async fn request_scan(
+        &self,
+        peer: &PeerIdentity,
+        req: &pb::RequestScanRequest,
+    ) -> Result<pb::RequestScanReply, ApiError> {
+        let who = require(peer, OperatorRole::Operator)?.to_string();
+        let host = req.host.clone();
+        let Some(role) = self.config.inventory.get(&host).cloned() else {
+            return Err(ApiError::NotFound(format!(
+                "host {host} is not in any role's inventory"
+            )));
+        };
+        let request = pb::ScanRequest {
+            id: 0,
+            requested_by: who.clone(),
+            reason: req.reason.clone(),
+        };
+        let id = self.scan_requests.send(&host, request).ok_or_else(|| {
+            ApiError::FailedPrecondition(format!(
+                "{host}'s agent is not connected (no directive stream): nothing was asked; `lockstep host {host}` shows when it last reported"
+            ))
+        })?;
+        let event = AuditEvent {
+            actor: peer.to_string(),
+            action: "scan.requested".into(),
+            host: host.clone(),
+            role,
+            detail: format!("full scan {id} of {host} requested: {}", req.reason),
+        };
+        self.audit(vec![event]).await?;
+        info!(host = %host, id, by = %who, "full scan requested");
+        Ok(pb::RequestScanReply { host, id })
+    }
+}
