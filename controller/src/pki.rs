@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path} already exists; refusing to overwrite a CA (move it away first if you really mean to)")]
     Exists { path: PathBuf },
     #[error("certificate generation: {0}")]
@@ -62,9 +62,9 @@ impl Subject {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
+    move |cause| PkiError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

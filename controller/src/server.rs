@@ -221,16 +221,19 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<ConsoleServiceServer<ConsoleApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| {
-            // The descriptors are compiled in: failing here is a build defect.
-            tracing::error!(error = %e, "gRPC reflection unavailable");
-            e
-        })
-        .ok();
+    // v1 and v1alpha: older grpcurl and Python's grpcio-reflection speak only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // The descriptors are compiled in: failing here is a build defect.
+    let unavailable = |e: tonic_reflection::server::Error| {
+        tracing::error!(error = %e, "gRPC reflection unavailable");
+        e
+    };
+    let reflection = reflection_builder().build_v1().map_err(unavailable).ok();
+    let reflection_v1alpha = reflection_builder().build_v1alpha().map_err(unavailable).ok();
     let not_serving = async move {
         closing_for_health.await;
         health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
@@ -268,6 +271,7 @@ pub async fn serve(
         )
         .add_service(health_service)
         .add_optional_service(reflection)
+        .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, begin);
     tokio::pin!(server);
     // Streams end when shutdown begins; anything still open after the grace

@@ -35,7 +35,7 @@ async fn health_is_serving_and_reflection_lists_the_services() {
         assert_eq!(reply.status(), ServingStatus::Serving, "{service:?}");
     }
 
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -57,4 +57,27 @@ async fn health_is_serving_and_reflection_lists_the_services() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
+
+    // The same list over v1alpha, which older grpcurl and Python's
+    // grpcio-reflection speak.
+    use tonic_reflection::pb::v1alpha;
+    let mut old = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut replies = old
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = reply.message_response
+    else {
+        panic!("unexpected v1alpha reflection reply: {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "lockstep.v1.ConsoleService"), "{names:?}");
 }
