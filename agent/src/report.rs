@@ -426,9 +426,8 @@ impl Agent {
                     | tonic::Code::Cancelled => "failed",
                     _ => "refused",
                 });
-                if status.code() == tonic::Code::FailedPrecondition
-                    && status.message().contains("no attestation key is pinned")
-                {
+                // Decided on the stable reason, never on the message text.
+                if lockstep_proto::reason::of(&status).as_deref() == Some(lockstep_proto::reason::KEY_NOT_PINNED) {
                     self.pinned = false;
                 }
                 return Err(status.into());

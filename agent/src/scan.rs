@@ -203,13 +203,11 @@ impl Scanner {
         entries.extend(direct);
         dedup_by_path(&mut entries);
         let entries = digest::canonicalize(entries)?;
-        Ok((
-            entries.clone(),
-            ScanStats {
-                entries: entries.len(),
-                ..stats
-            },
-        ))
+        let stats = ScanStats {
+            entries: entries.len(),
+            ..stats
+        };
+        Ok((entries, stats))
     }
 
     /// Adds to `found` the recorded paths to measure; adds to `direct` entries

@@ -343,7 +343,7 @@ impl Controller {
     pub(crate) fn refuse_if_revoked(&self, host: &str) -> Result<(), ApiError> {
         match self.read().hosts.get(host).and_then(|r| r.revoked.clone()) {
             None => Ok(()),
-            Some(rev) => Err(ApiError::PermissionDenied(format!(
+            Some(rev) => Err(ApiError::Revoked(format!(
                 "host {host} was {} by {}: {}; it must enroll again with a new token (lockstep token create)",
                 if rev.removed { "removed from service" } else { "revoked" },
                 rev.by,
@@ -390,9 +390,7 @@ impl Controller {
         let record = self.read().hosts.get(host).cloned().unwrap_or_default();
         let pinned_key = hex::decode(&record.pinned_key_hex).unwrap_or_default();
         if pinned_key.is_empty() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "no attestation key is pinned for host {host}; the agent pins it when it starts"
-            )));
+            return Err(ApiError::NotPinned { host: host.to_string() });
         }
         let checks = Checks {
             peer_host: host,

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod manifest;
 pub mod metrics_endpoint;
 pub mod paths;
+pub mod reason;
 pub mod systemd;
 pub mod tls;
 

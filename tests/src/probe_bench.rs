@@ -416,3 +416,69 @@ pub async fn gate_close_under_load(nice: i32, halts: usize) -> anyhow::Result<Ve
     }
     Ok(took)
 }
+
+/// Peak RSS (KiB) of a process doing only the agent's full scan of `tree`
+/// (this bench binary, re-run as `--rss-child TREE`).
+pub fn scan_peak_rss_kib(tree: &Path) -> anyhow::Result<u64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--rss-child")
+        .arg(tree)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scan child: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// The `--rss-child` side: one full scan as the agent does it, then the
+/// process's peak RSS (VmHWM, KiB) on standard output.
+pub fn rss_child(tree: &Path) -> anyhow::Result<()> {
+    let scanner = Scanner::new(&[tree.display().to_string()], None)?;
+    let (entries, _) = scanner.scan_with_stats(true)?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))?;
+    println!("{hwm}");
+    drop(entries);
+    Ok(())
+}
+
+/// Peak RSS (KiB) of `lockstep-agent measure` over `tree`, by GNU time's
+/// `%M` (`None` without /usr/bin/time). More than a scan: `measure` also
+/// builds the whole manifest JSON in memory.
+pub fn peak_rss_kib(tree: &Path) -> anyhow::Result<Option<u64>> {
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        return Ok(None);
+    }
+    let out = std::process::Command::new(time)
+        .args(["-f", "%M"])
+        .arg(crate::proc_fleet::binary("lockstep-agent")?)
+        .args(["measure", "--output", "/dev/null", "--watch"])
+        .arg(tree)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "measure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Ok(stderr.lines().last().and_then(|l| l.trim().parse().ok()))
+}
+
+/// `count` files of 64 bytes in directories of 1,000.
+pub fn small_files(root: &Path, count: usize) -> std::io::Result<()> {
+    for i in 0..count {
+        let dir = root.join(format!("d{}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::write(dir.join(format!("f{i}")), format!("{i:064}"))?;
+    }
+    Ok(())
+}

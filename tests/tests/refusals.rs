@@ -58,6 +58,11 @@ async fn replayed_sequence_number_is_refused_and_closes_the_gate() {
     assert_eq!(ok.gate.unwrap().state(), GateState::Open);
     let err = client.submit(env).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        lockstep_proto::reason::of(&err).as_deref(),
+        Some(lockstep_proto::reason::REPLAY),
+        "the stable reason travels in the status details"
+    );
     assert!(
         err.message().contains(&format!(
             "replay: seq {seq} is not greater than the last accepted seq {seq}"
@@ -104,6 +109,10 @@ async fn an_attestation_stream_answers_in_order_and_ends_at_a_replay() {
         .unwrap();
     let err = replies.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        lockstep_proto::reason::of(&err).as_deref(),
+        Some(lockstep_proto::reason::REPLAY)
+    );
     assert!(err.message().contains("replay: seq"), "{}", err.message());
     assert!(
         replies.message().await.unwrap_or(None).is_none(),

@@ -22,6 +22,8 @@ enum Part {
     Fleet,
     /// A latency probe on a CPU of its own beside the agent (trading host).
     Probe,
+    /// Peak RSS of a full scan: the probe's tree and many small files.
+    Memory,
 }
 
 #[derive(Parser)]
@@ -70,8 +72,14 @@ struct Args {
     /// Halts timed for the gate-priority measurement.
     #[arg(long, default_value_t = 50)]
     probe_halts: usize,
+    /// Internal: scan this tree once and print the peak RSS (KiB).
+    #[arg(long, hide = true)]
+    rss_child: Option<PathBuf>,
+    /// Small files for the peak-RSS measurement (0: skip it).
+    #[arg(long, default_value_t = 1_000_000)]
+    rss_small_files: usize,
     /// Size of the tree the probe's agent scans, MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 2048)]
     probe_mib: u64,
 }
 
@@ -345,6 +353,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(tree) = &args.rss_child {
+        return probe_bench::rss_child(tree);
+    }
     let want = |p| args.only.is_empty() || args.only.contains(&p);
     println!(
         "lockstep-bench on {} cores",
@@ -368,6 +379,37 @@ async fn main() -> anyhow::Result<()> {
     if want(Part::Probe) {
         probe(&args).await?;
     }
+    if want(Part::Memory) {
+        memory(&args)?;
+    }
+    Ok(())
+}
+
+fn memory(args: &Args) -> anyhow::Result<()> {
+    let dir = scan_bench::workdir(args.scan_dir.clone())?;
+    let root = dir.path().join("tree");
+    let spec = scan_bench::TreeSpec {
+        files: args.scan_files,
+        total_bytes: args.probe_mib << 20,
+    };
+    let (files, bytes) = scan_bench::generate(&root, spec)?;
+    println!("\n== memory of a full scan");
+    let kib = |k: Option<u64>| k.map_or_else(|| "n/a (no /usr/bin/time)".to_string(), |k| format!("{} MiB", k >> 10));
+    let rss = |tree: &std::path::Path, what: String| -> anyhow::Result<()> {
+        println!(
+            "peak RSS over {what}: {} MiB for the agent's full scan alone; {} for `lockstep-agent measure` (scan + manifest JSON)",
+            probe_bench::scan_peak_rss_kib(tree)? >> 10,
+            kib(probe_bench::peak_rss_kib(tree)?)
+        );
+        Ok(())
+    };
+    rss(&root, format!("the probe's tree ({files} files, {} MiB)", bytes >> 20))?;
+    if args.rss_small_files > 0 {
+        let small = dir.path().join("small");
+        probe_bench::small_files(&small, args.rss_small_files)?;
+        rss(&small, format!("{} small files", args.rss_small_files))?;
+        std::fs::remove_dir_all(&small)?;
+    }
     Ok(())
 }
 
@@ -375,7 +417,7 @@ async fn probe(args: &Args) -> anyhow::Result<()> {
     let dir = scan_bench::workdir(args.scan_dir.clone())?;
     let root = dir.path().join("tree");
     let spec = scan_bench::TreeSpec {
-        files: 2_000,
+        files: args.scan_files,
         total_bytes: args.probe_mib << 20,
     };
     let (files, bytes) = scan_bench::generate(&root, spec)?;

@@ -1,0 +1,59 @@
+//! Stable, machine-readable reasons for a refusal, carried in the gRPC
+//! status details as `google.rpc.ErrorInfo` (domain [`DOMAIN`]). A caller
+//! decides on these, never on the text of a message, which is English for
+//! an operator and may change.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const DOMAIN: &str = "lockstep.v1";
+
+/// The host has no attestation key pinned: the agent must pin (or enroll).
+pub const KEY_NOT_PINNED: &str = "KEY_NOT_PINNED";
+/// The host was revoked or removed: it must enroll again with a new token.
+pub const HOST_REVOKED: &str = "HOST_REVOKED";
+pub const BAD_SIGNATURE: &str = "BAD_SIGNATURE";
+pub const HOST_MISMATCH: &str = "HOST_MISMATCH";
+pub const ROLE_MISMATCH: &str = "ROLE_MISMATCH";
+pub const MALFORMED: &str = "MALFORMED";
+pub const DIGEST_MISMATCH: &str = "DIGEST_MISMATCH";
+pub const TOO_LARGE: &str = "TOO_LARGE";
+pub const REPLAY: &str = "REPLAY";
+pub const CLOCK_SKEW: &str = "CLOCK_SKEW";
+/// The store refuses writes: nothing was acknowledged.
+pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+/// The caller's role may not make this call.
+pub const ROLE_REFUSED: &str = "ROLE_REFUSED";
+pub const NOT_FOUND: &str = "NOT_FOUND";
+pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
+pub const INTERNAL: &str = "INTERNAL";
+
+/// A status with `reason` in its details.
+pub fn status(code: Code, message: impl Into<String>, reason: &str) -> Status {
+    let info = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::<String, String>::new());
+    Status::with_error_details(code, message, info)
+}
+
+/// The lockstep reason of `status`, if it carries one.
+pub fn of(status: &Status) -> Option<String> {
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == DOMAIN)
+        .map(|info| info.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_survives_the_status_details() {
+        let s = status(Code::FailedPrecondition, "not pinned, for people", KEY_NOT_PINNED);
+        assert_eq!(of(&s).as_deref(), Some(KEY_NOT_PINNED));
+        assert_eq!(s.message(), "not pinned, for people");
+        assert_eq!(of(&Status::failed_precondition("no details")), None);
+    }
+}
