@@ -397,16 +397,19 @@ impl Agent {
         Ok(reply)
     }
 
+    #[tracing::instrument(name = "attestation", level = "debug", skip_all, fields(host = %self.config.host, seq = tracing::field::Empty, full))]
     async fn submit(
         &mut self,
         entries: &[lockstep_proto::pb::Entry],
         digest: &[u8],
         full: bool,
     ) -> Result<SubmitReply, AgentError> {
+        let seq = self.seq.reserve()?;
+        tracing::Span::current().record("seq", seq);
         let attestation = Attestation {
             host: self.config.host.clone(),
             role: self.config.role.clone(),
-            seq: self.seq.reserve()?,
+            seq,
             measured_at_unix_ms: lockstep_proto::now_unix_ms(),
             boot_id: self.boot_id.clone(),
             digest: digest.to_vec(),

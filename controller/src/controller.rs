@@ -382,8 +382,10 @@ impl Controller {
     }
 
     /// Verifies, stores durably, then acknowledges one attestation.
+    #[tracing::instrument(name = "attestation", level = "debug", skip_all, fields(host = tracing::field::Empty, seq = tracing::field::Empty))]
     pub async fn submit(&self, peer: &PeerIdentity, envelope: Envelope) -> Result<SubmitReply, ApiError> {
         let (host, role) = self.agent_host(peer)?;
+        tracing::Span::current().record("host", host);
         let lock = self.host_lock(host);
         let _guard = lock.lock().await;
         let now = lockstep_proto::now_unix_ms();
@@ -447,6 +449,7 @@ impl Controller {
             });
         }
         let a = &verified.attestation;
+        tracing::Span::current().record("seq", a.seq);
         // A new version set, a full measurement or a reboot is recorded; a
         // heartbeat that renews the same set is stored and counted
         // (`attestation.heartbeats`), not recorded one by one.

@@ -8,13 +8,15 @@
 //! revocation), [`scan_requests`] (operator-requested full scans), [`audit`] (the hash-chained audit log),
 //! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
 //! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
-//! [`error`] (the one mapping to gRPC status), [`detach`] (calls run to
+//! [`error`] (the one mapping to gRPC status), [`authz`] (who may call
+//! which method, one table), [`detach`] (calls run to
 //! completion when their client goes away).
 //!
 //! Console: [`console`] (the `lockstep` CLI) and [`pki`] (the fleet CA).
 
 pub mod alerts;
 pub mod audit;
+pub mod authz;
 pub mod commit;
 pub mod config;
 pub mod console;

@@ -230,9 +230,9 @@ pub struct RefusalAudit<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B, R> tower::Service<http::Request<B>> for RefusalAudit<S>
+impl<S, B> tower::Service<http::Request<B>> for RefusalAudit<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -253,6 +253,20 @@ where
         req.extensions_mut().insert(audited.clone());
         let peer = req.extensions().get::<PeerInfo>().cloned();
         let controller = self.controller.clone();
+        // Who may call what is decided here, from the one table, before any
+        // handler runs; the refusal is audited once, here.
+        let identity = peer.as_ref().and_then(|p| p.identity.as_ref().ok());
+        if let crate::authz::Decision::Deny(why) = crate::authz::decide(&path, identity) {
+            let status = lockstep_proto::reason::status(
+                tonic::Code::PermissionDenied,
+                why.clone(),
+                lockstep_proto::reason::ROLE_REFUSED,
+            );
+            return Box::pin(async move {
+                controller.refuse_call(peer.as_ref(), &path, &why).await;
+                Ok(status.into_http())
+            });
+        }
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;

@@ -482,3 +482,74 @@ pub fn small_files(root: &Path, count: usize) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The memory cgroup this process is in, to make a child group under it
+/// (v2: `memory.max`; v1: `memory.limit_in_bytes`).
+fn own_memory_cgroup() -> anyhow::Result<(PathBuf, &'static str)> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            return Ok((Path::new("/sys/fs/cgroup/memory").join(path), "memory.limit_in_bytes"));
+        }
+    }
+    let v2 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| anyhow::anyhow!("no memory cgroup in /proc/self/cgroup"))?;
+    Ok((
+        Path::new("/sys/fs/cgroup").join(v2.trim_start_matches('/')),
+        "memory.max",
+    ))
+}
+
+/// Share of `working_set` still resident after a full scan of `tree`, both
+/// first read by a child process in a memory cgroup limited to `limit`
+/// bytes: the scan's page cache competes with the working set as it would
+/// on a host whose memory is full. (restore on, restore off).
+pub fn page_cache_under_pressure(tree: &Path, working_set: &Path, limit: u64) -> anyhow::Result<[f64; 2]> {
+    use std::io::Write;
+    let (parent, limit_file) = own_memory_cgroup()?;
+    let group = parent.join(format!("lockstep-bench-{}", std::process::id()));
+    std::fs::create_dir(&group).map_err(|e| anyhow::anyhow!("cannot make cgroup {}: {e}", group.display()))?;
+    let result = (|| -> anyhow::Result<[f64; 2]> {
+        std::fs::write(group.join(limit_file), limit.to_string())?;
+        let mut out = [0.0; 2];
+        for (i, restore) in [true, false].into_iter().enumerate() {
+            drop_cache(tree)?;
+            drop_cache(working_set.parent().unwrap_or(working_set))?;
+            let mut child = std::process::Command::new(std::env::current_exe()?)
+                .arg("--page-cache-child")
+                .arg(working_set)
+                .arg(tree)
+                .arg(if restore { "restore" } else { "keep" })
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            std::fs::write(group.join("cgroup.procs"), child.id().to_string())?;
+            // In its group now: let it read.
+            child.stdin.take().map(|mut s| s.write_all(b"go\n")).transpose()?;
+            let output = child.wait_with_output()?;
+            anyhow::ensure!(output.status.success(), "page-cache child failed");
+            out[i] = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+        }
+        Ok(out)
+    })();
+    let _ = std::fs::remove_dir(&group);
+    result
+}
+
+/// The `--page-cache-child` side: waits for its go, reads `working_set`,
+/// scans `tree` once, prints the resident share of `working_set`.
+pub fn page_cache_child(working_set: &Path, tree: &Path, restore: bool) -> anyhow::Result<()> {
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    std::fs::read(working_set)?;
+    let scanner = Scanner::new(&[tree.display().to_string()], None)?.restore_page_cache(restore);
+    scanner.scan_with_stats(true)?;
+    let size = std::fs::metadata(working_set)?.len() as f64;
+    println!("{}", resident(working_set)? as f64 / size);
+    Ok(())
+}

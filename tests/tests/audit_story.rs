@@ -37,7 +37,7 @@ async fn the_audit_log_tells_the_story_and_verifies() {
         "release.approved",
         "bob (approver)",
         "console.denied",
-        "vic (viewer): halt: vic has role viewer; this needs the operator role",
+        "vic (viewer): Halt: vic has role viewer; this needs the operator role",
         "halt 1 on role smars: drill: stop SMARS",
         "smars-03",
     ] {

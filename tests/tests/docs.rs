@@ -177,3 +177,24 @@ fn the_checker_catches_a_broken_command() {
         ["lockstep", "halt", "--role", "smars", "--reason", "two words"]
     );
 }
+
+/// docs/architecture.md names every module a crate exports, so a new one
+/// cannot land unexplained.
+#[test]
+fn architecture_names_every_public_module() {
+    let doc = std::fs::read_to_string(repo().join("docs/architecture.md")).unwrap();
+    let mut missing = Vec::new();
+    for krate in ["proto", "agent", "controller", "tests"] {
+        let lib = std::fs::read_to_string(repo().join(krate).join("src/lib.rs")).unwrap();
+        for line in lib.lines() {
+            let Some(name) = line.trim().strip_prefix("pub mod ") else {
+                continue;
+            };
+            let name = name.trim_end_matches([';', '{', ' ']);
+            if !doc.contains(&format!("`{name}`")) && !doc.contains(&format!("::{name}`")) {
+                missing.push(format!("{krate}::{name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/architecture.md does not name: {missing:?}");
+}

@@ -399,3 +399,46 @@ async fn a_different_attestation_key_cannot_replace_the_pinned_one() {
         err.message()
     );
 }
+
+/// A call the authorization table refuses is refused before its handler
+/// and audited exactly once (one `console.denied`, no `request.refused`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_is_audited_once() {
+    let m = open_fleet().await;
+    let viewer = m.fleet.operator("vic", OperatorRole::Viewer).unwrap();
+    let err = m
+        .fleet
+        .console(&viewer, &["halt", "--fleet", "--reason", "not mine to throw"])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("vic has role viewer; this needs the operator role"),
+        "{err:#}"
+    );
+    let agent_tls = m.fleet.host("smars-01").unwrap().config.controller.tls.clone();
+    m.fleet.console(&agent_tls, &["halts"]).await.unwrap_err();
+    m.fleet
+        .wait_audit("console.denied", "ListHalts: console requests need")
+        .await
+        .unwrap();
+    // Counted refusals are written in windows: write the current one now.
+    lockstep_controller::refusals::flush(&m.fleet.controller).await;
+    let records = m.fleet.audit_records().await.unwrap();
+    let denied = |needle: &str| {
+        records
+            .iter()
+            .filter(|r| r.contains("console.denied") && r.contains(needle))
+            .count()
+    };
+    assert_eq!(denied("Halt: vic has role viewer"), 1, "{records:#?}");
+    assert_eq!(denied("ListHalts: console requests need an operator certificate"), 1);
+    assert!(!records.iter().any(|r| r.contains("request.refused")), "{records:#?}");
+    assert!(
+        m.fleet
+            .gates()
+            .unwrap()
+            .gates
+            .iter()
+            .all(|g| !g.reasons.iter().any(|r| r.text.contains("halt")))
+    );
+}

@@ -138,6 +138,9 @@ async fn in_market_hours_the_full_rescan_waits_and_a_watched_change_does_not() {
     let denied = fleet.console(&viewer, &["scan", "--host", "smars-01"]).await;
     let e = denied.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(e.to_lowercase().contains("operator"), "a viewer was not refused: {e}");
-    fleet.wait_audit("console.denied", "scan").await.unwrap();
+    fleet
+        .wait_audit("console.denied", "RequestScan: vera has role viewer")
+        .await
+        .unwrap();
     fleet.shutdown().await.unwrap();
 }

@@ -72,6 +72,12 @@ struct Args {
     /// Halts timed for the gate-priority measurement.
     #[arg(long, default_value_t = 50)]
     probe_halts: usize,
+    /// Internal: read WORKING_SET, scan TREE, print WORKING_SET's resident share.
+    #[arg(long, hide = true, num_args = 3, value_names = ["WORKING_SET", "TREE", "RESTORE"])]
+    page_cache_child: Vec<String>,
+    /// Memory limit (MiB) of the cgroup for the page-cache-under-pressure measurement.
+    #[arg(long, default_value_t = 1024)]
+    pressure_mib: u64,
     /// Internal: scan this tree once and print the peak RSS (KiB).
     #[arg(long, hide = true)]
     rss_child: Option<PathBuf>,
@@ -356,6 +362,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(tree) = &args.rss_child {
         return probe_bench::rss_child(tree);
     }
+    if let [ws, tree, restore] = args.page_cache_child.as_slice() {
+        return probe_bench::page_cache_child(ws.as_ref(), tree.as_ref(), restore == "restore");
+    }
     let want = |p| args.only.is_empty() || args.only.contains(&p);
     println!(
         "lockstep-bench on {} cores",
@@ -471,5 +480,18 @@ async fn probe(args: &Args) -> anyhow::Result<()> {
         off * 100.0,
         off_tree >> 20
     );
+    let ws_dir = dir.path().join("working-set");
+    std::fs::create_dir_all(&ws_dir)?;
+    let ws = ws_dir.join("working-set.bin");
+    std::fs::rename(&working, &ws)?;
+    match probe_bench::page_cache_under_pressure(&root, &ws, args.pressure_mib << 20) {
+        Ok([on, off]) => println!(
+            "under a {} MiB memory cgroup (working set and scan in it): working set {:.0}% resident after the scan with the change, {:.0}% without",
+            args.pressure_mib,
+            on * 100.0,
+            off * 100.0
+        ),
+        Err(e) => println!("page cache under memory pressure: not measured ({e:#})"),
+    }
     Ok(())
 }
