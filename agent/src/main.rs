@@ -161,7 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => {
                     let mut config = AgentConfig::load(&path)?;
                     config.root = root;
-                    let scanner = Scanner::new(&config.watch, config.root.clone())?;
+                    // On the host, a measurement keeps to the agent's CPUs too.
+                    let placement = place_this_thread(&config)?;
+                    let scanner = Scanner::new(&config.watch, config.root.clone())?.with_placement(&placement);
                     lockstep_agent::report::measure_files(&scanner, &config, true)?.0
                 }
                 None => Scanner::new(&watch, root)?.scan()?,
@@ -180,15 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// The runtime of `run`, every thread of it (and every thread those start:
 /// a thread inherits its creator's mask) on the agent's CPUs.
 fn placed_runtime(config: &AgentConfig) -> anyhow::Result<tokio::runtime::Runtime> {
-    use lockstep_agent::placement::{Placement, pin_current_thread};
-    let placement = Placement::new(config.cpus.clone(), std::path::Path::new("/sys"))
-        .context("choosing the agent's CPUs (set [resources] cpus in the agent config)")?;
-    pin_current_thread(&placement.cpus).with_context(|| {
-        format!(
-            "[resources] cpus = \"{}\": pick CPUs this service may use",
-            placement.cpus
-        )
-    })?;
+    let placement = place_this_thread(config)?;
     tracing::info!(cpus = %placement.cpus, scan_threads = placement.scan_threads, "agent placed");
     let on_start = placement.clone();
     tokio::runtime::Builder::new_multi_thread()
@@ -197,6 +191,21 @@ fn placed_runtime(config: &AgentConfig) -> anyhow::Result<tokio::runtime::Runtim
         .on_thread_start(move || on_start.apply_to_current_thread())
         .build()
         .context("starting the async runtime")
+}
+
+/// The agent's CPUs from its config, with the calling thread pinned there
+/// (threads it starts inherit the mask).
+fn place_this_thread(config: &AgentConfig) -> anyhow::Result<lockstep_agent::placement::Placement> {
+    use lockstep_agent::placement::{Placement, pin_current_thread};
+    let placement = Placement::new(config.cpus.clone(), std::path::Path::new("/sys"))
+        .context("choosing the agent's CPUs (set [resources] cpus in the agent config)")?;
+    pin_current_thread(&placement.cpus).with_context(|| {
+        format!(
+            "[resources] cpus = \"{}\": pick CPUs this agent may use",
+            placement.cpus
+        )
+    })?;
+    Ok(placement)
 }
 
 /// Resolves on SIGTERM (how systemd stops us) or SIGINT. The handlers are

@@ -135,6 +135,25 @@ impl Controller {
         book.observe(signal, lockstep_proto::now_unix_ms());
     }
 
+    /// The store write of incident `snapshot`, made with its latest
+    /// record when the commit applies it: two writes of one incident (an
+    /// acknowledgement, a notification) cannot land a stale copy last. A
+    /// closed incident's snapshot is final.
+    fn write_incident(
+        &self,
+        snapshot: IncidentRecord,
+    ) -> impl FnOnce(&dyn crate::store::Store) -> Result<(), crate::store::StoreError> + Send + 'static {
+        let book = self.incidents.clone();
+        move |s| {
+            let current = book
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(snapshot.id)
+                .unwrap_or(snapshot);
+            s.put_incident(&current)
+        }
+    }
+
     /// Incidents not yet closed, for `lockstep alerts`.
     pub fn list_incidents(&self, peer: &PeerIdentity) -> Result<Vec<IncidentRecord>, ApiError> {
         require(peer, OperatorRole::Viewer)?;
@@ -157,8 +176,7 @@ impl Controller {
             role: record.role.clone(),
             detail: format!("incident {id}: {}", record.title()),
         };
-        let stored = record.clone();
-        self.persist_audited(vec![event], move |s| s.put_incident(&stored))
+        self.persist_audited(vec![event], self.write_incident(record.clone()))
             .await?;
         info!(incident = id, by = %name, "incident acknowledged");
         Ok(record)
@@ -209,8 +227,7 @@ pub async fn run(controller: Arc<Controller>) {
         for d in due {
             let payload = Payload::of(&d);
             warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");
-            let stored = d.record.clone();
-            if let Err(e) = controller.persist(move |s| s.put_incident(&stored)).await {
+            if let Err(e) = controller.persist(controller.write_incident(d.record.clone())).await {
                 error!(incident = payload.incident, error = %e, "cannot store incident");
             }
             if let Some(outbox) = &outbox {

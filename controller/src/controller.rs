@@ -49,7 +49,9 @@ pub struct Controller {
         Mutex<Option<mpsc::UnboundedReceiver<AuditEvent>>>,
     ),
     /// Failures grouped by root cause, for alerts (see [`crate::alerts`]).
-    pub(crate) incidents: Mutex<Incidents>,
+    /// Shared with the store writes of incidents, which take the latest
+    /// record when they are applied (see [`crate::alerts`]).
+    pub(crate) incidents: Arc<Mutex<Incidents>>,
     /// Refused connections and calls, counted for the audit log.
     pub refusals: crate::refusals::Refusals,
     /// Heartbeats accepted with an unchanged version set since the last
@@ -79,7 +81,7 @@ impl Controller {
             closing: watch::channel(false).0,
             committer: GroupCommit::new(audit_head, counters, store_settings),
             transitions: (tx, Mutex::new(Some(rx))),
-            incidents: Mutex::new(incidents),
+            incidents: Arc::new(Mutex::new(incidents)),
             refusals: crate::refusals::Refusals::default(),
             unchanged_heartbeats: std::sync::atomic::AtomicU64::new(0),
             metrics: Metrics::new(),

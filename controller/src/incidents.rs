@@ -394,6 +394,11 @@ impl Incidents {
     }
 
     /// Records an operator's acknowledgement; a resolved incident closes.
+    /// The current record of an open incident.
+    pub fn record(&self, id: u64) -> Option<IncidentRecord> {
+        self.open.get(&id).map(|i| i.record.clone())
+    }
+
     pub fn ack(&mut self, id: u64, by: &str, now: i64) -> Result<IncidentRecord, String> {
         let Some(i) = self.open.get_mut(&id) else {
             return Err(format!("no open incident {id}: `lockstep alerts` lists the open ones"));

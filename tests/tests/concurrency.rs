@@ -226,3 +226,56 @@ async fn concurrent_tokens_are_all_kept_and_survive_a_restart() {
     }
     fleet.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_incident_acknowledgements_are_all_kept_and_survive_a_restart() {
+    // No release and hosts that never report: incidents open at once.
+    let mut spec = wide_fleet();
+    spec.controller_extra = "[alerts]\ngroup_wait = \"50ms\"\n".into();
+    let mut fleet = Fleet::start(spec).await.unwrap();
+    let alice = fleet.operator("alice", OperatorRole::Operator).unwrap();
+    let open = |out: String| -> Vec<Value> { json(&out).as_array().unwrap().clone() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let incidents = loop {
+        let (_, out) = fleet.console(&alice, &["--output", "json", "alerts"]).await.unwrap();
+        let list = open(out);
+        if list.len() >= 2 {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than two incidents opened: {list:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ids: Vec<u64> = incidents.iter().map(|i| i["id"].as_u64().unwrap()).collect();
+    // Every incident acknowledged by ten operators at once.
+    let calls = ids.iter().flat_map(|id| (0..10).map(move |n| (*id, n))).map(|(id, n)| {
+        let fleet = &fleet;
+        async move {
+            let who = fleet.operator(&format!("op{n}"), OperatorRole::Operator).unwrap();
+            let id = id.to_string();
+            fleet.console(&who, &["alerts", "ack", &id]).await.unwrap()
+        }
+    });
+    for (code, out) in join_all(calls).await {
+        assert_eq!(code, 0, "{out}");
+    }
+    let acked = |list: Vec<Value>| -> BTreeSet<u64> {
+        list.iter()
+            .filter(|i| !i["acked_by"].as_str().unwrap_or_default().is_empty())
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (_, out) = fleet.console(&alice, &["--output", "json", "alerts"]).await.unwrap();
+    let want: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(acked(open(out)), want, "every incident is acknowledged");
+    let records = fleet.audit_records().await.unwrap();
+    let recorded = records.iter().filter(|r| r.contains("incident.acknowledged")).count();
+    assert_eq!(recorded, ids.len() * 10, "each acknowledgement has its record");
+
+    fleet.restart_controller().await.unwrap();
+    let (_, out) = fleet.console(&alice, &["--output", "json", "alerts"]).await.unwrap();
+    assert_eq!(acked(open(out)), want, "acknowledgements survive a restart");
+    fleet.shutdown().await.unwrap();
+}

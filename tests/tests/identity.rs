@@ -75,13 +75,18 @@ async fn tokens_are_one_time_expire_and_belong_to_one_host() {
         .console(
             &olga,
             &[
-                "token", "create", "--host", "smars-03", "--role", "smars", "--ttl", "1s",
+                "--output", "json", "token", "create", "--host", "smars-03", "--role", "smars", "--ttl", "50ms",
             ],
         )
         .await
         .unwrap();
-    let short = out.lines().next().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let short = made["token"].as_str().unwrap().to_string();
+    // Past its expiry on the controller's clock (the same clock here).
+    let expires = made["expires_at_unix_ms"].as_i64().unwrap();
+    while lockstep_proto::now_unix_ms() <= expires {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let expired = lockstep_agent::enrollment::enroll(&three, &short, None)
         .await
         .unwrap_err();
