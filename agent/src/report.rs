@@ -103,6 +103,27 @@ pub fn measure_host_within(
     Ok((entries, stats))
 }
 
+/// What a background full scan found.
+pub struct Verified {
+    digest: Vec<u8>,
+    /// What the incremental scans said when it started.
+    started_from: Option<Vec<u8>>,
+    bytes: u64,
+    throttled: Duration,
+}
+
+/// Resolves when the background full scan (if any) ends, taking it.
+async fn finished<T>(task: &mut Option<tokio::task::JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(handle) => {
+            let out = handle.await;
+            *task = None;
+            out
+        }
+        None => std::future::pending().await,
+    }
+}
+
 pub struct Agent {
     config: AgentConfig,
     scanner: Arc<Scanner>,
@@ -125,6 +146,15 @@ pub struct Agent {
     scan_requests: Arc<crate::directives::FullScanRequests>,
     /// A periodic full rescan is waiting for market hours to end.
     deferring: bool,
+    /// Where scans run, for the scanner of a background verification.
+    placement: Option<Placement>,
+    /// A full scan asked for in market hours, hashing everything within the
+    /// budget beside the heartbeats (it may take longer than a lease).
+    verifying: Option<tokio::task::JoinHandle<Result<Verified, ScanError>>>,
+    /// A finished verification, for the next scan to compare with.
+    verified: Option<Verified>,
+    /// Digest of the last scan.
+    last_digest: Option<Vec<u8>>,
     scan_now: Arc<Notify>,
     metrics: Arc<AgentMetrics>,
     /// The TLS certificate presented to the controller, renewed in place.
@@ -146,10 +176,16 @@ impl Agent {
         state::check_key_permissions(&config.controller.tls.key)?;
         let seq = SeqCounter::load(&config.state_dir)?;
         let mut scanner = Scanner::new(&config.watch, config.root.clone())?;
-        match Placement::new(config.cpus.clone(), std::path::Path::new("/sys")) {
-            Ok(p) => scanner = scanner.with_placement(&p),
-            Err(e) => warn!(error = %e, "cannot tell the housekeeping CPUs; scanning wherever the agent runs"),
-        }
+        let placement = match Placement::new(config.cpus.clone(), std::path::Path::new("/sys")) {
+            Ok(p) => {
+                scanner = scanner.with_placement(&p);
+                Some(p)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot tell the housekeeping CPUs; scanning wherever the agent runs");
+                None
+            }
+        };
         let scanner = Arc::new(scanner);
         let (tls_config, cert) = tls::reloadable_client_config(&config.controller.tls)?;
         let channel = tls::channel(
@@ -176,6 +212,10 @@ impl Agent {
             last_full_scan: None,
             scan_requests: Arc::default(),
             deferring: false,
+            placement,
+            verifying: None,
+            verified: None,
+            last_digest: None,
             fs_changed: Arc::new(Notify::new()),
             scan_now: Arc::new(Notify::new()),
             metrics: Arc::new(AgentMetrics::new()),
@@ -295,6 +335,10 @@ impl Agent {
                 () = tokio::time::sleep_until(next_report) => changed_only = false,
                 () = self.scan_now.notified() => changed_only = false,
                 () = self.scan_requests.requested() => changed_only = false,
+                done = finished(&mut self.verifying) => {
+                    self.verification_done(done);
+                    changed_only = false;
+                }
                 // A change between heartbeats: report it if the set moved.
                 () = self.fs_changed.notified(), if !failing => changed_only = true,
                 () = shutdown.as_mut() => return,
@@ -318,19 +362,68 @@ impl Agent {
             self.metrics.full_scans_deferred.inc();
         }
         self.deferring = plan.deferred;
-        let budget = match (&self.config.market_hours, plan.budgeted) {
-            (Some(m), true) => Some(Budget {
-                threads: m.scan_threads,
-                throttle: Throttle::new(
-                    m.max_bytes_per_sec,
-                    crate::entry::READ_BUF_BYTES as u64,
-                    Arc::new(RealPace::default()),
-                ),
-            }),
-            _ => None,
-        };
-        let full = plan.full.is_some();
-        let (scanner, config, within) = (self.scanner.clone(), self.config.clone(), budget.clone());
+        let budget = if plan.budgeted { self.market_budget() } else { None };
+        let mut cause = plan.full;
+        let mut budget = budget;
+        // Asked for in market hours: hashed beside the heartbeats, so a slow
+        // budgeted scan cannot let the lease run out; this scan is the usual
+        // incremental one.
+        if cause == Some("requested") {
+            if let Some(b) = budget.take() {
+                if self.verifying.is_none() {
+                    self.verifying = Some(self.start_verification(b));
+                }
+                cause = None;
+            }
+        }
+        let (entries, stats) = self.measure(cause.is_some(), budget.as_ref()).await?;
+        if let Some(cause) = cause {
+            self.last_full_scan = Some(std::time::Instant::now());
+            self.count_full_scan(cause, budget.as_ref().map(|b| b.throttle.waited()));
+        }
+        let mut entries = entries;
+        let mut stats = stats;
+        // A verification that hashed something other than the cache says:
+        // a file changed behind its fingerprint. Hash everything now.
+        let digest = lockstep_proto::digest::digest(&entries).to_vec();
+        if let Some(v) = self.verified.take().filter(|v| v.digest != digest) {
+            if v.started_from.as_deref() == Some(digest.as_slice()) {
+                warn!(host = %self.config.host, "a full scan found content the fingerprints missed; hashing everything again now");
+                (entries, stats) = self.measure(true, None).await?;
+                self.last_full_scan = Some(std::time::Instant::now());
+                self.count_full_scan("verify", None);
+            } else if let Some(b) = self.market_budget().filter(|_| in_window) {
+                // Files changed while it hashed: it proves nothing; again.
+                info!(host = %self.config.host, "files changed during the requested full scan; scanning again within the budget");
+                self.verifying = Some(self.start_verification(b));
+            } else {
+                (entries, stats) = self.measure(true, None).await?;
+                self.last_full_scan = Some(std::time::Instant::now());
+                self.count_full_scan("requested", None);
+            }
+        }
+        let full = cause.is_some();
+        debug!(host = %self.config.host, full, entries = stats.entries, hashed = stats.hashed, bytes = stats.bytes_hashed, "scanned");
+        let digest = lockstep_proto::digest::digest(&entries).to_vec();
+        self.last_digest = Some(digest.clone());
+        Ok((entries, digest))
+    }
+
+    /// The market-hours scan budget, when the agent has market hours.
+    fn market_budget(&self) -> Option<Budget> {
+        self.config.market_hours.as_ref().map(|m| Budget {
+            threads: m.scan_threads,
+            throttle: Throttle::new(
+                m.max_bytes_per_sec,
+                crate::entry::READ_BUF_BYTES as u64,
+                Arc::new(RealPace::default()),
+            ),
+        })
+    }
+
+    /// Measures the host (everything when `full`), within `budget`.
+    async fn measure(&self, full: bool, budget: Option<&Budget>) -> Result<(Vec<Entry>, ScanStats), AgentError> {
+        let (scanner, config, within) = (self.scanner.clone(), self.config.clone(), budget.cloned());
         let started = std::time::Instant::now();
         let (entries, stats) =
             tokio::task::spawn_blocking(move || measure_host_within(&scanner, &config, full, within.as_ref()))
@@ -340,23 +433,52 @@ impl Agent {
             .files_measured
             .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
         self.metrics.bytes_hashed.inc_by(stats.bytes_hashed);
-        if let Some(cause) = plan.full {
-            self.last_full_scan = Some(std::time::Instant::now());
-            let labels = FullScanLabels {
-                budget: if budget.is_some() { "budgeted" } else { "open" },
-                cause,
-            };
-            self.metrics.full_scans.get_or_create(&labels).inc();
-            if let Some(b) = &budget {
-                self.metrics
-                    .scan_throttled_seconds
-                    .inc_by(b.throttle.waited().as_secs_f64());
-                info!(host = %self.config.host, cause, bytes = stats.bytes_hashed, seconds = started.elapsed().as_secs_f64(), throttled_s = b.throttle.waited().as_secs_f64(), "full scan within the market-hours budget");
-            }
+        Ok((entries, stats))
+    }
+
+    fn count_full_scan(&self, cause: &'static str, throttled: Option<Duration>) {
+        let labels = FullScanLabels {
+            budget: if throttled.is_some() { "budgeted" } else { "open" },
+            cause,
+        };
+        self.metrics.full_scans.get_or_create(&labels).inc();
+        if let Some(t) = throttled {
+            self.metrics.scan_throttled_seconds.inc_by(t.as_secs_f64());
+            info!(host = %self.config.host, cause, throttled_s = t.as_secs_f64(), "full scan within the market-hours budget");
         }
-        debug!(host = %self.config.host, full, entries = stats.entries, hashed = stats.hashed, bytes = stats.bytes_hashed, "scanned");
-        let digest = lockstep_proto::digest::digest(&entries).to_vec();
-        Ok((entries, digest))
+    }
+
+    /// Hashes everything within `budget` on a scanner of its own (the live
+    /// one's cache is left to the incremental scans meanwhile).
+    fn start_verification(&self, budget: Budget) -> tokio::task::JoinHandle<Result<Verified, ScanError>> {
+        let (config, placement, started_from) = (self.config.clone(), self.placement.clone(), self.last_digest.clone());
+        info!(host = %self.config.host, "full scan asked for in market hours: hashing everything within the budget, reporting as usual meanwhile");
+        tokio::task::spawn_blocking(move || {
+            let mut scanner = Scanner::new(&config.watch, config.root.clone())?;
+            if let Some(p) = &placement {
+                scanner = scanner.with_placement(p);
+            }
+            let (entries, stats) = measure_host_within(&scanner, &config, true, Some(&budget))?;
+            Ok(Verified {
+                digest: lockstep_proto::digest::digest(&entries).to_vec(),
+                started_from,
+                bytes: stats.bytes_hashed,
+                throttled: budget.throttle.waited(),
+            })
+        })
+    }
+
+    fn verification_done(&mut self, done: Result<Result<Verified, ScanError>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(v)) => {
+                self.metrics.bytes_hashed.inc_by(v.bytes);
+                self.count_full_scan("requested", Some(v.throttled));
+                self.last_full_scan = Some(std::time::Instant::now());
+                self.verified = Some(v);
+            }
+            Ok(Err(e)) => warn!(host = %self.config.host, error = %e, "the requested full scan failed"),
+            Err(e) => warn!(host = %self.config.host, error = %e, "the requested full scan stopped"),
+        }
     }
 
     /// After a watched change: scan, and report only if the set moved from

@@ -84,7 +84,7 @@ async fn in_market_hours_the_full_rescan_waits_and_a_watched_change_does_not() {
     // Market hours all week long, and a full rescan due every 100 ms.
     spec.agent_extra = "full_rescan_interval = \"100ms\"\n".into();
     spec.agent_tables =
-        "[market_hours]\ntime_zone = \"UTC\"\nwindows = [\"Mon-Sun 00:00-24:00\"]\nscan_max_bytes_per_sec = \"8MiB\"\n"
+        "[market_hours]\ntime_zone = \"UTC\"\nwindows = [\"Mon-Sun 00:00-24:00\"]\nscan_max_bytes_per_sec = \"128KiB\"\n"
             .into();
     let fleet = Fleet::start(spec).await.unwrap();
     let hosts = vec!["smars-01".to_string()];
@@ -112,7 +112,12 @@ async fn in_market_hours_the_full_rescan_waits_and_a_watched_change_does_not() {
         "a periodic full rescan ran in market hours:\n{text}"
     );
 
-    // An operator asks for one: it runs now, within the budget, and is audited.
+    // An operator asks for one: it runs now, within the budget (2 MiB at
+    // 128 KiB/s less a 1 MiB burst: ~8 s), beside the heartbeats, and is audited.
+    fleet
+        .write(&hosts, "/opt/smars/lib/big.so", &vec![7u8; 2 << 20])
+        .unwrap();
+    fleet.settle(&hosts).await.unwrap();
     let alice = fleet.operator("alice", OperatorRole::Operator).unwrap();
     let (code, out) = fleet
         .console(&alice, &["scan", "--host", "smars-01", "--reason", "pre-open check"])
@@ -121,6 +126,15 @@ async fn in_market_hours_the_full_rescan_waits_and_a_watched_change_does_not() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("full scan 1 asked of smars-01"), "{out}");
     let want = "lockstep_agent_full_scans_total{budget=\"budgeted\",cause=\"requested\"} 1";
+    // While it hashes, a watched change is still attested.
+    fleet.write(&hosts, "/opt/smars/bin/smars", b"build 3").unwrap();
+    fleet.settle(&hosts).await.unwrap();
+    assert!(
+        !metrics.render().contains(want),
+        "the change waited for the requested full scan:\n{}",
+        metrics.render()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !metrics.render().contains(want) {
         assert!(
             Instant::now() < deadline,

@@ -97,14 +97,21 @@ fn gbs(bytes: u64, d: Duration) -> String {
     format!("{:.2} GB/s", bytes as f64 / d.as_secs_f64() / 1e9)
 }
 
-fn scan(args: &Args) -> anyhow::Result<()> {
+/// A generated tree of `args.scan_files` files and `mib` MiB under the
+/// scan directory: (its temp dir, the tree, files, bytes).
+fn generated_tree(args: &Args, mib: u64) -> anyhow::Result<(tempfile::TempDir, PathBuf, usize, u64)> {
     let dir = scan_bench::workdir(args.scan_dir.clone())?;
     let root = dir.path().join("tree");
     let spec = scan_bench::TreeSpec {
         files: args.scan_files,
-        total_bytes: args.scan_mib << 20,
+        total_bytes: mib << 20,
     };
     let (files, bytes) = scan_bench::generate(&root, spec)?;
+    Ok((dir, root, files, bytes))
+}
+
+fn scan(args: &Args) -> anyhow::Result<()> {
+    let (dir, root, files, bytes) = generated_tree(args, args.scan_mib)?;
     let ring1 = scan_bench::ring_rate(512 << 20);
     let ring_all = bench::on_every_core(|| scan_bench::ring_rate(512 << 20));
     println!("\n## Full scan: {files} files, {:.2} GB\n", bytes as f64 / 1e9);
@@ -395,13 +402,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn memory(args: &Args) -> anyhow::Result<()> {
-    let dir = scan_bench::workdir(args.scan_dir.clone())?;
-    let root = dir.path().join("tree");
-    let spec = scan_bench::TreeSpec {
-        files: args.scan_files,
-        total_bytes: args.probe_mib << 20,
-    };
-    let (files, bytes) = scan_bench::generate(&root, spec)?;
+    let (dir, root, files, bytes) = generated_tree(args, args.probe_mib)?;
     println!("\n== memory of a full scan");
     let kib = |k: Option<u64>| k.map_or_else(|| "n/a (no /usr/bin/time)".to_string(), |k| format!("{} MiB", k >> 10));
     let rss = |tree: &std::path::Path, what: String| -> anyhow::Result<()> {
@@ -423,13 +424,7 @@ fn memory(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn probe(args: &Args) -> anyhow::Result<()> {
-    let dir = scan_bench::workdir(args.scan_dir.clone())?;
-    let root = dir.path().join("tree");
-    let spec = scan_bench::TreeSpec {
-        files: args.scan_files,
-        total_bytes: args.probe_mib << 20,
-    };
-    let (files, bytes) = scan_bench::generate(&root, spec)?;
+    let (dir, root, files, bytes) = generated_tree(args, args.probe_mib)?;
     let phase = Duration::from_secs(args.probe_seconds);
     let r = probe_bench::run(&root, bytes, phase, args.probe_rounds)?;
     println!(
