@@ -158,7 +158,8 @@ pub struct ScanPlan {
     /// A full scan, and why: "first", "requested" or "periodic" (`None`:
     /// only what changed is hashed).
     pub full: Option<&'static str>,
-    /// Inside a trading window: limited to the byte rate and threads.
+    /// Inside a trading window, and not the first: limited to the byte rate
+    /// and threads.
     pub budgeted: bool,
     /// A periodic full rescan came due inside a window and waits for its end.
     pub deferred: bool,
@@ -179,7 +180,10 @@ impl ScanPlan {
         };
         Self {
             full,
-            budgeted: full.is_some() && in_window,
+            // Not the first: without it the host cannot attest at all, and
+            // a budgeted first scan of a large tree would outlast the lease
+            // of a gate that was OPEN before the agent restarted.
+            budgeted: in_window && full.is_some_and(|cause| cause != "first"),
             deferred: full.is_none() && due && in_window,
         }
     }
@@ -225,7 +229,8 @@ mod tests {
         // Inside: the periodic rescan is deferred; what must run is budgeted.
         assert_eq!(plan(false, true, false, true), (None, false, true));
         assert_eq!(plan(false, true, true, true), (Some("requested"), true, false));
-        assert_eq!(plan(true, false, false, true), (Some("first"), true, false));
+        // The first scan is never budgeted: the host cannot attest without it.
+        assert_eq!(plan(true, false, false, true), (Some("first"), false, false));
         // A watched change (nothing due) is an incremental scan, never held.
         assert_eq!(plan(false, false, false, true), (None, false, false));
     }

@@ -151,6 +151,8 @@ pub struct Agent {
     /// A full scan asked for in market hours, hashing everything within the
     /// budget beside the heartbeats (it may take longer than a lease).
     verifying: Option<tokio::task::JoinHandle<Result<Verified, ScanError>>>,
+    /// Its throttle, cancelled when the agent stops.
+    verifying_pace: Option<Throttle>,
     /// A finished verification, for the next scan to compare with.
     verified: Option<Verified>,
     /// Digest of the last scan.
@@ -214,6 +216,7 @@ impl Agent {
             deferring: false,
             placement,
             verifying: None,
+            verifying_pace: None,
             verified: None,
             last_digest: None,
             fs_changed: Arc::new(Notify::new()),
@@ -285,6 +288,10 @@ impl Agent {
             ))
         });
         self.report_until(&mut shutdown).await;
+        // A requested full scan still hashing is abandoned, not waited for.
+        if let Some(pace) = &self.verifying_pace {
+            pace.cancel();
+        }
         let _ = stop_watch.send(());
         if let Some(w) = watcher {
             let _ = w.await;
@@ -450,7 +457,8 @@ impl Agent {
 
     /// Hashes everything within `budget` on a scanner of its own (the live
     /// one's cache is left to the incremental scans meanwhile).
-    fn start_verification(&self, budget: Budget) -> tokio::task::JoinHandle<Result<Verified, ScanError>> {
+    fn start_verification(&mut self, budget: Budget) -> tokio::task::JoinHandle<Result<Verified, ScanError>> {
+        self.verifying_pace = Some(budget.throttle.clone());
         let (config, placement, started_from) = (self.config.clone(), self.placement.clone(), self.last_digest.clone());
         info!(host = %self.config.host, "full scan asked for in market hours: hashing everything within the budget, reporting as usual meanwhile");
         tokio::task::spawn_blocking(move || {

@@ -305,6 +305,9 @@ impl Scanner {
                     let mut buf = vec![0u8; READ_BUF_BYTES];
                     let (mut entries, mut cache, mut stats) = (Vec::new(), Vec::new(), ScanStats::default());
                     loop {
+                        if reading.throttle.is_some_and(Throttle::is_cancelled) {
+                            break; // abandoned: the agent is stopping
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(recorded) = found.get(i) else { break };
                         let fs_path = self.fs_path(recorded);

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The longest one sleep lasts before a cancel is checked.
+const CANCEL_SLICE: Duration = Duration::from_millis(100);
+
 /// The time source and the sleep of a throttle: real in the agent, a
 /// virtual clock in tests (so they count bytes against time, never wait).
 pub trait Pace: Send + Sync + std::fmt::Debug {
@@ -51,6 +54,8 @@ pub struct Throttle {
     bucket: Arc<Mutex<Bucket>>,
     /// Nanoseconds spent waiting, over every caller.
     waited_ns: Arc<AtomicU64>,
+    /// Set when the scan it paces is abandoned (the agent is stopping).
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Throttle {
@@ -65,7 +70,17 @@ impl Throttle {
             })),
             pace,
             waited_ns: Arc::new(AtomicU64::new(0)),
+            cancelled: Arc::default(),
         }
+    }
+
+    /// Abandons the scan: no more waiting, and its workers stop taking files.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// Time spent waiting for the rate, summed over every caller.
@@ -79,6 +94,9 @@ impl Throttle {
 
     /// Waits until `bytes` may be read. Returns how long it waited.
     pub fn take(&self, bytes: u64) -> Duration {
+        if self.is_cancelled() {
+            return Duration::ZERO;
+        }
         let wait = {
             let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
             let now = self.pace.now();
@@ -95,7 +113,13 @@ impl Throttle {
         if !wait.is_zero() {
             let ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
             self.waited_ns.fetch_add(ns, Ordering::Relaxed);
-            self.pace.sleep(wait);
+            // In slices, so a cancel is heard within one.
+            let mut left = wait;
+            while !left.is_zero() && !self.is_cancelled() {
+                let slice = left.min(CANCEL_SLICE);
+                self.pace.sleep(slice);
+                left -= slice;
+            }
         }
         wait
     }
@@ -138,6 +162,16 @@ mod tests {
         // 50 MiB at 10 MiB/s, less the first burst: 4.9 s of virtual time.
         let took = pace.now().as_secs_f64();
         assert!((4.85..=4.95).contains(&took), "{took}");
+    }
+
+    #[test]
+    fn a_cancelled_throttle_no_longer_waits() {
+        let pace = Arc::new(VirtualPace::default());
+        let t = Throttle::new(1 << 20, 1 << 20, pace.clone());
+        t.take(1 << 20);
+        t.clone().cancel();
+        assert_eq!(t.take(64 << 20), Duration::ZERO);
+        assert_eq!(pace.now(), Duration::ZERO);
     }
 
     #[test]

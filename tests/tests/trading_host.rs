@@ -104,8 +104,8 @@ async fn in_market_hours_the_full_rescan_waits_and_a_watched_change_does_not() {
     assert_ne!(fleet.local_digest("smars-01").unwrap(), before);
     let text = metrics.render();
     assert!(
-        text.contains("lockstep_agent_full_scans_total{budget=\"budgeted\",cause=\"first\"} 1"),
-        "the first scan is the only full one, and budgeted:\n{text}"
+        text.contains("lockstep_agent_full_scans_total{budget=\"open\",cause=\"first\"} 1"),
+        "the first scan is the only full one (not budgeted: the host cannot attest without it):\n{text}"
     );
     assert!(
         !text.contains("cause=\"periodic\""),
