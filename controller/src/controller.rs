@@ -269,16 +269,29 @@ impl Controller {
 
     /// Writes gate transitions to the audit log as they are decided, until
     /// the controller is dropped. Run once, by the server.
-    pub async fn record_gate_transitions(&self) {
+    /// Writes queued gate transitions to the audit log until `stop`, then
+    /// writes what is still queued (a transition decided just before a
+    /// shutdown is recorded, not dropped).
+    pub async fn record_gate_transitions(&self, stop: impl std::future::Future<Output = ()>) {
         let rx = self.transitions.1.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(mut rx) = rx else { return };
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
+        tokio::pin!(stop);
+        loop {
+            let (first, stopping) = tokio::select! {
+                got = rx.recv() => (got, false),
+                () = &mut stop => (None, true),
+            };
+            let mut batch: Vec<AuditEvent> = first.into_iter().collect();
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
-            if let Err(e) = self.audit(batch).await {
-                tracing::error!(error = %e, "cannot record gate transitions in the audit log");
+            if !batch.is_empty() {
+                if let Err(e) = self.audit(batch).await {
+                    tracing::error!(error = %e, "cannot record gate transitions in the audit log");
+                }
+            }
+            if stopping {
+                return;
             }
         }
     }

@@ -198,9 +198,16 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = controller.config().limits.max_payload_bytes + 64 * 1024;
     let ticker = tokio::spawn(refresh_gates(controller.clone()));
+    // Drained, not aborted: it writes what is queued once the server stops.
+    let (stop_recorder, recorder_stopped) = tokio::sync::oneshot::channel::<()>();
     let recorder = {
         let c = controller.clone();
-        tokio::spawn(async move { c.record_gate_transitions().await })
+        tokio::spawn(async move {
+            c.record_gate_transitions(async {
+                let _ = recorder_stopped.await;
+            })
+            .await
+        })
     };
     let alerts = tokio::spawn(crate::alerts::run(controller.clone()));
     let refusals = tokio::spawn(crate::refusals::run(controller.clone()));
@@ -284,7 +291,8 @@ pub async fn serve(
         }
     };
     ticker.abort();
-    recorder.abort();
+    let _ = stop_recorder.send(());
+    let _ = recorder.await;
     alerts.abort();
     refusals.abort();
     heartbeats.abort();

@@ -279,3 +279,32 @@ async fn concurrent_incident_acknowledgements_are_all_kept_and_survive_a_restart
     assert_eq!(acked(open(out)), want, "acknowledgements survive a restart");
     fleet.shutdown().await.unwrap();
 }
+
+/// Gate changes decided right before the controller is stopped are in the
+/// audit log after it restarts. (The recorder is now drained at shutdown
+/// rather than aborted; the window that abort could lose is too narrow for
+/// this test to hit, so it pins the behaviour, not that race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_changes_right_before_a_restart_are_recorded() {
+    let mut m = lockstep_tests::knight::Morning::start(3).await.unwrap();
+    assert_eq!(m.step1_release_everywhere().await.unwrap().gate_check_exit, 0);
+    let (code, out) = m
+        .fleet
+        .console(&m.alice, &["halt", "--fleet", "--reason", "closing time"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    m.fleet.restart_controller().await.unwrap();
+    let records = m.fleet.audit_records().await.unwrap();
+    let halt_at = records.iter().position(|r| r.contains("closing time")).unwrap();
+    for host in ["smars-01", "smars-02", "smars-03"] {
+        assert!(
+            records[halt_at..]
+                .iter()
+                .any(|r| r.contains("gate.changed") && r.contains(host) && r.contains("OPEN -> CLOSED")),
+            "{host}'s closing was not recorded: {:#?}",
+            &records[halt_at..]
+        );
+    }
+    m.fleet.shutdown().await.unwrap();
+}
