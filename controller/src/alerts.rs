@@ -11,6 +11,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::audit::AuditEvent;
+use crate::change::Change;
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::incidents::{Due, Grouping, IncidentRecord, Notified, Signal};
@@ -67,7 +68,8 @@ pub struct Payload {
 }
 
 fn rfc3339(unix_ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    let ms = u64::try_from(unix_ms.min(crate::change::LAST_RFC3339_MS)).unwrap_or(0);
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -135,25 +137,6 @@ impl Controller {
         book.observe(signal, lockstep_proto::now_unix_ms());
     }
 
-    /// The store write of incident `snapshot`, made with its latest
-    /// record when the commit applies it: two writes of one incident (an
-    /// acknowledgement, a notification) cannot land a stale copy last. A
-    /// closed incident's snapshot is final.
-    fn write_incident(
-        &self,
-        snapshot: IncidentRecord,
-    ) -> impl FnOnce(&dyn crate::store::Store) -> Result<(), crate::store::StoreError> + Send + 'static {
-        let book = self.incidents.clone();
-        move |s| {
-            let current = book
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(snapshot.id)
-                .unwrap_or(snapshot);
-            s.put_incident(&current)
-        }
-    }
-
     /// Incidents not yet closed, for `lockstep alerts`.
     pub fn list_incidents(&self, peer: &PeerIdentity) -> Result<Vec<IncidentRecord>, ApiError> {
         require(peer, OperatorRole::Viewer)?;
@@ -176,8 +159,12 @@ impl Controller {
             role: record.role.clone(),
             detail: format!("incident {id}: {}", record.title()),
         };
-        self.persist_audited(vec![event], self.write_incident(record.clone()))
-            .await?;
+        self.commit(Change::Incident {
+            snapshot: record.clone(),
+            book: self.incidents.clone(),
+            events: vec![event],
+        })
+        .await?;
         info!(incident = id, by = %name, "incident acknowledged");
         Ok(record)
     }
@@ -227,7 +214,14 @@ pub async fn run(controller: Arc<Controller>) {
         for d in due {
             let payload = Payload::of(&d);
             warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");
-            if let Err(e) = controller.persist(controller.write_incident(d.record.clone())).await {
+            if let Err(e) = controller
+                .commit(Change::Incident {
+                    snapshot: d.record.clone(),
+                    book: controller.incidents.clone(),
+                    events: Vec::new(),
+                })
+                .await
+            {
                 error!(incident = payload.incident, error = %e, "cannot store incident");
             }
             if let Some(outbox) = &outbox {

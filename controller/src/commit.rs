@@ -9,21 +9,16 @@
 //! read-the-highest-then-write outside the commit gave two concurrent halts
 //! one id, and the second overwrote the first.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::oneshot;
 
-use crate::audit::{AuditEvent, ChainHead};
-use crate::config::StoreSettings;
+use crate::audit::ChainHead;
+use crate::change::{Change, Committed, Effect, Put, Refused, Staged};
+use crate::config::{ControllerConfig, StoreSettings};
 use crate::error::ApiError;
+use crate::fleet::FleetState;
 use crate::store::{Store, StoreError};
-
-/// The store writes of one change.
-pub type Work = Box<dyn FnOnce(&dyn Store) -> Result<(), StoreError> + Send>;
-
-/// Builds a numbered change once its number is known: its audit events and
-/// its store writes.
-pub type Numbered = Box<dyn FnOnce(u64) -> (Vec<AuditEvent>, Work) + Send>;
 
 /// A sequence of numbers allocated inside the commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +45,13 @@ impl Counters {
         })
     }
 
+    fn get(&self, counter: Counter) -> u64 {
+        match counter {
+            Counter::Halt => self.next_halt,
+            Counter::Release => self.next_release,
+        }
+    }
+
     fn slot(&mut self, counter: Counter) -> &mut u64 {
         match counter {
             Counter::Halt => &mut self.next_halt,
@@ -65,15 +67,19 @@ struct Head {
     counters: Counters,
 }
 
-enum Body {
-    Plain { events: Vec<AuditEvent>, work: Work },
-    Numbered { counter: Counter, build: Numbered },
+struct Pending {
+    change: Change,
+    /// The number allocated to the change (0 when it takes none).
+    done: oneshot::Sender<Result<Committed, ApiError>>,
 }
 
-struct Pending {
-    body: Body,
-    /// The number allocated to the change (0 for a plain one).
-    done: oneshot::Sender<Result<u64, ApiError>>,
+/// Where committed changes land: the store, and the in-memory view the
+/// batch applies them to once they are flushed.
+#[derive(Clone)]
+pub struct Target {
+    pub store: Arc<dyn Store>,
+    pub view: Arc<RwLock<FleetState>>,
+    pub config: Arc<ControllerConfig>,
 }
 
 pub struct GroupCommit {
@@ -101,25 +107,11 @@ impl GroupCommit {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Makes `work` and `events` durable together (or neither), sharing the
-    /// flush with whatever else is waiting.
-    pub async fn commit(&self, store: &Arc<dyn Store>, events: Vec<AuditEvent>, work: Work) -> Result<(), ApiError> {
-        self.enqueue(store, Body::Plain { events, work }).await.map(drop)
-    }
-
-    /// Like [`GroupCommit::commit`] for a change named by the next number of
-    /// `counter`: `build` is called with that number inside the batch, and
-    /// the number is returned once the change is durable.
-    pub async fn commit_numbered(
-        &self,
-        store: &Arc<dyn Store>,
-        counter: Counter,
-        build: Numbered,
-    ) -> Result<u64, ApiError> {
-        self.enqueue(store, Body::Numbered { counter, build }).await
-    }
-
-    async fn enqueue(&self, store: &Arc<dyn Store>, body: Body) -> Result<u64, ApiError> {
+    /// Checks `change` against the state at its place in the commit
+    /// order, writes it with its audit records, flushes (shared with
+    /// whatever else is waiting), applies it to the view, and returns the
+    /// number it took (0 when it takes none).
+    pub async fn commit(&self, target: &Target, change: Change) -> Result<Committed, ApiError> {
         if let Some(e) = self.failed() {
             return Err(ApiError::Store(e));
         }
@@ -127,7 +119,7 @@ impl GroupCommit {
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Pending { body, done: tx });
+            .push(Pending { change, done: tx });
         let head = self.head.clone().lock_owned().await;
         // The previous committer may have taken ours along.
         if let Ok(result) = rx.try_recv() {
@@ -143,7 +135,7 @@ impl GroupCommit {
         // unrecorded, or the next batch would reuse its audit sequence
         // numbers and overwrite its records.
         let lead = Batch {
-            store: store.clone(),
+            target: target.clone(),
             settings: self.settings,
             failed: self.failed.clone(),
         };
@@ -158,7 +150,7 @@ impl GroupCommit {
 
 /// What the task writing one batch needs.
 struct Batch {
-    store: Arc<dyn Store>,
+    target: Target,
     settings: StoreSettings,
     failed: Arc<Mutex<Option<StoreError>>>,
 }
@@ -166,11 +158,11 @@ struct Batch {
 impl Batch {
     /// Applies `batch` under the chain head `head`, then answers each waiter.
     async fn write(self, mut head: tokio::sync::OwnedMutexGuard<Head>, batch: Vec<Pending>) {
-        let (changes, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.body, p.done)).unzip();
-        let store = self.store.clone();
+        let (changes, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.change, p.done)).unzip();
+        let target = self.target.clone();
         let start = (head.chain.clone(), head.counters.clone());
         let min_free = self.settings.min_free_bytes;
-        let task = tokio::task::spawn_blocking(move || apply(store.as_ref(), start, changes, min_free));
+        let task = tokio::task::spawn_blocking(move || apply(&target, start, changes, min_free));
         let outcome = match tokio::time::timeout(self.settings.stall_timeout, task).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
@@ -178,7 +170,7 @@ impl Batch {
                 // the head and counters are read back from the store rather
                 // than kept.
                 tracing::error!(error = %e, "storage task failed; its changes are refused");
-                let store = self.store.clone();
+                let store = self.target.store.clone();
                 let reread = move || Ok::<_, StoreError>((store.last_audit()?, Counters::load(store.as_ref())?));
                 let cannot_read = match tokio::task::spawn_blocking(reread).await {
                     Ok(Ok((last, counters))) => {
@@ -224,7 +216,7 @@ impl Batch {
         }
         drop(head);
         for (done, result) in waiters.into_iter().zip(outcome.results) {
-            let _ = done.send(result.map_err(ApiError::Store));
+            let _ = done.send(result);
         }
     }
 }
@@ -232,16 +224,19 @@ impl Batch {
 /// What became of a batch: one result per change (its number), in order,
 /// and the new head when the flush succeeded.
 struct Outcome {
-    results: Vec<Result<u64, StoreError>>,
+    results: Vec<Result<Committed, ApiError>>,
     head: Option<Head>,
 }
 
-/// Checks free space, numbers and applies each change, seals the audit
-/// events of those that applied, and flushes once.
-fn apply(store: &dyn Store, start: (ChainHead, Counters), batch: Vec<Body>, min_free: u64) -> Outcome {
+/// Checks free space; checks, numbers and writes each change in queue
+/// order; seals the audit events of those that applied (and of refusals
+/// that are recorded); flushes once; then applies what was written to the
+/// view, in the same order, before anyone is answered.
+fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Change>, min_free: u64) -> Outcome {
+    let store = target.store.as_ref();
     if let Err(e) = store.check_space(min_free) {
         return Outcome {
-            results: batch.iter().map(|_| Err(e.clone())).collect(),
+            results: batch.iter().map(|_| Err(ApiError::Store(e.clone()))).collect(),
             head: None,
         };
     }
@@ -249,37 +244,56 @@ fn apply(store: &dyn Store, start: (ChainHead, Counters), batch: Vec<Body>, min_
     let mut results = Vec::with_capacity(batch.len());
     let (mut next, mut counters) = start;
     let mut records = Vec::new();
-    for body in batch {
-        let (number, events, work) = match body {
-            Body::Plain { events, work } => (None, events, work),
-            Body::Numbered { counter, build } => {
-                let n = *counters.slot(counter);
-                let (events, work) = build(n);
-                (Some((counter, n)), events, work)
-            }
-        };
-        let result = work(store);
-        if result.is_ok() {
+    let mut written: Vec<Put> = Vec::new();
+    {
+        // Only batches write the view, one at a time (the head lock), so
+        // it cannot change under this read.
+        let view = target.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut staged = Staged::new(&view, store, &target.config);
+        for change in batch {
+            let numbers = counters.clone();
+            let next_number = move |c: Counter| numbers.get(c);
+            let (result, events) = match change.apply(&staged, &next_number) {
+                Ok(Effect { puts, events, numbered }) => match puts.iter().try_for_each(|p| p.write(store)) {
+                    Ok(()) => {
+                        staged.record(&puts);
+                        written.extend(puts.iter().cloned());
+                        if let Some((counter, n)) = numbered {
+                            *counters.slot(counter) = n.saturating_add(1);
+                        }
+                        let number = numbered.map_or(0, |(_, n)| n);
+                        (Ok(Committed { number, puts }), events)
+                    }
+                    Err(e) => (Err(ApiError::Store(e)), Vec::new()),
+                },
+                Err(Refused { error, events }) => (Err(error), events),
+            };
             let (r, h) = crate::audit::seal(&next, events, now);
             records.extend(r);
             next = h;
-            if let Some((counter, n)) = number {
-                *counters.slot(counter) = n.saturating_add(1);
-            }
+            results.push(result);
         }
-        results.push(result.map(|()| number.map_or(0, |(_, n)| n)));
     }
     let flushed = records
         .iter()
         .try_for_each(|r| store.put_audit(r))
         .and_then(|()| store.flush());
     match flushed {
-        Ok(()) => Outcome {
-            results,
-            head: Some(Head { chain: next, counters }),
-        },
+        Ok(()) => {
+            let mut view = target.view.write().unwrap_or_else(|p| p.into_inner());
+            for put in &written {
+                view.apply(&target.config, put);
+            }
+            Outcome {
+                results,
+                head: Some(Head { chain: next, counters }),
+            }
+        }
         Err(e) => Outcome {
-            results: results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+            results: results
+                .into_iter()
+                .map(|r| r.and(Err(ApiError::Store(e.clone()))))
+                .collect(),
             head: None,
         },
     }
@@ -287,30 +301,128 @@ fn apply(store: &dyn Store, start: (ChainHead, Counters), batch: Vec<Body>, min_
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
+    use crate::audit::AuditEvent;
     use crate::sled_store::SledStore;
+    use crate::store::{HaltRecord, HaltScope};
 
-    fn event(detail: &str) -> Vec<AuditEvent> {
-        vec![AuditEvent {
-            actor: "alice (operator)".into(),
-            action: "halt".into(),
-            detail: detail.into(),
-            ..Default::default()
-        }]
+    type Hook = Box<dyn Fn(&HaltRecord) -> Result<(), StoreError> + Send + Sync>;
+
+    /// A sled store whose halt writes run `hook` first: it can block a
+    /// batch mid-write, fail one change or panic.
+    struct Faulty {
+        inner: SledStore,
+        hook: Hook,
     }
 
-    /// A new store in a temporary directory and its committer.
-    fn empty_store() -> (tempfile::TempDir, Arc<dyn Store>, GroupCommit) {
+    impl Store for Faulty {
+        fn check_space(&self, min_free: u64) -> Result<(), StoreError> {
+            self.inner.check_space(min_free)
+        }
+        fn hosts(&self) -> Result<Vec<crate::store::HostRecord>, StoreError> {
+            self.inner.hosts()
+        }
+        fn put_host(&self, host: &crate::store::HostRecord) -> Result<(), StoreError> {
+            self.inner.put_host(host)
+        }
+        fn has_manifest(&self, digest_hex: &str) -> Result<bool, StoreError> {
+            self.inner.has_manifest(digest_hex)
+        }
+        fn put_manifest(&self, digest_hex: &str, entries: &[lockstep_proto::pb::Entry]) -> Result<(), StoreError> {
+            self.inner.put_manifest(digest_hex, entries)
+        }
+        fn manifest(&self, digest_hex: &str) -> Result<Option<Vec<lockstep_proto::pb::Entry>>, StoreError> {
+            self.inner.manifest(digest_hex)
+        }
+        fn releases(&self) -> Result<Vec<crate::store::ReleaseRecord>, StoreError> {
+            self.inner.releases()
+        }
+        fn put_release(&self, release: &crate::store::ReleaseRecord) -> Result<(), StoreError> {
+            self.inner.put_release(release)
+        }
+        fn halts(&self) -> Result<Vec<HaltRecord>, StoreError> {
+            self.inner.halts()
+        }
+        fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError> {
+            (self.hook)(halt)?;
+            self.inner.put_halt(halt)
+        }
+        fn put_audit(&self, record: &crate::audit::AuditRecord) -> Result<(), StoreError> {
+            self.inner.put_audit(record)
+        }
+        fn audit_from(&self, from: u64) -> Result<Vec<crate::audit::AuditRecord>, StoreError> {
+            self.inner.audit_from(from)
+        }
+        fn last_audit(&self) -> Result<Option<crate::audit::AuditRecord>, StoreError> {
+            self.inner.last_audit()
+        }
+        fn incidents(&self) -> Result<Vec<crate::incidents::IncidentRecord>, StoreError> {
+            self.inner.incidents()
+        }
+        fn put_incident(&self, incident: &crate::incidents::IncidentRecord) -> Result<(), StoreError> {
+            self.inner.put_incident(incident)
+        }
+        fn token(&self, hash_hex: &str) -> Result<Option<crate::store::TokenRecord>, StoreError> {
+            self.inner.token(hash_hex)
+        }
+        fn put_token(&self, token: &crate::store::TokenRecord) -> Result<(), StoreError> {
+            self.inner.put_token(token)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+    }
+
+    fn halt(reason: &str) -> Change {
+        Change::Halted {
+            actor: "alice (operator)".into(),
+            halt: HaltRecord {
+                id: 0,
+                scope: HaltScope::Fleet,
+                reason: reason.into(),
+                halted_by: "alice".into(),
+                halted_at_unix_ms: 1,
+                resumed_by: None,
+                resumed_at_unix_ms: 0,
+                resume_reason: String::new(),
+            },
+        }
+    }
+
+    fn recorded(detail: &str) -> Change {
+        Change::Recorded(vec![AuditEvent {
+            actor: "controller".into(),
+            action: "test".into(),
+            detail: detail.into(),
+            ..Default::default()
+        }])
+    }
+
+    /// A new store (with `hook` on halt writes) and its committer.
+    fn empty_store(
+        hook: impl Fn(&HaltRecord) -> Result<(), StoreError> + Send + Sync + 'static,
+    ) -> (tempfile::TempDir, Target, GroupCommit) {
         let d = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(d.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(Faulty {
+            inner: SledStore::open(d.path()).unwrap(),
+            hook: Box::new(hook),
+        });
         let settings = StoreSettings {
             min_free_bytes: 0,
             stall_timeout: Duration::from_secs(10),
         };
+        let text = include_str!("../tests/fixtures/controller_good.toml");
+        let config = Arc::new(ControllerConfig::parse(text, Path::new("controller.toml")).unwrap());
         let counters = Counters::load(store.as_ref()).unwrap();
-        (d, store, GroupCommit::new(ChainHead::after(None), counters, settings))
+        let target = Target {
+            view: Arc::new(RwLock::new(FleetState::load(store.as_ref(), &config).unwrap())),
+            store,
+            config,
+        };
+        (d, target, GroupCommit::new(ChainHead::after(None), counters, settings))
     }
 
     /// The stored audit records say `details`, in order, and chain.
@@ -326,20 +438,18 @@ mod tests {
     /// batch chains on after them, and the chain verifies.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_committer_dropped_mid_write_loses_no_audit_record() {
-        let (_d, store, group) = empty_store();
-        let group = Arc::new(group);
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, release_rx) = (Mutex::new(started_tx), Mutex::new(release_rx));
+        let (_d, target, group) = empty_store(move |_| {
+            let _ = started_tx.lock().unwrap().send(());
+            let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            Ok(())
+        });
+        let group = Arc::new(group);
         let first = {
-            let (group, store) = (group.clone(), store.clone());
-            tokio::spawn(async move {
-                let work: Work = Box::new(move |_| {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv_timeout(Duration::from_secs(10));
-                    Ok(())
-                });
-                group.commit(&store, event("first"), work).await
-            })
+            let (group, target) = (group.clone(), target.clone());
+            tokio::spawn(async move { group.commit(&target, halt("first")).await })
         };
         tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)))
             .await
@@ -348,69 +458,68 @@ mod tests {
         first.abort(); // its caller is gone while the write is under way
         let _ = first.await;
         release_tx.send(()).unwrap();
-        group
-            .commit(&store, event("second"), Box::new(|_| Ok(())))
-            .await
-            .unwrap();
-        assert_chain_is(store.as_ref(), &["first", "second"]);
+        group.commit(&target, recorded("second")).await.unwrap();
+        assert_chain_is(target.store.as_ref(), &["halt 1 on the fleet: first", "second"]);
+        // The halt is in the view too: it was committed, whoever was waiting.
+        assert!(target.view.read().unwrap().halts.contains_key(&1));
     }
 
     #[tokio::test]
     async fn a_change_whose_write_panics_is_refused_and_the_chain_goes_on() {
-        let (_d, store, group) = empty_store();
-        group
-            .commit(&store, event("first"), Box::new(|_| Ok(())))
-            .await
-            .unwrap();
-        let err = group
-            .commit(&store, event("lost"), Box::new(|_| panic!("a bug in a change")))
-            .await
-            .unwrap_err();
+        let (_d, target, group) = empty_store(|h| {
+            assert_ne!(h.reason, "lost", "a bug in a change");
+            Ok(())
+        });
+        group.commit(&target, recorded("first")).await.unwrap();
+        let err = group.commit(&target, halt("lost")).await.unwrap_err();
         assert!(err.to_string().contains("storage task failed"), "{err}");
-        group
-            .commit(&store, event("third"), Box::new(|_| Ok(())))
-            .await
-            .unwrap();
-        assert_chain_is(store.as_ref(), &["first", "third"]);
+        group.commit(&target, recorded("third")).await.unwrap();
+        assert_chain_is(target.store.as_ref(), &["first", "third"]);
+        assert!(
+            target.view.read().unwrap().halts.is_empty(),
+            "a refused change is not in the view"
+        );
     }
 
-    /// Numbered changes committed at once get distinct numbers in commit
-    /// order, and one whose write fails uses none up.
+    /// Halts committed at once get distinct ids in commit order, one whose
+    /// write fails uses none up, and the view holds exactly the stored ones.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_numbered_changes_get_distinct_numbers() {
-        let (_d, store, group) = empty_store();
+        let (_d, target, group) = empty_store(|h| {
+            if h.reason.ends_with("fails") {
+                return Err(StoreError::Backend {
+                    path: "test".into(),
+                    reason: "refused".into(),
+                });
+            }
+            Ok(())
+        });
         let group = Arc::new(group);
         let mut calls = Vec::new();
         for i in 0..64u32 {
-            let (group, store) = (group.clone(), store.clone());
-            calls.push(tokio::spawn(async move {
-                let build: Numbered = Box::new(move |n| {
-                    let work: Work = if i % 8 == 7 {
-                        Box::new(|_| {
-                            Err(StoreError::Backend {
-                                path: "test".into(),
-                                reason: "refused".into(),
-                            })
-                        })
-                    } else {
-                        Box::new(|_| Ok(()))
-                    };
-                    (event(&format!("number {n}")), work)
-                });
-                group.commit_numbered(&store, Counter::Halt, build).await
-            }));
+            let (group, target) = (group.clone(), target.clone());
+            let reason = if i % 8 == 7 {
+                format!("{i} fails")
+            } else {
+                format!("{i}")
+            };
+            calls.push(tokio::spawn(async move { group.commit(&target, halt(&reason)).await }));
         }
         let mut numbers = Vec::new();
         for call in calls {
-            if let Ok(n) = call.await.unwrap() {
-                numbers.push(n);
+            if let Ok(c) = call.await.unwrap() {
+                numbers.push(c.number);
             }
         }
         numbers.sort_unstable();
         assert_eq!(numbers, (1..=56).collect::<Vec<u64>>());
-        let records = store.audit_from(1).unwrap();
-        let mut recorded: Vec<String> = records.iter().map(|r| r.detail.clone()).collect();
-        recorded.sort_by_key(|d| d.trim_start_matches("number ").parse::<u64>().unwrap());
-        assert_eq!(recorded, (1..=56).map(|n| format!("number {n}")).collect::<Vec<_>>());
+        let records = target.store.audit_from(1).unwrap();
+        assert_eq!(records.len(), 56);
+        let stored: Vec<u64> = target.store.halts().unwrap().iter().map(|h| h.id).collect();
+        let viewed: Vec<u64> = target.view.read().unwrap().halts.keys().copied().collect();
+        assert_eq!(viewed, (1..=56).collect::<Vec<u64>>());
+        let mut stored_sorted = stored;
+        stored_sorted.sort_unstable();
+        assert_eq!(stored_sorted, viewed);
     }
 }

@@ -3,46 +3,37 @@
 //! gates. The gRPC services are thin adapters over this.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use lockstep_proto::envelope;
 use lockstep_proto::identity::{OperatorRole, PeerIdentity};
-use lockstep_proto::pb::{Entry, Envelope, Gate, SubmitReply};
+use lockstep_proto::pb::{Envelope, Gate, SubmitReply};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
-use crate::audit::{AuditEvent, ChainHead};
-use crate::commit::{Counter, Counters, GroupCommit, Numbered};
+use crate::audit::AuditEvent;
+use crate::change::{Attested, Change, Committed};
 use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::gate::Clock;
 use crate::incidents::{Incidents, Signal, cause_of};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::store::{HostRecord, Rejection as StoredRejection, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::verify::{self, Checks};
-
-/// Id of the in-memory halt a failed store raises (never a stored halt's id).
-const STORE_FAILURE_HALT: u64 = u64::MAX;
 
 /// How often the count of unchanged heartbeats goes to the audit log.
 pub const HEARTBEAT_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Controller {
-    pub(crate) config: ControllerConfig,
-    store: Arc<dyn Store>,
-    pub(crate) state: RwLock<FleetState>,
-    /// Serialises the work on one host (check seq, persist, update) without
-    /// making hosts wait for each other.
-    host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises release numbering and approval.
-    pub(crate) release_lock: tokio::sync::Mutex<()>,
+    pub(crate) config: Arc<ControllerConfig>,
+    /// Every durable change, and the fleet view they make.
+    pub(crate) ledger: Ledger,
     /// The latest gate of each host, watched by its directive stream.
     gates: Mutex<HashMap<String, watch::Sender<Gate>>>,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
-    /// Durable writes, group-committed with their audit records.
-    committer: GroupCommit,
     /// Gate transitions to record, written by [`Controller::record_gate_transitions`].
     transitions: (
         mpsc::UnboundedSender<AuditEvent>,
@@ -65,26 +56,22 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(config: ControllerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let state = FleetState::load(store.as_ref(), &config)?;
-        let audit_head = ChainHead::after(store.last_audit()?.as_ref());
-        let counters = Counters::load(store.as_ref())?;
+        let config = Arc::new(config);
         let (tx, rx) = mpsc::unbounded_channel();
         let incidents = Incidents::load(store.incidents()?);
-        let store_settings = config.store;
+        let metrics = Metrics::new();
+        let store_seconds = metrics.store_seconds.clone();
+        let ledger = Ledger::open(config.clone(), store, Box::new(move |s| store_seconds.observe(s)))?;
         Ok(Self {
             config,
-            store,
-            state: RwLock::new(state),
-            host_locks: Mutex::new(HashMap::new()),
-            release_lock: tokio::sync::Mutex::new(()),
+            ledger,
             gates: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
-            committer: GroupCommit::new(audit_head, counters, store_settings),
             transitions: (tx, Mutex::new(Some(rx))),
             incidents: Arc::new(Mutex::new(incidents)),
             refusals: crate::refusals::Refusals::default(),
             unchanged_heartbeats: std::sync::atomic::AtomicU64::new(0),
-            metrics: Metrics::new(),
+            metrics,
             scan_requests: crate::scan_requests::ScanRequests::default(),
         })
     }
@@ -204,11 +191,7 @@ impl Controller {
     }
 
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, FleetState> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, FleetState> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        self.ledger.view()
     }
 
     pub(crate) fn role(&self, name: &str) -> Result<&RoleConfig, ApiError> {
@@ -221,50 +204,23 @@ impl Controller {
         })
     }
 
-    /// Runs blocking store work (writes and the fsync behind `flush`) off
-    /// the async threads.
-    pub(crate) async fn persist<F>(&self, work: F) -> Result<(), ApiError>
-    where
-        F: FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
-    {
-        self.persist_audited(Vec::new(), work).await
-    }
-
-    /// Like [`Controller::persist`], with `events` appended to the audit
-    /// chain in the same flush: the change and its record are durable
-    /// together or not at all.
-    pub(crate) async fn persist_audited<F>(&self, events: Vec<AuditEvent>, work: F) -> Result<(), ApiError>
-    where
-        F: FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
-    {
-        let started = std::time::Instant::now();
-        let result = self.committer.commit(&self.store, events, Box::new(work)).await;
-        self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
-        if let Err(ApiError::Store(err @ StoreError::Stalled { .. })) = &result {
-            self.halt_on_failed_store(err);
-        }
-        result
-    }
-
-    /// Like [`Controller::persist_audited`] for a change named by the next
-    /// number of `counter`, allocated inside the commit that stores it.
-    pub(crate) async fn persist_numbered(&self, counter: Counter, build: Numbered) -> Result<u64, ApiError> {
-        let started = std::time::Instant::now();
-        let result = self.committer.commit_numbered(&self.store, counter, build).await;
-        self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
-        if let Err(ApiError::Store(err @ StoreError::Stalled { .. })) = &result {
-            self.halt_on_failed_store(err);
+    /// Commits `change` through the ledger (see [`crate::ledger`]); a
+    /// store that stalled has raised a fleet-wide halt, pushed here.
+    pub(crate) async fn commit(&self, change: Change) -> Result<Committed, ApiError> {
+        let result = self.ledger.commit(change).await;
+        if matches!(&result, Err(ApiError::Store(StoreError::Stalled { .. }))) {
+            self.publish_all();
         }
         result
     }
 
     /// Appends `events` to the audit chain, durably.
     pub async fn audit(&self, events: Vec<AuditEvent>) -> Result<(), ApiError> {
-        self.persist_audited(events, |_| Ok(())).await
+        self.commit(Change::Recorded(events)).await.map(drop)
     }
 
     pub(crate) fn store(&self) -> &dyn Store {
-        self.store.as_ref()
+        self.ledger.store()
     }
 
     /// Writes gate transitions to the audit log as they are decided, until
@@ -332,11 +288,6 @@ impl Controller {
         }
     }
 
-    pub(crate) fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.host_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(host.to_string()).or_default().clone()
-    }
-
     /// The host named by an agent certificate, and the role the inventory gives it.
     pub(crate) fn agent_host<'a>(&'a self, peer: &'a PeerIdentity) -> Result<(&'a str, &'a str), ApiError> {
         let PeerIdentity::Agent { host } = peer else {
@@ -396,13 +347,13 @@ impl Controller {
         Ok(key_id)
     }
 
-    /// Verifies, stores durably, then acknowledges one attestation.
+    /// Verifies, stores durably, then acknowledges one attestation. The
+    /// checks that depend on the host's record (seq, pinned key, revoked)
+    /// are made again by the commit, where they cannot race.
     #[tracing::instrument(name = "attestation", level = "debug", skip_all, fields(host = tracing::field::Empty, seq = tracing::field::Empty))]
     pub async fn submit(&self, peer: &PeerIdentity, envelope: Envelope) -> Result<SubmitReply, ApiError> {
         let (host, role) = self.agent_host(peer)?;
         tracing::Span::current().record("host", host);
-        let lock = self.host_lock(host);
-        let _guard = lock.lock().await;
         let now = lockstep_proto::now_unix_ms();
         let record = self.read().hosts.get(host).cloned().unwrap_or_default();
         let pinned_key = hex::decode(&record.pinned_key_hex).unwrap_or_default();
@@ -423,38 +374,7 @@ impl Controller {
         self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
         let verified = match verdict {
             Ok(v) => v,
-            Err(rejection) => {
-                warn!(host, reason = %rejection, "rejected attestation");
-                self.metrics.attestation(Some(rejection.kind()));
-                let mut rec = record;
-                rec.last_rejection = Some(StoredRejection {
-                    at_unix_ms: now,
-                    reason: rejection.to_string(),
-                });
-                let stored = rec.clone();
-                let event = AuditEvent {
-                    actor: peer.to_string(),
-                    action: "attestation.rejected".into(),
-                    host: host.to_string(),
-                    role: role.to_string(),
-                    detail: rejection.to_string(),
-                };
-                // The gate closes on the rejection even if it cannot be stored.
-                if let Err(e) = self.persist_audited(vec![event], move |s| s.put_host(&stored)).await {
-                    tracing::error!(host, error = %e, "cannot store a rejection; the gate closes anyway");
-                }
-                self.write().hosts.insert(host.to_string(), rec);
-                // Before the gate is re-decided, so the closing gate joins
-                // this rejection's incident instead of counting twice.
-                self.signal(Signal::Rejected {
-                    host: host.to_string(),
-                    role: role.to_string(),
-                    role_hosts: self.config.roles.get(role).map_or(0, |r| r.hosts.len()),
-                    detail: rejection.to_string(),
-                });
-                self.publish_gate(role, host);
-                return Err(ApiError::Rejected(rejection));
-            }
+            Err(rejection) => return Err(self.reject(peer, host, role, now, rejection).await),
         };
         if verified.entries.is_none() && !self.read().has_manifest(&verified.digest_hex) {
             return Ok(SubmitReply {
@@ -463,61 +383,35 @@ impl Controller {
                 gate: None,
             });
         }
-        let a = &verified.attestation;
+        let a = verified.attestation;
         tracing::Span::current().record("seq", a.seq);
-        // A new version set, a full measurement or a reboot is recorded; a
-        // heartbeat that renews the same set is stored and counted
-        // (`attestation.heartbeats`), not recorded one by one.
         let unchanged =
             !a.full && record.last_seq > 0 && record.digest_hex == verified.digest_hex && record.boot_id == a.boot_id;
-        let rec = HostRecord {
-            last_seq: a.seq,
-            digest_hex: verified.digest_hex.clone(),
+        let change = Change::Attested(Attested {
+            actor: peer.to_string(),
+            host: host.to_string(),
+            role: role.to_string(),
+            pinned_key_hex: record.pinned_key_hex.clone(),
+            seq: a.seq,
+            digest_hex: verified.digest_hex,
             measured_at_unix_ms: a.measured_at_unix_ms,
             accepted_at_unix_ms: now,
-            boot_id: a.boot_id.clone(),
-            agent_version: a.agent_version.clone(),
-            ..record
-        };
-        let new_manifest: Option<Arc<Vec<Entry>>> = verified
-            .entries
-            .filter(|_| !self.read().has_manifest(&verified.digest_hex))
-            .map(Arc::new);
-        let (stored, manifest, digest_hex) = (rec.clone(), new_manifest.clone(), verified.digest_hex.clone());
-        let events = if unchanged {
-            Vec::new()
-        } else {
-            vec![AuditEvent {
-                actor: peer.to_string(),
-                action: "attestation.accepted".into(),
-                host: host.to_string(),
-                role: role.to_string(),
-                detail: format!(
-                    "seq {}, version set {}{}",
-                    a.seq,
-                    &verified.digest_hex[..verified.digest_hex.len().min(16)],
-                    if a.full { " (full)" } else { " (heartbeat)" }
-                ),
-            }]
-        };
-        let persisted = self
-            .persist_audited(events, move |s| {
-                if let Some(entries) = &manifest {
-                    s.put_manifest(&digest_hex, entries)?;
-                }
-                s.put_host(&stored)
-            })
-            .await;
-        if let Err(e) = persisted {
-            self.close_unstored(host, role, now, &e);
-            return Err(e);
-        }
-        {
-            let mut state = self.write();
-            if let Some(entries) = new_manifest {
-                state.add_manifest(&self.config, role, &verified.digest_hex, entries);
+            boot_id: a.boot_id,
+            agent_version: a.agent_version,
+            full: a.full,
+            manifest: verified.entries.map(Arc::new),
+        });
+        match self.commit(change).await {
+            Ok(_) => {}
+            // Refused at the commit: another attestation or a revocation got there first.
+            Err(ApiError::Rejected(rejection)) => return Err(self.reject(peer, host, role, now, rejection).await),
+            Err(e @ ApiError::Store(_)) => {
+                tracing::error!(host, error = %e, "cannot store an attestation; closing the host's gate");
+                self.ledger.note_unstored(host, now, &e);
+                self.publish_gate(role, host);
+                return Err(e);
             }
-            state.hosts.insert(host.to_string(), rec);
+            Err(e) => return Err(e),
         }
         self.metrics.attestation(None);
         if unchanged {
@@ -532,46 +426,39 @@ impl Controller {
         })
     }
 
-    /// An attestation that could not be stored (disk full, I/O error) was
-    /// not acknowledged; the host's gate closes in memory, naming the cause,
-    /// until one is stored: what the controller cannot keep it does not trust.
-    fn close_unstored(&self, host: &str, role: &str, now: i64, e: &ApiError) {
-        tracing::error!(host, error = %e, "cannot store an attestation; closing the host's gate");
-        {
-            let mut state = self.write();
-            let rec = state.hosts.entry(host.to_string()).or_default();
-            rec.last_rejection = Some(StoredRejection {
-                at_unix_ms: now,
-                reason: format!("the controller could not store it ({e})"),
-            });
+    /// Records a rejected attestation (the gate closes on it even if it
+    /// cannot be stored) and says so to the agent.
+    async fn reject(
+        &self,
+        peer: &PeerIdentity,
+        host: &str,
+        role: &str,
+        now: i64,
+        rejection: verify::Rejection,
+    ) -> ApiError {
+        warn!(host, reason = %rejection, "rejected attestation");
+        self.metrics.attestation(Some(rejection.kind()));
+        let change = Change::Rejected {
+            actor: peer.to_string(),
+            host: host.to_string(),
+            role: role.to_string(),
+            reason: rejection.to_string(),
+            at_unix_ms: now,
+        };
+        if let Err(e) = self.commit(change).await {
+            tracing::error!(host, error = %e, "cannot store a rejection; the gate closes anyway");
+            self.ledger.note_unstored(host, now, &e);
         }
+        // Before the gate is re-decided, so the closing gate joins this
+        // rejection's incident instead of counting twice.
+        self.signal(Signal::Rejected {
+            host: host.to_string(),
+            role: role.to_string(),
+            role_hosts: self.config.roles.get(role).map_or(0, |r| r.hosts.len()),
+            detail: rejection.to_string(),
+        });
         self.publish_gate(role, host);
-    }
-
-    /// A store that stopped answering takes the whole fleet out of the
-    /// market: an in-memory halt (it cannot be stored) that lasts until the
-    /// controller restarts, shown by `lockstep halts` like any other.
-    fn halt_on_failed_store(&self, e: &StoreError) {
-        {
-            let mut state = self.write();
-            if state.halts.contains_key(&STORE_FAILURE_HALT) {
-                return;
-            }
-            state.halts.insert(
-                STORE_FAILURE_HALT,
-                crate::store::HaltRecord {
-                    id: STORE_FAILURE_HALT,
-                    scope: crate::store::HaltScope::Fleet,
-                    reason: format!("the controller's store failed: {e}"),
-                    halted_by: "controller".into(),
-                    halted_at_unix_ms: lockstep_proto::now_unix_ms(),
-                    resumed_by: None,
-                    resumed_at_unix_ms: 0,
-                    resume_reason: String::new(),
-                },
-            );
-        }
-        self.publish_all();
+        ApiError::Rejected(rejection)
     }
 
     /// `host`'s gate as of now.

@@ -9,20 +9,16 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::audit::AuditEvent;
+use crate::change::{Change, Enrolled, rfc3339};
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
-use crate::store::{HostRecord, Revocation, TokenRecord};
+use crate::store::{Revocation, TokenRecord};
 
 /// Tokens look like `lst1_<64 hex>`: 256 random bits.
 const TOKEN_PREFIX: &str = "lst1_";
 
 fn token_hash(token: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()))
-}
-
-fn rfc3339(unix_ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn to_time(unix_ms: i64) -> OffsetDateTime {
@@ -72,42 +68,17 @@ impl Controller {
             expires_at_unix_ms: now.saturating_add(ttl_ms),
             used_at_unix_ms: 0,
         };
-        let event = AuditEvent {
+        self.commit(Change::TokenCreated {
             actor: peer.to_string(),
-            action: "token.created".into(),
-            host: req.host.clone(),
-            role: req.role.clone(),
-            // The hash prefix identifies the token in the log; the token itself is never written.
-            detail: format!(
-                "join token {} expires {}",
-                &record.hash_hex[..12],
-                rfc3339(record.expires_at_unix_ms)
-            ),
-        };
-        let stored = record.clone();
-        self.persist_audited(vec![event], move |s| s.put_token(&stored)).await?;
+            token: record.clone(),
+        })
+        .await?;
         Ok(pb::CreateTokenReply {
             token,
             host: record.host,
             role: record.role,
             expires_at_unix_ms: record.expires_at_unix_ms,
         })
-    }
-
-    /// Refuses an enrollment, recording who tried what.
-    async fn refuse_enrollment(&self, host: &str, why: String) -> ApiError {
-        warn!(host, reason = %why, "enrollment refused");
-        let event = AuditEvent {
-            actor: "unauthenticated".into(),
-            action: "enroll.refused".into(),
-            host: host.chars().take(64).collect(),
-            role: String::new(),
-            detail: why.clone(),
-        };
-        if let Err(e) = self.audit(vec![event]).await {
-            tracing::error!(error = %e, "cannot record a refused enrollment");
-        }
-        ApiError::PermissionDenied(why)
     }
 
     fn signing_ca(&self) -> Result<(String, String), ApiError> {
@@ -144,87 +115,45 @@ impl Controller {
             return Err(ApiError::InvalidArgument("an Ed25519 public key is 32 bytes".into()));
         }
         self.signing_ca()?;
-        let lock = self.host_lock(&host);
-        let _guard = lock.lock().await;
         let now = lockstep_proto::now_unix_ms();
-        let hash = token_hash(&req.token);
-        let token = self.store().token(&hash).map_err(ApiError::Store)?;
-        let Some(mut token) = token else {
-            return Err(self
-                .refuse_enrollment(
-                    &host,
-                    "unknown join token: create one with `lockstep token create`".into(),
-                )
-                .await);
+        let key_id = envelope::key_id(&req.attestation_public_key);
+        let mut enrolled = Enrolled {
+            host: host.clone(),
+            token_hash: token_hash(&req.token),
+            pinned_key_hex: hex::encode(&req.attestation_public_key),
+            at_unix_ms: now,
+            detail: String::new(),
         };
-        let existing = self.read().hosts.get(&host).cloned();
-        let problem = if token.used_at_unix_ms != 0 {
-            Some(format!(
-                "join token was already used at {}: tokens are one-time, create a new one with `lockstep token create`",
-                rfc3339(token.used_at_unix_ms)
-            ))
-        } else if now > token.expires_at_unix_ms {
-            Some(format!(
-                "join token expired at {}: create a new one with `lockstep token create`",
-                rfc3339(token.expires_at_unix_ms)
-            ))
-        } else if token.host != host {
-            Some(format!("join token is for host {}, not {host}", token.host))
-        } else if self.config.inventory.get(&host) != Some(&token.role) {
-            Some(format!(
-                "host {host} is no longer in role {} in the controller config",
-                token.role
-            ))
-        } else {
-            existing
-                .as_ref()
-                .and_then(|r| r.revoked.as_ref())
-                .filter(|rev| token.created_at_unix_ms <= rev.at_unix_ms)
-                .map(|rev| {
-                    format!(
-                        "host {host} was revoked at {} after this token was made: re-enrolling needs a new token",
-                        rfc3339(rev.at_unix_ms)
-                    )
-                })
-        };
-        if let Some(why) = problem {
-            return Err(self.refuse_enrollment(&host, why).await);
+        // The token is checked before a certificate is made, and again by
+        // the commit that spends it: two enrollments with one token cannot
+        // both succeed, and the loser's certificate is never handed out.
+        if let Err(e) = self.ledger.check_enrollment(&enrolled).await {
+            if let ApiError::PermissionDenied(why) = &e {
+                warn!(host, reason = %why, "enrollment refused");
+            }
+            return Err(e);
         }
         let (cert_pem, not_before, not_after) = self.sign(&req.csr_der, &host, now)?;
-        token.used_at_unix_ms = now;
-        let key_id = envelope::key_id(&req.attestation_public_key);
-        let record = HostRecord {
-            host: host.clone(),
-            role: token.role.clone(),
-            pinned_key_hex: hex::encode(&req.attestation_public_key),
-            pinned_at_unix_ms: now,
-            enrolled_at_unix_ms: now,
-            // A new identity starts afresh: no old measurement speaks for it.
-            ..HostRecord::default()
+        enrolled.detail = format!(
+            "attestation key {key_id} pinned; certificate valid until {}",
+            rfc3339(not_after)
+        );
+        let change = Change::Enrolled(enrolled);
+        let committed = match self.commit(change).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let ApiError::PermissionDenied(why) = &e {
+                    warn!(host, reason = %why, "enrollment refused");
+                }
+                return Err(e);
+            }
         };
-        let event = AuditEvent {
-            actor: format!("agent {host}"),
-            action: "host.enrolled".into(),
-            host: host.clone(),
-            role: token.role.clone(),
-            detail: format!(
-                "join token {} used; attestation key {key_id} pinned; certificate valid until {}",
-                &hash[..12],
-                rfc3339(not_after)
-            ),
-        };
-        let (stored_token, stored_host) = (token.clone(), record.clone());
-        self.persist_audited(vec![event], move |s| {
-            s.put_token(&stored_token)?;
-            s.put_host(&stored_host)
-        })
-        .await?;
-        self.write().hosts.insert(host.clone(), record);
-        self.publish_gate(&token.role, &host);
+        let role = committed.host().map(|h| h.role.clone()).unwrap_or_default();
+        self.publish_gate(&role, &host);
         info!(host = %host, key_id = %key_id, "host enrolled");
         Ok(pb::EnrollReply {
             cert_pem,
-            role: token.role,
+            role,
             key_id,
             not_before_unix_ms: not_before,
             not_after_unix_ms: not_after,
@@ -271,34 +200,19 @@ impl Controller {
                 "give --reason: it is shown on the host's closed gate and kept in the audit log".into(),
             ));
         }
-        let lock = self.host_lock(host);
-        let _guard = lock.lock().await;
-        let now = lockstep_proto::now_unix_ms();
-        let mut record = self.read().hosts.get(host).cloned().unwrap_or_else(|| HostRecord {
-            host: host.to_string(),
-            role: role.clone(),
-            ..HostRecord::default()
-        });
-        record.revoked = Some(Revocation {
+        let revocation = Revocation {
             by: name.clone(),
-            at_unix_ms: now,
+            at_unix_ms: lockstep_proto::now_unix_ms(),
             reason: req.reason.clone(),
             removed: req.remove,
-        });
-        if req.remove {
-            // Decommissioned: nothing it signs can count any more.
-            record.pinned_key_hex.clear();
-        }
-        let event = AuditEvent {
+        };
+        self.commit(Change::Revoked {
             actor: peer.to_string(),
-            action: if req.remove { "host.removed" } else { "host.revoked" }.into(),
             host: host.to_string(),
             role: role.clone(),
-            detail: req.reason.clone(),
-        };
-        let stored = record.clone();
-        self.persist_audited(vec![event], move |s| s.put_host(&stored)).await?;
-        self.write().hosts.insert(host.to_string(), record);
+            revocation,
+        })
+        .await?;
         let gate = self.publish_gate(&role, host);
         warn!(host, by = %name, remove = req.remove, reason = %req.reason, "host revoked");
         Ok(pb::RevokeHostReply {

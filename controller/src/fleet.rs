@@ -1,7 +1,8 @@
 //! The controller's in-memory view of the fleet: host records, manifests by
 //! digest (shared by every host that holds them), and releases. It is loaded
 //! from the store at start and updated only after a write is durable, so it
-//! never shows anything the store would not. Gate decisions read it.
+//! never shows anything the store would not. Gate decisions read it; only
+//! the ledger ([`crate::ledger`]) writes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,11 +10,12 @@ use std::sync::Arc;
 use lockstep_proto::digest::{Digest, digest_where};
 use lockstep_proto::pb::{Entry, Gate};
 
+use crate::change::Put;
 use crate::config::{ControllerConfig, RoleConfig, RoleMode};
 use crate::gate::{self, Clock, Expected, HostFacts};
 use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
 
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct FleetState {
     pub hosts: HashMap<String, HostRecord>,
     manifests: HashMap<String, Arc<Vec<Entry>>>,
@@ -25,41 +27,69 @@ pub struct FleetState {
 }
 
 impl FleetState {
-    /// Loads hosts, releases and every manifest they point at.
+    /// Rebuilds the view from the store: every stored record goes through
+    /// [`FleetState::apply`], the function the ledger applies commits with,
+    /// so a restarted controller has the view it had.
     pub fn load(store: &dyn Store, config: &ControllerConfig) -> Result<Self, StoreError> {
         let mut state = Self::default();
-        for release in store.releases()? {
-            state.load_manifest(store, config, &release.role, &release.digest_hex)?;
-            state.releases.insert(release.number, release);
-        }
-        for halt in store.halts()? {
-            state.halts.insert(halt.id, halt);
-        }
-        for host in store.hosts()? {
-            if host.has_reported() {
-                state.load_manifest(store, config, &host.role, &host.digest_hex)?;
+        let manifest_of = |state: &mut Self, digest_hex: &str| -> Result<(), StoreError> {
+            if state.has_manifest(digest_hex) {
+                return Ok(());
             }
-            state.hosts.insert(host.host.clone(), host);
-        }
-        Ok(state)
-    }
-
-    fn load_manifest(
-        &mut self,
-        store: &dyn Store,
-        config: &ControllerConfig,
-        role: &str,
-        digest_hex: &str,
-    ) -> Result<(), StoreError> {
-        if !self.manifests.contains_key(digest_hex) {
             let entries = store.manifest(digest_hex)?.ok_or_else(|| StoreError::Corrupt {
                 key: format!("manifest {digest_hex}"),
                 reason: "referenced but not stored".into(),
             })?;
-            self.manifests.insert(digest_hex.to_string(), Arc::new(entries));
+            state.apply(
+                config,
+                &Put::Manifest {
+                    digest_hex: digest_hex.to_string(),
+                    entries: Arc::new(entries),
+                },
+            );
+            Ok(())
+        };
+        for release in store.releases()? {
+            manifest_of(&mut state, &release.digest_hex)?;
+            state.apply(config, &Put::Release(release));
         }
-        self.note_comparable(config, role, digest_hex);
-        Ok(())
+        for halt in store.halts()? {
+            state.apply(config, &Put::Halt(halt));
+        }
+        for host in store.hosts()? {
+            if host.has_reported() {
+                manifest_of(&mut state, &host.digest_hex)?;
+            }
+            state.apply(config, &Put::Host(host));
+        }
+        Ok(state)
+    }
+
+    /// Applies one durable record (a committed change's, or one read at
+    /// start). Only [`crate::ledger`] calls it on the live view.
+    pub fn apply(&mut self, config: &ControllerConfig, put: &Put) {
+        match put {
+            Put::Host(h) => {
+                if h.has_reported() {
+                    self.note_comparable(config, &h.role, &h.digest_hex);
+                }
+                self.hosts.insert(h.host.clone(), h.clone());
+            }
+            Put::Manifest { digest_hex, entries } => {
+                self.manifests
+                    .entry(digest_hex.clone())
+                    .or_insert_with(|| entries.clone());
+            }
+            Put::Release(r) => {
+                self.note_comparable(config, &r.role, &r.digest_hex);
+                self.releases.insert(r.number, r.clone());
+            }
+            Put::Halt(h) => {
+                self.halts.insert(h.id, h.clone());
+            }
+            // Kept in the store only (tokens) or by the incident book.
+            Put::Token(_) | Put::Incident(_) => {}
+        }
     }
 
     pub fn manifest(&self, digest_hex: &str) -> Option<Arc<Vec<Entry>>> {
@@ -68,12 +98,6 @@ impl FleetState {
 
     pub fn has_manifest(&self, digest_hex: &str) -> bool {
         self.manifests.contains_key(digest_hex)
-    }
-
-    /// Adds a (durably stored) manifest to the cache.
-    pub fn add_manifest(&mut self, config: &ControllerConfig, role: &str, digest_hex: &str, entries: Arc<Vec<Entry>>) {
-        self.manifests.entry(digest_hex.to_string()).or_insert(entries);
-        self.note_comparable(config, role, digest_hex);
     }
 
     fn note_comparable(&mut self, config: &ControllerConfig, role: &str, digest_hex: &str) {

@@ -6,8 +6,7 @@ use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{self, halt_scope::Scope};
 use tracing::warn;
 
-use crate::audit::AuditEvent;
-use crate::commit::{Counter, Numbered};
+use crate::change::Change;
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::store::{HaltRecord, HaltScope};
@@ -53,7 +52,7 @@ impl Controller {
             ));
         }
         let scope = self.scope_from(req.scope)?;
-        let mut record = HaltRecord {
+        let halt = HaltRecord {
             id: 0,
             scope: scope.clone(),
             reason: req.reason,
@@ -63,29 +62,18 @@ impl Controller {
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
         };
-        let (actor, template) = (peer.to_string(), record.clone());
-        let build: Numbered = Box::new(move |id| {
-            let stored = HaltRecord { id, ..template };
-            let event = AuditEvent {
-                actor,
-                action: "halt".into(),
-                host: if let HaltScope::Host(h) = &stored.scope {
-                    h.clone()
-                } else {
-                    String::new()
-                },
-                role: if let HaltScope::Role(r) = &stored.scope {
-                    r.clone()
-                } else {
-                    String::new()
-                },
-                detail: format!("halt {id} on {}: {}", stored.scope, stored.reason),
-            };
-            (vec![event], Box::new(move |s| s.put_halt(&stored)))
-        });
-        let id = self.persist_numbered(Counter::Halt, build).await?;
-        record.id = id;
-        self.write().halts.insert(id, record.clone());
+        let committed = self
+            .commit(Change::Halted {
+                actor: peer.to_string(),
+                halt,
+            })
+            .await?;
+        let record = committed
+            .halts()
+            .next()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("a halt was committed without its record".into()))?;
+        let id = record.id;
         warn!(halt = id, scope = %scope, by = %record.halted_by, reason = %record.reason, "HALT");
         self.publish_all();
         Ok(pb::HaltReply {
@@ -98,36 +86,19 @@ impl Controller {
         let who = require(peer, OperatorRole::Operator)?.to_string();
         let scope = self.scope_from(req.scope)?;
         let now = lockstep_proto::now_unix_ms();
-        let lifted: Vec<HaltRecord> = self
-            .read()
-            .halts
-            .values()
-            .filter(|h| h.is_active() && h.scope == scope)
-            .cloned()
-            .map(|mut h| {
-                h.resumed_by = Some(who.clone());
-                h.resumed_at_unix_ms = now;
-                h.resume_reason = req.reason.clone();
-                h
+        let committed = self
+            .commit(Change::Resumed {
+                actor: peer.to_string(),
+                scope: scope.clone(),
+                by: who.clone(),
+                reason: req.reason,
+                at_unix_ms: now,
             })
-            .collect();
-        if lifted.is_empty() {
-            return Err(ApiError::NotFound(format!(
-                "no active halt on {scope}; `lockstep halts` lists the active ones and their scopes"
-            )));
-        }
-        let stored = lifted.clone();
-        self.persist(move |s| stored.iter().try_for_each(|h| s.put_halt(h)))
             .await?;
-        {
-            let mut state = self.write();
-            for h in &lifted {
-                state.halts.insert(h.id, h.clone());
-            }
-        }
         warn!(scope = %scope, by = %who, "resumed");
         self.publish_all();
         let state = self.read();
+        let resumed = committed.halts().map(to_pb).collect();
         let still_halted = self
             .covered(&scope)
             .into_iter()
@@ -139,10 +110,7 @@ impl Controller {
                     .any(|h| h.is_active() && h.scope.covers(host, &role))
             })
             .collect();
-        Ok(pb::ResumeReply {
-            resumed: lifted.iter().map(to_pb).collect(),
-            still_halted,
-        })
+        Ok(pb::ResumeReply { resumed, still_halted })
     }
 
     pub fn list_halts(&self, peer: &PeerIdentity, all: bool) -> Result<Vec<pb::Halt>, ApiError> {

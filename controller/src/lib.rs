@@ -17,6 +17,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod authz;
+pub mod change;
 pub mod commit;
 pub mod config;
 pub mod console;
@@ -28,6 +29,7 @@ pub mod fleet;
 pub mod gate;
 pub mod halts;
 pub mod incidents;
+pub mod ledger;
 pub mod metrics;
 pub mod pki;
 pub mod queries;

@@ -9,8 +9,7 @@ use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{self, Release, ReleaseState, propose_release_request::Source};
 use tracing::info;
 
-use crate::audit::AuditEvent;
-use crate::commit::{Counter, Numbered};
+use crate::change::Change;
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
 use crate::store::ReleaseRecord;
@@ -71,7 +70,7 @@ impl Controller {
             }
         };
         let digest_hex = hex::encode(digest::digest(&entries));
-        let mut record = ReleaseRecord {
+        let release = ReleaseRecord {
             number: 0,
             role: role.clone(),
             digest_hex: digest_hex.clone(),
@@ -86,76 +85,37 @@ impl Controller {
             approved_by: None,
             approved_at_unix_ms: 0,
         };
-        let (actor, template, manifest) = (peer.to_string(), record.clone(), entries.clone());
-        let build: Numbered = Box::new(move |number| {
-            let stored = ReleaseRecord { number, ..template };
-            let event = AuditEvent {
-                actor,
-                action: "release.proposed".into(),
-                role: stored.role.clone(),
-                detail: format!(
-                    "release {number} from {} ({} entries): {}",
-                    stored.source, stored.entry_count, stored.note
-                ),
-                ..Default::default()
-            };
-            let work: crate::commit::Work = Box::new(move |s| {
-                if !s.has_manifest(&stored.digest_hex)? {
-                    s.put_manifest(&stored.digest_hex, &manifest)?;
-                }
-                s.put_release(&stored)
-            });
-            (vec![event], work)
-        });
-        let number = self.persist_numbered(Counter::Release, build).await?;
-        record.number = number;
-        {
-            let mut state = self.write();
-            state.add_manifest(&self.config, &role, &digest_hex, entries);
-            state.releases.insert(number, record.clone());
-        }
-        info!(release = number, role = %role, proposed_by = %who, "release proposed");
+        let committed = self
+            .commit(Change::ReleaseProposed {
+                actor: peer.to_string(),
+                release,
+                manifest: entries,
+            })
+            .await?;
+        let record = committed
+            .release()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("a release was committed without its record".into()))?;
+        info!(release = record.number, role = %role, proposed_by = %who, "release proposed");
         Ok(self.to_pb(&record))
     }
 
     pub async fn approve_release(&self, peer: &PeerIdentity, number: u64) -> Result<Release, ApiError> {
         let who = require(peer, OperatorRole::Approver)?.to_string();
-        let _guard = self.release_lock.lock().await;
-        let mut record = self
-            .read()
-            .releases
-            .get(&number)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("no release {number} (lockstep release list)")))?;
-        if let Some(by) = &record.approved_by {
-            return Err(ApiError::FailedPrecondition(format!(
-                "release {number} was already approved by {by}"
-            )));
-        }
-        if record.proposed_by == who {
-            return Err(ApiError::PermissionDenied(format!(
-                "two-person rule: {who} proposed release {number} and cannot also approve it; another approver must"
-            )));
-        }
-        if let Some(active) = self.read().active_release(&record.role).filter(|a| a.number > number) {
-            return Err(ApiError::FailedPrecondition(format!(
-                "release {number} is older than active release {} of role {}; to roll back, propose a new release with the old content",
-                active.number, record.role
-            )));
-        }
-        record.approved_by = Some(who.clone());
-        record.approved_at_unix_ms = lockstep_proto::now_unix_ms();
-        let stored = record.clone();
-        let event = AuditEvent {
-            actor: peer.to_string(),
-            action: "release.approved".into(),
-            role: record.role.clone(),
-            detail: format!("release {number} (proposed by {}) is now active", record.proposed_by),
-            ..Default::default()
-        };
-        self.persist_audited(vec![event], move |s| s.put_release(&stored))
+        // Whether it may be approved is decided by the commit, in order
+        // with every other approval.
+        let committed = self
+            .commit(Change::ReleaseApproved {
+                actor: peer.to_string(),
+                number,
+                by: who.clone(),
+                at_unix_ms: lockstep_proto::now_unix_ms(),
+            })
             .await?;
-        self.write().releases.insert(number, record.clone());
+        let record = committed
+            .release()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("an approval was committed without its record".into()))?;
         info!(release = number, role = %record.role, approved_by = %who, "release approved and active");
         if let Ok(role) = self.role(&record.role) {
             self.publish_role(role);

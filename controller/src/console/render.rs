@@ -324,7 +324,8 @@ fn when(unix_ms: i64) -> String {
     if unix_ms <= 0 {
         return "-".into();
     }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    let ms = u64::try_from(unix_ms.min(crate::change::LAST_RFC3339_MS)).unwrap_or(0);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
