@@ -14,30 +14,10 @@ use crate::audit::AuditEvent;
 use crate::change::Change;
 use crate::controller::{Controller, require};
 use crate::error::ApiError;
-use crate::incidents::{Due, Grouping, IncidentRecord, Notified, Signal};
-use crate::webhook::{Outbox, WebhookSettings};
+use crate::incidents::{Due, IncidentRecord, Notified, Signal};
+use crate::webhook::Outbox;
 
-/// `[alerts]` in the controller config.
-#[derive(Debug, Clone)]
-pub struct AlertSettings {
-    pub webhook: Option<WebhookSettings>,
-    pub grouping: Grouping,
-    /// How often the controller re-verifies its whole audit chain.
-    pub audit_verify_interval: Duration,
-}
 
-impl Default for AlertSettings {
-    fn default() -> Self {
-        Self {
-            webhook: None,
-            grouping: Grouping {
-                wait_ms: 2_000,
-                max_wait_ms: 30_000,
-            },
-            audit_verify_interval: Duration::from_secs(600),
-        }
-    }
-}
 
 /// The webhook's JSON body (documented in docs/alerts.md; `version` changes
 /// only when a field changes meaning).

@@ -12,16 +12,22 @@ use std::sync::{Arc, Mutex};
 use lockstep_proto::pb::Entry;
 
 use crate::audit::AuditEvent;
-use crate::commit::Counter;
 use crate::config::ControllerConfig;
 use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::incidents::{IncidentRecord, Incidents};
 use crate::store::{
-    HaltRecord, HaltScope, HostRecord, Rejection as StoredRejection, ReleaseRecord, Revocation, Store, StoreError,
-    TokenRecord,
+    HaltRecord, HaltScope, HostRecord, Put, Rejection as StoredRejection, ReleaseRecord, Revocation, Store,
+    StoreError, TokenRecord,
 };
 use crate::verify::Rejection;
+
+/// A sequence of numbers allocated inside the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Halt,
+    Release,
+}
 
 /// One durable change, with everything it needs except the numbers the
 /// commit allocates.
@@ -114,32 +120,6 @@ pub struct Enrolled {
     pub detail: String,
 }
 
-/// A record the store keeps, as written by a change and read back at start.
-#[derive(Debug, Clone)]
-pub enum Put {
-    Host(HostRecord),
-    Manifest {
-        digest_hex: String,
-        entries: Arc<Vec<Entry>>,
-    },
-    Release(ReleaseRecord),
-    Halt(HaltRecord),
-    Token(TokenRecord),
-    Incident(IncidentRecord),
-}
-
-impl Put {
-    pub fn write(&self, store: &dyn Store) -> Result<(), StoreError> {
-        match self {
-            Self::Host(h) => store.put_host(h),
-            Self::Manifest { digest_hex, entries } => store.put_manifest(digest_hex, entries),
-            Self::Release(r) => store.put_release(r),
-            Self::Halt(h) => store.put_halt(h),
-            Self::Token(t) => store.put_token(t),
-            Self::Incident(i) => store.put_incident(i),
-        }
-    }
-}
 
 /// What a change came to: its records, its audit events, and the number
 /// it took (0 when it takes none).

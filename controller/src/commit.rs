@@ -14,18 +14,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::audit::ChainHead;
-use crate::change::{Change, Committed, Effect, Put, Refused, Staged};
+use crate::change::{Change, Committed, Counter, Effect, Refused, Staged};
 use crate::config::{ControllerConfig, StoreSettings};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
-use crate::store::{Store, StoreError};
+use crate::store::{Put, Store, StoreError};
 
-/// A sequence of numbers allocated inside the commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    Halt,
-    Release,
-}
 
 /// The next number of each [`Counter`]; advanced only by a change that is
 /// written and flushed.

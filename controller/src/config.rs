@@ -30,9 +30,49 @@ use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::TlsPaths;
 use serde::Deserialize;
 
-use crate::alerts::AlertSettings;
-use crate::incidents::Grouping;
-use crate::webhook::WebhookSettings;
+
+/// How to reach the webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub url: http::Uri,
+    /// Extra CA for an internal HTTPS endpoint (system roots otherwise).
+    pub ca: Option<std::path::PathBuf>,
+    pub queue: usize,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+}
+
+/// Timing of notifications.
+#[derive(Debug, Clone, Copy)]
+pub struct Grouping {
+    /// Quiet time after the last change before notifying, so related
+    /// failures arriving together go out as one.
+    pub wait_ms: i64,
+    /// A storm that never pauses is still reported after this long.
+    pub max_wait_ms: i64,
+}
+
+/// `[alerts]` in the controller config.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    pub webhook: Option<WebhookSettings>,
+    pub grouping: Grouping,
+    /// How often the controller re-verifies its whole audit chain.
+    pub audit_verify_interval: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            grouping: Grouping {
+                wait_ms: 2_000,
+                max_wait_ms: 30_000,
+            },
+            audit_verify_interval: Duration::from_secs(600),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use lockstep_proto::digest::{Digest, digest_where};
 use lockstep_proto::pb::{Entry, Gate};
 
-use crate::change::Put;
+use crate::store::Put;
 use crate::config::{ControllerConfig, RoleConfig, RoleMode};
 use crate::gate::{self, Clock, Expected, HostFacts};
 use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};

@@ -1,8 +1,12 @@
 //! What the controller keeps durably, and the [`Store`] trait it is kept
-//! behind. sled is the one backend ([`crate::sled_store`]); no sled type
-//! appears outside that module.
+//! behind. sled is the one backend (`sled_store`); no sled type appears
+//! outside that module. [`Put`] is one record as a change writes it.
+
+use std::sync::Arc;
 
 use lockstep_proto::pb::Entry;
+
+use crate::incidents::IncidentRecord;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -147,6 +151,33 @@ impl HaltRecord {
     }
 }
 
+/// A record the store keeps, as written by a change and read back at start.
+#[derive(Debug, Clone)]
+pub enum Put {
+    Host(HostRecord),
+    Manifest {
+        digest_hex: String,
+        entries: Arc<Vec<Entry>>,
+    },
+    Release(ReleaseRecord),
+    Halt(HaltRecord),
+    Token(TokenRecord),
+    Incident(IncidentRecord),
+}
+
+impl Put {
+    pub fn write(&self, store: &dyn Store) -> Result<(), StoreError> {
+        match self {
+            Self::Host(h) => store.put_host(h),
+            Self::Manifest { digest_hex, entries } => store.put_manifest(digest_hex, entries),
+            Self::Release(r) => store.put_release(r),
+            Self::Halt(h) => store.put_halt(h),
+            Self::Token(t) => store.put_token(t),
+            Self::Incident(i) => store.put_incident(i),
+        }
+    }
+}
+
 /// Durable state. Writes may be buffered until [`Store::flush`], which
 /// returns only once everything written before it is on disk: the
 /// controller acknowledges nothing before that.
@@ -169,8 +200,8 @@ pub trait Store: Send + Sync {
     fn audit_from(&self, from: u64) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
     fn last_audit(&self) -> Result<Option<crate::audit::AuditRecord>, StoreError>;
     /// Every stored incident, closed ones included (they keep ids unique).
-    fn incidents(&self) -> Result<Vec<crate::incidents::IncidentRecord>, StoreError>;
-    fn put_incident(&self, incident: &crate::incidents::IncidentRecord) -> Result<(), StoreError>;
+    fn incidents(&self) -> Result<Vec<IncidentRecord>, StoreError>;
+    fn put_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError>;
     fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError>;
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;

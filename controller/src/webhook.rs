@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::Uri;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,18 +18,9 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::config::WebhookSettings;
 use crate::metrics::AlertLabels;
 
-/// How to reach the webhook.
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub url: Uri,
-    /// Extra CA for an internal HTTPS endpoint (system roots otherwise).
-    pub ca: Option<std::path::PathBuf>,
-    pub queue: usize,
-    pub max_attempts: u32,
-    pub timeout: Duration,
-}
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
