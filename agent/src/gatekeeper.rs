@@ -199,7 +199,10 @@ impl GateKeeper {
             if !argv.is_empty() {
                 let _ = self.hooks.send(HookRun {
                     argv: argv.clone(),
-                    gate: self.file.clone(),
+                    state: self.file.state.clone(),
+                    host: self.file.host.clone(),
+                    release: self.file.release,
+                    reasons: self.file.reasons.clone(),
                 });
             }
         }

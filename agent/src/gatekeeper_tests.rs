@@ -58,7 +58,7 @@ fn starts_closed_then_follows_the_controller_and_hooks_run_on_transitions_only()
     k.apply(&closed_gate("halted (fleet) by alice"));
     let run = rx.try_recv().unwrap();
     assert_eq!(run.argv, vec!["close-hook"]);
-    assert_eq!(run.gate.reasons, vec!["halted (fleet) by alice"]);
+    assert_eq!(run.reasons, vec!["halted (fleet) by alice"]);
     assert!(
         !GateFile::read(&d.path().join("gate.json"))
             .unwrap()

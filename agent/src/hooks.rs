@@ -8,11 +8,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::gatekeeper::GateFile;
-
+/// One hook to run, and the gate it runs for (what its environment says).
 pub struct HookRun {
     pub argv: Vec<String>,
-    pub gate: GateFile,
+    /// "OPEN" or "CLOSED".
+    pub state: String,
+    pub host: String,
+    pub release: u64,
+    pub reasons: Vec<String>,
 }
 
 /// Runs hooks as they come until the sender side is dropped.
@@ -23,10 +26,10 @@ pub async fn run_hooks(mut rx: mpsc::UnboundedReceiver<HookRun>, timeout: Durati
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
-            .env("LOCKSTEP_GATE", &run.gate.state)
-            .env("LOCKSTEP_HOST", &run.gate.host)
-            .env("LOCKSTEP_RELEASE", run.gate.release.to_string())
-            .env("LOCKSTEP_REASONS", run.gate.reasons.join("\n"))
+            .env("LOCKSTEP_GATE", &run.state)
+            .env("LOCKSTEP_HOST", &run.host)
+            .env("LOCKSTEP_RELEASE", run.release.to_string())
+            .env("LOCKSTEP_REASONS", run.reasons.join("\n"))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let result = match cmd.spawn() {
@@ -42,8 +45,8 @@ pub async fn run_hooks(mut rx: mpsc::UnboundedReceiver<HookRun>, timeout: Durati
             Err(e) => Err(format!("cannot start: {e}")),
         };
         match result {
-            Ok(()) => info!(hook = %program, gate = %run.gate.state, "gate hook ran"),
-            Err(e) => warn!(hook = %program, gate = %run.gate.state, error = %e, "gate hook failed"),
+            Ok(()) => info!(hook = %program, gate = %run.state, "gate hook ran"),
+            Err(e) => warn!(hook = %program, gate = %run.state, error = %e, "gate hook failed"),
         }
     }
 }

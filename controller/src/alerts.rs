@@ -3,21 +3,25 @@
 //! webhook and stores it; operators list and acknowledge incidents from the
 //! console. Only transitions make signals, never a routine attestation.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::audit::AuditEvent;
 use crate::change::Change;
-use crate::controller::{Controller, require};
+use crate::config::ControllerConfig;
 use crate::error::ApiError;
-use crate::incidents::{Due, IncidentRecord, Notified, Signal};
+use crate::incidents::{Due, IncidentRecord, Incidents, Notified, Signal};
+use crate::ledger::Ledger;
+use crate::metrics::AlertLabels;
+use crate::peer::Operator;
+use crate::store::StoreError;
 use crate::webhook::Outbox;
-
-
 
 /// The webhook's JSON body (documented in docs/alerts.md; `version` changes
 /// only when a field changes meaning).
@@ -110,47 +114,71 @@ impl Payload {
 /// How often the loop looks for due notifications.
 const TICK: Duration = Duration::from_millis(100);
 
-impl Controller {
+/// The incident book and what is done with it.
+pub struct Alerts {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    /// Shared with the ledger's writes of incidents, which store the latest
+    /// record when they are applied (see [`Change::Incident`]).
+    book: Arc<Mutex<Incidents>>,
+}
+
+impl Alerts {
+    /// The book as stored: closed incidents included (they keep ids unique).
+    pub fn open(config: Arc<ControllerConfig>, ledger: Arc<Ledger>) -> Result<Self, StoreError> {
+        let book = Incidents::load(ledger.store().incidents()?);
+        Ok(Self {
+            config,
+            ledger,
+            book: Arc::new(Mutex::new(book)),
+        })
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Incidents> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Feeds the incident book; cheap, never blocks on I/O.
-    pub(crate) fn signal(&self, signal: Signal) {
-        let mut book = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
-        book.observe(signal, lockstep_proto::now_unix_ms());
+    pub fn signal(&self, signal: Signal) {
+        self.book().observe(signal, lockstep_proto::now_unix_ms());
     }
 
     /// Incidents not yet closed, for `lockstep alerts`.
-    pub fn list_incidents(&self, peer: &PeerIdentity) -> Result<Vec<IncidentRecord>, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        Ok(self.incidents.lock().unwrap_or_else(|p| p.into_inner()).list())
+    pub fn list(&self) -> Vec<IncidentRecord> {
+        self.book().list()
+    }
+
+    /// Incidents not yet resolved, for `/metrics`.
+    pub fn open_count(&self) -> usize {
+        self.book().open_count()
     }
 
     /// `lockstep alerts ack ID`: an operator has read the incident.
-    pub async fn ack_incident(&self, peer: &PeerIdentity, id: u64) -> Result<IncidentRecord, ApiError> {
-        let name = require(peer, OperatorRole::Operator)?.to_string();
+    pub async fn ack(&self, who: &Operator, id: u64) -> Result<IncidentRecord, ApiError> {
         let record = self
-            .incidents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .ack(id, &name, lockstep_proto::now_unix_ms())
+            .book()
+            .ack(id, &who.name, lockstep_proto::now_unix_ms())
             .map_err(ApiError::NotFound)?;
         let event = AuditEvent {
-            actor: peer.to_string(),
+            actor: who.actor(),
             action: "incident.acknowledged".into(),
             host: String::new(),
             role: record.role.clone(),
             detail: format!("incident {id}: {}", record.title()),
         };
-        self.commit(Change::Incident {
-            snapshot: record.clone(),
-            book: self.incidents.clone(),
-            events: vec![event],
-        })
-        .await?;
-        info!(incident = id, by = %name, "incident acknowledged");
+        self.ledger
+            .commit(Change::Incident {
+                snapshot: record.clone(),
+                book: self.book.clone(),
+                events: vec![event],
+            })
+            .await?;
+        info!(incident = id, by = %who.name, "incident acknowledged");
         Ok(record)
     }
 
     fn verify_audit_chain(&self) {
-        let records = match self.store().audit_from(0) {
+        let records = match self.ledger.store().audit_from(0) {
             Ok(r) => r,
             Err(e) => {
                 self.signal(Signal::AuditBroken {
@@ -164,50 +192,51 @@ impl Controller {
             self.signal(Signal::AuditBroken { detail: b.to_string() });
         }
     }
-}
 
-/// Sends due notifications and re-verifies the audit chain, until dropped.
-/// Run once, by the server.
-pub async fn run(controller: Arc<Controller>) {
-    let settings = controller.config().alerts.clone();
-    let outbox: Option<Outbox> = settings.webhook.clone().and_then(|w| {
-        let url = w.url.clone();
-        crate::webhook::start(w, controller.metrics.alerts.clone())
-            .inspect_err(|e| error!(%url, error = %e, "webhook unusable: alerts are only listed by `lockstep alerts`"))
-            .ok()
-    });
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_verify = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        if tokio::time::Instant::now() >= next_verify {
-            next_verify += settings.audit_verify_interval;
-            let c = controller.clone();
-            let _ = tokio::task::spawn_blocking(move || c.verify_audit_chain()).await;
-        }
-        let due = controller
-            .incidents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .due(lockstep_proto::now_unix_ms(), settings.grouping);
-        for d in due {
-            let payload = Payload::of(&d);
-            warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");
-            if let Err(e) = controller
-                .commit(Change::Incident {
-                    snapshot: d.record.clone(),
-                    book: controller.incidents.clone(),
-                    events: Vec::new(),
-                })
-                .await
-            {
-                error!(incident = payload.incident, error = %e, "cannot store incident");
+    /// Sends due notifications and re-verifies the audit chain until
+    /// `stop`; a round under way when it comes is finished. Run once, by
+    /// the server.
+    pub async fn run(self: Arc<Self>, outcomes: Family<AlertLabels, PromCounter>, stop: impl Future<Output = ()>) {
+        let settings = self.config.alerts.clone();
+        let outbox: Option<Outbox> = settings.webhook.clone().and_then(|w| {
+            let url = w.url.clone();
+            crate::webhook::start(w, outcomes)
+                .inspect_err(
+                    |e| error!(%url, error = %e, "webhook unusable: alerts are only listed by `lockstep alerts`"),
+                )
+                .ok()
+        });
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_verify = tokio::time::Instant::now();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut stop => return,
             }
-            if let Some(outbox) = &outbox {
-                match serde_json::to_vec(&payload) {
-                    Ok(body) => outbox.send(body),
-                    Err(e) => error!(error = %e, "cannot encode alert"),
+            if tokio::time::Instant::now() >= next_verify {
+                next_verify += settings.audit_verify_interval;
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.verify_audit_chain()).await;
+            }
+            let due = self.book().due(lockstep_proto::now_unix_ms(), settings.grouping);
+            for d in due {
+                let payload = Payload::of(&d);
+                warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");
+                let change = Change::Incident {
+                    snapshot: d.record.clone(),
+                    book: self.book.clone(),
+                    events: Vec::new(),
+                };
+                if let Err(e) = self.ledger.commit(change).await {
+                    error!(incident = payload.incident, error = %e, "cannot store incident");
+                }
+                if let Some(outbox) = &outbox {
+                    match serde_json::to_vec(&payload) {
+                        Ok(body) => outbox.send(body),
+                        Err(e) => error!(error = %e, "cannot encode alert"),
+                    }
                 }
             }
         }

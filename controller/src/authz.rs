@@ -105,26 +105,3 @@ pub fn decide(path: &str, identity: Option<&PeerIdentity>) -> Decision {
 #[cfg(test)]
 #[path = "authz_tests.rs"]
 mod tests;
-
-impl crate::controller::Controller {
-    /// A call the table refused: one `console.denied` record naming who,
-    /// which method and why.
-    pub(crate) async fn refuse_call(&self, peer: Option<&crate::server::PeerInfo>, path: &str, why: &str) {
-        let actor = match peer {
-            Some(crate::server::PeerInfo { identity: Ok(id), .. }) => id.to_string(),
-            Some(crate::server::PeerInfo { addr: Some(a), .. }) => format!("peer {} (no lockstep identity)", a.ip()),
-            _ => "unknown peer".to_string(),
-        };
-        let method = path.rsplit('/').next().unwrap_or(path);
-        tracing::warn!(%actor, method, reason = why, "call refused by the authorization table");
-        let event = crate::audit::AuditEvent {
-            actor,
-            action: "console.denied".into(),
-            detail: format!("{method}: {why}"),
-            ..Default::default()
-        };
-        if let Err(e) = self.audit(vec![event]).await {
-            tracing::error!(error = %e, "cannot record a refused call");
-        }
-    }
-}

@@ -17,8 +17,8 @@ use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::incidents::{IncidentRecord, Incidents};
 use crate::store::{
-    HaltRecord, HaltScope, HostRecord, Put, Rejection as StoredRejection, ReleaseRecord, Revocation, Store,
-    StoreError, TokenRecord,
+    HaltRecord, HaltScope, HostRecord, Put, Rejection as StoredRejection, ReleaseRecord, Revocation, Store, StoreError,
+    TokenRecord,
 };
 use crate::verify::Rejection;
 
@@ -119,7 +119,6 @@ pub struct Enrolled {
     /// What the audit record adds: key id, certificate expiry.
     pub detail: String,
 }
-
 
 /// What a change came to: its records, its audit events, and the number
 /// it took (0 when it takes none).

@@ -20,7 +20,6 @@ use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::store::{Put, Store, StoreError};
 
-
 /// The next number of each [`Counter`]; advanced only by a change that is
 /// written and flushed.
 #[derive(Debug, Clone, PartialEq, Eq)]

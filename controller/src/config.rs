@@ -30,6 +30,8 @@ use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::TlsPaths;
 use serde::Deserialize;
 
+use crate::error::ApiError;
+use crate::incidents::Grouping;
 
 /// How to reach the webhook.
 #[derive(Debug, Clone)]
@@ -40,16 +42,6 @@ pub struct WebhookSettings {
     pub queue: usize,
     pub max_attempts: u32,
     pub timeout: Duration,
-}
-
-/// Timing of notifications.
-#[derive(Debug, Clone, Copy)]
-pub struct Grouping {
-    /// Quiet time after the last change before notifying, so related
-    /// failures arriving together go out as one.
-    pub wait_ms: i64,
-    /// A storm that never pauses is still reported after this long.
-    pub max_wait_ms: i64,
 }
 
 /// `[alerts]` in the controller config.
@@ -280,6 +272,26 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// The role named `name`, or an error listing the roles there are.
+    pub fn role(&self, name: &str) -> Result<&RoleConfig, ApiError> {
+        self.roles.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
+            ApiError::NotFound(format!(
+                "no role {name:?} in the controller config; roles: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// The role whose inventory holds `host`.
+    pub fn host_role(&self, host: &str) -> Result<&RoleConfig, ApiError> {
+        let role = self
+            .inventory
+            .get(host)
+            .ok_or_else(|| ApiError::NotFound(format!("host {host} is not in any role's inventory")))?;
+        self.role(role)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),

@@ -2,16 +2,22 @@
 //! holds a token and gets a certificate for a key born on it, and its
 //! attestation key is pinned), renewal over mTLS, and revocation.
 
+use std::sync::Arc;
+
 use lockstep_proto::envelope;
-use lockstep_proto::identity::{OperatorRole, PeerIdentity, validate_id};
+use lockstep_proto::identity::PeerIdentity;
+use lockstep_proto::identity::validate_id;
 use lockstep_proto::pb;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::audit::AuditEvent;
+use crate::board::GateBoard;
 use crate::change::{Change, Enrolled, rfc3339};
-use crate::controller::{Controller, require};
+use crate::config::ControllerConfig;
 use crate::error::ApiError;
+use crate::ledger::Ledger;
+use crate::peer::Operator;
 use crate::store::{Revocation, TokenRecord};
 
 /// Tokens look like `lst1_<64 hex>`: 256 random bits.
@@ -25,14 +31,23 @@ fn to_time(unix_ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-impl Controller {
+pub struct Enrollment {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    board: Arc<GateBoard>,
+}
+
+impl Enrollment {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
+        Self { config, ledger, board }
+    }
+
     /// `lockstep token create`: a one-time token for `host` in `role`.
     pub async fn create_token(
         &self,
-        peer: &PeerIdentity,
+        who: &Operator,
         req: &pb::CreateTokenRequest,
     ) -> Result<pb::CreateTokenReply, ApiError> {
-        require(peer, OperatorRole::Operator)?;
         validate_id(&req.host).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         match self.config.inventory.get(&req.host) {
             Some(role) if *role == req.role => {}
@@ -63,16 +78,17 @@ impl Controller {
             hash_hex: token_hash(&token),
             host: req.host.clone(),
             role: req.role.clone(),
-            created_by: peer.to_string(),
+            created_by: who.actor(),
             created_at_unix_ms: now,
             expires_at_unix_ms: now.saturating_add(ttl_ms),
             used_at_unix_ms: 0,
         };
-        self.commit(Change::TokenCreated {
-            actor: peer.to_string(),
-            token: record.clone(),
-        })
-        .await?;
+        self.ledger
+            .commit(Change::TokenCreated {
+                actor: who.actor(),
+                token: record.clone(),
+            })
+            .await?;
         Ok(pb::CreateTokenReply {
             token,
             host: record.host,
@@ -139,7 +155,7 @@ impl Controller {
             rfc3339(not_after)
         );
         let change = Change::Enrolled(enrolled);
-        let committed = match self.commit(change).await {
+        let committed = match self.ledger.commit(change).await {
             Ok(c) => c,
             Err(e) => {
                 if let ApiError::PermissionDenied(why) = &e {
@@ -149,7 +165,7 @@ impl Controller {
             }
         };
         let role = committed.host().map(|h| h.role.clone()).unwrap_or_default();
-        self.publish_gate(&role, &host);
+        self.board.publish_host(&role, &host);
         info!(host = %host, key_id = %key_id, "host enrolled");
         Ok(pb::EnrollReply {
             cert_pem,
@@ -163,7 +179,7 @@ impl Controller {
     /// A fresh certificate for an enrolled, unrevoked agent, over mTLS with
     /// its current one.
     pub async fn renew(&self, peer: &PeerIdentity, csr_der: &[u8]) -> Result<pb::RenewReply, ApiError> {
-        let (host, role) = self.agent_host(peer)?;
+        let (host, role) = self.ledger.view().agent_of(&self.config, peer)?;
         let now = lockstep_proto::now_unix_ms();
         let (cert_pem, not_before, not_after) = self.sign(csr_der, host, now)?;
         let event = AuditEvent {
@@ -173,7 +189,7 @@ impl Controller {
             role: role.to_string(),
             detail: format!("certificate valid until {}", rfc3339(not_after)),
         };
-        self.audit(vec![event]).await?;
+        self.ledger.record(vec![event]).await?;
         Ok(pb::RenewReply {
             cert_pem,
             not_before_unix_ms: not_before,
@@ -185,10 +201,10 @@ impl Controller {
     /// are refused and its gate is CLOSED, until it enrolls with a new token.
     pub async fn revoke_host(
         &self,
-        peer: &PeerIdentity,
+        who: &Operator,
         req: &pb::RevokeHostRequest,
     ) -> Result<pb::RevokeHostReply, ApiError> {
-        let name = require(peer, OperatorRole::Operator)?.to_string();
+        let name = who.name.clone();
         let host = req.host.as_str();
         let Some(role) = self.config.inventory.get(host).cloned() else {
             return Err(ApiError::NotFound(format!(
@@ -206,14 +222,15 @@ impl Controller {
             reason: req.reason.clone(),
             removed: req.remove,
         };
-        self.commit(Change::Revoked {
-            actor: peer.to_string(),
-            host: host.to_string(),
-            role: role.clone(),
-            revocation,
-        })
-        .await?;
-        let gate = self.publish_gate(&role, host);
+        self.ledger
+            .commit(Change::Revoked {
+                actor: who.actor(),
+                host: host.to_string(),
+                role: role.clone(),
+                revocation,
+            })
+            .await?;
+        let gate = self.board.publish_host(&role, host);
         warn!(host, by = %name, remove = req.remove, reason = %req.reason, "host revoked");
         Ok(pb::RevokeHostReply {
             host: host.to_string(),

@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use lockstep_proto::digest::{Digest, digest_where};
+use lockstep_proto::identity::PeerIdentity;
 use lockstep_proto::pb::{Entry, Gate};
 
-use crate::store::Put;
 use crate::config::{ControllerConfig, RoleConfig, RoleMode};
+use crate::error::ApiError;
 use crate::gate::{self, Clock, Expected, HostFacts};
+use crate::store::Put;
 use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
 
 #[derive(Debug, Default, PartialEq)]
@@ -89,6 +91,42 @@ impl FleetState {
             }
             // Kept in the store only (tokens) or by the incident book.
             Put::Token(_) | Put::Incident(_) => {}
+        }
+    }
+
+    /// The host named by an agent certificate, and the role the inventory
+    /// gives it; refused for anyone else, a host outside the inventory and
+    /// a revoked host.
+    pub fn agent_of<'a>(
+        &self,
+        config: &'a ControllerConfig,
+        peer: &'a PeerIdentity,
+    ) -> Result<(&'a str, &'a str), ApiError> {
+        let PeerIdentity::Agent { host } = peer else {
+            return Err(ApiError::PermissionDenied(format!(
+                "only agent certificates may attest; this connection is {peer}"
+            )));
+        };
+        let role = config.inventory.get(host).ok_or_else(|| {
+            ApiError::PermissionDenied(format!(
+                "host {host} is not in any role's inventory: add it to `hosts` of a [[role]] in the controller config"
+            ))
+        })?;
+        self.refuse_if_revoked(host)?;
+        Ok((host, role))
+    }
+
+    /// A revoked host's certificate is still CA-valid until it expires:
+    /// every agent call checks this instead.
+    pub fn refuse_if_revoked(&self, host: &str) -> Result<(), ApiError> {
+        match self.hosts.get(host).and_then(|r| r.revoked.as_ref()) {
+            None => Ok(()),
+            Some(rev) => Err(ApiError::Revoked(format!(
+                "host {host} was {} by {}: {}; it must enroll again with a new token (lockstep token create)",
+                if rev.removed { "removed from service" } else { "revoked" },
+                rev.by,
+                rev.reason
+            ))),
         }
     }
 

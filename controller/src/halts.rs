@@ -2,21 +2,35 @@
 //! the agents' directive streams, and stays until lifted by `resume` with the
 //! same scope. Halts are kept after they are lifted.
 
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
+use std::sync::Arc;
+
 use lockstep_proto::pb::{self, halt_scope::Scope};
 use tracing::warn;
 
+use crate::board::GateBoard;
 use crate::change::Change;
-use crate::controller::{Controller, require};
+use crate::config::ControllerConfig;
 use crate::error::ApiError;
+use crate::ledger::Ledger;
+use crate::peer::Operator;
 use crate::store::{HaltRecord, HaltScope};
 
-impl Controller {
+pub struct Halts {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    board: Arc<GateBoard>,
+}
+
+impl Halts {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
+        Self { config, ledger, board }
+    }
+
     fn scope_from(&self, scope: Option<pb::HaltScope>) -> Result<HaltScope, ApiError> {
         match scope.and_then(|s| s.scope) {
             Some(Scope::Fleet(true)) => Ok(HaltScope::Fleet),
             Some(Scope::Role(r)) => {
-                self.role(&r)?;
+                self.config.role(&r)?;
                 Ok(HaltScope::Role(r))
             }
             Some(Scope::Host(h)) => {
@@ -44,8 +58,7 @@ impl Controller {
         hosts
     }
 
-    pub async fn halt(&self, peer: &PeerIdentity, req: pb::HaltRequest) -> Result<pb::HaltReply, ApiError> {
-        let who = require(peer, OperatorRole::Operator)?.to_string();
+    pub async fn halt(&self, who: &Operator, req: pb::HaltRequest) -> Result<pb::HaltReply, ApiError> {
         if req.reason.trim().is_empty() {
             return Err(ApiError::InvalidArgument(
                 "a halt needs --reason: the people you stop will read it".into(),
@@ -56,15 +69,16 @@ impl Controller {
             id: 0,
             scope: scope.clone(),
             reason: req.reason,
-            halted_by: who,
+            halted_by: who.name.clone(),
             halted_at_unix_ms: lockstep_proto::now_unix_ms(),
             resumed_by: None,
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
         };
         let committed = self
+            .ledger
             .commit(Change::Halted {
-                actor: peer.to_string(),
+                actor: who.actor(),
                 halt,
             })
             .await?;
@@ -75,29 +89,29 @@ impl Controller {
             .ok_or_else(|| ApiError::Internal("a halt was committed without its record".into()))?;
         let id = record.id;
         warn!(halt = id, scope = %scope, by = %record.halted_by, reason = %record.reason, "HALT");
-        self.publish_all();
+        self.board.publish_all();
         Ok(pb::HaltReply {
             hosts: self.covered(&scope),
             halt: Some(to_pb(&record)),
         })
     }
 
-    pub async fn resume(&self, peer: &PeerIdentity, req: pb::ResumeRequest) -> Result<pb::ResumeReply, ApiError> {
-        let who = require(peer, OperatorRole::Operator)?.to_string();
+    pub async fn resume(&self, who: &Operator, req: pb::ResumeRequest) -> Result<pb::ResumeReply, ApiError> {
         let scope = self.scope_from(req.scope)?;
         let now = lockstep_proto::now_unix_ms();
         let committed = self
+            .ledger
             .commit(Change::Resumed {
-                actor: peer.to_string(),
+                actor: who.actor(),
                 scope: scope.clone(),
-                by: who.clone(),
+                by: who.name.clone(),
                 reason: req.reason,
                 at_unix_ms: now,
             })
             .await?;
-        warn!(scope = %scope, by = %who, "resumed");
-        self.publish_all();
-        let state = self.read();
+        warn!(scope = %scope, by = %who.name, "resumed");
+        self.board.publish_all();
+        let state = self.ledger.view();
         let resumed = committed.halts().map(to_pb).collect();
         let still_halted = self
             .covered(&scope)
@@ -113,15 +127,14 @@ impl Controller {
         Ok(pb::ResumeReply { resumed, still_halted })
     }
 
-    pub fn list_halts(&self, peer: &PeerIdentity, all: bool) -> Result<Vec<pb::Halt>, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        Ok(self
-            .read()
+    pub fn list(&self, all: bool) -> Vec<pb::Halt> {
+        self.ledger
+            .view()
             .halts
             .values()
             .filter(|h| all || h.is_active())
             .map(to_pb)
-            .collect())
+            .collect()
     }
 }
 

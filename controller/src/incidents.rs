@@ -15,8 +15,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use lockstep_proto::pb::{Gate, GateState, ReasonKind};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Grouping;
-
 /// What the incident last told the outside world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Notified {
@@ -184,6 +182,15 @@ pub struct Due {
     pub record: IncidentRecord,
 }
 
+/// Timing of notifications.
+#[derive(Debug, Clone, Copy)]
+pub struct Grouping {
+    /// Quiet time after the last change before notifying, so related
+    /// failures arriving together go out as one.
+    pub wait_ms: i64,
+    /// A storm that never pauses is still reported after this long.
+    pub max_wait_ms: i64,
+}
 
 #[derive(Debug)]
 struct Incident {

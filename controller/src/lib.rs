@@ -17,6 +17,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod authz;
+pub mod board;
 pub mod change;
 pub mod commit;
 pub mod config;
@@ -29,8 +30,10 @@ pub mod fleet;
 pub mod gate;
 pub mod halts;
 pub mod incidents;
+pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod peer;
 pub mod pki;
 pub mod queries;
 pub mod refusals;

@@ -37,44 +37,6 @@ pub struct AlertLabels {
     pub outcome: &'static str,
 }
 
-impl crate::controller::Controller {
-    /// The `/metrics` page as of now.
-    pub fn metrics_text(&self) -> String {
-        let clock = self.clock();
-        let mut gates = Vec::new();
-        let mut ages = Vec::new();
-        {
-            let state = self.read();
-            for role in self.config().roles.values() {
-                let (decided, _) = state.role_gates(role, clock);
-                use lockstep_proto::pb::GateState;
-                for (word, state) in [
-                    ("open", GateState::Open),
-                    ("closed", GateState::Closed),
-                    ("missing", GateState::Missing),
-                ] {
-                    let n = decided.iter().filter(|g| g.state() == state).count();
-                    gates.push((role.name.clone(), word, i64::try_from(n).unwrap_or(i64::MAX)));
-                }
-                for host in &role.hosts {
-                    if let Some(r) = state.hosts.get(host).filter(|r| r.has_reported()) {
-                        #[allow(clippy::cast_precision_loss)] // milliseconds of age fit an f64 exactly
-                        let age = (clock.now_unix_ms - r.accepted_at_unix_ms).max(0) as f64 / 1000.0;
-                        ages.push((host.clone(), role.name.clone(), age));
-                    }
-                }
-            }
-        }
-        let open_incidents =
-            i64::try_from(self.incidents.lock().unwrap_or_else(|p| p.into_inner()).open_count()).unwrap_or(i64::MAX);
-        self.metrics.render(Snapshot {
-            gates,
-            ages,
-            open_incidents,
-        })
-    }
-}
-
 /// What a scrape reads from the controller's state.
 pub struct Snapshot {
     /// (role, state word, number of hosts).

@@ -1,70 +1,71 @@
 //! Read-only console queries: hosts, one host, diffs, and the gate check.
 
+use std::sync::Arc;
+
 use lockstep_proto::diff;
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{self, HostStatus, diff_request::Against};
 
-use crate::config::RoleConfig;
-use crate::controller::{Controller, require};
+use crate::board::GateBoard;
+use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
+use crate::ledger::Ledger;
 
-impl Controller {
-    fn status_of(&self, state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) -> HostStatus {
-        let rec = state
-            .hosts
-            .get(host)
-            .filter(|r| r.role == role.name)
-            .cloned()
-            .unwrap_or_default();
-        let entry_count = state.manifest(&rec.digest_hex).map_or(0, |m| m.len());
-        HostStatus {
-            host: host.to_string(),
-            role: role.name.clone(),
-            gate: Some(gate),
-            last_seq: rec.last_seq,
-            last_measured_at_unix_ms: rec.measured_at_unix_ms,
-            last_received_at_unix_ms: rec.accepted_at_unix_ms,
-            digest: hex::decode(&rec.digest_hex).unwrap_or_default(),
-            entry_count: u32::try_from(entry_count).unwrap_or(u32::MAX),
-            boot_id: rec.boot_id,
-            last_rejection: rec.last_rejection.map(|r| r.reason).unwrap_or_default(),
-            agent_version: rec.agent_version,
-        }
+pub struct Queries {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    board: Arc<GateBoard>,
+}
+
+fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) -> HostStatus {
+    let rec = state
+        .hosts
+        .get(host)
+        .filter(|r| r.role == role.name)
+        .cloned()
+        .unwrap_or_default();
+    let entry_count = state.manifest(&rec.digest_hex).map_or(0, |m| m.len());
+    HostStatus {
+        host: host.to_string(),
+        role: role.name.clone(),
+        gate: Some(gate),
+        last_seq: rec.last_seq,
+        last_measured_at_unix_ms: rec.measured_at_unix_ms,
+        last_received_at_unix_ms: rec.accepted_at_unix_ms,
+        digest: hex::decode(&rec.digest_hex).unwrap_or_default(),
+        entry_count: u32::try_from(entry_count).unwrap_or(u32::MAX),
+        boot_id: rec.boot_id,
+        last_rejection: rec.last_rejection.map(|r| r.reason).unwrap_or_default(),
+        agent_version: rec.agent_version,
+    }
+}
+
+impl Queries {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
+        Self { config, ledger, board }
     }
 
-    pub fn list_hosts(&self, peer: &PeerIdentity, role: &str) -> Result<Vec<HostStatus>, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
+    pub fn list_hosts(&self, role: &str) -> Result<Vec<HostStatus>, ApiError> {
         if !role.is_empty() {
-            self.role(role)?;
+            self.config.role(role)?;
         }
-        let clock = self.clock();
-        let state = self.read();
+        let clock = self.board.clock();
+        let state = self.ledger.view();
         let mut out = Vec::new();
         for r in self.config.roles.values().filter(|r| role.is_empty() || r.name == role) {
             let (gates, _) = state.role_gates(r, clock);
             for (host, gate) in r.hosts.iter().zip(gates) {
-                out.push(self.status_of(&state, r, host, gate));
+                out.push(status_of(&state, r, host, gate));
             }
         }
         Ok(out)
     }
 
-    fn role_of(&self, host: &str) -> Result<&RoleConfig, ApiError> {
-        let role = self
-            .config
-            .inventory
-            .get(host)
-            .ok_or_else(|| ApiError::NotFound(format!("host {host} is not in any role's inventory")))?;
-        self.role(role)
-    }
-
-    pub fn get_host(&self, peer: &PeerIdentity, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        let role = self.role_of(host)?;
-        let state = self.read();
-        let gate = state.host_gate(role, host, self.clock());
-        let status = self.status_of(&state, role, host, gate);
+    pub fn get_host(&self, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
+        let role = self.config.host_role(host)?;
+        let state = self.ledger.view();
+        let gate = state.host_gate(role, host, self.board.clock());
+        let status = status_of(&state, role, host, gate);
         let entries = if include_entries {
             state
                 .manifest(&hex::encode(&status.digest))
@@ -79,10 +80,9 @@ impl Controller {
         })
     }
 
-    pub fn diff(&self, peer: &PeerIdentity, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        let role = self.role_of(&req.host)?;
-        let state = self.read();
+    pub fn diff(&self, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
+        let role = self.config.host_role(&req.host)?;
+        let state = self.ledger.view();
         let host_entries = |host: &str| {
             state
                 .hosts
@@ -130,10 +130,9 @@ impl Controller {
         })
     }
 
-    pub fn gate_check(&self, peer: &PeerIdentity, role: &str) -> Result<pb::GateCheckReply, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        let role = self.role(role)?;
-        let (gates, release) = self.read().role_gates(role, self.clock());
+    pub fn gate_check(&self, role: &str) -> Result<pb::GateCheckReply, ApiError> {
+        let role = self.config.role(role)?;
+        let (gates, release) = self.ledger.view().role_gates(role, self.board.clock());
         Ok(pb::GateCheckReply {
             role: role.name.clone(),
             mode: role.mode.as_str().to_string(),
@@ -141,17 +140,14 @@ impl Controller {
             gates,
         })
     }
-}
 
-impl Controller {
     /// Audit records matching the filters, oldest first.
-    pub fn list_audit(
-        &self,
-        peer: &PeerIdentity,
-        req: &pb::ListAuditRequest,
-    ) -> Result<Vec<pb::AuditRecord>, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        let records = self.store().audit_from(req.after_seq + 1).map_err(ApiError::Store)?;
+    pub fn list_audit(&self, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
+        let records = self
+            .ledger
+            .store()
+            .audit_from(req.after_seq + 1)
+            .map_err(ApiError::Store)?;
         let mut out: Vec<pb::AuditRecord> = records
             .iter()
             .filter(|r| req.host.is_empty() || r.host == req.host)
@@ -167,9 +163,8 @@ impl Controller {
     }
 
     /// Checks the whole audit chain as stored.
-    pub fn verify_audit(&self, peer: &PeerIdentity) -> Result<pb::VerifyAuditReply, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        let records = self.store().audit_from(0).map_err(ApiError::Store)?;
+    pub fn verify_audit(&self) -> Result<pb::VerifyAuditReply, ApiError> {
+        let records = self.ledger.store().audit_from(0).map_err(ApiError::Store)?;
         let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
         Ok(match crate::audit::verify(&records) {
             Ok(()) => pb::VerifyAuditReply {

@@ -16,8 +16,10 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::audit::AuditEvent;
-use crate::controller::Controller;
-use crate::server::PeerInfo;
+use crate::ledger::Ledger;
+use crate::peer::PeerInfo;
+
+const CONSOLE: &str = "/lockstep.v1.ConsoleService/";
 
 /// How often counted refusals are written to the audit log.
 pub const WINDOW: Duration = Duration::from_secs(2);
@@ -132,27 +134,31 @@ impl Refusals {
     }
 }
 
-/// Writes each window's refusals to the audit log (and the log) until the
-/// task is aborted. Run once, by the server.
-pub async fn run(controller: Arc<Controller>) {
+/// Writes each window's refusals to the audit log (and the log) until
+/// `stop`; the server writes the last window once it has stopped. Run
+/// once, by the server.
+pub async fn run(refusals: &Refusals, ledger: &Ledger, stop: impl Future<Output = ()>) {
     let mut tick = tokio::time::interval(WINDOW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
     loop {
-        tick.tick().await;
-        flush(&controller).await;
+        tokio::select! {
+            _ = tick.tick() => flush(refusals, ledger).await,
+            () = &mut stop => return,
+        }
     }
 }
 
 /// Writes the refusals counted so far (also called once at shutdown).
-pub async fn flush(controller: &Controller) {
-    let events = controller.refusals.drain();
+pub async fn flush(refusals: &Refusals, ledger: &Ledger) {
+    let events = refusals.drain();
     if events.is_empty() {
         return;
     }
     for e in &events {
         warn!(actor = %e.actor, action = %e.action, detail = %e.detail, "refused");
     }
-    if let Err(e) = controller.audit(events).await {
+    if let Err(e) = ledger.record(events).await {
         tracing::error!(error = %e, "cannot record refused connections and requests in the audit log");
     }
 }
@@ -193,22 +199,38 @@ fn is_refusal(code: tonic::Code) -> bool {
     )
 }
 
-/// The console writes `console.denied` and enrollment `enroll.refused` for
-/// every permission refusal of theirs: not counted again here.
-fn audited_by_service(path: &str, code: tonic::Code) -> bool {
-    code == tonic::Code::PermissionDenied
-        && (path.starts_with("/lockstep.v1.ConsoleService/") || path.starts_with("/lockstep.v1.EnrollService/"))
+/// A call refused for who is calling: one `console.denied` record naming
+/// who, which method and why. The table's refusals and a handler's (the
+/// two-person rule) are written here, nowhere else.
+async fn refuse_call(ledger: &Ledger, peer: Option<&PeerInfo>, path: &str, why: &str) {
+    let actor = match peer {
+        Some(PeerInfo { identity: Ok(id), .. }) => id.to_string(),
+        Some(PeerInfo { addr: Some(a), .. }) => format!("peer {} (no lockstep identity)", a.ip()),
+        _ => "unknown peer".to_string(),
+    };
+    let method = path.rsplit('/').next().unwrap_or(path);
+    tracing::warn!(%actor, method, reason = why, "call refused");
+    let event = AuditEvent {
+        actor,
+        action: "console.denied".into(),
+        detail: format!("{method}: {why}"),
+        ..Default::default()
+    };
+    if let Err(e) = ledger.record(vec![event]).await {
+        tracing::error!(error = %e, "cannot record a refused call");
+    }
 }
 
 /// Tower layer around the gRPC services that counts refused calls.
 #[derive(Clone)]
 pub struct RefusalLayer {
-    controller: Arc<Controller>,
+    refusals: Arc<Refusals>,
+    ledger: Arc<Ledger>,
 }
 
 impl RefusalLayer {
-    pub fn new(controller: Arc<Controller>) -> Self {
-        Self { controller }
+    pub fn new(refusals: Arc<Refusals>, ledger: Arc<Ledger>) -> Self {
+        Self { refusals, ledger }
     }
 }
 
@@ -217,7 +239,8 @@ impl<S> tower::Layer<S> for RefusalLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RefusalAudit {
             inner,
-            controller: self.controller.clone(),
+            refusals: self.refusals.clone(),
+            ledger: self.ledger.clone(),
         }
     }
 }
@@ -225,7 +248,8 @@ impl<S> tower::Layer<S> for RefusalLayer {
 #[derive(Clone)]
 pub struct RefusalAudit<S> {
     inner: S,
-    controller: Arc<Controller>,
+    refusals: Arc<Refusals>,
+    ledger: Arc<Ledger>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -252,7 +276,7 @@ where
         let audited = Audited::default();
         req.extensions_mut().insert(audited.clone());
         let peer = req.extensions().get::<PeerInfo>().cloned();
-        let controller = self.controller.clone();
+        let (refusals, ledger) = (self.refusals.clone(), self.ledger.clone());
         // Who may call what is decided here, from the one table, before any
         // handler runs; the refusal is audited once, here.
         let identity = peer.as_ref().and_then(|p| p.identity.as_ref().ok());
@@ -263,7 +287,7 @@ where
                 lockstep_proto::reason::ROLE_REFUSED,
             );
             return Box::pin(async move {
-                controller.refuse_call(peer.as_ref(), &path, &why).await;
+                refuse_call(&ledger, peer.as_ref(), &path, &why).await;
                 Ok(status.into_http())
             });
         }
@@ -278,15 +302,19 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map(tonic::Code::from);
-            if let Some(code) = code.filter(|c| is_refusal(*c)) {
-                if !audited.is_set() && !audited_by_service(&path, code) {
-                    let message = response
-                        .headers()
-                        .get("grpc-message")
-                        .and_then(|v| v.to_str().ok())
-                        .map(percent_decode)
-                        .unwrap_or_default();
-                    controller.refusals.request(peer.as_ref(), &path, code, &message);
+            if let Some(code) = code.filter(|c| is_refusal(*c) && !audited.is_set()) {
+                let message = response
+                    .headers()
+                    .get("grpc-message")
+                    .and_then(|v| v.to_str().ok())
+                    .map(percent_decode)
+                    .unwrap_or_default();
+                // A console action refused for who asked is one record of
+                // its own; other refusals are counted per window.
+                if code == tonic::Code::PermissionDenied && path.starts_with(CONSOLE) {
+                    refuse_call(&ledger, peer.as_ref(), &path, &message).await;
+                } else {
+                    refusals.request(peer.as_ref(), &path, code, &message);
                 }
             }
             Ok(response)

@@ -5,26 +5,34 @@
 use std::sync::Arc;
 
 use lockstep_proto::digest::{self, short_hex};
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::{self, Release, ReleaseState, propose_release_request::Source};
 use tracing::info;
 
+use crate::board::GateBoard;
 use crate::change::Change;
-use crate::controller::{Controller, require};
+use crate::config::ControllerConfig;
 use crate::error::ApiError;
+use crate::fleet::FleetState;
+use crate::ledger::Ledger;
+use crate::peer::Operator;
 use crate::store::ReleaseRecord;
 
-impl Controller {
-    pub async fn propose_release(
-        &self,
-        peer: &PeerIdentity,
-        req: pb::ProposeReleaseRequest,
-    ) -> Result<Release, ApiError> {
-        let who = require(peer, OperatorRole::Operator)?.to_string();
-        let role = self.role(&req.role)?.name.clone();
+pub struct Releases {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    board: Arc<GateBoard>,
+}
+
+impl Releases {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
+        Self { config, ledger, board }
+    }
+
+    pub async fn propose(&self, who: &Operator, req: pb::ProposeReleaseRequest) -> Result<Release, ApiError> {
+        let role = self.config.role(&req.role)?.name.clone();
         let (entries, source) = match req.source {
             Some(Source::FromHost(host)) => {
-                let state = self.read();
+                let state = self.ledger.view();
                 let rec = state
                     .hosts
                     .get(&host)
@@ -47,7 +55,7 @@ impl Controller {
                 (Arc::new(entries), "manifest file".to_string())
             }
             Some(Source::FromRelease(n)) => {
-                let state = self.read();
+                let state = self.ledger.view();
                 let earlier = state
                     .releases
                     .get(&n)
@@ -80,14 +88,15 @@ impl Controller {
                 short_hex(&hex::decode(&digest_hex).unwrap_or_default())
             ),
             note: req.note,
-            proposed_by: who.clone(),
+            proposed_by: who.name.clone(),
             proposed_at_unix_ms: lockstep_proto::now_unix_ms(),
             approved_by: None,
             approved_at_unix_ms: 0,
         };
         let committed = self
+            .ledger
             .commit(Change::ReleaseProposed {
-                actor: peer.to_string(),
+                actor: who.actor(),
                 release,
                 manifest: entries,
             })
@@ -96,19 +105,19 @@ impl Controller {
             .release()
             .cloned()
             .ok_or_else(|| ApiError::Internal("a release was committed without its record".into()))?;
-        info!(release = record.number, role = %role, proposed_by = %who, "release proposed");
+        info!(release = record.number, role = %role, proposed_by = %who.name, "release proposed");
         Ok(self.to_pb(&record))
     }
 
-    pub async fn approve_release(&self, peer: &PeerIdentity, number: u64) -> Result<Release, ApiError> {
-        let who = require(peer, OperatorRole::Approver)?.to_string();
+    pub async fn approve(&self, who: &Operator, number: u64) -> Result<Release, ApiError> {
         // Whether it may be approved is decided by the commit, in order
         // with every other approval.
         let committed = self
+            .ledger
             .commit(Change::ReleaseApproved {
-                actor: peer.to_string(),
+                actor: who.actor(),
                 number,
-                by: who.clone(),
+                by: who.name.clone(),
                 at_unix_ms: lockstep_proto::now_unix_ms(),
             })
             .await?;
@@ -116,47 +125,46 @@ impl Controller {
             .release()
             .cloned()
             .ok_or_else(|| ApiError::Internal("an approval was committed without its record".into()))?;
-        info!(release = number, role = %record.role, approved_by = %who, "release approved and active");
-        if let Ok(role) = self.role(&record.role) {
-            self.publish_role(role);
+        info!(release = number, role = %record.role, approved_by = %who.name, "release approved and active");
+        if let Ok(role) = self.config.role(&record.role) {
+            self.board.publish_role(role);
         }
         Ok(self.to_pb(&record))
     }
 
-    pub fn list_releases(&self, peer: &PeerIdentity, role: &str) -> Result<Vec<Release>, ApiError> {
-        require(peer, OperatorRole::Viewer)?;
-        let state = self.read();
-        Ok(state
+    pub fn list(&self, role: &str) -> Vec<Release> {
+        let state = self.ledger.view();
+        state
             .releases
             .values()
             .filter(|r| role.is_empty() || r.role == role)
-            .map(|r| self.to_pb_in(&state, r))
-            .collect())
+            .map(|r| to_pb_in(&state, r))
+            .collect()
     }
 
     fn to_pb(&self, r: &ReleaseRecord) -> Release {
-        self.to_pb_in(&self.read(), r)
+        to_pb_in(&self.ledger.view(), r)
     }
+}
 
-    fn to_pb_in(&self, state: &crate::fleet::FleetState, r: &ReleaseRecord) -> Release {
-        let active = state.active_release(&r.role).map(|a| a.number);
-        let release_state = match (&r.approved_by, active) {
-            (None, _) => ReleaseState::Proposed,
-            (Some(_), Some(n)) if n == r.number => ReleaseState::Active,
-            (Some(_), _) => ReleaseState::Superseded,
-        };
-        Release {
-            number: r.number,
-            role: r.role.clone(),
-            digest: hex::decode(&r.digest_hex).unwrap_or_default(),
-            entry_count: r.entry_count,
-            source: r.source.clone(),
-            note: r.note.clone(),
-            proposed_by: r.proposed_by.clone(),
-            proposed_at_unix_ms: r.proposed_at_unix_ms,
-            approved_by: r.approved_by.clone().unwrap_or_default(),
-            approved_at_unix_ms: r.approved_at_unix_ms,
-            state: release_state as i32,
-        }
+fn to_pb_in(state: &FleetState, r: &ReleaseRecord) -> Release {
+    let active = state.active_release(&r.role).map(|a| a.number);
+    let release_state = match (&r.approved_by, active) {
+        (None, _) => ReleaseState::Proposed,
+        (Some(_), Some(n)) if n == r.number => ReleaseState::Active,
+        (Some(_), _) => ReleaseState::Superseded,
+    };
+    Release {
+        number: r.number,
+        role: r.role.clone(),
+        digest: hex::decode(&r.digest_hex).unwrap_or_default(),
+        entry_count: r.entry_count,
+        source: r.source.clone(),
+        note: r.note.clone(),
+        proposed_by: r.proposed_by.clone(),
+        proposed_at_unix_ms: r.proposed_at_unix_ms,
+        approved_by: r.approved_by.clone().unwrap_or_default(),
+        approved_at_unix_ms: r.approved_at_unix_ms,
+        state: release_state as i32,
     }
 }

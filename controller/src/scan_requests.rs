@@ -5,26 +5,37 @@
 //! connected is refused, never silently queued.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb;
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::audit::AuditEvent;
-use crate::controller::{Controller, require};
+use crate::config::ControllerConfig;
 use crate::error::ApiError;
+use crate::ledger::Ledger;
+use crate::peer::Operator;
 
 /// The latest scan request of each host, watched by its directive stream.
-#[derive(Default)]
 pub struct ScanRequests {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
     hosts: Mutex<HashMap<String, watch::Sender<Option<pb::ScanRequest>>>>,
     next_id: AtomicU64,
 }
 
 impl ScanRequests {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>) -> Self {
+        Self {
+            config,
+            ledger,
+            hosts: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
     /// Requests for `host` from now on, for its directive stream.
     pub fn watch(&self, host: &str) -> watch::Receiver<Option<pb::ScanRequest>> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
@@ -45,15 +56,13 @@ impl ScanRequests {
         tx.send_replace(Some(request));
         Some(id)
     }
-}
 
-impl Controller {
-    pub async fn request_scan(
+    /// `lockstep scan --host`: asks the host's connected agent for a full scan.
+    pub async fn request(
         &self,
-        peer: &PeerIdentity,
+        who: &Operator,
         req: &pb::RequestScanRequest,
     ) -> Result<pb::RequestScanReply, ApiError> {
-        let who = require(peer, OperatorRole::Operator)?.to_string();
         let host = req.host.clone();
         let Some(role) = self.config.inventory.get(&host).cloned() else {
             return Err(ApiError::NotFound(format!(
@@ -62,23 +71,23 @@ impl Controller {
         };
         let request = pb::ScanRequest {
             id: 0,
-            requested_by: who.clone(),
+            requested_by: who.name.clone(),
             reason: req.reason.clone(),
         };
-        let id = self.scan_requests.send(&host, request).ok_or_else(|| {
+        let id = self.send(&host, request).ok_or_else(|| {
             ApiError::FailedPrecondition(format!(
                 "{host}'s agent is not connected (no directive stream): nothing was asked; `lockstep host {host}` shows when it last reported"
             ))
         })?;
         let event = AuditEvent {
-            actor: peer.to_string(),
+            actor: who.actor(),
             action: "scan.requested".into(),
             host: host.clone(),
             role,
             detail: format!("full scan {id} of {host} requested: {}", req.reason),
         };
-        self.audit(vec![event]).await?;
-        info!(host = %host, id, by = %who, "full scan requested");
+        self.ledger.record(vec![event]).await?;
+        info!(host = %host, id, by = %who.name, "full scan requested");
         Ok(pb::RequestScanReply { host, id })
     }
 }

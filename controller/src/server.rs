@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,12 +19,13 @@ use lockstep_proto::pb::enroll_service_server::EnrollServiceServer;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use crate::controller::Controller;
+use crate::peer::PeerInfo;
 use crate::service::{AgentApi, ConsoleApi, EnrollApi};
 
 /// After shutdown begins, connections get this long to finish.
@@ -36,14 +37,6 @@ const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
 /// Handshakes in flight from one address: a peer that opens connections and
 /// never speaks cannot take every handshake slot from the rest of the fleet.
 const MAX_HANDSHAKES_PER_PEER: usize = 64;
-
-/// Who is on the other end of a connection, as its certificate says.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub addr: Option<SocketAddr>,
-    /// Err when the (CA-valid) certificate carries no lockstep identity.
-    pub identity: Result<PeerIdentity, String>,
-}
 
 /// A server-side TLS connection that tells tonic who the peer is.
 pub struct TlsConn {
@@ -197,24 +190,30 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let max = controller.config().limits.max_payload_bytes + 64 * 1024;
-    let ticker = tokio::spawn(refresh_gates(controller.clone()));
-    // Drained, not aborted: it writes what is queued once the server stops.
-    let (stop_recorder, recorder_stopped) = tokio::sync::oneshot::channel::<()>();
-    let recorder = {
-        let c = controller.clone();
-        tokio::spawn(async move {
-            c.record_gate_transitions(async {
-                let _ = recorder_stopped.await;
-            })
-            .await
-        })
+    // Background loops end when the server has stopped, each finishing
+    // what it is doing (mini-redis's shutdown shape): the gate recorder
+    // writes what is still queued, then the last refusal window and
+    // heartbeat count are written. None is aborted.
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stopped_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     };
-    let alerts = tokio::spawn(crate::alerts::run(controller.clone()));
-    let refusals = tokio::spawn(crate::refusals::run(controller.clone()));
-    let heartbeats = {
-        let c = controller.clone();
-        tokio::spawn(async move { c.count_heartbeats().await })
-    };
+    let mut loops = tokio::task::JoinSet::new();
+    {
+        let (board, stop) = (controller.board.clone(), stopped());
+        loops.spawn(async move { board.refresh(stop).await });
+        let (board, stop) = (controller.board.clone(), stopped());
+        loops.spawn(async move { board.record_transitions(stop).await });
+        let (alerts, outcomes, stop) = (controller.alerts.clone(), controller.metrics.alerts.clone(), stopped());
+        loops.spawn(alerts.run(outcomes, stop));
+        let (c, stop) = (controller.clone(), stopped());
+        loops.spawn(async move { crate::refusals::run(&c.refusals, &c.ledger, stop).await });
+        let (c, stop) = (controller.clone(), stopped());
+        loops.spawn(async move { c.ingest.count_heartbeats(stop).await });
+    }
     let incoming = ReceiverStream::new(accept_loop(listener, tls, controller.clone()));
     let stopping = controller.clone();
     let stopping_flush = controller.clone();
@@ -241,20 +240,24 @@ pub async fn serve(
     };
     let reflection = reflection_builder().build_v1().map_err(unavailable).ok();
     let reflection_v1alpha = reflection_builder().build_v1alpha().map_err(unavailable).ok();
-    let not_serving = async move {
+    // Health says NOT_SERVING as soon as shutdown begins (a load balancer
+    // stops sending), while calls in flight finish.
+    let reporter = health.clone();
+    let health_task = tokio::spawn(async move {
         closing_for_health.await;
-        health.set_not_serving::<AgentServiceServer<AgentApi>>().await;
-        health.set_not_serving::<ConsoleServiceServer<ConsoleApi>>().await;
-        std::future::pending::<()>().await;
-    };
-    let health_task = tokio::spawn(not_serving);
+        reporter.set_not_serving::<AgentServiceServer<AgentApi>>().await;
+        reporter.set_not_serving::<ConsoleServiceServer<ConsoleApi>>().await;
+    });
     let server = tonic::transport::Server::builder()
         // Outermost first: a call and its refusal count finish even when the
         // client goes away.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(crate::detach::DetachLayer::new(crate::detach::MAX_DETACHED))
-                .layer(crate::refusals::RefusalLayer::new(controller.clone()))
+                .layer(crate::refusals::RefusalLayer::new(
+                    controller.refusals.clone(),
+                    controller.ledger.clone(),
+                ))
                 .into_inner(),
         )
         .timeout(Duration::from_secs(30))
@@ -290,27 +293,27 @@ pub async fn serve(
             Ok(())
         }
     };
-    ticker.abort();
-    let _ = stop_recorder.send(());
-    let _ = recorder.await;
-    alerts.abort();
-    refusals.abort();
-    heartbeats.abort();
-    health_task.abort();
-    crate::refusals::flush(&stopping_flush).await;
-    stopping_flush.record_heartbeat_count().await;
-    result
-}
-
-/// How often every gate is re-decided, so that time alone (a host going
-/// stale) reaches the agents even when nothing else happens.
-const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
-
-async fn refresh_gates(controller: Arc<Controller>) {
-    let mut tick = tokio::time::interval(REFRESH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        controller.publish_all();
+    // Also when the server ended on its own (an error): nothing waits for a
+    // shutdown that never comes.
+    stopping_flush.begin_shutdown();
+    let _ = stopped_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(done) = loops.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a background loop failed");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            "background loops still busy {}s after the server stopped; stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
+    let _ = health_task.await;
+    drop(health);
+    crate::refusals::flush(&stopping_flush.refusals, &stopping_flush.ledger).await;
+    stopping_flush.ingest.record_heartbeat_count().await;
+    result
 }

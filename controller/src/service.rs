@@ -1,5 +1,8 @@
 //! gRPC adapters: take the peer identity from the connection, call the
-//! controller, map errors once (`ApiError` → `Status`).
+//! part of the controller that owns the request, map errors once
+//! (`ApiError` → `Status`, in [`crate::error`]). Who may call each method
+//! was decided before the handler by the authorization table
+//! ([`crate::authz`], applied in [`crate::refusals`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,11 +12,10 @@ use lockstep_proto::pb::{self, agent_service_server::AgentService, console_servi
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::AuditEvent;
 use crate::controller::Controller;
 use crate::error::ApiError;
+use crate::peer::{Operator, PeerInfo};
 use crate::refusals::Audited;
-use crate::server::PeerInfo;
 
 fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     let info = req
@@ -23,6 +25,17 @@ fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     info.identity.clone().map_err(|e| {
         Status::unauthenticated(format!(
             "client certificate: {e}; only enrollment (`lockstep-agent enroll --token`) is served without a fleet certificate"
+        ))
+    })
+}
+
+/// The operator a console call acts for. The table let only operator
+/// certificates through; anything else is refused here too (fail closed).
+fn operator<T>(req: &Request<T>) -> Result<Operator, Status> {
+    let who = peer(req)?;
+    Operator::of(&who).ok_or_else(|| {
+        Status::permission_denied(format!(
+            "console requests need an operator certificate; this connection is {who}"
         ))
     })
 }
@@ -46,14 +59,18 @@ const ATTEST_PATH: &str = "/lockstep.v1.AgentService/Attest";
 impl AgentService for AgentApi {
     async fn pin_key(&self, req: Request<pb::PinKeyRequest>) -> Result<Response<pb::PinKeyReply>, Status> {
         let who = peer(&req)?;
-        let key_id = self.controller.pin_key(&who, req.into_inner().public_key).await?;
+        let key_id = self
+            .controller
+            .ingest
+            .pin_key(&who, req.into_inner().public_key)
+            .await?;
         Ok(Response::new(pb::PinKeyReply { key_id }))
     }
 
     async fn submit(&self, req: Request<pb::Envelope>) -> Result<Response<pb::SubmitReply>, Status> {
         let who = peer(&req)?;
         let audited = req.extensions().get::<Audited>().cloned();
-        match self.controller.submit(&who, req.into_inner()).await {
+        match self.controller.ingest.submit(&who, req.into_inner()).await {
             Ok(reply) => Ok(Response::new(reply)),
             Err(e) => {
                 // The controller wrote a rejection's audit record itself.
@@ -74,7 +91,7 @@ impl AgentService for AgentApi {
         let who = peer(&req)?;
         // Refused callers are answered before the stream opens (and counted
         // by the refusal layer, as for `submit`).
-        self.controller.agent_host(&who)?;
+        self.controller.ingest.agent_of(&who)?;
         let info = req.extensions().get::<PeerInfo>().cloned();
         let mut envelopes = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -98,7 +115,7 @@ impl AgentService for AgentApi {
                         return;
                     }
                 };
-                match controller.submit(&who, envelope).await {
+                match controller.ingest.submit(&who, envelope).await {
                     Ok(reply) => {
                         if tx.send(Ok(reply)).await.is_err() {
                             return; // the agent went away
@@ -123,7 +140,7 @@ impl AgentService for AgentApi {
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewReply>, Status> {
         let who = peer(&req)?;
         Ok(Response::new(
-            self.controller.renew(&who, &req.get_ref().csr_der).await?,
+            self.controller.enrollment.renew(&who, &req.get_ref().csr_der).await?,
         ))
     }
 
@@ -132,11 +149,9 @@ impl AgentService for AgentApi {
     /// Sends the host's current gate, then every new decision about it.
     async fn directives(&self, req: Request<pb::DirectivesRequest>) -> Result<Response<GateStream>, Status> {
         let who = peer(&req)?;
-        let PeerIdentity::Agent { host } = who else {
-            return Err(Status::permission_denied("only agents receive directives"));
-        };
-        let mut gates = self.controller.watch_gate(&host)?;
-        let mut scans = self.controller.scan_requests.watch(&host);
+        let host = self.controller.ingest.agent_of(&who)?.0.to_string();
+        let mut gates = self.controller.board.watch(&host)?;
+        let mut scans = self.controller.scans.watch(&host);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let closing = self.controller.closing();
         let connected = StreamGauge::open(self.controller.metrics.connected_agents.clone());
@@ -157,7 +172,7 @@ impl AgentService for AgentApi {
                     return; // the agent went away
                 }
                 // A revoked host has been told it is CLOSED; nothing more for it.
-                if controller.refuse_if_revoked(&host).is_err() {
+                if controller.ledger.view().refuse_if_revoked(&host).is_err() {
                     return;
                 }
                 // Scan requests go out as they come; then the next gate.
@@ -209,99 +224,69 @@ impl ConsoleApi {
     pub fn new(controller: Arc<Controller>) -> Self {
         Self { controller }
     }
-
-    /// Records a refused console action in the audit log (who tried what),
-    /// then hands the result on.
-    async fn audited<T>(&self, who: &PeerIdentity, what: &str, result: Result<T, ApiError>) -> Result<T, Status> {
-        if let Err(ApiError::PermissionDenied(why)) = &result {
-            let event = AuditEvent {
-                actor: who.to_string(),
-                action: "console.denied".into(),
-                detail: format!("{what}: {why}"),
-                ..Default::default()
-            };
-            if let Err(e) = self.controller.audit(vec![event]).await {
-                tracing::error!(error = %e, "cannot record a denied console action");
-            }
-        }
-        result.map_err(Status::from)
-    }
 }
 
 #[tonic::async_trait]
 impl ConsoleService for ConsoleApi {
     async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::HostList>, Status> {
-        let who = peer(&req)?;
-        let hosts = self
-            .audited(&who, "hosts", self.controller.list_hosts(&who, &req.get_ref().role))
-            .await?;
+        operator(&req)?;
+        let hosts = self.controller.queries.list_hosts(&req.get_ref().role)?;
         Ok(Response::new(pb::HostList { hosts }))
     }
 
     async fn get_host(&self, req: Request<pb::GetHostRequest>) -> Result<Response<pb::HostDetail>, Status> {
-        let who = peer(&req)?;
+        operator(&req)?;
         let r = req.get_ref();
-        let result = self.controller.get_host(&who, &r.host, r.include_entries);
-        Ok(Response::new(self.audited(&who, "host", result).await?))
+        Ok(Response::new(
+            self.controller.queries.get_host(&r.host, r.include_entries)?,
+        ))
     }
 
     async fn diff(&self, req: Request<pb::DiffRequest>) -> Result<Response<pb::DiffReply>, Status> {
-        let who = peer(&req)?;
-        Ok(Response::new(
-            self.audited(&who, "diff", self.controller.diff(&who, req.get_ref()))
-                .await?,
-        ))
+        operator(&req)?;
+        Ok(Response::new(self.controller.queries.diff(req.get_ref())?))
     }
 
     async fn gate_check(&self, req: Request<pb::GateCheckRequest>) -> Result<Response<pb::GateCheckReply>, Status> {
-        let who = peer(&req)?;
-        Ok(Response::new(
-            self.audited(
-                &who,
-                "gate check",
-                self.controller.gate_check(&who, &req.get_ref().role),
-            )
-            .await?,
-        ))
+        operator(&req)?;
+        Ok(Response::new(self.controller.queries.gate_check(&req.get_ref().role)?))
     }
 
     async fn propose_release(&self, req: Request<pb::ProposeReleaseRequest>) -> Result<Response<pb::Release>, Status> {
-        let who = peer(&req)?;
-        let result = self.controller.propose_release(&who, req.into_inner()).await;
-        Ok(Response::new(self.audited(&who, "release propose", result).await?))
+        let who = operator(&req)?;
+        Ok(Response::new(
+            self.controller.releases.propose(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn approve_release(&self, req: Request<pb::ApproveReleaseRequest>) -> Result<Response<pb::Release>, Status> {
-        let who = peer(&req)?;
-        let result = self.controller.approve_release(&who, req.get_ref().number).await;
-        Ok(Response::new(self.audited(&who, "release approve", result).await?))
+        let who = operator(&req)?;
+        Ok(Response::new(
+            self.controller.releases.approve(&who, req.get_ref().number).await?,
+        ))
     }
 
     async fn halt(&self, req: Request<pb::HaltRequest>) -> Result<Response<pb::HaltReply>, Status> {
-        let who = peer(&req)?;
-        let result = self.controller.halt(&who, req.into_inner()).await;
-        Ok(Response::new(self.audited(&who, "halt", result).await?))
+        let who = operator(&req)?;
+        Ok(Response::new(self.controller.halts.halt(&who, req.into_inner()).await?))
     }
 
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeReply>, Status> {
-        let who = peer(&req)?;
-        let result = self.controller.resume(&who, req.into_inner()).await;
-        Ok(Response::new(self.audited(&who, "resume", result).await?))
+        let who = operator(&req)?;
+        Ok(Response::new(
+            self.controller.halts.resume(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn list_halts(&self, req: Request<pb::ListHaltsRequest>) -> Result<Response<pb::HaltList>, Status> {
-        let who = peer(&req)?;
-        let halts = self
-            .audited(&who, "halts", self.controller.list_halts(&who, req.get_ref().all))
-            .await?;
+        operator(&req)?;
+        let halts = self.controller.halts.list(req.get_ref().all);
         Ok(Response::new(pb::HaltList { halts }))
     }
 
     async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::AuditList>, Status> {
-        let who = peer(&req)?;
-        let records = self
-            .audited(&who, "audit", self.controller.list_audit(&who, req.get_ref()))
-            .await?;
+        operator(&req)?;
+        let records = self.controller.queries.list_audit(req.get_ref())?;
         Ok(Response::new(pb::AuditList { records }))
     }
 
@@ -309,49 +294,33 @@ impl ConsoleService for ConsoleApi {
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditReply>, Status> {
-        let who = peer(&req)?;
-        Ok(Response::new(
-            self.audited(&who, "audit verify", self.controller.verify_audit(&who))
-                .await?,
-        ))
+        operator(&req)?;
+        Ok(Response::new(self.controller.queries.verify_audit()?))
     }
 
     async fn create_token(
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenReply>, Status> {
-        let who = peer(&req)?;
-        let reply = self
-            .audited(
-                &who,
-                "token create",
-                self.controller.create_token(&who, req.get_ref()).await,
-            )
-            .await?;
-        Ok(Response::new(reply))
+        let who = operator(&req)?;
+        Ok(Response::new(
+            self.controller.enrollment.create_token(&who, req.get_ref()).await?,
+        ))
     }
 
     async fn revoke_host(&self, req: Request<pb::RevokeHostRequest>) -> Result<Response<pb::RevokeHostReply>, Status> {
-        let who = peer(&req)?;
-        let what = if req.get_ref().remove {
-            "host remove"
-        } else {
-            "host revoke"
-        };
-        let reply = self
-            .audited(&who, what, self.controller.revoke_host(&who, req.get_ref()).await)
-            .await?;
-        Ok(Response::new(reply))
+        let who = operator(&req)?;
+        Ok(Response::new(
+            self.controller.enrollment.revoke_host(&who, req.get_ref()).await?,
+        ))
     }
 
     async fn list_incidents(
         &self,
         req: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::IncidentList>, Status> {
-        let who = peer(&req)?;
-        let list = self
-            .audited(&who, "alerts", self.controller.list_incidents(&who))
-            .await?;
+        operator(&req)?;
+        let list = self.controller.alerts.list();
         Ok(Response::new(pb::IncidentList {
             incidents: list.iter().map(|i| i.to_pb()).collect(),
         }))
@@ -361,31 +330,19 @@ impl ConsoleService for ConsoleApi {
         &self,
         req: Request<pb::RequestScanRequest>,
     ) -> Result<Response<pb::RequestScanReply>, Status> {
-        let who = peer(&req)?;
-        let reply = self
-            .audited(&who, "scan", self.controller.request_scan(&who, req.get_ref()).await)
-            .await?;
-        Ok(Response::new(reply))
+        let who = operator(&req)?;
+        Ok(Response::new(self.controller.scans.request(&who, req.get_ref()).await?))
     }
 
     async fn ack_incident(&self, req: Request<pb::AckIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
-        let who = peer(&req)?;
-        let id = req.get_ref().id;
-        let acked = self
-            .audited(&who, "alerts ack", self.controller.ack_incident(&who, id).await)
-            .await?;
+        let who = operator(&req)?;
+        let acked = self.controller.alerts.ack(&who, req.get_ref().id).await?;
         Ok(Response::new(acked.to_pb()))
     }
 
     async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<Response<pb::ReleaseList>, Status> {
-        let who = peer(&req)?;
-        let releases = self
-            .audited(
-                &who,
-                "release list",
-                self.controller.list_releases(&who, &req.get_ref().role),
-            )
-            .await?;
+        operator(&req)?;
+        let releases = self.controller.releases.list(&req.get_ref().role);
         Ok(Response::new(pb::ReleaseList { releases }))
     }
 }
@@ -405,6 +362,16 @@ impl EnrollApi {
 #[tonic::async_trait]
 impl pb::enroll_service_server::EnrollService for EnrollApi {
     async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollReply>, Status> {
-        Ok(Response::new(self.controller.enroll(req.into_inner()).await?))
+        let audited = req.extensions().get::<Audited>().cloned();
+        match self.controller.enrollment.enroll(req.into_inner()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(e) => {
+                // The ledger recorded the refusal (`enroll.refused`).
+                if let (ApiError::PermissionDenied(_), Some(a)) = (&e, audited) {
+                    a.set();
+                }
+                Err(e.into())
+            }
+        }
     }
 }

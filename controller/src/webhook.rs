@@ -21,7 +21,6 @@ use tracing::{error, info, warn};
 use crate::config::WebhookSettings;
 use crate::metrics::AlertLabels;
 
-
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The sending side of the queue.

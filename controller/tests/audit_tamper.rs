@@ -11,7 +11,6 @@ use lockstep_controller::config::ControllerConfig;
 use lockstep_controller::controller::Controller;
 use lockstep_controller::sled_store::SledStore;
 use lockstep_controller::store::Store;
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 
 fn config(dir: &Path) -> ControllerConfig {
     let text = format!(
@@ -19,13 +18,6 @@ fn config(dir: &Path) -> ControllerConfig {
         dir.display()
     );
     ControllerConfig::parse(&text, Path::new("controller.toml")).unwrap()
-}
-
-fn viewer() -> PeerIdentity {
-    PeerIdentity::Operator {
-        name: "vic".into(),
-        role: OperatorRole::Viewer,
-    }
 }
 
 #[tokio::test]
@@ -36,16 +28,17 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
         let store = Arc::new(SledStore::open(&store_path).unwrap());
         let c = Controller::new(config(d.path()), store).unwrap();
         for i in 1..=5 {
-            c.audit(vec![AuditEvent {
-                actor: "alice (operator)".into(),
-                action: "halt".into(),
-                detail: format!("event {i}"),
-                ..Default::default()
-            }])
-            .await
-            .unwrap();
+            c.ledger
+                .record(vec![AuditEvent {
+                    actor: "alice (operator)".into(),
+                    action: "halt".into(),
+                    detail: format!("event {i}"),
+                    ..Default::default()
+                }])
+                .await
+                .unwrap();
         }
-        let ok = c.verify_audit(&viewer()).unwrap();
+        let ok = c.queries.verify_audit().unwrap();
         assert!(ok.ok && ok.records == 5, "{ok:?}");
     }
     // Offline: someone rewrites what record 3 says.
@@ -59,10 +52,13 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
     let store = Arc::new(SledStore::open(&store_path).unwrap());
     let c = Arc::new(Controller::new(config(d.path()), store).unwrap());
     // The controller checks its own chain when it starts: an incident, without anyone asking.
-    let alerts = tokio::spawn(lockstep_controller::alerts::run(c.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let alerts = tokio::spawn(c.alerts.clone().run(c.metrics.alerts.clone(), async {
+        let _ = stopped.await;
+    }));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let incident = loop {
-        let list = c.list_incidents(&viewer()).unwrap();
+        let list = c.alerts.list();
         if let Some(i) = list.into_iter().find(|i| i.key == "audit") {
             break i;
         }
@@ -75,12 +71,13 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
         incident.title()
     );
     assert_eq!(incident.see(), "lockstep audit verify");
-    alerts.abort();
-    let broken = c.verify_audit(&viewer()).unwrap();
+    let _ = stop.send(());
+    alerts.await.unwrap();
+    let broken = c.queries.verify_audit().unwrap();
     assert!(!broken.ok);
     assert_eq!(broken.first_broken_seq, 3);
     assert!(broken.problem.contains("edited"), "{}", broken.problem);
     // New records still chain on (from the stored head), and the break stays visible.
-    c.audit(vec![AuditEvent::default()]).await.unwrap();
-    assert_eq!(c.verify_audit(&viewer()).unwrap().first_broken_seq, 3);
+    c.ledger.record(vec![AuditEvent::default()]).await.unwrap();
+    assert_eq!(c.queries.verify_audit().unwrap().first_broken_seq, 3);
 }

@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
-
 use crate::fleet::FleetSpec;
 use crate::knight::{BIN, Morning};
 
@@ -47,13 +45,6 @@ pub fn on_every_core(rate: impl Fn() -> f64 + Sync) -> f64 {
     })
 }
 
-fn viewer() -> PeerIdentity {
-    PeerIdentity::Operator {
-        name: "bench".into(),
-        role: OperatorRole::Viewer,
-    }
-}
-
 /// Writes `changes` new versions of the SMARS binary on one host of a
 /// `hosts`-host fleet (rename-over, as deploy tools do) and times each from
 /// the write to the controller holding the new version set and its verdict.
@@ -84,7 +75,7 @@ pub async fn change_to_verdict(
         let want = m.fleet.local_digest(&host)?;
         let deadline = start + Duration::from_secs(10);
         loop {
-            let d = m.fleet.controller.get_host(&viewer(), &host, false)?;
+            let d = m.fleet.controller.queries.get_host(&host, false)?;
             if d.status.is_some_and(|s| hex::encode(s.digest) == want) {
                 break;
             }

@@ -255,7 +255,12 @@ state_file = "{gate}"
             role: self.spec.role.clone(),
             ttl_ms: 0,
         };
-        Ok(self.controller.create_token(&harness_operator(), &req).await?.token)
+        Ok(self
+            .controller
+            .enrollment
+            .create_token(&harness_operator(), &req)
+            .await?
+            .token)
     }
 
     pub fn host(&self, host: &str) -> anyhow::Result<&HostHandle> {
@@ -430,7 +435,8 @@ state_file = "{gate}"
         loop {
             let held: BTreeMap<String, String> = self
                 .controller
-                .list_hosts(&harness_viewer(), &self.spec.role)?
+                .queries
+                .list_hosts(&self.spec.role)?
                 .into_iter()
                 .map(|h| (h.host, hex::encode(h.digest)))
                 .collect();
@@ -499,7 +505,7 @@ state_file = "{gate}"
 
     /// The gate check of the fleet's role, straight from the controller.
     pub fn gates(&self) -> anyhow::Result<GateCheckReply> {
-        Ok(self.controller.gate_check(&harness_viewer(), &self.spec.role)?)
+        Ok(self.controller.queries.gate_check(&self.spec.role)?)
     }
 
     /// Polls the gate check until `ok` holds (or fails after 20 s).
@@ -601,17 +607,10 @@ state_file = "{gate}"
 }
 
 /// The identity the harness reads the controller with (in-process, no TLS).
-fn harness_operator() -> lockstep_proto::identity::PeerIdentity {
-    lockstep_proto::identity::PeerIdentity::Operator {
+fn harness_operator() -> lockstep_controller::peer::Operator {
+    lockstep_controller::peer::Operator {
         name: "harness".into(),
         role: OperatorRole::Operator,
-    }
-}
-
-fn harness_viewer() -> lockstep_proto::identity::PeerIdentity {
-    lockstep_proto::identity::PeerIdentity::Operator {
-        name: "harness".into(),
-        role: OperatorRole::Viewer,
     }
 }
 

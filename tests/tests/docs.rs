@@ -198,3 +198,109 @@ fn architecture_names_every_public_module() {
     }
     assert!(missing.is_empty(), "docs/architecture.md does not name: {missing:?}");
 }
+
+/// Which of a crate's own modules each module of `src/` refers to
+/// (`crate::name` outside comments; `*_tests.rs` count for their parent).
+fn module_imports(src: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::new();
+    let mut files = vec![src.to_path_buf()];
+    let mut sources = Vec::new();
+    while let Some(dir) = files.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "bin") {
+                files.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push(path);
+            }
+        }
+    }
+    for path in sources {
+        // A module is named by its top-level file or directory under src/.
+        let rel = path.strip_prefix(src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .to_string();
+        let module = first.trim_end_matches(".rs").trim_end_matches("_tests").to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let used: &mut std::collections::BTreeSet<String> = graph.entry(module.clone()).or_default();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("crate::") {
+                let name: String = line[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    used.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A circle of imports, if the graph has one.
+fn import_circle(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        at: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|m| m == at) {
+            let mut circle = path[start..].to_vec();
+            circle.push(at.to_string());
+            return Some(circle);
+        }
+        if done.contains(at) {
+            return None;
+        }
+        path.push(at.to_string());
+        for next in graph.get(at).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(at.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph.keys().find_map(|m| visit(m, graph, &mut Vec::new(), &mut done))
+}
+
+/// The modules of each crate import each other in one direction only: a
+/// part can be read (and replaced) knowing only what it imports.
+#[test]
+fn no_crate_has_an_import_circle() {
+    for krate in ["proto", "agent", "controller"] {
+        let graph = module_imports(&repo().join(krate).join("src"));
+        assert!(graph.len() > 5, "{krate}: too few modules found: {graph:?}");
+        if let Some(circle) = import_circle(&graph) {
+            panic!("{krate} has an import circle: {}", circle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn the_circle_check_finds_a_circle() {
+    let mut graph = std::collections::BTreeMap::new();
+    for (from, to) in [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")] {
+        graph
+            .entry(from.to_string())
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(to.to_string());
+    }
+    assert_eq!(import_circle(&graph).unwrap(), ["a", "b", "c", "a"]);
+    graph.get_mut("c").unwrap().clear();
+    assert_eq!(import_circle(&graph), None);
+}

@@ -86,14 +86,11 @@ async fn undecodable_and_oversize_messages_end_the_attestation_stream_audited() 
     let large = m.fleet.wait_audit("request.refused", "too large").await.unwrap();
     assert!(large.contains("AgentService/Attest"), "{large}");
     // Nothing was accepted: the host's last attestation is the agent's.
-    let viewer = lockstep_proto::identity::PeerIdentity::Operator {
-        name: "t".into(),
-        role: lockstep_proto::identity::OperatorRole::Viewer,
-    };
     let status = m
         .fleet
         .controller
-        .get_host(&viewer, "smars-02", false)
+        .queries
+        .get_host("smars-02", false)
         .unwrap()
         .status
         .unwrap();

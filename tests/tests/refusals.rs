@@ -97,11 +97,7 @@ async fn an_attestation_stream_answers_in_order_and_ends_at_a_replay() {
         assert!(reply.accepted, "seq {s}");
         assert_eq!(reply.gate.unwrap().state(), GateState::Open);
     }
-    let viewer = lockstep_proto::identity::PeerIdentity::Operator {
-        name: "t".into(),
-        role: OperatorRole::Viewer,
-    };
-    let detail = m.fleet.controller.get_host(&viewer, "smars-03", false).unwrap();
+    let detail = m.fleet.controller.queries.get_host("smars-03", false).unwrap();
     assert_eq!(detail.status.unwrap().last_seq, seq + 1);
     // The same seq again: the stream ends with the status Submit answers.
     tx.send(key.seal_attestation(&m.fleet.attestation("smars-03", seq + 1).unwrap()))
@@ -422,7 +418,7 @@ async fn a_refused_call_is_audited_once() {
         .await
         .unwrap();
     // Counted refusals are written in windows: write the current one now.
-    lockstep_controller::refusals::flush(&m.fleet.controller).await;
+    lockstep_controller::refusals::flush(&m.fleet.controller.refusals, &m.fleet.controller.ledger).await;
     let records = m.fleet.audit_records().await.unwrap();
     let denied = |needle: &str| {
         records

@@ -37,17 +37,7 @@ async fn agent_sends_entries_only_when_its_set_changed() {
     drop(agent);
     let mut restarted = Agent::new(m.fleet.host("smars-01").unwrap().config.clone()).unwrap();
     assert!(restarted.report_once().await.unwrap().accepted);
-    let hosts = m
-        .fleet
-        .controller
-        .list_hosts(
-            &lockstep_proto::identity::PeerIdentity::Operator {
-                name: "t".into(),
-                role: lockstep_proto::identity::OperatorRole::Viewer,
-            },
-            "smars",
-        )
-        .unwrap();
+    let hosts = m.fleet.controller.queries.list_hosts("smars").unwrap();
     assert_eq!(hex::encode(&hosts[0].digest), m.fleet.local_digest("smars-01").unwrap());
 
     // The audit log has each full measurement (two version sets, then the
@@ -63,7 +53,7 @@ async fn agent_sends_entries_only_when_its_set_changed() {
         .collect();
     assert_eq!(accepted.len(), 3, "one record per full measurement: {accepted:#?}");
     assert!(accepted.iter().all(|r| r.contains("(full)")), "{accepted:#?}");
-    m.fleet.controller.record_heartbeat_count().await;
+    m.fleet.controller.ingest.record_heartbeat_count().await;
     let counted = m
         .fleet
         .wait_audit("attestation.heartbeats", "heartbeats renewed unchanged version sets")

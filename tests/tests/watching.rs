@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use lockstep_proto::identity::{OperatorRole, PeerIdentity};
 use lockstep_proto::pb::GateState;
 use lockstep_tests::fleet::{FleetSpec, reasons_of, state_of};
 use lockstep_tests::knight::{BIN, Morning};
@@ -48,17 +47,13 @@ async fn a_burst_of_500_writes_yields_one_attestation() {
     m.step1_release_everywhere().await.unwrap();
     // Count full attestations (those carrying entries) in the audit log;
     // heartbeats may come and go meanwhile.
-    let viewer = PeerIdentity::Operator {
-        name: "t".into(),
-        role: OperatorRole::Viewer,
-    };
     let audit = |after_seq: u64| {
         let req = lockstep_proto::pb::ListAuditRequest {
             host: "smars-01".into(),
             after_seq,
             ..Default::default()
         };
-        m.fleet.controller.list_audit(&viewer, &req).unwrap()
+        m.fleet.controller.queries.list_audit(&req).unwrap()
     };
     // A new directory re-targets the watcher, which scans once at once
     // (see watch.rs): let that settle, so the burst is all that follows.
@@ -75,14 +70,8 @@ async fn a_burst_of_500_writes_yields_one_attestation() {
         .wait_for("the burst to be reported", |_| {
             m.fleet
                 .controller
-                .get_host(
-                    &PeerIdentity::Operator {
-                        name: "t".into(),
-                        role: OperatorRole::Viewer,
-                    },
-                    "smars-01",
-                    false,
-                )
+                .queries
+                .get_host("smars-01", false)
                 .map(|d| hex::encode(d.status.unwrap().digest) == want)
                 .unwrap_or(false)
         })

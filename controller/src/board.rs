@@ -1,0 +1,222 @@
+//! The gate board: the latest decided gate of every host, one `watch`
+//! channel per host that its directive stream follows. Gates are decided
+//! from the ledger's view ([`crate::fleet`], [`crate::gate`]); a change
+//! that can move a gate re-decides it here, and a periodic refresh catches
+//! what time alone changes (a host going stale, a lease running out).
+//! State changes (OPEN, CLOSED, MISSING) go to the audit log through a
+//! queue drained by [`GateBoard::record_transitions`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockstep_proto::pb::{Gate, GateState};
+use tokio::sync::{mpsc, watch};
+
+use crate::alerts::Alerts;
+use crate::audit::AuditEvent;
+use crate::config::{ControllerConfig, RoleConfig, RoleMode};
+use crate::error::ApiError;
+use crate::gate::Clock;
+use crate::incidents::{Signal, cause_of};
+use crate::ledger::Ledger;
+
+/// How often every gate is re-decided, so that time alone (a host going
+/// stale) reaches the agents even when nothing else happens.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct GateBoard {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    alerts: Arc<Alerts>,
+    /// The latest gate of each host, watched by its directive stream.
+    gates: Mutex<HashMap<String, watch::Sender<Gate>>>,
+    /// Gate transitions to record, written by [`GateBoard::record_transitions`].
+    transitions: (
+        mpsc::UnboundedSender<AuditEvent>,
+        Mutex<Option<mpsc::UnboundedReceiver<AuditEvent>>>,
+    ),
+}
+
+impl GateBoard {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, alerts: Arc<Alerts>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            config,
+            ledger,
+            alerts,
+            gates: Mutex::new(HashMap::new()),
+            transitions: (tx, Mutex::new(Some(rx))),
+        }
+    }
+
+    /// Now, and the lease a fresh attestation buys.
+    pub fn clock(&self) -> Clock {
+        Clock {
+            now_unix_ms: lockstep_proto::now_unix_ms(),
+            freshness_ttl_ms: i64::try_from(self.config.freshness_ttl.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// `host`'s gate now and every later decision, for its directive stream.
+    pub fn watch(&self, host: &str) -> Result<watch::Receiver<Gate>, ApiError> {
+        self.ledger.view().refuse_if_revoked(host)?;
+        let current = self.current(host)?;
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = gates
+            .entry(host.to_string())
+            .or_insert_with(|| watch::channel(current).0);
+        Ok(tx.subscribe())
+    }
+
+    /// `host`'s gate as of now.
+    pub fn current(&self, host: &str) -> Result<Gate, ApiError> {
+        let role = self.config.host_role(host)?;
+        Ok(self.ledger.view().host_gate(role, host, self.clock()))
+    }
+
+    /// Decides `host`'s gate now and pushes it (its lease was renewed or it
+    /// was just refused); in consensus mode one host can move the majority,
+    /// so the whole role is re-decided.
+    pub fn publish_host(&self, role: &str, host: &str) -> Option<Gate> {
+        let role_cfg = self.config.roles.get(role)?;
+        if role_cfg.mode == RoleMode::Consensus {
+            self.publish_role(role_cfg);
+        }
+        let gate = self.ledger.view().host_gate(role_cfg, host, self.clock());
+        self.push(gate.clone());
+        Some(gate)
+    }
+
+    /// Re-decides every gate of `role` and pushes those that changed.
+    pub fn publish_role(&self, role: &RoleConfig) {
+        let (gates, _) = self.ledger.view().role_gates(role, self.clock());
+        for gate in gates {
+            self.push(gate);
+        }
+    }
+
+    /// Re-decides every gate of the fleet.
+    pub fn publish_all(&self) {
+        for role in self.config.roles.values() {
+            self.publish_role(role);
+        }
+    }
+
+    /// Re-decides every gate each [`REFRESH_INTERVAL`] until `stop`.
+    pub async fn refresh(&self, stop: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.publish_all(),
+                () = &mut stop => return,
+            }
+        }
+    }
+
+    /// Hands a decided gate to the host's directive stream if it differs
+    /// from what the stream last had (the decision time aside), and queues
+    /// a state change for the audit log.
+    fn push(&self, gate: Gate) {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = gates.get(&gate.host) else {
+            // The first decision about a host is its starting point, not a
+            // transition to audit; alerts still learn where it starts.
+            self.signal_gate(&gate);
+            gates.insert(gate.host.clone(), watch::channel(gate).0);
+            return;
+        };
+        let mut transition = None;
+        let mut cause_changed = false;
+        tx.send_if_modified(|old| {
+            cause_changed = cause_of(old).map(|c| c.key) != cause_of(&gate).map(|c| c.key);
+            let changed = Gate {
+                decided_at_unix_ms: old.decided_at_unix_ms,
+                ..gate.clone()
+            } != *old;
+            if old.state != gate.state {
+                transition = Some(transition_event(old, &gate));
+            }
+            if changed {
+                *old = gate;
+            }
+            changed
+        });
+        if let Some(t) = transition {
+            let _ = self.transitions.0.send(t);
+        }
+        if cause_changed {
+            let current = tx.borrow().clone();
+            drop(gates);
+            self.signal_gate(&current);
+        }
+    }
+
+    fn signal_gate(&self, gate: &Gate) {
+        self.alerts.signal(Signal::Gate {
+            host: gate.host.clone(),
+            role: gate.role.clone(),
+            role_hosts: self.config.roles.get(&gate.role).map_or(0, |r| r.hosts.len()),
+            cause: cause_of(gate),
+        });
+    }
+
+    /// Writes queued gate transitions to the audit log until `stop`, then
+    /// writes what is still queued (a transition decided just before a
+    /// shutdown is recorded, not dropped). Run once, by the server.
+    pub async fn record_transitions(&self, stop: impl Future<Output = ()>) {
+        let rx = self.transitions.1.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut rx) = rx else { return };
+        tokio::pin!(stop);
+        loop {
+            let (first, stopping) = tokio::select! {
+                got = rx.recv() => (got, false),
+                () = &mut stop => (None, true),
+            };
+            let mut batch: Vec<AuditEvent> = first.into_iter().collect();
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            if !batch.is_empty() {
+                if let Err(e) = self.ledger.record(batch).await {
+                    tracing::error!(error = %e, "cannot record gate transitions in the audit log");
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+fn transition_event(old: &Gate, new: &Gate) -> AuditEvent {
+    let reasons: Vec<&str> = new.reasons.iter().map(|r| r.text.as_str()).collect();
+    AuditEvent {
+        actor: "controller".into(),
+        action: "gate.changed".into(),
+        host: new.host.clone(),
+        role: new.role.clone(),
+        detail: format!(
+            "{} -> {}{}",
+            gate_word(old.state()),
+            gate_word(new.state()),
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", reasons.join("; "))
+            }
+        ),
+    }
+}
+
+fn gate_word(s: GateState) -> &'static str {
+    match s {
+        GateState::Open => "OPEN",
+        GateState::Closed => "CLOSED",
+        GateState::Missing => "MISSING",
+        GateState::Unspecified => "UNKNOWN",
+    }
+}
