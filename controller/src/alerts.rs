@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use crate::audit::AuditEvent;
 use crate::change::Change;
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, LookupError};
 use crate::incidents::{Due, IncidentRecord, Incidents, Notified, Signal};
 use crate::ledger::Ledger;
 use crate::metrics::AlertLabels;
@@ -158,7 +158,7 @@ impl Alerts {
         let record = self
             .book()
             .ack(id, &who.name, lockstep_proto::now_unix_ms())
-            .map_err(ApiError::NotFound)?;
+            .ok_or(LookupError::NoOpenIncident { id })?;
         let event = AuditEvent {
             actor: who.actor(),
             action: "incident.acknowledged".into(),

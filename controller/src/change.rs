@@ -13,7 +13,7 @@ use lockstep_proto::pb::Entry;
 
 use crate::audit::AuditEvent;
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, AuthError, EnrollError, HaltError, LookupError, ReleaseError};
 use crate::fleet::FleetState;
 use crate::incidents::{IncidentRecord, Incidents};
 use crate::store::{
@@ -421,9 +421,9 @@ impl Change {
                     })
                     .collect();
                 if lifted.is_empty() {
-                    return Err(ApiError::NotFound(format!(
-                        "no active halt on {scope}; `lockstep halts` lists the active ones and their scopes"
-                    ))
+                    return Err(ApiError::from(HaltError::NothingActive {
+                        scope: scope.to_string(),
+                    })
                     .into());
                 }
                 let ids: Vec<String> = lifted
@@ -484,14 +484,16 @@ fn scope_event(actor: String, action: &str, scope: &HaltScope, detail: String) -
 fn attested(state: &Staged<'_>, a: Attested) -> Result<Effect, Refused> {
     let record = state.host(&a.host).unwrap_or_default();
     if let Some(rev) = &record.revoked {
-        return Err(ApiError::Revoked(format!(
-            "host {} was revoked by {} while this attestation was in flight: {}",
-            a.host, rev.by, rev.reason
-        ))
+        return Err(ApiError::from(AuthError::Revoked {
+            host: a.host,
+            by: rev.by.clone(),
+            reason: rev.reason.clone(),
+            removed: rev.removed,
+        })
         .into());
     }
     if record.pinned_key_hex != a.pinned_key_hex {
-        return Err(ApiError::NotPinned { host: a.host }.into());
+        return Err(ApiError::from(AuthError::NotPinned { host: a.host }).into());
     }
     if a.seq <= record.last_seq {
         return Err(ApiError::Rejected(Rejection::Replay {
@@ -554,7 +556,7 @@ pub fn check_enrollment(state: &Staged<'_>, e: &Enrolled) -> Result<TokenRecord,
             role: String::new(),
             detail: why.clone(),
         }],
-        error: ApiError::PermissionDenied(why),
+        error: EnrollError::TokenRefused(why).into(),
     };
     let token = state
         .token(&e.token_hash)
@@ -634,21 +636,23 @@ fn enrolled(state: &Staged<'_>, e: Enrolled) -> Result<Effect, Refused> {
 fn approved(state: &Staged<'_>, actor: String, number: u64, by: String, at: i64) -> Result<Effect, Refused> {
     let mut record = state
         .release(number)
-        .ok_or_else(|| ApiError::NotFound(format!("no release {number} (lockstep release list)")))?;
+        .ok_or_else(|| ApiError::from(LookupError::NoRelease { number }))?;
     if let Some(earlier) = &record.approved_by {
-        return Err(ApiError::FailedPrecondition(format!("release {number} was already approved by {earlier}")).into());
-    }
-    if record.proposed_by == by {
-        return Err(ApiError::PermissionDenied(format!(
-            "two-person rule: {by} proposed release {number} and cannot also approve it; another approver must"
-        ))
+        return Err(ApiError::from(ReleaseError::AlreadyApproved {
+            number,
+            by: earlier.clone(),
+        })
         .into());
     }
+    if record.proposed_by == by {
+        return Err(ApiError::from(ReleaseError::TwoPersonRule { who: by, number }).into());
+    }
     if let Some(active) = state.active_release(&record.role).filter(|a| a.number > number) {
-        return Err(ApiError::FailedPrecondition(format!(
-            "release {number} is older than active release {} of role {}; to roll back, propose a new release with the old content",
-            active.number, record.role
-        ))
+        return Err(ApiError::from(ReleaseError::OlderThanActive {
+            number,
+            active: active.number,
+            role: record.role,
+        })
         .into());
     }
     record.approved_by = Some(by);

@@ -30,7 +30,7 @@ use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::TlsPaths;
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::LookupError;
 use crate::incidents::Grouping;
 
 /// How to reach the webhook.
@@ -273,22 +273,19 @@ pub struct ControllerConfig {
 
 impl ControllerConfig {
     /// The role named `name`, or an error listing the roles there are.
-    pub fn role(&self, name: &str) -> Result<&RoleConfig, ApiError> {
-        self.roles.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.roles.keys().map(String::as_str).collect();
-            ApiError::NotFound(format!(
-                "no role {name:?} in the controller config; roles: {}",
-                known.join(", ")
-            ))
+    pub fn role(&self, name: &str) -> Result<&RoleConfig, LookupError> {
+        self.roles.get(name).ok_or_else(|| LookupError::UnknownRole {
+            name: name.to_string(),
+            known: self.roles.keys().cloned().collect(),
         })
     }
 
     /// The role whose inventory holds `host`.
-    pub fn host_role(&self, host: &str) -> Result<&RoleConfig, ApiError> {
+    pub fn host_role(&self, host: &str) -> Result<&RoleConfig, LookupError> {
         let role = self
             .inventory
             .get(host)
-            .ok_or_else(|| ApiError::NotFound(format!("host {host} is not in any role's inventory")))?;
+            .ok_or_else(|| LookupError::UnknownHost { host: host.to_string() })?;
         self.role(role)
     }
 

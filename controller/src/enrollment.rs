@@ -15,7 +15,7 @@ use crate::audit::AuditEvent;
 use crate::board::GateBoard;
 use crate::change::{Change, Enrolled, rfc3339};
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, AuthError, EnrollError, LookupError};
 use crate::ledger::Ledger;
 use crate::peer::Operator;
 use crate::store::{Revocation, TokenRecord};
@@ -48,20 +48,19 @@ impl Enrollment {
         who: &Operator,
         req: &pb::CreateTokenRequest,
     ) -> Result<pb::CreateTokenReply, ApiError> {
-        validate_id(&req.host).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        validate_id(&req.host).map_err(|e| EnrollError::BadHostName(e.to_string()))?;
         match self.config.inventory.get(&req.host) {
             Some(role) if *role == req.role => {}
             Some(role) => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "host {} is in role {role}, not {}",
-                    req.host, req.role
-                )));
+                return Err(EnrollError::HostInOtherRole {
+                    host: req.host.clone(),
+                    role: role.clone(),
+                    wanted: req.role.clone(),
+                }
+                .into());
             }
             None => {
-                return Err(ApiError::NotFound(format!(
-                    "host {} is not in any role's inventory: add it to `hosts` of a [[role]] in the controller config first",
-                    req.host
-                )));
+                return Err(EnrollError::NotInInventory { host: req.host.clone() }.into());
             }
         }
         let ttl_ms = if req.ttl_ms > 0 {
@@ -100,9 +99,7 @@ impl Enrollment {
     fn signing_ca(&self) -> Result<(String, String), ApiError> {
         let e = &self.config.enrollment;
         let Some(key_path) = &e.ca_key else {
-            return Err(ApiError::FailedPrecondition(
-                "this controller does not issue certificates: set enrollment.ca_key in its config".into(),
-            ));
+            return Err(EnrollError::NoCa.into());
         };
         let read = |p: &std::path::Path| {
             std::fs::read_to_string(p)
@@ -116,7 +113,7 @@ impl Enrollment {
         let validity = i64::try_from(self.config.enrollment.cert_validity.as_millis()).unwrap_or(i64::MAX);
         let not_after = now.saturating_add(validity);
         let pem = crate::pki::sign_agent_csr(&ca_cert, &ca_key, csr_der, host, to_time(now), to_time(not_after))
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| EnrollError::BadCsr(e.to_string()))?;
         // X.509 times have whole seconds.
         Ok((pem, now / 1000 * 1000, not_after / 1000 * 1000))
     }
@@ -126,9 +123,9 @@ impl Enrollment {
     /// certificate, so everything is checked against the stored token.
     pub async fn enroll(&self, req: pb::EnrollRequest) -> Result<pb::EnrollReply, ApiError> {
         let host = req.host.clone();
-        validate_id(&host).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        validate_id(&host).map_err(|e| EnrollError::BadHostName(e.to_string()))?;
         if req.attestation_public_key.len() != 32 {
-            return Err(ApiError::InvalidArgument("an Ed25519 public key is 32 bytes".into()));
+            return Err(AuthError::BadKeyLength.into());
         }
         self.signing_ca()?;
         let now = lockstep_proto::now_unix_ms();
@@ -144,7 +141,7 @@ impl Enrollment {
         // the commit that spends it: two enrollments with one token cannot
         // both succeed, and the loser's certificate is never handed out.
         if let Err(e) = self.ledger.check_enrollment(&enrolled).await {
-            if let ApiError::PermissionDenied(why) = &e {
+            if let ApiError::Enroll(EnrollError::TokenRefused(why)) = &e {
                 warn!(host, reason = %why, "enrollment refused");
             }
             return Err(e);
@@ -158,7 +155,7 @@ impl Enrollment {
         let committed = match self.ledger.commit(change).await {
             Ok(c) => c,
             Err(e) => {
-                if let ApiError::PermissionDenied(why) = &e {
+                if let ApiError::Enroll(EnrollError::TokenRefused(why)) = &e {
                     warn!(host, reason = %why, "enrollment refused");
                 }
                 return Err(e);
@@ -207,14 +204,10 @@ impl Enrollment {
         let name = who.name.clone();
         let host = req.host.as_str();
         let Some(role) = self.config.inventory.get(host).cloned() else {
-            return Err(ApiError::NotFound(format!(
-                "host {host} is not in any role's inventory"
-            )));
+            return Err(LookupError::UnknownHost { host: host.to_string() }.into());
         };
         if req.reason.trim().is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "give --reason: it is shown on the host's closed gate and kept in the audit log".into(),
-            ));
+            return Err(EnrollError::NoRevokeReason.into());
         }
         let revocation = Revocation {
             by: name.clone(),

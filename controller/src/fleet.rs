@@ -12,7 +12,7 @@ use lockstep_proto::identity::PeerIdentity;
 use lockstep_proto::pb::{Entry, Gate};
 
 use crate::config::{ControllerConfig, RoleConfig, RoleMode};
-use crate::error::ApiError;
+use crate::error::AuthError;
 use crate::gate::{self, Clock, Expected, HostFacts};
 use crate::store::Put;
 use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError};
@@ -101,32 +101,29 @@ impl FleetState {
         &self,
         config: &'a ControllerConfig,
         peer: &'a PeerIdentity,
-    ) -> Result<(&'a str, &'a str), ApiError> {
+    ) -> Result<(&'a str, &'a str), AuthError> {
         let PeerIdentity::Agent { host } = peer else {
-            return Err(ApiError::PermissionDenied(format!(
-                "only agent certificates may attest; this connection is {peer}"
-            )));
+            return Err(AuthError::NotAnAgent { peer: peer.to_string() });
         };
-        let role = config.inventory.get(host).ok_or_else(|| {
-            ApiError::PermissionDenied(format!(
-                "host {host} is not in any role's inventory: add it to `hosts` of a [[role]] in the controller config"
-            ))
-        })?;
+        let role = config
+            .inventory
+            .get(host)
+            .ok_or_else(|| AuthError::NotInInventory { host: host.clone() })?;
         self.refuse_if_revoked(host)?;
         Ok((host, role))
     }
 
     /// A revoked host's certificate is still CA-valid until it expires:
     /// every agent call checks this instead.
-    pub fn refuse_if_revoked(&self, host: &str) -> Result<(), ApiError> {
+    pub fn refuse_if_revoked(&self, host: &str) -> Result<(), AuthError> {
         match self.hosts.get(host).and_then(|r| r.revoked.as_ref()) {
             None => Ok(()),
-            Some(rev) => Err(ApiError::Revoked(format!(
-                "host {host} was {} by {}: {}; it must enroll again with a new token (lockstep token create)",
-                if rev.removed { "removed from service" } else { "revoked" },
-                rev.by,
-                rev.reason
-            ))),
+            Some(rev) => Err(AuthError::Revoked {
+                host: host.to_string(),
+                by: rev.by.clone(),
+                reason: rev.reason.clone(),
+                removed: rev.removed,
+            }),
         }
     }
 

@@ -10,7 +10,7 @@ use tracing::warn;
 use crate::board::GateBoard;
 use crate::change::Change;
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, HaltError, LookupError};
 use crate::ledger::Ledger;
 use crate::peer::Operator;
 use crate::store::{HaltRecord, HaltScope};
@@ -35,13 +35,11 @@ impl Halts {
             }
             Some(Scope::Host(h)) => {
                 if !self.config.inventory.contains_key(&h) {
-                    return Err(ApiError::NotFound(format!("host {h} is not in any role's inventory")));
+                    return Err(LookupError::UnknownHost { host: h }.into());
                 }
                 Ok(HaltScope::Host(h))
             }
-            _ => Err(ApiError::InvalidArgument(
-                "say what to halt: --fleet, --role ROLE or --host HOST".into(),
-            )),
+            _ => Err(HaltError::NoScope.into()),
         }
     }
 
@@ -60,9 +58,7 @@ impl Halts {
 
     pub async fn halt(&self, who: &Operator, req: pb::HaltRequest) -> Result<pb::HaltReply, ApiError> {
         if req.reason.trim().is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "a halt needs --reason: the people you stop will read it".into(),
-            ));
+            return Err(HaltError::NoReason.into());
         }
         let scope = self.scope_from(req.scope)?;
         let halt = HaltRecord {

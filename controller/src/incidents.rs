@@ -399,10 +399,9 @@ impl Incidents {
         self.open.get(&id).map(|i| i.record.clone())
     }
 
-    pub fn ack(&mut self, id: u64, by: &str, now: i64) -> Result<IncidentRecord, String> {
-        let Some(i) = self.open.get_mut(&id) else {
-            return Err(format!("no open incident {id}: `lockstep alerts` lists the open ones"));
-        };
+    /// The acknowledged record; `None` when no incident `id` is open.
+    pub fn ack(&mut self, id: u64, by: &str, now: i64) -> Option<IncidentRecord> {
+        let i = self.open.get_mut(&id)?;
         if i.record.acked_by.is_none() {
             i.record.acked_by = Some(by.to_string());
             i.record.acked_at_unix_ms = now;
@@ -411,7 +410,7 @@ impl Incidents {
         if record.is_closed() {
             self.close(id);
         }
-        Ok(record)
+        Some(record)
     }
 
     fn close(&mut self, id: u64) {

@@ -16,7 +16,7 @@ use crate::audit::AuditEvent;
 use crate::board::GateBoard;
 use crate::change::{Attested, Change};
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, AuthError};
 use crate::incidents::Signal;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -56,7 +56,7 @@ impl Ingest {
     }
 
     /// The host named by an agent certificate, and its inventory role.
-    pub fn agent_of<'a>(&'a self, peer: &'a PeerIdentity) -> Result<(&'a str, &'a str), ApiError> {
+    pub fn agent_of<'a>(&'a self, peer: &'a PeerIdentity) -> Result<(&'a str, &'a str), AuthError> {
         self.ledger.view().agent_of(&self.config, peer)
     }
 
@@ -104,7 +104,7 @@ impl Ingest {
     pub async fn pin_key(&self, peer: &PeerIdentity, public_key: Vec<u8>) -> Result<String, ApiError> {
         let (host, _) = self.agent_of(peer)?;
         if public_key.len() != 32 {
-            return Err(ApiError::InvalidArgument("an Ed25519 public key is 32 bytes".into()));
+            return Err(AuthError::BadKeyLength.into());
         }
         let pinned = self
             .ledger
@@ -115,16 +115,16 @@ impl Ingest {
             .unwrap_or_default();
         let key_id = envelope::key_id(&public_key);
         if pinned.is_empty() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "host {host} is not enrolled: create a join token with `lockstep token create --host {host}` and run `lockstep-agent enroll` on it"
-            )));
+            return Err(AuthError::NotEnrolled { host: host.to_string() }.into());
         }
         if pinned != hex::encode(&public_key) {
             warn!(host, offered = %key_id, "refused an attestation key other than the one pinned at enrollment");
-            return Err(ApiError::PermissionDenied(format!(
-                "host {host} enrolled with attestation key {}, not {key_id}; a new key needs the host re-enrolled with a new token",
-                hex::decode(&pinned).map(|k| envelope::key_id(&k)).unwrap_or_default()
-            )));
+            return Err(AuthError::KeyMismatch {
+                host: host.to_string(),
+                pinned: hex::decode(&pinned).map(|k| envelope::key_id(&k)).unwrap_or_default(),
+                offered: key_id,
+            }
+            .into());
         }
         Ok(key_id)
     }
@@ -140,7 +140,7 @@ impl Ingest {
         let record = self.ledger.view().hosts.get(host).cloned().unwrap_or_default();
         let pinned_key = hex::decode(&record.pinned_key_hex).unwrap_or_default();
         if pinned_key.is_empty() {
-            return Err(ApiError::NotPinned { host: host.to_string() });
+            return Err(AuthError::NotPinned { host: host.to_string() }.into());
         }
         let checks = Checks {
             peer_host: host,

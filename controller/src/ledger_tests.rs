@@ -223,7 +223,10 @@ async fn changes_are_checked_against_the_state_at_their_commit() {
     let replay = ledger.commit(attested("smars-01", "aa", 5, &v1)).await.unwrap_err();
     assert!(matches!(replay, ApiError::Rejected(_)), "{replay}");
     let other_key = ledger.commit(attested("smars-01", "bb", 6, &v1)).await.unwrap_err();
-    assert!(matches!(other_key, ApiError::NotPinned { .. }), "{other_key}");
+    assert!(
+        matches!(other_key, ApiError::Auth(crate::error::AuthError::NotPinned { .. })),
+        "{other_key}"
+    );
 
     let nothing = ledger
         .commit(Change::Resumed {
@@ -235,7 +238,10 @@ async fn changes_are_checked_against_the_state_at_their_commit() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(nothing, ApiError::NotFound(_)), "{nothing}");
+    assert!(
+        matches!(nothing, ApiError::Halt(crate::error::HaltError::NothingActive { .. })),
+        "{nothing}"
+    );
 
     ledger
         .commit(Change::Revoked {
@@ -252,7 +258,10 @@ async fn changes_are_checked_against_the_state_at_their_commit() {
         .await
         .unwrap();
     let revoked = ledger.commit(attested("smars-01", "aa", 7, &v1)).await.unwrap_err();
-    assert!(matches!(revoked, ApiError::Revoked(_)), "{revoked}");
+    assert!(
+        matches!(revoked, ApiError::Auth(crate::error::AuthError::Revoked { .. })),
+        "{revoked}"
+    );
     assert_eq!(
         ledger.view().hosts["smars-01"].last_seq,
         5,

@@ -7,7 +7,7 @@ use lockstep_proto::pb::{self, HostStatus, diff_request::Against};
 
 use crate::board::GateBoard;
 use crate::config::{ControllerConfig, RoleConfig};
-use crate::error::ApiError;
+use crate::error::{ApiError, LookupError};
 use crate::fleet::FleetState;
 use crate::ledger::Ledger;
 
@@ -89,7 +89,7 @@ impl Queries {
                 .get(host)
                 .filter(|r| r.has_reported())
                 .and_then(|r| state.manifest(&r.digest_hex))
-                .ok_or_else(|| ApiError::NotFound(format!("host {host} has not reported a version set yet")))
+                .ok_or_else(|| LookupError::NotReported { host: host.to_string() })
         };
         let left = host_entries(&req.host)?;
         let (right_label, right) = match &req.against {
@@ -98,12 +98,11 @@ impl Queries {
                 let release = if *n == 0 {
                     state
                         .active_release(&role.name)
-                        .ok_or_else(|| ApiError::NotFound(format!("role {} has no approved release", role.name)))?
+                        .ok_or_else(|| LookupError::NoActiveRelease {
+                            role: role.name.clone(),
+                        })?
                 } else {
-                    state
-                        .releases
-                        .get(n)
-                        .ok_or_else(|| ApiError::NotFound(format!("no release {n}")))?
+                    state.releases.get(n).ok_or(LookupError::NoRelease { number: *n })?
                 };
                 let entries = state
                     .manifest(&release.digest_hex)
@@ -111,9 +110,7 @@ impl Queries {
                 (format!("release {}", release.number), entries)
             }
             None => {
-                return Err(ApiError::InvalidArgument(
-                    "diff against another host or a release".into(),
-                ));
+                return Err(LookupError::NoDiffTarget.into());
             }
         };
         let changes = diff::diff(&left, &right, &right_label, |p| role.is_excluded_from_comparison(p));

@@ -11,7 +11,7 @@ use tracing::info;
 use crate::board::GateBoard;
 use crate::change::Change;
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, LookupError, ReleaseError};
 use crate::fleet::FleetState;
 use crate::ledger::Ledger;
 use crate::peer::Operator;
@@ -37,12 +37,14 @@ impl Releases {
                     .hosts
                     .get(&host)
                     .filter(|r| r.has_reported())
-                    .ok_or_else(|| ApiError::NotFound(format!("host {host} has not reported a version set yet")))?;
+                    .ok_or_else(|| LookupError::NotReported { host: host.clone() })?;
                 if rec.role != role {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "host {host} is in role {}, not {role}",
-                        rec.role
-                    )));
+                    return Err(ReleaseError::HostInOtherRole {
+                        host,
+                        role: rec.role.clone(),
+                        wanted: role,
+                    }
+                    .into());
                 }
                 let entries = state
                     .manifest(&rec.digest_hex)
@@ -50,21 +52,19 @@ impl Releases {
                 (entries, format!("host {host}"))
             }
             Some(Source::Manifest(m)) => {
-                let entries =
-                    digest::canonicalize(m.entries).map_err(|e| ApiError::InvalidArgument(format!("manifest: {e}")))?;
+                let entries = digest::canonicalize(m.entries).map_err(|e| ReleaseError::BadManifest(e.to_string()))?;
                 (Arc::new(entries), "manifest file".to_string())
             }
             Some(Source::FromRelease(n)) => {
                 let state = self.ledger.view();
-                let earlier = state
-                    .releases
-                    .get(&n)
-                    .ok_or_else(|| ApiError::NotFound(format!("there is no release {n}")))?;
+                let earlier = state.releases.get(&n).ok_or(LookupError::NoRelease { number: n })?;
                 if earlier.role != role {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "release {n} is of role {}, not {role}",
-                        earlier.role
-                    )));
+                    return Err(ReleaseError::ReleaseOfOtherRole {
+                        number: n,
+                        role: earlier.role.clone(),
+                        wanted: role,
+                    }
+                    .into());
                 }
                 let entries = state
                     .manifest(&earlier.digest_hex)
@@ -72,9 +72,7 @@ impl Releases {
                 (entries, format!("release {n}"))
             }
             None => {
-                return Err(ApiError::InvalidArgument(
-                    "give --from-host HOST, --manifest FILE or --from-release N".into(),
-                ));
+                return Err(ReleaseError::NoSource.into());
             }
         };
         let digest_hex = hex::encode(digest::digest(&entries));

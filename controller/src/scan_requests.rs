@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::audit::AuditEvent;
 use crate::config::ControllerConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, LookupError, ScanError};
 use crate::ledger::Ledger;
 use crate::peer::Operator;
 
@@ -65,20 +65,16 @@ impl ScanRequests {
     ) -> Result<pb::RequestScanReply, ApiError> {
         let host = req.host.clone();
         let Some(role) = self.config.inventory.get(&host).cloned() else {
-            return Err(ApiError::NotFound(format!(
-                "host {host} is not in any role's inventory"
-            )));
+            return Err(LookupError::UnknownHost { host }.into());
         };
         let request = pb::ScanRequest {
             id: 0,
             requested_by: who.name.clone(),
             reason: req.reason.clone(),
         };
-        let id = self.send(&host, request).ok_or_else(|| {
-            ApiError::FailedPrecondition(format!(
-                "{host}'s agent is not connected (no directive stream): nothing was asked; `lockstep host {host}` shows when it last reported"
-            ))
-        })?;
+        let id = self
+            .send(&host, request)
+            .ok_or_else(|| ScanError::NotConnected { host: host.clone() })?;
         let event = AuditEvent {
             actor: who.actor(),
             action: "scan.requested".into(),

@@ -367,7 +367,7 @@ impl pb::enroll_service_server::EnrollService for EnrollApi {
             Ok(reply) => Ok(Response::new(reply)),
             Err(e) => {
                 // The ledger recorded the refusal (`enroll.refused`).
-                if let (ApiError::PermissionDenied(_), Some(a)) = (&e, audited) {
+                if let (ApiError::Enroll(crate::error::EnrollError::TokenRefused(_)), Some(a)) = (&e, audited) {
                     a.set();
                 }
                 Err(e.into())

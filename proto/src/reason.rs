@@ -30,6 +30,27 @@ pub const NOT_FOUND: &str = "NOT_FOUND";
 pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
 pub const FAILED_PRECONDITION: &str = "FAILED_PRECONDITION";
 pub const INTERNAL: &str = "INTERNAL";
+/// An agent call from a certificate that is not an agent's.
+pub const NOT_AN_AGENT: &str = "NOT_AN_AGENT";
+/// The host is in no role's inventory in the controller config.
+pub const NOT_IN_INVENTORY: &str = "NOT_IN_INVENTORY";
+/// The host never enrolled: it needs a join token.
+pub const NOT_ENROLLED: &str = "NOT_ENROLLED";
+/// The agent offered a key other than the one pinned at enrollment.
+pub const KEY_MISMATCH: &str = "KEY_MISMATCH";
+/// The join token does not allow this enrollment (unknown, used, expired, another host's).
+pub const TOKEN_REFUSED: &str = "TOKEN_REFUSED";
+/// The controller has no CA key: it does not enroll.
+pub const NO_CA: &str = "NO_CA";
+/// A resume of a scope with no active halt.
+pub const NO_ACTIVE_HALT: &str = "NO_ACTIVE_HALT";
+/// The approver proposed the release.
+pub const TWO_PERSON_RULE: &str = "TWO_PERSON_RULE";
+pub const ALREADY_APPROVED: &str = "ALREADY_APPROVED";
+/// The release is older than the role's active one.
+pub const OLDER_THAN_ACTIVE: &str = "OLDER_THAN_ACTIVE";
+/// The host's agent has no directive stream open.
+pub const AGENT_NOT_CONNECTED: &str = "AGENT_NOT_CONNECTED";
 
 /// A status with `reason` in its details.
 pub fn status(code: Code, message: impl Into<String>, reason: &str) -> Status {
