@@ -33,26 +33,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use lockstep_daemon::config::ConfigError;
+use lockstep_daemon::config::duration;
 use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::{TlsPaths, default_server_name};
 use serde::Deserialize;
 
 use crate::market_hours::{self, MarketHours};
 use crate::placement::CpuList;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {key}: {problem}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        problem: String,
-    },
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,9 +256,9 @@ impl AgentConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            key,
+            key: key.to_string(),
             problem,
         };
         validate_id(&raw.host).map_err(|e| invalid("host", e.to_string()))?;
@@ -457,14 +445,6 @@ impl AgentConfig {
                 renew_fraction,
             },
         })
-    }
-}
-
-/// Parses "10s", "500ms", "1m"; `None` gives the default.
-pub fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
-    match text {
-        None => Ok(default),
-        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like \"10s\": {e}")),
     }
 }
 

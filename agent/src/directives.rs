@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::gatekeeper::GateKeeper;
-use lockstep_proto::backoff::Backoff;
+use lockstep_daemon::backoff::Backoff;
 
 /// Full scans an operator asked for (`lockstep scan --host`), handed from
 /// the directive stream to the report loop.

@@ -134,7 +134,7 @@ pub async fn keep_renewed(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut backoff = lockstep_proto::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+    let mut backoff = lockstep_daemon::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
     loop {
         let wait = match renew_at(&config.controller.tls.cert, config.controller.renew_fraction) {
             Ok((at, not_after)) => {

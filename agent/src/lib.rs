@@ -12,7 +12,12 @@
 //! - [`configkeys`]: config files parsed into key entries.
 //! - [`enrollment`]: join-token enrollment and certificate renewal.
 //! - [`state`]: the attestation key and the sequence number on disk.
-//! - [`report`]: the scan–sign–submit loop with backoff.
+//! - [`lifecycle`]: the agent's start, its tasks and their stop; `run` as a service.
+//! - [`report`]: the report loop (an explicit state) and the signing side.
+//! - [`measure`]: what a host has and runs, and which scans hash everything.
+//! - [`error`]: what stops a report or the start.
+//! - [`commands`]: what each `lockstep-agent` command does.
+//! - [`attest_stream`]: attestations on one long-lived stream.
 //! - [`directives`]: follows the controller's directive stream.
 //! - [`gatekeeper`]: the local gate: lease, state file, hooks, outage policy.
 //! - [`hooks`]: runs `on_open` / `on_close` commands in order.
@@ -21,14 +26,18 @@
 
 pub mod attest_stream;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod configkeys;
 pub mod directives;
 pub mod enrollment;
 pub mod entry;
+pub mod error;
 pub mod gatekeeper;
 pub mod hooks;
+pub mod lifecycle;
 pub mod market_hours;
+pub mod measure;
 pub mod metrics;
 pub mod placement;
 pub mod process;

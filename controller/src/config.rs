@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{GlobSet, GlobSetBuilder};
+pub use lockstep_daemon::config::ConfigError;
+use lockstep_daemon::config::duration;
 use lockstep_proto::envelope::Limits;
 use lockstep_proto::identity::validate_id;
 use lockstep_proto::tls::TlsPaths;
@@ -64,20 +66,6 @@ impl Default for AlertSettings {
             audit_verify_interval: Duration::from_secs(600),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {key}: {problem}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        problem: String,
-    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,13 +469,6 @@ fn alert_settings(raw: RawAlerts) -> Result<AlertSettings, (&'static str, String
         grouping,
         audit_verify_interval,
     })
-}
-
-fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
-    match text {
-        None => Ok(default),
-        Some(t) => humantime::parse_duration(t).map_err(|e| format!("{t:?} is not a duration like \"30s\": {e}")),
-    }
 }
 
 #[cfg(test)]

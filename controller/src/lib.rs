@@ -86,12 +86,12 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     let metrics = metrics_listener.map(|l| serve_metrics(l, controller.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "controller listening");
-    lockstep_proto::systemd::ready(&format!("serving on {addr}"));
-    let watchdog = lockstep_proto::systemd::watchdog_interval()
-        .map(|every| tokio::spawn(lockstep_proto::systemd::keep_watchdog_fed(every)));
+    lockstep_daemon::systemd::ready(&format!("serving on {addr}"));
+    let watchdog = lockstep_daemon::systemd::watchdog_interval()
+        .map(|every| tokio::spawn(lockstep_daemon::systemd::keep_watchdog_fed(every)));
     let stopping = async {
         shutdown.await;
-        lockstep_proto::systemd::stopping();
+        lockstep_daemon::systemd::stopping();
     };
     server::serve(listener, tls, controller, stopping).await?;
     if let Some(w) = watchdog {
@@ -111,9 +111,9 @@ pub fn serve_metrics(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics");
     }
-    let render: lockstep_proto::metrics_endpoint::Render = Arc::new(move || controller.metrics_text());
+    let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || controller.metrics_text());
     tokio::spawn(async move {
-        if let Err(e) = lockstep_proto::metrics_endpoint::serve(listener, render, std::future::pending()).await {
+        if let Err(e) = lockstep_daemon::metrics_endpoint::serve(listener, render, std::future::pending()).await {
             tracing::error!(error = %e, "the /metrics endpoint stopped");
         }
     })

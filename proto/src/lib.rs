@@ -9,20 +9,18 @@
 //!   client channel both the agent and the console use.
 //! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.
-//! - [`metrics_endpoint`]: the `/metrics` HTTP endpoint, for both daemons.
-//! - [`backoff`]: jittered exponential backoff (agent reconnects, alert retries).
-//! - [`systemd`]: readiness and watchdog notifications, for both daemons.
+//! - [`reason`]: the stable reasons of refusals, in the status details.
+//!
+//! How the daemons run (logging, signals, systemd, `/metrics`, backoff) is
+//! not the contract: it is `lockstep-daemon`.
 
-pub mod backoff;
 pub mod diff;
 pub mod digest;
 pub mod envelope;
 pub mod identity;
 pub mod manifest;
-pub mod metrics_endpoint;
 pub mod paths;
 pub mod reason;
-pub mod systemd;
 pub mod tls;
 
 /// Generated from `lockstep/v1/lockstep.proto`.

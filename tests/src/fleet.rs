@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use lockstep_agent::config::AgentConfig;
-use lockstep_agent::report::Agent;
+use lockstep_agent::lifecycle::Agent;
 use lockstep_agent::scan::Scanner;
 use lockstep_controller::config::ControllerConfig;
 use lockstep_controller::console::{self, Cli};
@@ -417,7 +417,7 @@ state_file = "{gate}"
     pub fn local_digest(&self, host: &str) -> anyhow::Result<String> {
         let h = self.host(host)?;
         let scanner = Scanner::new(&h.config.watch, h.config.root.clone())?;
-        let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true)?;
+        let (entries, _) = lockstep_agent::measure::measure_host(&scanner, &h.config, true)?;
         Ok(hex::encode(lockstep_proto::digest::digest(&entries)))
     }
 
@@ -528,7 +528,7 @@ state_file = "{gate}"
     pub fn attestation(&self, host: &str, seq: u64) -> anyhow::Result<lockstep_proto::pb::Attestation> {
         let h = self.host(host)?;
         let scanner = lockstep_agent::scan::Scanner::new(&h.config.watch, h.config.root.clone())?;
-        let (entries, _) = lockstep_agent::report::measure_host(&scanner, &h.config, true)?;
+        let (entries, _) = lockstep_agent::measure::measure_host(&scanner, &h.config, true)?;
         Ok(lockstep_proto::pb::Attestation {
             host: host.into(),
             role: self.spec.role.clone(),

@@ -76,7 +76,8 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
             let mut attest = lockstep_agent::attest_stream::AttestStream::new(client.clone());
             let report = |seq: u64, set: &[Entry]| report(&cfg.host, seq, set, true);
             // Like a real agent, retry while 10,000 connections queue up.
-            let mut backoff = lockstep_proto::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let mut backoff =
+                lockstep_daemon::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             let mut stream = loop {
                 let first = async {
                     attest.send(signer.seal_attestation(&report(1, &old))).await?;

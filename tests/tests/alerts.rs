@@ -239,8 +239,8 @@ async fn metrics_parse_and_move_with_what_happens() {
     let agent_metrics = m.fleet.host("smars-03").unwrap().metrics.clone().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_addr = listener.local_addr().unwrap();
-    let render: lockstep_proto::metrics_endpoint::Render = std::sync::Arc::new(move || agent_metrics.render());
-    tokio::spawn(lockstep_proto::metrics_endpoint::serve(
+    let render: lockstep_daemon::metrics_endpoint::Render = std::sync::Arc::new(move || agent_metrics.render());
+    tokio::spawn(lockstep_daemon::metrics_endpoint::serve(
         listener,
         render,
         std::future::pending(),

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use lockstep_agent::report::{Agent, AgentError};
+use lockstep_agent::error::AgentError;
+use lockstep_agent::lifecycle::Agent;
 use lockstep_proto::pb::{DirectivesRequest, GateState, directive};
 use lockstep_tests::fleet::{FleetSpec, reasons_of, state_of};
 use lockstep_tests::knight::{BIN, Morning};
@@ -159,7 +160,7 @@ async fn release_from_a_build_manifest_gates_the_fleet() {
     config.root = Some(stage.path().to_path_buf());
     config.watch = vec!["/opt/smars/**".to_string()];
     let scanner = lockstep_agent::scan::Scanner::new(&config.watch, config.root.clone()).unwrap();
-    let (entries, _) = lockstep_agent::report::measure_files(&scanner, &config, true).unwrap();
+    let (entries, _) = lockstep_agent::measure::measure_files(&scanner, &config, true).unwrap();
     let manifest = stage.path().join("release.json");
     std::fs::write(&manifest, lockstep_proto::manifest::to_json(&entries).unwrap()).unwrap();
     let manifest = manifest.display().to_string();

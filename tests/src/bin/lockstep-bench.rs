@@ -359,12 +359,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    lockstep_daemon::logging::init("error");
     let args = Args::parse();
     if let Some(tree) = &args.rss_child {
         return probe_bench::rss_child(tree);

@@ -24,12 +24,7 @@ fn print_step(n: usize, step: &Step) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    lockstep_daemon::logging::init("error");
     let args = Args::parse();
     anyhow::ensure!(args.hosts >= 2, "--hosts must be at least 2");
     println!("Knight Capital, 1 August 2012, replayed with lockstep.");

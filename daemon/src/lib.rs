@@ -1,0 +1,17 @@
+//! What both lockstep daemons (`lockstep-agent`, `lockstep-controller`) need
+//! to run as a service, in one place so neither keeps a copy. None of it is
+//! part of the wire contract (that is `lockstep-proto`).
+//!
+//! - [`logging`]: `tracing` to stderr, `LOCKSTEP_LOG` / `LOCKSTEP_LOG_FORMAT`.
+//! - [`signal`]: the SIGTERM / SIGINT that starts a graceful stop.
+//! - [`systemd`]: readiness, stopping and watchdog notifications.
+//! - [`metrics_endpoint`]: the plain-HTTP `/metrics` endpoint.
+//! - [`backoff`]: jittered exponential backoff (agent reconnects, alert retries).
+//! - [`config`]: config-file errors that name the file and key, and durations.
+
+pub mod backoff;
+pub mod config;
+pub mod logging;
+pub mod metrics_endpoint;
+pub mod signal;
+pub mod systemd;
