@@ -41,7 +41,7 @@ impl FullScanRequests {
 /// Waits for the keeper's lease deadline (forever when there is none).
 async fn lease_runs_out(keeper: &GateKeeper) {
     match keeper.deadline() {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -7,8 +7,12 @@
 //! hours, and then it alarms).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+// Lease deadlines are on tokio's clock: a test that pauses time moves them too.
+use tokio::time::Instant;
+
+use lockstep_daemon::clock::SharedClock;
 use lockstep_proto::now_unix_ms;
 use lockstep_proto::pb::{Gate, GateState};
 use serde::{Deserialize, Serialize};
@@ -60,13 +64,25 @@ pub struct GateKeeper {
     deadline: Option<Instant>,
     last_word_unix_ms: i64,
     hooks: mpsc::UnboundedSender<HookRun>,
+    /// The host's wall clock (leases in the state file, hold hours).
+    clock: SharedClock,
 }
 
 impl GateKeeper {
     /// Starts CLOSED unless the state file holds an OPEN lease that has not
     /// run out (an agent restart must not flap the trading unit).
     pub fn new(host: &str, config: GateConfig, hooks: mpsc::UnboundedSender<HookRun>) -> Self {
-        let now = now_unix_ms();
+        Self::with_clock(host, config, hooks, lockstep_daemon::clock::system())
+    }
+
+    /// Like [`GateKeeper::new`] on `clock` (a test's, which it moves).
+    pub fn with_clock(
+        host: &str,
+        config: GateConfig,
+        hooks: mpsc::UnboundedSender<HookRun>,
+        clock: SharedClock,
+    ) -> Self {
+        let now = clock.now_unix_ms();
         let previous = GateFile::read(&config.state_file)
             .ok()
             .flatten()
@@ -92,6 +108,7 @@ impl GateKeeper {
             deadline,
             last_word_unix_ms: now,
             hooks,
+            clock,
         };
         keeper.write();
         keeper
@@ -108,7 +125,7 @@ impl GateKeeper {
 
     /// The controller's decision, just received.
     pub fn apply(&mut self, gate: &Gate) {
-        let now = now_unix_ms();
+        let now = self.clock.now_unix_ms();
         self.last_word_unix_ms = now;
         let reasons: Vec<String> = gate.reasons.iter().map(|r| r.text.clone()).collect();
         let next = if gate.state() == GateState::Open {
@@ -137,7 +154,7 @@ impl GateKeeper {
 
     /// The lease ran out with no renewal.
     pub fn expire(&mut self) {
-        let now = now_unix_ms();
+        let now = self.clock.now_unix_ms();
         let silent_s = (now - self.last_word_unix_ms) / 1000;
         if self.file.state == "OPEN" && self.may_hold(now) {
             let held_since = if self.file.held_since_unix_ms > 0 {
@@ -227,7 +244,7 @@ impl GateKeeper {
 /// expired, 3 no state yet) and a line for people. Polls until open or `wait`
 /// has passed.
 pub fn check(path: &Path, wait: Duration) -> (u8, String) {
-    let deadline = Instant::now() + wait;
+    let deadline = std::time::Instant::now() + wait;
     loop {
         let (code, line) = match GateFile::read(path) {
             Ok(Some(f)) if f.is_open_at(now_unix_ms()) => {
@@ -246,7 +263,7 @@ pub fn check(path: &Path, wait: Duration) -> (u8, String) {
             ),
             Err(e) => (3, format!("cannot read gate state {}: {e}", path.display())),
         };
-        if code == 0 || Instant::now() >= deadline {
+        if code == 0 || std::time::Instant::now() >= deadline {
             return (code, line);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -154,3 +154,59 @@ fn restart_keeps_an_unexpired_open_lease_and_drops_an_expired_one() {
     let k = GateKeeper::new("smars-01", config(d.path(), OutagePolicy::Close), tx);
     assert_eq!(k.file().state, "CLOSED");
 }
+
+/// 10:00 UTC on some day, for tests that depend on the hour.
+const TEN_UTC: i64 = 1_764_669_600_000;
+
+/// The lease runs out on the host's clock: with time paused, a test moves
+/// the clock past it instead of waiting, and the gate closes then, not before.
+#[tokio::test(start_paused = true)]
+async fn a_lease_runs_out_on_the_injected_clock() {
+    use lockstep_daemon::clock::{Clock, TokioClock};
+    let d = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let clock = TokioClock::starting_at(TEN_UTC);
+    let mut k = GateKeeper::with_clock("smars-01", config(d.path(), OutagePolicy::Close), tx, clock.shared());
+    let mut g = open_gate(5_000);
+    (g.decided_at_unix_ms, g.lease_expires_unix_ms) = (TEN_UTC, TEN_UTC + 5_000);
+    k.apply(&g);
+    assert_eq!(
+        k.file().lease_expires_unix_ms,
+        TEN_UTC + 5_000,
+        "counted on the host's clock"
+    );
+    tokio::time::advance(Duration::from_millis(4_900)).await;
+    assert!(k.file().is_open_at(clock.now_unix_ms()), "still inside the lease");
+    tokio::time::sleep_until(k.deadline().unwrap()).await;
+    assert!(
+        !k.file().is_open_at(clock.now_unix_ms()),
+        "the lease ran out with the clock"
+    );
+    k.expire();
+    assert_eq!(k.file().state, "CLOSED");
+    assert_eq!(k.file().updated_at_unix_ms, TEN_UTC + 5_000);
+}
+
+/// The hold policy's hours are read on the injected clock: at 10:00 UTC a
+/// 09:00-16:00 window holds through an outage, a 12:00-13:00 one does not.
+#[tokio::test(start_paused = true)]
+async fn hold_hours_are_read_on_the_injected_clock() {
+    use lockstep_daemon::clock::TokioClock;
+    for (from_min, to_min, held) in [
+        (9 * 60, 16 * 60, true),
+        (12 * 60, 13 * 60, false),
+        (22 * 60, 11 * 60, true),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let clock = TokioClock::starting_at(TEN_UTC).shared();
+        let policy = OutagePolicy::Hold { from_min, to_min };
+        let mut k = GateKeeper::with_clock("smars-01", config(d.path(), policy), tx, clock);
+        let mut g = open_gate(5_000);
+        (g.decided_at_unix_ms, g.lease_expires_unix_ms) = (TEN_UTC, TEN_UTC + 5_000);
+        k.apply(&g);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        k.expire();
+        assert_eq!(k.file().state == "OPEN", held, "hold {from_min}-{to_min} at 10:00 UTC");
+    }
+}

@@ -140,7 +140,7 @@ impl Alerts {
 
     /// Feeds the incident book; cheap, never blocks on I/O.
     pub fn signal(&self, signal: Signal) {
-        self.book().observe(signal, lockstep_proto::now_unix_ms());
+        self.book().observe(signal, self.ledger.now_unix_ms());
     }
 
     /// Incidents not yet closed, for `lockstep alerts`.
@@ -157,7 +157,7 @@ impl Alerts {
     pub async fn ack(&self, who: &Operator, id: u64) -> Result<IncidentRecord, ApiError> {
         let record = self
             .book()
-            .ack(id, &who.name, lockstep_proto::now_unix_ms())
+            .ack(id, &who.name, self.ledger.now_unix_ms())
             .ok_or(LookupError::NoOpenIncident { id })?;
         let event = AuditEvent {
             actor: who.actor(),
@@ -220,7 +220,7 @@ impl Alerts {
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.verify_audit_chain()).await;
             }
-            let due = self.book().due(lockstep_proto::now_unix_ms(), settings.grouping);
+            let due = self.book().due(self.ledger.now_unix_ms(), settings.grouping);
             for d in due {
                 let payload = Payload::of(&d);
                 warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");

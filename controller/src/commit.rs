@@ -19,6 +19,7 @@ use crate::config::{ControllerConfig, StoreSettings};
 use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::store::{Put, Store, StoreError};
+use lockstep_daemon::clock::SharedClock;
 
 /// The next number of each [`Counter`]; advanced only by a change that is
 /// written and flushed.
@@ -71,6 +72,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct Target {
     pub store: Arc<dyn Store>,
+    /// The time audit records are sealed with.
+    pub clock: SharedClock,
     pub view: Arc<RwLock<FleetState>>,
     pub config: Arc<ControllerConfig>,
 }
@@ -233,7 +236,7 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Change>, min_
             head: None,
         };
     }
-    let now = lockstep_proto::now_unix_ms();
+    let now = target.clock.now_unix_ms();
     let mut results = Vec::with_capacity(batch.len());
     let (mut next, mut counters) = start;
     let mut records = Vec::new();
@@ -411,6 +414,7 @@ mod tests {
         let config = Arc::new(ControllerConfig::parse(text, Path::new("controller.toml")).unwrap());
         let counters = Counters::load(store.as_ref()).unwrap();
         let target = Target {
+            clock: lockstep_daemon::clock::system(),
             view: Arc::new(RwLock::new(FleetState::load(store.as_ref(), &config).unwrap())),
             store,
             config,

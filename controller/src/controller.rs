@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use lockstep_daemon::clock::SharedClock;
 use tokio::sync::watch;
 
 use crate::alerts::Alerts;
@@ -49,12 +50,18 @@ impl Controller {
     /// Opens the ledger on `store` (loading the fleet view, the audit head
     /// and the incident book) and assembles the parts.
     pub fn new(config: ControllerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        Self::with_clock(config, store, lockstep_daemon::clock::system())
+    }
+
+    /// Like [`Controller::new`] on `clock` (a test's, which it moves).
+    pub fn with_clock(config: ControllerConfig, store: Arc<dyn Store>, clock: SharedClock) -> Result<Self, StoreError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let store_seconds = metrics.store_seconds.clone();
         let ledger = Arc::new(Ledger::open(
             config.clone(),
             store,
+            clock,
             Box::new(move |s| store_seconds.observe(s)),
         )?);
         let alerts = Arc::new(Alerts::open(config.clone(), ledger.clone())?);

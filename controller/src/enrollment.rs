@@ -72,7 +72,7 @@ impl Enrollment {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
             .map_err(|_| ApiError::Internal("the system random source failed".into()))?;
         let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
-        let now = lockstep_proto::now_unix_ms();
+        let now = self.ledger.now_unix_ms();
         let record = TokenRecord {
             hash_hex: token_hash(&token),
             host: req.host.clone(),
@@ -128,7 +128,7 @@ impl Enrollment {
             return Err(AuthError::BadKeyLength.into());
         }
         self.signing_ca()?;
-        let now = lockstep_proto::now_unix_ms();
+        let now = self.ledger.now_unix_ms();
         let key_id = envelope::key_id(&req.attestation_public_key);
         let mut enrolled = Enrolled {
             host: host.clone(),
@@ -177,7 +177,7 @@ impl Enrollment {
     /// its current one.
     pub async fn renew(&self, peer: &PeerIdentity, csr_der: &[u8]) -> Result<pb::RenewReply, ApiError> {
         let (host, role) = self.ledger.view().agent_of(&self.config, peer)?;
-        let now = lockstep_proto::now_unix_ms();
+        let now = self.ledger.now_unix_ms();
         let (cert_pem, not_before, not_after) = self.sign(csr_der, host, now)?;
         let event = AuditEvent {
             actor: peer.to_string(),
@@ -211,7 +211,7 @@ impl Enrollment {
         }
         let revocation = Revocation {
             by: name.clone(),
-            at_unix_ms: lockstep_proto::now_unix_ms(),
+            at_unix_ms: self.ledger.now_unix_ms(),
             reason: req.reason.clone(),
             removed: req.remove,
         };

@@ -66,7 +66,7 @@ impl Halts {
             scope: scope.clone(),
             reason: req.reason,
             halted_by: who.name.clone(),
-            halted_at_unix_ms: lockstep_proto::now_unix_ms(),
+            halted_at_unix_ms: self.ledger.now_unix_ms(),
             resumed_by: None,
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
@@ -94,7 +94,7 @@ impl Halts {
 
     pub async fn resume(&self, who: &Operator, req: pb::ResumeRequest) -> Result<pb::ResumeReply, ApiError> {
         let scope = self.scope_from(req.scope)?;
-        let now = lockstep_proto::now_unix_ms();
+        let now = self.ledger.now_unix_ms();
         let committed = self
             .ledger
             .commit(Change::Resumed {

@@ -136,7 +136,7 @@ impl Ingest {
     pub async fn submit(&self, peer: &PeerIdentity, envelope: Envelope) -> Result<SubmitReply, ApiError> {
         let (host, role) = self.agent_of(peer)?;
         tracing::Span::current().record("host", host);
-        let now = lockstep_proto::now_unix_ms();
+        let now = self.ledger.now_unix_ms();
         let record = self.ledger.view().hosts.get(host).cloned().unwrap_or_default();
         let pinned_key = hex::decode(&record.pinned_key_hex).unwrap_or_default();
         if pinned_key.is_empty() {

@@ -20,6 +20,7 @@ use crate::config::ControllerConfig;
 use crate::error::ApiError;
 use crate::fleet::FleetState;
 use crate::store::{HaltRecord, HaltScope, Rejection, Store, StoreError};
+use lockstep_daemon::clock::SharedClock;
 
 /// Id of the in-memory halt a failed store raises (never a stored halt's id).
 pub const STORE_FAILURE_HALT: u64 = u64::MAX;
@@ -37,6 +38,7 @@ impl Ledger {
     pub fn open(
         config: Arc<ControllerConfig>,
         store: Arc<dyn Store>,
+        clock: SharedClock,
         observe: Box<dyn Fn(f64) + Send + Sync>,
     ) -> Result<Self, StoreError> {
         let view = FleetState::load(store.as_ref(), &config)?;
@@ -46,6 +48,7 @@ impl Ledger {
         Ok(Self {
             target: Target {
                 store,
+                clock,
                 view: Arc::new(RwLock::new(view)),
                 config,
             },
@@ -65,6 +68,11 @@ impl Ledger {
             self.halt_on_failed_store(err);
         }
         result
+    }
+
+    /// Now, on the controller's one clock (what commits are sealed with).
+    pub fn now_unix_ms(&self) -> i64 {
+        self.target.clock.now_unix_ms()
     }
 
     /// Appends `events` to the audit chain, durably.
@@ -129,7 +137,7 @@ impl Ledger {
             scope: HaltScope::Fleet,
             reason: format!("the controller's store failed: {e}"),
             halted_by: "controller".into(),
-            halted_at_unix_ms: lockstep_proto::now_unix_ms(),
+            halted_at_unix_ms: self.target.clock.now_unix_ms(),
             resumed_by: None,
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),

@@ -17,7 +17,7 @@ fn config() -> Arc<ControllerConfig> {
 
 fn open(dir: &Path) -> Ledger {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
-    Ledger::open(config(), store, Box::new(|_| {})).unwrap()
+    Ledger::open(config(), store, lockstep_daemon::clock::system(), Box::new(|_| {})).unwrap()
 }
 
 fn entries(contents: &str) -> Arc<Vec<Entry>> {

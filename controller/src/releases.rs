@@ -87,7 +87,7 @@ impl Releases {
             ),
             note: req.note,
             proposed_by: who.name.clone(),
-            proposed_at_unix_ms: lockstep_proto::now_unix_ms(),
+            proposed_at_unix_ms: self.ledger.now_unix_ms(),
             approved_by: None,
             approved_at_unix_ms: 0,
         };
@@ -116,7 +116,7 @@ impl Releases {
                 actor: who.actor(),
                 number,
                 by: who.name.clone(),
-                at_unix_ms: lockstep_proto::now_unix_ms(),
+                at_unix_ms: self.ledger.now_unix_ms(),
             })
             .await?;
         let record = committed

@@ -164,7 +164,7 @@ impl AgentService for AgentApi {
                 let mut gate = gates.borrow_and_update().clone();
                 // The agent counts the lease from when it hears it:
                 // lease_expires - decided_at must be what is left *now*.
-                gate.decided_at_unix_ms = lockstep_proto::now_unix_ms();
+                gate.decided_at_unix_ms = controller.ledger.now_unix_ms();
                 let directive = pb::Directive {
                     kind: Some(pb::directive::Kind::Gate(gate)),
                 };

@@ -6,10 +6,12 @@
 //! - [`signal`]: the SIGTERM / SIGINT that starts a graceful stop.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
 //! - [`metrics_endpoint`]: the plain-HTTP `/metrics` endpoint.
+//! - [`clock`]: the one injectable wall clock (tests move it with tokio's paused time).
 //! - [`backoff`]: jittered exponential backoff (agent reconnects, alert retries).
 //! - [`config`]: config-file errors that name the file and key, and durations.
 
 pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod metrics_endpoint;

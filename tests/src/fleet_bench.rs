@@ -164,7 +164,8 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
         Box::new(move || s.open.load(Ordering::Relaxed) >= hosts),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A moment for the allocator to settle before RSS is read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let controller_rss_bytes = rss_of(pid);
 
     let mut samples = Vec::new();

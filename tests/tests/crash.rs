@@ -85,10 +85,23 @@ async fn controller_killed_under_load_keeps_every_acknowledged_attestation() {
             }
         });
     }
-    while acked.lock().unwrap().len() < sims.len() {
+    // Every simulated host acknowledged, and enough load in flight to mean
+    // something when the controller dies (a count, not a fixed wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (hosts, total) = {
+            let a = acked.lock().unwrap();
+            (a.len(), a.values().sum::<u64>())
+        };
+        if hosts == sims.len() && total > 1_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never got going: {hosts} hosts, {total} acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let real_seq_before: HashMap<String, u64> = fleet
         .hosts()
         .await
@@ -201,8 +214,32 @@ async fn agent_killed_mid_scan_or_report_never_reuses_a_sequence_number() {
     }
     drop(agent);
     // A killed agent's attestation stream breaks; that is not a refusal.
-    // Refusals reach the audit log once a window has closed.
-    tokio::time::sleep(lockstep_controller::refusals::WINDOW + Duration::from_millis(500)).await;
+    // Refusals reach the audit log when their window closes: a marker
+    // refusal (a connection that is not TLS) is recorded, then a second one
+    // in a later window, so every refusal counted before the first has been
+    // written (no fixed wait for the window).
+    let refused_connections = || {
+        let (code, out) = fleet.lockstep(&fleet.alice, &["audit", "export"]).unwrap();
+        assert_eq!(code, 0, "{out}");
+        out.matches("connection.refused").count()
+    };
+    let mut seen = refused_connections();
+    for marker in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(&fleet.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, b"not TLS\r\n\r\n")
+            .await
+            .unwrap();
+        drop(tcp);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while refused_connections() <= seen {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "marker {marker} never reached the audit log"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen = refused_connections();
+    }
     let (code, out) = fleet.lockstep(&fleet.alice, &["audit", "export"]).unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(

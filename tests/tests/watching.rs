@@ -57,9 +57,26 @@ async fn a_burst_of_500_writes_yields_one_attestation() {
     };
     // A new directory re-targets the watcher, which scans once at once
     // (see watch.rs): let that settle, so the burst is all that follows.
+    // Settled means: that scan has run (the agent's scan count moved).
+    let metrics = m.fleet.host("smars-01").unwrap().metrics.clone().unwrap();
+    let scans = || {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("lockstep_agent_scan_seconds_count "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let scans_before = scans();
     let root = m.fleet.host("smars-01").unwrap().root.join("opt/smars/share");
     std::fs::create_dir_all(&root).unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while scans() <= scans_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-targeted watcher never scanned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mark = audit(0).last().map_or(0, |r| r.seq);
     let before = m.fleet.local_digest("smars-01").unwrap();
     for i in 0..500 {

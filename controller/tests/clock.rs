@@ -1,0 +1,172 @@
+//! The controller reads one injectable clock: with tokio's time paused, a
+//! test moves it past a freshness TTL or a token's expiry instead of
+//! waiting, and the gate and the enrollment follow it. Real sled, the
+//! controller library, no network.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_controller::change::{Attested, Change, Enrolled};
+use lockstep_controller::config::ControllerConfig;
+use lockstep_controller::controller::Controller;
+use lockstep_controller::sled_store::SledStore;
+use lockstep_controller::store::{ReleaseRecord, TokenRecord};
+use lockstep_daemon::clock::TokioClock;
+use lockstep_proto::pb::{Entry, GateState};
+
+/// One role in consensus-free release mode, a 30 s freshness TTL.
+fn controller(dir: &Path) -> Controller {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nfreshness_ttl = \"30s\"\n[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\", \"smars-02\"]\n",
+        dir.display()
+    );
+    let config = ControllerConfig::parse(&text, Path::new("controller.toml")).unwrap();
+    let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+    Controller::with_clock(config, store, TokioClock::now().shared()).unwrap()
+}
+
+fn manifest() -> Arc<Vec<Entry>> {
+    let entry = Entry {
+        path: b"/opt/smars/bin/smars".to_vec(),
+        sha256: vec![7; 32],
+        ..Entry::default()
+    };
+    Arc::new(lockstep_proto::digest::canonicalize(vec![entry]).unwrap())
+}
+
+fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> Change {
+    let now = c.ledger.now_unix_ms();
+    Change::TokenCreated {
+        actor: "alice (operator)".into(),
+        token: TokenRecord {
+            hash_hex: hash.into(),
+            host: host.into(),
+            role: "smars".into(),
+            created_by: "alice (operator)".into(),
+            created_at_unix_ms: now,
+            expires_at_unix_ms: now + i64::try_from(ttl.as_millis()).unwrap(),
+            used_at_unix_ms: 0,
+        },
+    }
+}
+
+fn enrolled(c: &Controller, host: &str, hash: &str) -> Change {
+    Change::Enrolled(Enrolled {
+        host: host.into(),
+        token_hash: hash.into(),
+        pinned_key_hex: "aa".into(),
+        at_unix_ms: c.ledger.now_unix_ms(),
+        detail: "test".into(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
+    let d = tempfile::tempdir().unwrap();
+    let c = controller(d.path());
+    let entries = manifest();
+    let digest_hex = hex::encode(lockstep_proto::digest::digest(&entries));
+    c.ledger
+        .commit(token(&c, "smars-01", "01", Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    c.ledger.commit(enrolled(&c, "smars-01", "01")).await.unwrap();
+    let now = c.ledger.now_unix_ms();
+    c.ledger
+        .commit(Change::Attested(Attested {
+            actor: "agent smars-01".into(),
+            host: "smars-01".into(),
+            role: "smars".into(),
+            pinned_key_hex: "aa".into(),
+            seq: 1,
+            digest_hex: digest_hex.clone(),
+            measured_at_unix_ms: now,
+            accepted_at_unix_ms: now,
+            boot_id: "boot".into(),
+            agent_version: "test".into(),
+            full: true,
+            manifest: Some(entries.clone()),
+        }))
+        .await
+        .unwrap();
+    let proposed = c
+        .ledger
+        .commit(Change::ReleaseProposed {
+            actor: "alice (operator)".into(),
+            release: ReleaseRecord {
+                number: 0,
+                role: "smars".into(),
+                digest_hex,
+                entry_count: 1,
+                source: "host smars-01".into(),
+                note: String::new(),
+                proposed_by: "alice".into(),
+                proposed_at_unix_ms: now,
+                approved_by: None,
+                approved_at_unix_ms: 0,
+            },
+            manifest: entries,
+        })
+        .await
+        .unwrap();
+    c.ledger
+        .commit(Change::ReleaseApproved {
+            actor: "bob (approver)".into(),
+            number: proposed.number,
+            by: "bob".into(),
+            at_unix_ms: now,
+        })
+        .await
+        .unwrap();
+    let gate = c.board.current("smars-01").unwrap();
+    assert_eq!(gate.state(), GateState::Open, "{:?}", gate.reasons);
+    assert_eq!(
+        gate.lease_expires_unix_ms,
+        now + 30_000,
+        "the lease is the TTL from acceptance"
+    );
+
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(
+        c.board.current("smars-01").unwrap().state(),
+        GateState::Open,
+        "inside the TTL"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let gate = c.board.current("smars-01").unwrap();
+    assert_eq!(gate.state(), GateState::Closed);
+    assert!(
+        gate.reasons
+            .iter()
+            .any(|r| r.text.starts_with("stale: last attestation accepted 31s ago")),
+        "{:?}",
+        gate.reasons
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_expires_when_the_clock_passes_its_ttl() {
+    let d = tempfile::tempdir().unwrap();
+    let c = controller(d.path());
+    c.ledger
+        .commit(token(&c, "smars-01", "01", Duration::from_secs(600)))
+        .await
+        .unwrap();
+    c.ledger
+        .commit(token(&c, "smars-02", "02", Duration::from_secs(600)))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(599)).await;
+    c.ledger.commit(enrolled(&c, "smars-01", "01")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let late = c.ledger.commit(enrolled(&c, "smars-02", "02")).await.unwrap_err();
+    assert!(late.to_string().contains("join token expired at"), "{late}");
+    // The audit records carry the controller's clock, not the system's.
+    let records = c.ledger.store().audit_from(1).unwrap();
+    let first = records.first().unwrap().at_unix_ms;
+    let last = records.last().unwrap().at_unix_ms;
+    assert_eq!(last - first, 601_000, "{records:?}");
+}
