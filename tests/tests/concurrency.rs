@@ -21,6 +21,12 @@ fn wide_fleet() -> FleetSpec {
     spec
 }
 
+/// A console command's exit code and output, a refusal included (the
+/// console reports it as an error).
+fn attempt(result: anyhow::Result<(u8, String)>) -> (u8, String) {
+    result.unwrap_or_else(|e| (1, format!("{e:#}")))
+}
+
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -307,4 +313,97 @@ async fn gate_changes_right_before_a_restart_are_recorded() {
         );
     }
     m.fleet.shutdown().await.unwrap();
+}
+
+/// Decisions that may happen once, asked for by many people at the same
+/// moment through the real console: six approvals of one release and six
+/// resumes of one halt each take effect exactly once, and the others are
+/// refused with the reason (checked where the change is committed, not
+/// read-then-written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_approvals_and_resumes_take_effect_once() {
+    let fleet = Fleet::start(FleetSpec::smars(2)).await.unwrap();
+    let hosts: Vec<String> = fleet.hosts.keys().cloned().collect();
+    fleet.write(&hosts, "/opt/smars/bin/smars", b"v1").unwrap();
+    fleet.settle(&hosts).await.unwrap();
+    let alice = fleet.operator("alice", OperatorRole::Operator).unwrap();
+    let (code, out) = fleet
+        .console(
+            &alice,
+            &[
+                "--output",
+                "json",
+                "release",
+                "propose",
+                "--role",
+                "smars",
+                "--from-host",
+                "smars-01",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let number = json(&out)["number"].as_u64().unwrap().to_string();
+    let approvers: Vec<_> = (0..6)
+        .map(|i| fleet.operator(&format!("approver{i}"), OperatorRole::Approver).unwrap())
+        .collect();
+    let approvals = approvers.iter().map(|who| {
+        let (fleet, number) = (&fleet, number.as_str());
+        async move { attempt(fleet.console(who, &["release", "approve", number]).await) }
+    });
+    let results = join_all(approvals).await;
+    let approved: Vec<&(u8, String)> = results.iter().filter(|(code, _)| *code == 0).collect();
+    assert_eq!(approved.len(), 1, "one approval takes effect: {results:?}");
+    for (code, out) in results.iter().filter(|(code, _)| *code != 0) {
+        assert!(out.contains("already approved"), "exit {code}: {out}");
+    }
+
+    let (code, out) = fleet
+        .console(&alice, &["halt", "--fleet", "--reason", "drill"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let operators: Vec<_> = (0..6)
+        .map(|i| fleet.operator(&format!("op{i}"), OperatorRole::Operator).unwrap())
+        .collect();
+    let resumes = operators.iter().map(|who| {
+        let fleet = &fleet;
+        async move {
+            attempt(
+                fleet
+                    .console(who, &["resume", "--fleet", "--reason", "drill over"])
+                    .await,
+            )
+        }
+    });
+    let results = join_all(resumes).await;
+    let resumed: Vec<&(u8, String)> = results.iter().filter(|(code, _)| *code == 0).collect();
+    assert_eq!(resumed.len(), 1, "one resume lifts the halt: {results:?}");
+    for (code, out) in results.iter().filter(|(code, _)| *code != 0) {
+        assert!(out.contains("no active halt on the fleet"), "exit {code}: {out}");
+    }
+
+    let records = fleet.audit_records().await.unwrap();
+    let count = |action: &str| {
+        records
+            .iter()
+            .filter(|r| r.contains(&format!("\"action\":\"{action}\"")))
+            .count()
+    };
+    assert_eq!(count("release.approved"), 1, "{records:#?}");
+    assert_eq!(count("resume"), 1, "{records:#?}");
+    let (code, out) = fleet
+        .console(&alice, &["--output", "json", "halts", "--all"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let halts = json(&out);
+    let halts = halts.as_array().unwrap();
+    assert_eq!(halts.len(), 1, "{out}");
+    assert!(
+        halts[0]["resumed_by"].as_str().unwrap().starts_with("op"),
+        "resumed by one of the operators: {out}"
+    );
+    fleet.shutdown().await.unwrap();
 }
