@@ -227,12 +227,9 @@ pub async fn run_service(config: AgentConfig, shutdown: impl Future<Output = ()>
     lockstep_daemon::systemd::ready(&format!("attesting {host}"));
     let (stop_watchdog, watchdog_stopped) = tokio::sync::oneshot::channel::<()>();
     let watchdog = lockstep_daemon::systemd::watchdog_interval().map(|every| {
-        tokio::spawn(async move {
-            tokio::select! {
-                () = lockstep_daemon::systemd::keep_watchdog_fed(every) => {}
-                _ = watchdog_stopped => {}
-            }
-        })
+        tokio::spawn(lockstep_daemon::systemd::keep_watchdog_fed(every, async {
+            let _ = watchdog_stopped.await;
+        }))
     });
     agent
         .run(async {

@@ -133,7 +133,8 @@ pub struct Effect {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub number: u64,
-    pub puts: Vec<Put>,
+    /// Shared with the batch that applies them to the view (no copy per caller).
+    pub puts: Arc<Vec<Put>>,
 }
 
 impl Committed {

@@ -240,7 +240,7 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Change>, min_
     let mut results = Vec::with_capacity(batch.len());
     let (mut next, mut counters) = start;
     let mut records = Vec::new();
-    let mut written: Vec<Put> = Vec::new();
+    let mut written: Vec<Arc<Vec<Put>>> = Vec::new();
     {
         // Only batches write the view, one at a time (the head lock), so
         // it cannot change under this read.
@@ -253,7 +253,8 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Change>, min_
                 Ok(Effect { puts, events, numbered }) => match puts.iter().try_for_each(|p| p.write(store)) {
                     Ok(()) => {
                         staged.record(&puts);
-                        written.extend(puts.iter().cloned());
+                        let puts = Arc::new(puts);
+                        written.push(puts.clone());
                         if let Some((counter, n)) = numbered {
                             *counters.slot(counter) = n.saturating_add(1);
                         }
@@ -277,7 +278,7 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Change>, min_
     match flushed {
         Ok(()) => {
             let mut view = target.view.write().unwrap_or_else(|p| p.into_inner());
-            for put in &written {
+            for put in written.iter().flat_map(|puts| puts.iter()) {
                 view.apply(&target.config, put);
             }
             Outcome {

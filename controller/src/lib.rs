@@ -83,37 +83,50 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
         None => None,
     };
     let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
-    let metrics = metrics_listener.map(|l| serve_metrics(l, controller.clone()));
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics_listener.map(|l| {
+        serve_metrics(l, controller.clone(), async {
+            let _ = metrics_stopped.await;
+        })
+    });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "controller listening");
     lockstep_daemon::systemd::ready(&format!("serving on {addr}"));
-    let watchdog = lockstep_daemon::systemd::watchdog_interval()
-        .map(|every| tokio::spawn(lockstep_daemon::systemd::keep_watchdog_fed(every)));
+    let (stop_watchdog, watchdog_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watchdog = lockstep_daemon::systemd::watchdog_interval().map(|every| {
+        tokio::spawn(lockstep_daemon::systemd::keep_watchdog_fed(every, async {
+            let _ = watchdog_stopped.await;
+        }))
+    });
     let stopping = async {
         shutdown.await;
         lockstep_daemon::systemd::stopping();
     };
-    server::serve(listener, tls, controller, stopping).await?;
+    let served = server::serve(listener, tls, controller, stopping).await;
+    // Stopped and awaited, not aborted.
+    let _ = stop_watchdog.send(());
     if let Some(w) = watchdog {
-        w.abort();
+        let _ = w.await;
     }
+    let _ = stop_metrics.send(());
     if let Some(m) = metrics {
-        m.abort();
+        let _ = m.await;
     }
-    Ok(())
+    Ok(served?)
 }
 
-/// Serves the controller's `/metrics` on `listener` (a task; abort it to stop).
+/// Serves the controller's `/metrics` on `listener` until `stop` (a task).
 pub fn serve_metrics(
     listener: tokio::net::TcpListener,
     controller: Arc<controller::Controller>,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics");
     }
     let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || controller.metrics_text());
     tokio::spawn(async move {
-        if let Err(e) = lockstep_daemon::metrics_endpoint::serve(listener, render, std::future::pending()).await {
+        if let Err(e) = lockstep_daemon::metrics_endpoint::serve(listener, render, stop).await {
             tracing::error!(error = %e, "the /metrics endpoint stopped");
         }
     })

@@ -22,12 +22,18 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
 }
 
-/// Pings the watchdog forever at `interval`. Runs on the async runtime, so a
-/// wedged runtime stops the pings and systemd restarts the service.
-pub async fn keep_watchdog_fed(interval: Duration) {
+/// Pings the watchdog at `interval` until `stop`. Runs on the async
+/// runtime, so a wedged runtime stops the pings and systemd restarts the
+/// service.
+pub async fn keep_watchdog_fed(interval: Duration, stop: impl std::future::Future<Output = ()>) {
     let mut tick = tokio::time::interval(interval);
+    tokio::pin!(stop);
     loop {
-        tick.tick().await;
-        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+        tokio::select! {
+            _ = tick.tick() => {
+                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+            }
+            () = &mut stop => return,
+        }
     }
 }

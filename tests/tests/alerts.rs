@@ -194,7 +194,7 @@ async fn metrics_parse_and_move_with_what_happens() {
     assert_eq!(m.step1_release_everywhere().await.unwrap().gate_check_exit, 0);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = lockstep_controller::serve_metrics(listener, m.fleet.controller.clone());
+    let server = lockstep_controller::serve_metrics(listener, m.fleet.controller.clone(), std::future::pending());
 
     let (status, content_type, body) = http_get(addr, "/metrics").await.unwrap();
     assert!(status.contains("200"), "{status}");
