@@ -247,9 +247,26 @@ impl ConsoleService for ConsoleApi {
         Ok(Response::new(self.controller.queries.diff(req.get_ref())?))
     }
 
+    /// The check scripts and people run before the open; each run is
+    /// recorded (who, when, the answer and its exit code) as evidence of
+    /// the control having been applied.
     async fn gate_check(&self, req: Request<pb::GateCheckRequest>) -> Result<Response<pb::GateCheckReply>, Status> {
-        operator(&req)?;
-        Ok(Response::new(self.controller.queries.gate_check(&req.get_ref().role)?))
+        let who = operator(&req)?;
+        let reply = self.controller.queries.gate_check(&req.get_ref().role)?;
+        let code = crate::console::exit_code(&reply.gates) as u8;
+        let event = crate::audit::AuditEvent {
+            actor: who.actor(),
+            action: "gate.checked".into(),
+            host: String::new(),
+            role: reply.role.clone(),
+            detail: format!("{}; exit {code}", crate::console::summary(&reply)),
+        };
+        // The answer is given even when it cannot be recorded: the store's
+        // failure closes the gates it reports anyway.
+        if let Err(e) = self.controller.ledger.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot record a gate check in the audit log");
+        }
+        Ok(Response::new(reply))
     }
 
     async fn propose_release(&self, req: Request<pb::ProposeReleaseRequest>) -> Result<Response<pb::Release>, Status> {

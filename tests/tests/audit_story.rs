@@ -51,6 +51,30 @@ async fn the_audit_log_tells_the_story_and_verifies() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.lines().all(|l| l.contains("smars-02")), "{out}");
+    // Each `lockstep gate check` run is evidence: who ran it, and what it
+    // answered (exit 0 on release 1 everywhere, 3 with one host drifting).
+    let records = m.fleet.audit_records().await.unwrap();
+    let checks: Vec<&String> = records
+        .iter()
+        .filter(|r| r.contains("\"action\":\"gate.checked\""))
+        .collect();
+    assert!(checks.len() >= 2, "{checks:#?}");
+    assert!(
+        checks
+            .iter()
+            .all(|r| r.contains("bob (approver)") && r.contains("\"role\":\"smars\"")),
+        "{checks:#?}"
+    );
+    assert!(
+        checks[0].contains("smars: 3/3 OPEN on release 1; exit 0"),
+        "{}",
+        checks[0]
+    );
+    assert!(
+        checks[1].contains("smars: 2/3 OPEN on release 2; smars-03 CLOSED") && checks[1].contains("; exit 3"),
+        "{}",
+        checks[1]
+    );
     let (code, out) = m.fleet.console(&viewer, &["audit", "verify"]).await.unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("audit log intact"), "{out}");
