@@ -90,6 +90,16 @@ struct RawConfig {
     enrollment: RawEnrollment,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    siem: RawSiem,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSiem {
+    syslog_address: Option<String>,
+    syslog_ca: Option<PathBuf>,
+    syslog_server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -241,6 +251,17 @@ impl RoleConfig {
     }
 }
 
+/// `[siem]`: the collector sealed audit records are forwarded to, as
+/// RFC 5424 syslog over TLS (RFC 5425).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiemSettings {
+    /// host:port of the collector (6514 is syslog over TLS).
+    pub address: String,
+    pub server_name: String,
+    /// CA that signed the collector's certificate (default: the fleet CA).
+    pub ca: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub listen: SocketAddr,
@@ -254,6 +275,8 @@ pub struct ControllerConfig {
     pub alerts: AlertSettings,
     pub enrollment: EnrollmentConfig,
     pub store: StoreSettings,
+    /// Where sealed audit records are forwarded (`[siem]`); `None`: nowhere.
+    pub siem: Option<SiemSettings>,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -348,6 +371,25 @@ impl ControllerConfig {
         if store.stall_timeout < Duration::from_secs(1) {
             return Err(invalid("store.stall_timeout", "must be at least 1s".into()));
         }
+        let siem = match raw.siem.syslog_address {
+            None => None,
+            Some(address) => {
+                let server_name = match raw.siem.syslog_server_name {
+                    Some(n) => n,
+                    None => lockstep_proto::tls::default_server_name(&address).map_err(|e| {
+                        invalid(
+                            "siem.syslog_address",
+                            format!("{e}; give host:port, like \"siem.example:6514\""),
+                        )
+                    })?,
+                };
+                Some(SiemSettings {
+                    address,
+                    server_name,
+                    ca: raw.siem.syslog_ca.unwrap_or_else(|| raw.tls.ca.clone()),
+                })
+            }
+        };
         let mut roles = BTreeMap::new();
         let mut inventory = HashMap::new();
         for (i, r) in raw.roles.into_iter().enumerate() {
@@ -414,6 +456,7 @@ impl ControllerConfig {
             alerts,
             enrollment,
             store,
+            siem,
             roles,
             inventory,
         })
@@ -506,6 +549,10 @@ mod tests {
                 "host smars-01 is already in role smars",
             ),
             (GOOD.replace("0.0.0.0:7443", "everywhere"), "listen:"),
+            (
+                format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example\"\n"),
+                "siem.syslog_address: ",
+            ),
             (
                 GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),
                 "freshness_ttl:",

@@ -99,6 +99,7 @@ impl IncidentRecord {
         let kind = self.key.split(':').next().unwrap_or_default();
         match (kind, host) {
             ("audit", _) => "lockstep audit verify".into(),
+            ("siem", _) => "curl -s localhost:9720/metrics | grep lockstep_siem".into(),
             ("halted", _) => "lockstep halts".into(),
             ("drift", Some(h)) if self.key.contains(":release-") => format!("lockstep diff {h} --release"),
             ("rejected", Some(h)) => format!("lockstep audit --host {h}"),
@@ -171,6 +172,11 @@ pub enum Signal {
     },
     /// The audit chain failed verification.
     AuditBroken { detail: String },
+    /// The SIEM collector cannot be reached (or refused us): the audit log
+    /// is not reaching the firm's SIEM.
+    SiemUnreachable { detail: String },
+    /// The SIEM collector takes records again.
+    SiemReachable,
 }
 
 /// A notification to send: the incident as it is now, and why.
@@ -307,6 +313,30 @@ impl Incidents {
                 }
                 self.leave(&host, now);
                 self.join(&cause, &host, &role, role_hosts, now);
+            }
+            Signal::SiemUnreachable { detail } => {
+                let cause = Cause {
+                    key: "siem".into(),
+                    words: format!("the audit log is not reaching the SIEM: {detail}"),
+                    detail,
+                };
+                let id = self.incident_for(&cause, "", 0, now);
+                if let Some(i) = self.open.get_mut(&id) {
+                    if i.record.count == 0 || i.record.is_resolved() {
+                        i.record.count += 1;
+                        i.record.resolved_at_unix_ms = 0;
+                        i.record.detail = cause.detail;
+                        i.touch(now);
+                    }
+                    i.record.last_seen_unix_ms = now;
+                }
+            }
+            Signal::SiemReachable => {
+                let open = self.by_key.get("siem").and_then(|id| self.open.get_mut(id));
+                if let Some(i) = open.filter(|i| !i.record.is_resolved()) {
+                    i.record.resolved_at_unix_ms = now;
+                    i.touch(now);
+                }
             }
             Signal::AuditBroken { detail } => {
                 let cause = Cause {

@@ -174,3 +174,27 @@ fn the_book_survives_a_restart() {
     );
     assert_eq!(again.list()[1].id, 2, "ids continue after the stored ones");
 }
+
+#[test]
+fn a_lost_siem_collector_is_one_incident_that_resolves_when_it_answers() {
+    let mut book = Incidents::load(Vec::new());
+    for at in [1_000, 2_000, 3_000] {
+        book.observe(
+            Signal::SiemUnreachable {
+                detail: "siem.example:6514 (connection refused)".into(),
+            },
+            at,
+        );
+    }
+    let open = book.list();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].key, "siem");
+    assert_eq!(open[0].count, 1, "one outage counts once");
+    assert!(open[0].title().contains("not reaching the SIEM"), "{}", open[0].title());
+    assert!(!open[0].is_resolved());
+    book.observe(Signal::SiemReachable, 4_000);
+    assert!(book.list()[0].is_resolved());
+    book.observe(Signal::SiemUnreachable { detail: "again".into() }, 5_000);
+    let again = book.list();
+    assert!(!again[0].is_resolved() && again[0].count == 2, "{again:?}");
+}

@@ -41,6 +41,7 @@ pub mod releases;
 pub mod scan_requests;
 pub mod server;
 pub mod service;
+pub mod siem;
 pub mod sled_store;
 pub mod store;
 pub mod verify;

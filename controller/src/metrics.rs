@@ -62,6 +62,12 @@ pub struct Metrics {
     hosts: Family<GateLabels, Gauge>,
     age: Family<HostLabels, Gauge<f64, AtomicU64>>,
     incidents_open: Gauge,
+    /// 1 while connected to the SIEM collector.
+    pub siem_connected: Gauge,
+    /// The last audit seq written to the collector.
+    pub siem_forwarded: Gauge,
+    /// Audit records not yet written to the collector.
+    pub siem_lag: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +130,24 @@ impl Metrics {
             "Incidents not yet resolved and acknowledged",
             incidents_open.clone(),
         );
+        let siem_connected = Gauge::default();
+        registry.register(
+            "lockstep_siem_connected",
+            "1 while the audit log is being forwarded to the SIEM collector ([siem]), else 0",
+            siem_connected.clone(),
+        );
+        let siem_forwarded = Gauge::default();
+        registry.register(
+            "lockstep_siem_forwarded_seq",
+            "The last audit record sequence number written to the SIEM collector",
+            siem_forwarded.clone(),
+        );
+        let siem_lag = Gauge::default();
+        registry.register(
+            "lockstep_siem_lag_records",
+            "Audit records not yet written to the SIEM collector",
+            siem_lag.clone(),
+        );
         Self {
             registry,
             attestations,
@@ -135,6 +159,9 @@ impl Metrics {
             hosts,
             age,
             incidents_open,
+            siem_connected,
+            siem_forwarded,
+            siem_lag,
         }
     }
 

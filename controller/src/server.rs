@@ -213,6 +213,16 @@ pub async fn serve(
         loops.spawn(async move { crate::refusals::run(&c.refusals, &c.ledger, stop).await });
         let (c, stop) = (controller.clone(), stopped());
         loops.spawn(async move { c.ingest.count_heartbeats(stop).await });
+        if let Some(siem) = controller.config.siem.clone() {
+            let forwarder = crate::siem::Forwarder::new(
+                siem,
+                controller.alerts.clone(),
+                &controller.config.data_dir,
+                controller.ledger.clone(),
+                controller.metrics.clone(),
+            );
+            loops.spawn(forwarder.run(stopped()));
+        }
     }
     let incoming = ReceiverStream::new(accept_loop(listener, tls, controller.clone()));
     let stopping = controller.clone();
