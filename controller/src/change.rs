@@ -115,7 +115,6 @@ pub struct Enrolled {
     pub host: String,
     pub token_hash: String,
     pub pinned_key_hex: String,
-    pub at_unix_ms: i64,
     /// What the audit record adds: key id, certificate expiry.
     pub detail: String,
 }
@@ -179,6 +178,8 @@ pub struct Staged<'a> {
     view: &'a FleetState,
     store: &'a dyn Store,
     pub config: &'a ControllerConfig,
+    /// The commit's time: what time-bound checks (token expiry) are made at.
+    pub now_unix_ms: i64,
     hosts: HashMap<String, HostRecord>,
     releases: BTreeMap<u64, ReleaseRecord>,
     halts: BTreeMap<u64, HaltRecord>,
@@ -187,11 +188,12 @@ pub struct Staged<'a> {
 }
 
 impl<'a> Staged<'a> {
-    pub fn new(view: &'a FleetState, store: &'a dyn Store, config: &'a ControllerConfig) -> Self {
+    pub fn new(view: &'a FleetState, store: &'a dyn Store, config: &'a ControllerConfig, now_unix_ms: i64) -> Self {
         Self {
             view,
             store,
             config,
+            now_unix_ms,
             hosts: HashMap::new(),
             releases: BTreeMap::new(),
             halts: BTreeMap::new(),
@@ -573,7 +575,7 @@ pub fn check_enrollment(state: &Staged<'_>, e: &Enrolled) -> Result<TokenRecord,
             "join token was already used at {}: tokens are one-time, create a new one with `lockstep token create`",
             rfc3339(token.used_at_unix_ms)
         ))
-    } else if e.at_unix_ms > token.expires_at_unix_ms {
+    } else if state.now_unix_ms > token.expires_at_unix_ms {
         Some(format!(
             "join token expired at {}: create a new one with `lockstep token create`",
             rfc3339(token.expires_at_unix_ms)
@@ -606,13 +608,14 @@ pub fn check_enrollment(state: &Staged<'_>, e: &Enrolled) -> Result<TokenRecord,
 fn enrolled(state: &Staged<'_>, e: Enrolled) -> Result<Effect, Refused> {
     let mut token = check_enrollment(state, &e)?;
     let host = &e.host;
-    token.used_at_unix_ms = e.at_unix_ms;
+    let at = state.now_unix_ms;
+    token.used_at_unix_ms = at;
     let record = HostRecord {
         host: host.clone(),
         role: token.role.clone(),
         pinned_key_hex: e.pinned_key_hex,
-        pinned_at_unix_ms: e.at_unix_ms,
-        enrolled_at_unix_ms: e.at_unix_ms,
+        pinned_at_unix_ms: at,
+        enrolled_at_unix_ms: at,
         // A new identity starts afresh: no old measurement speaks for it.
         ..HostRecord::default()
     };

@@ -245,7 +245,7 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Change>, min_
         // Only batches write the view, one at a time (the head lock), so
         // it cannot change under this read.
         let view = target.view.read().unwrap_or_else(|p| p.into_inner());
-        let mut staged = Staged::new(&view, store, &target.config);
+        let mut staged = Staged::new(&view, store, &target.config, now);
         for change in batch {
             let numbers = counters.clone();
             let next_number = move |c: Counter| numbers.get(c);

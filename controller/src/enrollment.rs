@@ -134,7 +134,6 @@ impl Enrollment {
             host: host.clone(),
             token_hash: token_hash(&req.token),
             pinned_key_hex: hex::encode(&req.attestation_public_key),
-            at_unix_ms: now,
             detail: String::new(),
         };
         // The token is checked before a certificate is made, and again by

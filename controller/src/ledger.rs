@@ -86,7 +86,7 @@ impl Ledger {
     pub async fn check_enrollment(&self, e: &Enrolled) -> Result<(), ApiError> {
         let refused = {
             let view = self.view();
-            let staged = Staged::new(&view, self.store(), &self.target.config);
+            let staged = Staged::new(&view, self.store(), &self.target.config, self.now_unix_ms());
             match crate::change::check_enrollment(&staged, e) {
                 Ok(_) => return Ok(()),
                 Err(r) => r,

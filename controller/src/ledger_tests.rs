@@ -52,7 +52,6 @@ fn enrolled(host: &str, hash: &str, key: &str) -> Change {
         host: host.into(),
         token_hash: hash.into(),
         pinned_key_hex: key.into(),
-        at_unix_ms: 2_000,
         detail: "test".into(),
     })
 }

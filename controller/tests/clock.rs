@@ -53,12 +53,11 @@ fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> Change {
     }
 }
 
-fn enrolled(c: &Controller, host: &str, hash: &str) -> Change {
+fn enrolled(host: &str, hash: &str) -> Change {
     Change::Enrolled(Enrolled {
         host: host.into(),
         token_hash: hash.into(),
         pinned_key_hex: "aa".into(),
-        at_unix_ms: c.ledger.now_unix_ms(),
         detail: "test".into(),
     })
 }
@@ -73,7 +72,7 @@ async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
         .commit(token(&c, "smars-01", "01", Duration::from_secs(3600)))
         .await
         .unwrap();
-    c.ledger.commit(enrolled(&c, "smars-01", "01")).await.unwrap();
+    c.ledger.commit(enrolled("smars-01", "01")).await.unwrap();
     let now = c.ledger.now_unix_ms();
     c.ledger
         .commit(Change::Attested(Attested {
@@ -160,9 +159,9 @@ async fn a_token_expires_when_the_clock_passes_its_ttl() {
         .await
         .unwrap();
     tokio::time::advance(Duration::from_secs(599)).await;
-    c.ledger.commit(enrolled(&c, "smars-01", "01")).await.unwrap();
+    c.ledger.commit(enrolled("smars-01", "01")).await.unwrap();
     tokio::time::advance(Duration::from_secs(2)).await;
-    let late = c.ledger.commit(enrolled(&c, "smars-02", "02")).await.unwrap_err();
+    let late = c.ledger.commit(enrolled("smars-02", "02")).await.unwrap_err();
     assert!(late.to_string().contains("join token expired at"), "{late}");
     // The audit records carry the controller's clock, not the system's.
     let records = c.ledger.store().audit_from(1).unwrap();
