@@ -206,7 +206,6 @@ pub async fn run_service(config: AgentConfig, shutdown: impl Future<Output = ()>
     let host = config.host.clone();
     let metrics_at = config.metrics_listen;
     let agent = Agent::new(config)?;
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = match metrics_at {
         Some(at) => {
             let listener = tokio::net::TcpListener::bind(at).await.with_context(|| {
@@ -214,36 +213,17 @@ pub async fn run_service(config: AgentConfig, shutdown: impl Future<Output = ()>
             })?;
             let m = agent.metrics();
             let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || m.render());
-            Some(tokio::spawn(lockstep_daemon::metrics_endpoint::serve(
-                listener,
-                render,
-                async {
-                    let _ = metrics_stopped.await;
-                },
-            )))
+            Some((listener, render))
         }
         None => None,
     };
-    lockstep_daemon::systemd::ready(&format!("attesting {host}"));
-    let (stop_watchdog, watchdog_stopped) = tokio::sync::oneshot::channel::<()>();
-    let watchdog = lockstep_daemon::systemd::watchdog_interval().map(|every| {
-        tokio::spawn(lockstep_daemon::systemd::keep_watchdog_fed(every, async {
-            let _ = watchdog_stopped.await;
-        }))
-    });
+    let sidecars = lockstep_daemon::service::Sidecars::start(metrics, &format!("attesting {host}"));
     agent
         .run(async {
             shutdown.await;
             lockstep_daemon::systemd::stopping();
         })
         .await;
-    let _ = stop_watchdog.send(());
-    if let Some(w) = watchdog {
-        let _ = w.await;
-    }
-    let _ = stop_metrics.send(());
-    if let Some(m) = metrics {
-        let _ = m.await;
-    }
+    sidecars.stop().await;
     Ok(())
 }

@@ -84,35 +84,20 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
         None => None,
     };
     let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = metrics_listener.map(|l| {
-        serve_metrics(l, controller.clone(), async {
-            let _ = metrics_stopped.await;
-        })
-    });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "controller listening");
-    lockstep_daemon::systemd::ready(&format!("serving on {addr}"));
-    let (stop_watchdog, watchdog_stopped) = tokio::sync::oneshot::channel::<()>();
-    let watchdog = lockstep_daemon::systemd::watchdog_interval().map(|every| {
-        tokio::spawn(lockstep_daemon::systemd::keep_watchdog_fed(every, async {
-            let _ = watchdog_stopped.await;
-        }))
+    let metrics = metrics_listener.map(|l| {
+        let c = controller.clone();
+        let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || c.metrics_text());
+        (l, render)
     });
+    let sidecars = lockstep_daemon::service::Sidecars::start(metrics, &format!("serving on {addr}"));
     let stopping = async {
         shutdown.await;
         lockstep_daemon::systemd::stopping();
     };
     let served = server::serve(listener, tls, controller, stopping).await;
-    // Stopped and awaited, not aborted.
-    let _ = stop_watchdog.send(());
-    if let Some(w) = watchdog {
-        let _ = w.await;
-    }
-    let _ = stop_metrics.send(());
-    if let Some(m) = metrics {
-        let _ = m.await;
-    }
+    sidecars.stop().await;
     Ok(served?)
 }
 

@@ -3,6 +3,7 @@
 //! part of the wire contract (that is `lockstep-proto`).
 //!
 //! - [`logging`]: `tracing` to stderr, `LOCKSTEP_LOG` / `LOCKSTEP_LOG_FORMAT`.
+//! - [`service`]: `/metrics` and the watchdog beside a daemon's work, READY=1, an awaited stop.
 //! - [`signal`]: the SIGTERM / SIGINT that starts a graceful stop.
 //! - [`systemd`]: readiness, stopping and watchdog notifications.
 //! - [`metrics_endpoint`]: the plain-HTTP `/metrics` endpoint.
@@ -15,5 +16,6 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod metrics_endpoint;
+pub mod service;
 pub mod signal;
 pub mod systemd;
