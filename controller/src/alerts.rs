@@ -165,6 +165,7 @@ impl Alerts {
             host: String::new(),
             role: record.role.clone(),
             detail: format!("incident {id}: {}", record.title()),
+            facts: String::new(),
         };
         self.ledger
             .commit(Change::Incident {

@@ -4,7 +4,9 @@
 //! broken record.
 //!
 //! A record's hash is SHA-256 over `"lockstep.v1.audit\0"` followed by the
-//! record's JSON with `hash` empty (fields in declaration order).
+//! record's JSON with `hash` empty (fields in declaration order; `facts`
+//! only when it is not empty, so records written before it existed keep
+//! their hashes).
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,10 @@ pub struct AuditRecord {
     pub role: String,
     /// In words, for the person reading the log at 09:25.
     pub detail: String,
+    /// The same fact for a program: compact JSON (see [`crate::evidence`])
+    /// that reports are derived from, covered by the hash like the rest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub facts: String,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -38,6 +44,7 @@ pub struct AuditEvent {
     pub host: String,
     pub role: String,
     pub detail: String,
+    pub facts: String,
 }
 
 /// The end of the chain: what the next record follows.
@@ -86,6 +93,7 @@ pub fn seal(head: &ChainHead, events: Vec<AuditEvent>, at_unix_ms: i64) -> (Vec<
             host: e.host,
             role: e.role,
             detail: e.detail,
+            facts: e.facts,
             prev_hash: head.last_hash.clone(),
             hash: String::new(),
         };
@@ -138,6 +146,7 @@ impl AuditRecord {
             host: self.host.clone(),
             role: self.role.clone(),
             detail: self.detail.clone(),
+            facts: self.facts.clone(),
             prev_hash: self.prev_hash.clone(),
             hash: self.hash.clone(),
         }

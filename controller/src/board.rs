@@ -18,6 +18,7 @@ use crate::alerts::Alerts;
 use crate::audit::AuditEvent;
 use crate::config::{ControllerConfig, RoleConfig, RoleMode};
 use crate::error::ApiError;
+use crate::evidence::{GateChanged, to_facts};
 use crate::gate::Clock;
 use crate::incidents::{Signal, cause_of};
 use crate::ledger::Ledger;
@@ -193,7 +194,12 @@ impl GateBoard {
 }
 
 fn transition_event(old: &Gate, new: &Gate) -> AuditEvent {
-    let reasons: Vec<&str> = new.reasons.iter().map(|r| r.text.as_str()).collect();
+    let reasons: Vec<String> = new.reasons.iter().map(|r| r.text.clone()).collect();
+    let facts = to_facts(&GateChanged {
+        from: gate_word(old.state()).into(),
+        to: gate_word(new.state()).into(),
+        reasons: reasons.clone(),
+    });
     AuditEvent {
         actor: "controller".into(),
         action: "gate.changed".into(),
@@ -209,10 +215,11 @@ fn transition_event(old: &Gate, new: &Gate) -> AuditEvent {
                 format!(": {}", reasons.join("; "))
             }
         ),
+        facts,
     }
 }
 
-fn gate_word(s: GateState) -> &'static str {
+pub fn gate_word(s: GateState) -> &'static str {
     match s {
         GateState::Open => "OPEN",
         GateState::Closed => "CLOSED",

@@ -14,6 +14,7 @@ use lockstep_proto::pb::Entry;
 use crate::audit::AuditEvent;
 use crate::config::ControllerConfig;
 use crate::error::{ApiError, AuthError, EnrollError, HaltError, LookupError, ReleaseError};
+use crate::evidence::{HaltFact, ReleaseFact, Resumed, to_facts};
 use crate::fleet::FleetState;
 use crate::incidents::{IncidentRecord, Incidents};
 use crate::store::{
@@ -303,6 +304,7 @@ impl Change {
                         host,
                         role,
                         detail: reason,
+                        facts: String::new(),
                     }],
                     numbered: None,
                 })
@@ -319,6 +321,7 @@ impl Change {
                         &token.hash_hex[..token.hash_hex.len().min(12)],
                         rfc3339(token.expires_at_unix_ms)
                     ),
+                    facts: String::new(),
                 }],
                 puts: vec![Put::Token(token)],
                 numbered: None,
@@ -350,6 +353,7 @@ impl Change {
                         host,
                         role,
                         detail,
+                        facts: String::new(),
                     }],
                     numbered: None,
                 })
@@ -376,6 +380,7 @@ impl Change {
                         "release {number} from {} ({} entries): {}",
                         stored.source, stored.entry_count, stored.note
                     ),
+                    facts: to_facts(&ReleaseFact::of(&stored)),
                     ..Default::default()
                 };
                 puts.push(Put::Release(stored));
@@ -398,7 +403,13 @@ impl Change {
                     actor,
                     "halt",
                     &stored.scope,
-                    format!("halt {id} on {}: {}", stored.scope, stored.reason),
+                    format!(
+                        "{} {id} on {}: {}",
+                        if stored.drill { "drill halt" } else { "halt" },
+                        stored.scope,
+                        stored.reason
+                    ),
+                    to_facts(&HaltFact::of(&stored)),
                 );
                 Ok(Effect {
                     puts: vec![Put::Halt(stored)],
@@ -429,21 +440,23 @@ impl Change {
                     })
                     .into());
                 }
-                let ids: Vec<String> = lifted
+                let ids: Vec<u64> = lifted
                     .iter()
-                    .filter_map(|p| {
-                        if let Put::Halt(h) = p {
-                            Some(h.id.to_string())
-                        } else {
-                            None
-                        }
-                    })
+                    .filter_map(|p| if let Put::Halt(h) = p { Some(h.id) } else { None })
                     .collect();
+                let listed: Vec<String> = ids.iter().map(u64::to_string).collect();
+                let facts = to_facts(&Resumed {
+                    ids,
+                    scope: scope.to_string(),
+                    reason: reason.clone(),
+                    by: by.clone(),
+                });
                 let event = scope_event(
                     actor,
                     "resume",
                     &scope,
-                    format!("halt {} on {scope} lifted: {reason}", ids.join(", ")),
+                    format!("halt {} on {scope} lifted: {reason}", listed.join(", ")),
+                    facts,
                 );
                 Ok(Effect {
                     puts: lifted,
@@ -469,7 +482,7 @@ impl Change {
 
 /// An audit event about a halt scope: the host or role it names is
 /// filled in, so the log can be searched by either.
-fn scope_event(actor: String, action: &str, scope: &HaltScope, detail: String) -> AuditEvent {
+fn scope_event(actor: String, action: &str, scope: &HaltScope, detail: String, facts: String) -> AuditEvent {
     let (host, role) = match scope {
         HaltScope::Fleet => (String::new(), String::new()),
         HaltScope::Role(r) => (String::new(), r.clone()),
@@ -481,6 +494,7 @@ fn scope_event(actor: String, action: &str, scope: &HaltScope, detail: String) -
         host,
         role,
         detail,
+        facts,
     }
 }
 
@@ -530,6 +544,7 @@ fn attested(state: &Staged<'_>, a: Attested) -> Result<Effect, Refused> {
                 &a.digest_hex[..a.digest_hex.len().min(16)],
                 if a.full { " (full)" } else { " (heartbeat)" }
             ),
+            facts: String::new(),
         }]
     };
     puts.push(Put::Host(HostRecord {
@@ -558,6 +573,7 @@ pub fn check_enrollment(state: &Staged<'_>, e: &Enrolled) -> Result<TokenRecord,
             host: e.host.chars().take(64).collect(),
             role: String::new(),
             detail: why.clone(),
+            facts: String::new(),
         }],
         error: EnrollError::TokenRefused(why).into(),
     };
@@ -629,6 +645,7 @@ fn enrolled(state: &Staged<'_>, e: Enrolled) -> Result<Effect, Refused> {
             &e.token_hash[..e.token_hash.len().min(12)],
             e.detail
         ),
+        facts: String::new(),
     };
     Ok(Effect {
         puts: vec![Put::Token(token), Put::Host(record)],
@@ -666,6 +683,7 @@ fn approved(state: &Staged<'_>, actor: String, number: u64, by: String, at: i64)
         action: "release.approved".into(),
         role: record.role.clone(),
         detail: format!("release {number} (proposed by {}) is now active", record.proposed_by),
+        facts: to_facts(&ReleaseFact::of(&record)),
         ..Default::default()
     };
     Ok(Effect {

@@ -385,6 +385,7 @@ mod tests {
                 resumed_by: None,
                 resumed_at_unix_ms: 0,
                 resume_reason: String::new(),
+                drill: false,
             },
         }
     }

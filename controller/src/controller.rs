@@ -21,6 +21,7 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::queries::Queries;
 use crate::refusals::Refusals;
 use crate::releases::Releases;
+use crate::report_issuer::ReportIssuer;
 use crate::scan_requests::ScanRequests;
 use crate::store::{Store, StoreError};
 
@@ -39,6 +40,8 @@ pub struct Controller {
     pub queries: Queries,
     /// Full scans operators asked of connected agents.
     pub scans: ScanRequests,
+    /// Signed pre-open reports, from the audit log.
+    pub reports: ReportIssuer,
     /// Refused connections and calls, counted for the audit log.
     pub refusals: Arc<Refusals>,
     pub metrics: Arc<Metrics>,
@@ -79,6 +82,7 @@ impl Controller {
             enrollment: Enrollment::new(config.clone(), ledger.clone(), board.clone()),
             queries: Queries::new(config.clone(), ledger.clone(), board.clone()),
             scans: ScanRequests::new(config.clone(), ledger.clone()),
+            reports: ReportIssuer::new(config.clone(), ledger.clone()),
             refusals: Arc::new(Refusals::default()),
             closing: watch::channel(false).0,
             config,

@@ -184,6 +184,7 @@ impl Enrollment {
             host: host.to_string(),
             role: role.to_string(),
             detail: format!("certificate valid until {}", rfc3339(not_after)),
+            facts: String::new(),
         };
         self.ledger.record(vec![event]).await?;
         Ok(pb::RenewReply {

@@ -7,6 +7,7 @@
 use lockstep_proto::reason as r;
 use tonic::{Code, Status};
 
+use crate::report::ReportError;
 use crate::store::StoreError;
 use crate::verify::Rejection;
 
@@ -141,6 +142,8 @@ pub enum ApiError {
     Enroll(#[from] EnrollError),
     #[error(transparent)]
     Scan(#[from] ScanError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     #[error("attestation rejected: {0}")]
     Rejected(Rejection),
     #[error("storage failed, nothing was acknowledged and the gate stays closed: {0}")]
@@ -191,6 +194,12 @@ impl ApiError {
                 EnrollError::NoCa => (C::FailedPrecondition, r::NO_CA),
             },
             Self::Scan(ScanError::NotConnected { .. }) => (C::FailedPrecondition, r::AGENT_NOT_CONNECTED),
+            Self::Report(e) => match e {
+                ReportError::NoCheck { .. } | ReportError::NoFacts { .. } => (C::FailedPrecondition, r::NO_GATE_CHECK),
+                ReportError::BadDate(_) | ReportError::BadTime(_) | ReportError::BadZone(_) => {
+                    (C::InvalidArgument, r::INVALID_ARGUMENT)
+                }
+            },
             Self::Rejected(rejection) => match rejection {
                 Rejection::Signature(_) => (C::PermissionDenied, r::BAD_SIGNATURE),
                 Rejection::HostMismatch { .. } => (C::PermissionDenied, r::HOST_MISMATCH),

@@ -351,6 +351,7 @@ fn a_halt_closes_an_otherwise_open_gate_and_says_how_to_lift_it() {
         resumed_by: None,
         resumed_at_unix_ms: 0,
         resume_reason: String::new(),
+        drill: false,
     };
     let gate = decide(&r, &facts, &release_v1(&r, &entries), &[&halt], clock());
     assert_eq!(gate.state(), GateState::Closed);

@@ -70,6 +70,7 @@ impl Halts {
             resumed_by: None,
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
+            drill: req.drill,
         };
         let committed = self
             .ledger
@@ -149,5 +150,6 @@ fn to_pb(h: &HaltRecord) -> pb::Halt {
         resumed_by: h.resumed_by.clone().unwrap_or_default(),
         resumed_at_unix_ms: h.resumed_at_unix_ms,
         resume_reason: h.resume_reason.clone(),
+        drill: h.drill,
     }
 }

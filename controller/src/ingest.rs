@@ -90,6 +90,7 @@ impl Ingest {
             host: String::new(),
             role: String::new(),
             detail: format!("{n} heartbeats renewed unchanged version sets since the last count"),
+            facts: String::new(),
         };
         if let Err(e) = self.ledger.record(vec![event]).await {
             // Put back: they are counted in the next record instead.

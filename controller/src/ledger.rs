@@ -141,6 +141,7 @@ impl Ledger {
             resumed_by: None,
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
+            drill: false,
         });
     }
 }

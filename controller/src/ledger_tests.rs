@@ -101,6 +101,7 @@ fn halt(scope: HaltScope, reason: &str) -> Change {
             resumed_by: None,
             resumed_at_unix_ms: 0,
             resume_reason: String::new(),
+            drill: false,
         },
     }
 }

@@ -8,6 +8,10 @@
 //! revocation), [`scan_requests`] (operator-requested full scans), [`audit`] (the hash-chained audit log),
 //! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
 //! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
+//! [`evidence`] (the facts audit records carry) / [`report`] (the signed
+//! pre-open report derived from them) / [`report_html`] (its printable page) /
+//! [`report_key`] (its signing key) / [`report_issuer`] (issuing it) /
+//! [`report_verify`] (checking one offline),
 //! [`error`] (the one mapping to gRPC status), [`authz`] (who may call
 //! which method, one table), [`detach`] (calls run to
 //! completion when their client goes away).
@@ -26,6 +30,7 @@ pub mod controller;
 pub mod detach;
 pub mod enrollment;
 pub mod error;
+pub mod evidence;
 pub mod fleet;
 pub mod gate;
 pub mod halts;
@@ -38,6 +43,11 @@ pub mod pki;
 pub mod queries;
 pub mod refusals;
 pub mod releases;
+pub mod report;
+pub mod report_html;
+pub mod report_issuer;
+pub mod report_key;
+pub mod report_verify;
 pub mod scan_requests;
 pub mod server;
 pub mod service;
@@ -74,6 +84,10 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
         check_private(key)?;
     }
     let store = sled_store::SledStore::open(&config.data_dir.join("store"))?;
+    // Made at the first start, so its public key can be handed to auditors
+    // (`lockstep pki report-key`) before the first report is signed.
+    let report_key = report_key::ReportKey::open_or_create(&report_issuer::ReportIssuer::key_path(&config))?;
+    tracing::info!(key_id = %report_key.key_id(), "report signing key ready");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;

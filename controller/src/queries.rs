@@ -5,11 +5,14 @@ use std::sync::Arc;
 use lockstep_proto::diff;
 use lockstep_proto::pb::{self, HostStatus, diff_request::Against};
 
-use crate::board::GateBoard;
+use crate::board::{GateBoard, gate_word};
 use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::{ApiError, LookupError};
+use crate::evidence::{GateChecked, HaltFact, HostFact, IncidentFact, ReleaseFact};
 use crate::fleet::FleetState;
+use crate::incidents::IncidentRecord;
 use crate::ledger::Ledger;
+use crate::store::{HaltRecord, HaltScope};
 
 pub struct Queries {
     config: Arc<ControllerConfig>,
@@ -125,6 +128,66 @@ impl Queries {
             changes,
             per_host_excluded: u32::try_from(per_host_excluded).unwrap_or(u32::MAX),
         })
+    }
+
+    /// The gate check's answer and, from the same read of the view, the
+    /// facts a `gate.checked` record keeps of it (the pre-open report rests
+    /// on them). `incidents` is the incident book as it stands.
+    pub fn gate_check_with_facts(
+        &self,
+        role: &str,
+        incidents: &[IncidentRecord],
+    ) -> Result<(pb::GateCheckReply, GateChecked), ApiError> {
+        let role = self.config.role(role)?;
+        let view = self.ledger.view();
+        let (gates, release) = view.role_gates(role, self.board.clock());
+        let hosts: Vec<HostFact> = gates
+            .iter()
+            .map(|g| {
+                let rec = view.hosts.get(&g.host).filter(|r| r.role == role.name);
+                HostFact {
+                    host: g.host.clone(),
+                    gate: gate_word(g.state()).into(),
+                    reasons: g.reasons.iter().map(|r| r.text.clone()).collect(),
+                    agent_version: rec.map(|r| r.agent_version.clone()).unwrap_or_default(),
+                    last_seq: rec.map_or(0, |r| r.last_seq),
+                    measured_at_unix_ms: rec.map_or(0, |r| r.measured_at_unix_ms),
+                    accepted_at_unix_ms: rec.map_or(0, |r| r.accepted_at_unix_ms),
+                    digest: rec.map(|r| r.digest_hex.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let covers = |h: &HaltRecord| match &h.scope {
+            HaltScope::Fleet => true,
+            HaltScope::Role(r) => *r == role.name,
+            HaltScope::Host(x) => role.hosts.contains(x),
+        };
+        let halts = view
+            .halts
+            .values()
+            .filter(|h| h.is_active() && covers(h))
+            .map(HaltFact::of)
+            .collect();
+        let reply = pb::GateCheckReply {
+            role: role.name.clone(),
+            mode: role.mode.as_str().to_string(),
+            release,
+            gates,
+        };
+        let facts = GateChecked {
+            exit: crate::console::exit_code(&reply.gates) as u8,
+            summary: crate::console::summary(&reply),
+            mode: reply.mode.clone(),
+            release: view.releases.get(&release).map(ReleaseFact::of),
+            hosts,
+            halts,
+            incidents: incidents
+                .iter()
+                .filter(|i| !i.is_closed() && (i.role.is_empty() || i.role == role.name))
+                .map(IncidentFact::of)
+                .collect(),
+        };
+        Ok((reply, facts))
     }
 
     pub fn gate_check(&self, role: &str) -> Result<pb::GateCheckReply, ApiError> {

@@ -115,6 +115,7 @@ impl Refusals {
                 } else {
                     format!("{n} times in {}s: {}", WINDOW.as_secs(), k.detail)
                 },
+                facts: String::new(),
             })
             .collect();
         let overflow = self.overflow.swap(0, Ordering::Relaxed);

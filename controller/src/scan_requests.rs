@@ -81,6 +81,7 @@ impl ScanRequests {
             host: host.clone(),
             role,
             detail: format!("full scan {id} of {host} requested: {}", req.reason),
+            facts: String::new(),
         };
         self.ledger.record(vec![event]).await?;
         info!(host = %host, id, by = %who.name, "full scan requested");

@@ -252,14 +252,18 @@ impl ConsoleService for ConsoleApi {
     /// the control having been applied.
     async fn gate_check(&self, req: Request<pb::GateCheckRequest>) -> Result<Response<pb::GateCheckReply>, Status> {
         let who = operator(&req)?;
-        let reply = self.controller.queries.gate_check(&req.get_ref().role)?;
-        let code = crate::console::exit_code(&reply.gates) as u8;
+        let incidents = self.controller.alerts.list();
+        let (reply, facts) = self
+            .controller
+            .queries
+            .gate_check_with_facts(&req.get_ref().role, &incidents)?;
         let event = crate::audit::AuditEvent {
             actor: who.actor(),
             action: "gate.checked".into(),
             host: String::new(),
             role: reply.role.clone(),
-            detail: format!("{}; exit {code}", crate::console::summary(&reply)),
+            detail: format!("{}; exit {}", facts.summary, facts.exit),
+            facts: crate::evidence::to_facts(&facts),
         };
         // The answer is given even when it cannot be recorded: the store's
         // failure closes the gates it reports anyway.
@@ -349,6 +353,16 @@ impl ConsoleService for ConsoleApi {
     ) -> Result<Response<pb::RequestScanReply>, Status> {
         let who = operator(&req)?;
         Ok(Response::new(self.controller.scans.request(&who, req.get_ref()).await?))
+    }
+
+    async fn pre_open_report(
+        &self,
+        req: Request<pb::PreOpenReportRequest>,
+    ) -> Result<Response<pb::PreOpenReportReply>, Status> {
+        let who = operator(&req)?;
+        Ok(Response::new(
+            self.controller.reports.pre_open(&who, req.into_inner()).await?,
+        ))
     }
 
     async fn ack_incident(&self, req: Request<pb::AckIncidentRequest>) -> Result<Response<pb::Incident>, Status> {

@@ -307,6 +307,7 @@ mod tests {
             host: String::new(),
             role: "smars".into(),
             detail: "halt 1 on role smars: \"drill\" ] \\ now".into(),
+            facts: String::new(),
             prev_hash: "ab".into(),
             hash: "cd".into(),
         };

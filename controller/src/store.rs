@@ -143,6 +143,9 @@ pub struct HaltRecord {
     pub resumed_by: Option<String>,
     pub resumed_at_unix_ms: i64,
     pub resume_reason: String,
+    /// A test of the kill switch (`lockstep halt --drill`): it halts for real.
+    #[serde(default)]
+    pub drill: bool,
 }
 
 impl HaltRecord {

@@ -51,6 +51,8 @@ pub const ALREADY_APPROVED: &str = "ALREADY_APPROVED";
 pub const OLDER_THAN_ACTIVE: &str = "OLDER_THAN_ACTIVE";
 /// The host's agent has no directive stream open.
 pub const AGENT_NOT_CONNECTED: &str = "AGENT_NOT_CONNECTED";
+/// A pre-open report asked of a day with no recorded gate check to rest on.
+pub const NO_GATE_CHECK: &str = "NO_GATE_CHECK";
 
 /// A status with `reason` in its details.
 pub fn status(code: Code, message: impl Into<String>, reason: &str) -> Status {

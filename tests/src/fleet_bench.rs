@@ -192,6 +192,7 @@ pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
                 scope: Some(pb::halt_scope::Scope::Role("smars".into())),
             }),
             reason: "bench".into(),
+            drill: false,
         })
         .await?;
     let s = seen.clone();

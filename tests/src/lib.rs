@@ -2,6 +2,7 @@
 //! a generated PKI, a controller serving mTLS on 127.0.0.1:0 over a real sled
 //! store, and agents whose "hosts" are directories measured as if they were `/`.
 //!
+//! - [`browser`]: Debian's headless Chromium, for pages a test renders.
 //! - [`bench`]: realtime benchmarks (change to verdict, halt fan-out).
 //! - [`scan_bench`]: full scan of a generated tree vs sha256sum, aide and ring's limit.
 //! - [`fleet_bench`]: the real controller with 10,000 simulated enrolled agents.
@@ -12,6 +13,7 @@
 //! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
 
 pub mod bench;
+pub mod browser;
 pub mod fleet;
 pub mod fleet_bench;
 pub mod fuzz;

@@ -391,6 +391,7 @@ pub async fn gate_close_under_load(nice: i32, halts: usize) -> anyhow::Result<Ve
             .halt(pb::HaltRequest {
                 scope: Some(scope()),
                 reason: "bench".into(),
+                drill: false,
             })
             .await?;
         while state() != "CLOSED" {

@@ -1,10 +1,12 @@
-//! `lockstep`, the operator console. Every command but `pki` talks to the
+//! `lockstep`, the operator console. Every command but `pki` and `report
+//! verify` talks to the
 //! controller over mTLS with the operator's certificate; the controller
 //! authorises it by the role in that certificate. Tables for people,
 //! `--output json` for scripts.
 
 mod gate_check;
 mod render;
+mod report;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use lockstep_proto::tls::{self, TlsPaths};
 use tonic::transport::Channel;
 
 pub use gate_check::{ExitCode, exit_code, summary};
+pub use report::ReportCommand;
 
 use crate::pki::{self, Subject};
 
@@ -109,6 +112,9 @@ pub enum Command {
         /// Why: shown to everyone whose gate it closes.
         #[arg(long)]
         reason: String,
+        /// A test of the kill switch: it halts for real, and reports list it as a drill.
+        #[arg(long)]
+        drill: bool,
     },
     /// Lift the active halts of exactly this scope.
     Resume {
@@ -135,6 +141,9 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AlertsCommand>,
     },
+    /// Evidence: the signed pre-open report, and checking one offline.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// The hash-chained audit log: read it, verify it, export it.
     #[command(args_conflicts_with_subcommands = true)]
     Audit {
@@ -288,6 +297,12 @@ pub enum PkiCommand {
         #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
         validity: Duration,
     },
+    /// Print the controller's report signing key (run on the controller): what auditors check reports against.
+    ReportKey {
+        /// The controller's data_dir.
+        #[arg(long, default_value = "/var/lib/lockstep-controller")]
+        data_dir: PathBuf,
+    },
     /// Issue a certificate signed by the fleet CA in --dir: writes OUT.pem and OUT.key.
     Issue {
         #[arg(long)]
@@ -329,6 +344,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
         run_pki(cmd, out)?;
         return Ok(0);
     }
+    if let Command::Report(ReportCommand::Verify {
+        file,
+        audit,
+        public_key,
+    }) = &cli.command
+    {
+        return report::verify(file, audit.as_deref(), public_key.as_deref(), out, json);
+    }
     let mut client = connect(&cli.conn)?;
     let unreachable = |e: tonic::Status| -> anyhow::Error {
         if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
@@ -339,6 +362,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     };
     match cli.command {
         Command::Pki(_) => unreachable!("handled above"),
+        Command::Report(cmd) => report::pre_open(&mut client, cmd, out, json).await.map_err(|e| match e
+            .downcast::<tonic::Status>()
+        {
+            Ok(s) => unreachable(s),
+            Err(e) => e,
+        })?,
         Command::Hosts { role } => {
             let req = pb::ListHostsRequest {
                 role: role.unwrap_or_default(),
@@ -412,10 +441,11 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             render::gate_check(out, &reply, json)?;
             return Ok(exit_code(&reply.gates) as u8);
         }
-        Command::Halt { scope, reason } => {
+        Command::Halt { scope, reason, drill } => {
             let req = pb::HaltRequest {
                 scope: Some(scope.to_pb()),
                 reason,
+                drill,
             };
             let reply = client.halt(req).await.map_err(unreachable)?.into_inner();
             render::halted(out, &reply, json)?;
@@ -593,6 +623,13 @@ fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()>
                 dir.join(pki::CA_CERT).display(),
                 dir.join(pki::CA_KEY).display()
             )?;
+        }
+        PkiCommand::ReportKey { data_dir } => {
+            let path = data_dir.join(crate::report_key::REPORT_KEY);
+            let key = crate::report_key::ReportKey::load(&path).map_err(|e| {
+                anyhow::anyhow!("{e} (the controller makes it at its first start; --data-dir is its data_dir)")
+            })?;
+            writeln!(out, "report signing key {}: {}", key.key_id(), key.public_hex())?;
         }
         PkiCommand::Issue {
             dir,

@@ -404,10 +404,15 @@ pub fn halts(out: &mut dyn Write, list: &[Halt], json: bool) -> io::Result<()> {
 }
 
 fn audit_json(r: &AuditRecord) -> Value {
-    json!({
+    let mut v = json!({
         "seq": r.seq, "at_unix_ms": r.at_unix_ms, "actor": r.actor, "action": r.action, "host": r.host,
         "role": r.role, "detail": r.detail, "prev_hash": r.prev_hash, "hash": r.hash,
-    })
+    });
+    // An export is what `report verify --audit` re-hashes: facts go with it.
+    if !r.facts.is_empty() {
+        v["facts"] = Value::String(r.facts.clone());
+    }
+    v
 }
 
 pub fn audit(out: &mut dyn Write, records: &[AuditRecord], json: bool) -> io::Result<()> {
