@@ -225,10 +225,20 @@ impl Alerts {
             for d in due {
                 let payload = Payload::of(&d);
                 warn!(incident = payload.incident, status = payload.status, title = %payload.title, "alert");
+                // The notification is an audit record too: the SIEM gets it
+                // in order with everything else, and it outlives the webhook.
+                let notified = AuditEvent {
+                    actor: "controller".into(),
+                    action: format!("incident.{}", payload.status),
+                    host: String::new(),
+                    role: payload.role.clone(),
+                    detail: payload.text.clone(),
+                    facts: crate::evidence::to_facts(&crate::evidence::IncidentFact::of(&d.record)),
+                };
                 let change = Change::Incident {
                     snapshot: d.record.clone(),
                     book: self.book.clone(),
-                    events: Vec::new(),
+                    events: vec![notified],
                 };
                 if let Err(e) = self.ledger.commit(change).await {
                     error!(incident = payload.incident, error = %e, "cannot store incident");

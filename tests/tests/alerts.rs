@@ -138,6 +138,19 @@ async fn a_gate_flip_is_exactly_one_alert_and_its_recovery_one_more() {
     assert_eq!(all.len(), 2, "{all:#?}");
     assert_eq!(more[0]["status"], "resolved");
     assert_eq!(more[0]["incident"], a["incident"]);
+    // Each notification is also an audit record (what the SIEM forwards),
+    // carrying the same words the webhook sent.
+    for (status, sent) in [("firing", a), ("resolved", &more[0])] {
+        let record = m
+            .fleet
+            .wait_audit(&format!("incident.{status}"), "release 1 missing on 1 of 3 smars hosts")
+            .await
+            .unwrap();
+        let record: Value = serde_json::from_str(&record).unwrap();
+        assert_eq!(record["detail"], sent["text"], "{record:#}");
+        let facts: Value = serde_json::from_str(record["facts"].as_str().unwrap()).unwrap();
+        assert_eq!(facts["id"], a["incident"]);
+    }
     let op = m.fleet.operator("olga", OperatorRole::Operator).unwrap();
     let (_, out) = m.fleet.console(&op, &["alerts"]).await.unwrap();
     assert!(out.contains("RESOLVED, unacknowledged"), "{out}");
