@@ -221,6 +221,27 @@ impl Morning {
         self.run(&self.bob, &["audit", "verify"], &mut t).await?;
         // Every failure of the morning, grouped by root cause, waiting to be acknowledged.
         self.run(&self.bob, &["alerts"], &mut t).await?;
+        // The evidence: the signed report of the last check, checked offline
+        // against an export as an auditor would.
+        let evidence = self.fleet.dir.path().join("evidence");
+        std::fs::create_dir_all(&evidence)?;
+        let dir = evidence.display().to_string();
+        self.run(
+            &self.bob,
+            &["report", "pre-open", "--role", "smars", "--out-dir", &dir],
+            &mut t,
+        )
+        .await?;
+        let export = evidence.join("audit.jsonl");
+        std::fs::write(&export, self.fleet.audit_records().await?.join("\n"))?;
+        let report = std::fs::read_dir(&evidence)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "html"))
+            .ok_or_else(|| anyhow::anyhow!("report pre-open wrote no page in {dir}"))?;
+        let (report, export) = (report.display().to_string(), export.display().to_string());
+        self.run(&self.bob, &["report", "verify", &report, "--audit", &export], &mut t)
+            .await?;
         Ok(t)
     }
 
