@@ -121,7 +121,13 @@ pub struct Alerts {
     /// Shared with the ledger's writes of incidents, which store the latest
     /// record when they are applied (see [`Change::Incident`]).
     book: Arc<Mutex<Incidents>>,
+    /// The last whole-chain verification: when, and how many records held
+    /// (or why it broke). Shown on the board's audit page.
+    verified: Mutex<Option<Verification>>,
 }
+
+/// When the chain was last verified, and how many records held or why it broke.
+pub type Verification = (i64, Result<usize, String>);
 
 impl Alerts {
     /// The book as stored: closed incidents included (they keep ids unique).
@@ -131,7 +137,13 @@ impl Alerts {
             config,
             ledger,
             book: Arc::new(Mutex::new(book)),
+            verified: Mutex::new(None),
         })
+    }
+
+    /// The last whole-chain verification of the periodic check.
+    pub fn last_verification(&self) -> Option<Verification> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Incidents> {
@@ -188,10 +200,15 @@ impl Alerts {
                 return;
             }
         };
-        if let Err(b) = crate::audit::verify(&records) {
+        let outcome = crate::audit::verify(&records);
+        if let Err(b) = &outcome {
             error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
             self.signal(Signal::AuditBroken { detail: b.to_string() });
         }
+        *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            self.ledger.now_unix_ms(),
+            outcome.map(|()| records.len()).map_err(|b| b.to_string()),
+        ));
     }
 
     /// Sends due notifications and re-verifies the audit chain until

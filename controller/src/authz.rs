@@ -39,6 +39,7 @@ pub const TABLE: &[(&str, &str, Caller)] = &[
     (CONSOLE, "VerifyAudit", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "ListIncidents", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "PreOpenReport", Caller::Operator(OperatorRole::Viewer)),
+    (CONSOLE, "BoardLogin", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "ProposeRelease", Caller::Operator(OperatorRole::Operator)),
     (CONSOLE, "Halt", Caller::Operator(OperatorRole::Operator)),
     (CONSOLE, "Resume", Caller::Operator(OperatorRole::Operator)),
@@ -46,6 +47,8 @@ pub const TABLE: &[(&str, &str, Caller)] = &[
     (CONSOLE, "CreateToken", Caller::Operator(OperatorRole::Operator)),
     (CONSOLE, "RevokeHost", Caller::Operator(OperatorRole::Operator)),
     (CONSOLE, "RequestScan", Caller::Operator(OperatorRole::Operator)),
+    (CONSOLE, "ListBoardSessions", Caller::Operator(OperatorRole::Operator)),
+    (CONSOLE, "RevokeBoardSession", Caller::Operator(OperatorRole::Operator)),
     (CONSOLE, "ApproveRelease", Caller::Operator(OperatorRole::Approver)),
 ];
 

@@ -76,6 +76,8 @@ pub struct Target {
     pub clock: SharedClock,
     pub view: Arc<RwLock<FleetState>>,
     pub config: Arc<ControllerConfig>,
+    /// The last sealed audit seq, told to whoever follows the log live.
+    pub sealed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 pub struct GroupCommit {
@@ -208,6 +210,11 @@ impl Batch {
             }
         };
         if let Some(next) = outcome.head {
+            self.target.sealed.send_if_modified(|last| {
+                let moved = *last != next.chain.next_seq - 1;
+                *last = next.chain.next_seq - 1;
+                moved
+            });
             *head = next;
         }
         drop(head);
@@ -420,6 +427,7 @@ mod tests {
             view: Arc::new(RwLock::new(FleetState::load(store.as_ref(), &config).unwrap())),
             store,
             config,
+            sealed: Arc::new(tokio::sync::watch::channel(0).0),
         };
         (d, target, GroupCommit::new(ChainHead::after(None), counters, settings))
     }

@@ -92,6 +92,17 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     siem: RawSiem,
+    #[serde(default)]
+    board: RawBoard,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBoard {
+    listen: Option<String>,
+    url: Option<String>,
+    session_ttl: Option<String>,
+    login_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -262,6 +273,19 @@ pub struct SiemSettings {
     pub ca: PathBuf,
 }
 
+/// `[board]`: the fleet board, a web page served over HTTPS with the
+/// controller's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardSettings {
+    pub listen: SocketAddr,
+    /// The address operators open (login links start with it).
+    pub url: String,
+    /// How long a board session lasts.
+    pub session_ttl: Duration,
+    /// How long a login link from `lockstep board login` can be opened.
+    pub login_ttl: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub listen: SocketAddr,
@@ -277,6 +301,8 @@ pub struct ControllerConfig {
     pub store: StoreSettings,
     /// Where sealed audit records are forwarded (`[siem]`); `None`: nowhere.
     pub siem: Option<SiemSettings>,
+    /// The fleet board (`[board]`); `None`: not served.
+    pub board: Option<BoardSettings>,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -390,6 +416,37 @@ impl ControllerConfig {
                 })
             }
         };
+        let board = match raw.board.listen {
+            None => None,
+            Some(at) => {
+                let listen: SocketAddr = at
+                    .parse()
+                    .map_err(|e| invalid("board.listen", format!("{e}; give ip:port, like \"0.0.0.0:7444\"")))?;
+                let url = raw.board.url.unwrap_or_else(|| format!("https://{listen}"));
+                if !url.starts_with("https://") {
+                    return Err(invalid(
+                        "board.url",
+                        "must start with https:// (the board is served over TLS only)".into(),
+                    ));
+                }
+                let session_ttl = duration(raw.board.session_ttl.as_deref(), Duration::from_secs(12 * 3600))
+                    .map_err(|e| invalid("board.session_ttl", e))?;
+                let login_ttl = duration(raw.board.login_ttl.as_deref(), Duration::from_secs(120))
+                    .map_err(|e| invalid("board.login_ttl", e))?;
+                if login_ttl > Duration::from_secs(3600) {
+                    return Err(invalid(
+                        "board.login_ttl",
+                        "at most 1h: a login link is a credential in a terminal's scrollback".into(),
+                    ));
+                }
+                Some(BoardSettings {
+                    listen,
+                    url: url.trim_end_matches('/').to_string(),
+                    session_ttl,
+                    login_ttl,
+                })
+            }
+        };
         let mut roles = BTreeMap::new();
         let mut inventory = HashMap::new();
         for (i, r) in raw.roles.into_iter().enumerate() {
@@ -457,6 +514,7 @@ impl ControllerConfig {
             enrollment,
             store,
             siem,
+            board,
             roles,
             inventory,
         })
@@ -552,6 +610,15 @@ mod tests {
             (
                 format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example\"\n"),
                 "siem.syslog_address: ",
+            ),
+            (format!("{GOOD}\n[board]\nlisten = \"everywhere\"\n"), "board.listen: "),
+            (
+                format!("{GOOD}\n[board]\nlisten = \"0.0.0.0:7444\"\nurl = \"http://ctl:7444\"\n"),
+                "board.url: must start with https://",
+            ),
+            (
+                format!("{GOOD}\n[board]\nlisten = \"0.0.0.0:7444\"\nlogin_ttl = \"1d\"\n"),
+                "board.login_ttl: at most 1h",
             ),
             (
                 GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),

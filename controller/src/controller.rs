@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::alerts::Alerts;
 use crate::board::GateBoard;
+use crate::board_sessions::BoardSessions;
 use crate::config::ControllerConfig;
 use crate::enrollment::Enrollment;
 use crate::halts::Halts;
@@ -42,6 +43,8 @@ pub struct Controller {
     pub scans: ScanRequests,
     /// Signed pre-open reports, from the audit log.
     pub reports: ReportIssuer,
+    /// Login links and sessions of the web board.
+    pub board_sessions: Arc<BoardSessions>,
     /// Refused connections and calls, counted for the audit log.
     pub refusals: Arc<Refusals>,
     pub metrics: Arc<Metrics>,
@@ -83,6 +86,7 @@ impl Controller {
             queries: Queries::new(config.clone(), ledger.clone(), board.clone()),
             scans: ScanRequests::new(config.clone(), ledger.clone()),
             reports: ReportIssuer::new(config.clone(), ledger.clone()),
+            board_sessions: Arc::new(BoardSessions::new(config.board.clone(), ledger.clone())),
             refusals: Arc::new(Refusals::default()),
             closing: watch::channel(false).0,
             config,

@@ -63,6 +63,10 @@ pub enum LookupError {
     NoOpenIncident { id: u64 },
     #[error("diff against another host or a release")]
     NoDiffTarget,
+    #[error("this controller serves no board: set [board] listen in its config")]
+    NoBoard,
+    #[error("no board session {id}: `lockstep board sessions` lists them")]
+    NoBoardSession { id: String },
 }
 
 /// The kill switch.

@@ -43,6 +43,7 @@ impl Ledger {
     ) -> Result<Self, StoreError> {
         let view = FleetState::load(store.as_ref(), &config)?;
         let head = ChainHead::after(store.last_audit()?.as_ref());
+        let sealed = Arc::new(tokio::sync::watch::channel(head.next_seq - 1).0);
         let counters = Counters::load(store.as_ref())?;
         let committer = GroupCommit::new(head, counters, config.store);
         Ok(Self {
@@ -51,6 +52,7 @@ impl Ledger {
                 clock,
                 view: Arc::new(RwLock::new(view)),
                 config,
+                sealed,
             },
             committer,
             observe,
@@ -68,6 +70,12 @@ impl Ledger {
             self.halt_on_failed_store(err);
         }
         result
+    }
+
+    /// The seq of the last sealed audit record, now and as it moves (the
+    /// board's live feed follows it).
+    pub fn sealed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.target.sealed.subscribe()
     }
 
     /// Now, on the controller's one clock (what commits are sealed with).

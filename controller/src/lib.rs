@@ -3,7 +3,8 @@
 //! Controller: [`config`] → [`server`] (TLS, identity) → [`service`] (gRPC
 //! adapters) → [`controller`] (ingest, durable-then-acknowledge) using
 //! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
-//! [`gate`] (the pure gate rule), [`releases`] (two-person releases),
+//! [`gate`] (the pure gate rule), [`web`] / [`board_sessions`] (the fleet
+//! board in a browser, and its login links and sessions), [`releases`] (two-person releases),
 //! [`halts`] (the kill switch), [`enrollment`] (tokens, enrollment, renewal,
 //! revocation), [`scan_requests`] (operator-requested full scans), [`audit`] (the hash-chained audit log),
 //! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
@@ -22,6 +23,7 @@ pub mod alerts;
 pub mod audit;
 pub mod authz;
 pub mod board;
+pub mod board_sessions;
 pub mod change;
 pub mod commit;
 pub mod config;
@@ -55,6 +57,7 @@ pub mod siem;
 pub mod sled_store;
 pub mod store;
 pub mod verify;
+pub mod web;
 pub mod webhook;
 
 use std::future::Future;
@@ -91,6 +94,14 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;
+    let board_listener = match &config.board {
+        Some(b) => Some(
+            tokio::net::TcpListener::bind(b.listen)
+                .await
+                .with_context(|| format!("binding {} for the board (config key `board.listen`)", b.listen))?,
+        ),
+        None => None,
+    };
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
             format!("binding {at} for /metrics (config key `metrics.listen`; \"off\" disables it)")
@@ -110,7 +121,7 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
         shutdown.await;
         lockstep_daemon::systemd::stopping();
     };
-    let served = server::serve(listener, tls, controller, stopping).await;
+    let served = server::serve_all(listener, board_listener, tls, controller, stopping).await;
     sidecars.stop().await;
     Ok(served?)
 }

@@ -189,6 +189,18 @@ pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_all(listener, None, tls, controller, shutdown).await
+}
+
+/// [`serve`], and the web board on `board` (its listener, bound by the
+/// caller so that a bad `board.listen` stops the start naming it).
+pub async fn serve_all(
+    listener: TcpListener,
+    board_listener: Option<TcpListener>,
+    tls: Arc<ServerConfig>,
+    controller: Arc<Controller>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let max = controller.config().limits.max_payload_bytes + 64 * 1024;
     // Background loops end when the server has stopped, each finishing
     // what it is doing (mini-redis's shutdown shape): the gate recorder
@@ -222,6 +234,17 @@ pub async fn serve(
                 controller.metrics.clone(),
             );
             loops.spawn(forwarder.run(stopped()));
+        }
+        if let Some(board) = board_listener {
+            match lockstep_proto::tls::web_server_config(&controller.config.tls) {
+                Ok(web_tls) => {
+                    let (c, stop) = (controller.clone(), stopped());
+                    loops.spawn(crate::web::serve(board, web_tls, c, stop));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the board cannot use the controller's certificate; not serving it")
+                }
+            }
         }
     }
     let incoming = ReceiverStream::new(accept_loop(listener, tls, controller.clone()));

@@ -365,6 +365,39 @@ impl ConsoleService for ConsoleApi {
         ))
     }
 
+    async fn board_login(&self, req: Request<pb::BoardLoginRequest>) -> Result<Response<pb::BoardLoginReply>, Status> {
+        let who = operator(&req)?;
+        let (url, expires_at_unix_ms) = self.controller.board_sessions.issue_link(&who).await?;
+        Ok(Response::new(pb::BoardLoginReply {
+            url,
+            expires_at_unix_ms,
+        }))
+    }
+
+    async fn list_board_sessions(
+        &self,
+        req: Request<pb::ListBoardSessionsRequest>,
+    ) -> Result<Response<pb::BoardSessionList>, Status> {
+        operator(&req)?;
+        let sessions = self
+            .controller
+            .board_sessions
+            .list()
+            .iter()
+            .map(board_session_pb)
+            .collect();
+        Ok(Response::new(pb::BoardSessionList { sessions }))
+    }
+
+    async fn revoke_board_session(
+        &self,
+        req: Request<pb::RevokeBoardSessionRequest>,
+    ) -> Result<Response<pb::BoardSession>, Status> {
+        let who = operator(&req)?;
+        let ended = self.controller.board_sessions.revoke(&who, &req.get_ref().id).await?;
+        Ok(Response::new(board_session_pb(&ended)))
+    }
+
     async fn ack_incident(&self, req: Request<pb::AckIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
         let who = operator(&req)?;
         let acked = self.controller.alerts.ack(&who, req.get_ref().id).await?;
@@ -375,6 +408,16 @@ impl ConsoleService for ConsoleApi {
         operator(&req)?;
         let releases = self.controller.releases.list(&req.get_ref().role);
         Ok(Response::new(pb::ReleaseList { releases }))
+    }
+}
+
+fn board_session_pb(s: &crate::board_sessions::Session) -> pb::BoardSession {
+    pb::BoardSession {
+        id: s.id.clone(),
+        operator: s.operator.name.clone(),
+        role: s.operator.role.as_str().into(),
+        created_at_unix_ms: s.created_at_unix_ms,
+        expires_at_unix_ms: s.expires_at_unix_ms,
     }
 }
 

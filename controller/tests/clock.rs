@@ -169,3 +169,61 @@ async fn a_token_expires_when_the_clock_passes_its_ttl() {
     let last = records.last().unwrap().at_unix_ms;
     assert_eq!(last - first, 601_000, "{records:?}");
 }
+
+/// A board login link opens within its life and not after it; a session
+/// ends when its own life does.
+#[tokio::test(start_paused = true)]
+async fn a_board_login_link_and_session_expire_on_the_clock() {
+    use lockstep_controller::board_sessions::LoginRefused;
+    use lockstep_controller::peer::Operator;
+    use lockstep_proto::identity::OperatorRole;
+    let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n[board]\nlisten = \"127.0.0.1:0\"\nurl = \"https://board.example:7444\"\nlogin_ttl = \"2m\"\nsession_ttl = \"1h\"\n",
+        d.path().display()
+    );
+    let config = ControllerConfig::parse(&text, Path::new("controller.toml")).unwrap();
+    let store = Arc::new(SledStore::open(&d.path().join("store")).unwrap());
+    let c = Controller::with_clock(config, store, TokioClock::now().shared()).unwrap();
+    let alice = Operator {
+        name: "alice".into(),
+        role: OperatorRole::Operator,
+    };
+    let token_of = |url: &str| url.rsplit('/').next().unwrap().to_string();
+
+    let (first, _) = c.board_sessions.issue_link(&alice).await.unwrap();
+    assert!(first.starts_with("https://board.example:7444/login/"), "{first}");
+    let (late, expires) = c.board_sessions.issue_link(&alice).await.unwrap();
+    assert_eq!(expires - c.ledger.now_unix_ms(), 120_000);
+    tokio::time::advance(Duration::from_secs(119)).await;
+    let (cookie, session) = c.board_sessions.redeem(&token_of(&first)).await.unwrap();
+    assert_eq!(session.operator, alice);
+    assert_eq!(
+        c.board_sessions.redeem(&token_of(&first)).await.unwrap_err(),
+        LoginRefused::Used
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.board_sessions.redeem(&token_of(&late)).await.unwrap_err(),
+        LoginRefused::Expired
+    );
+    assert_eq!(
+        c.board_sessions.redeem("nonsense").await.unwrap_err(),
+        LoginRefused::Unknown
+    );
+
+    assert!(c.board_sessions.session(&cookie).is_some());
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert!(
+        c.board_sessions.session(&cookie).is_none(),
+        "a session outlived its ttl"
+    );
+    let records = c.ledger.store().audit_from(1).unwrap();
+    let refused: Vec<&str> = records
+        .iter()
+        .filter(|r| r.action == "board.login_refused")
+        .map(|r| r.detail.as_str())
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused[1].contains("expired"), "{refused:?}");
+}

@@ -118,6 +118,19 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The controller's web board: its certificate, TLS 1.3, HTTP/1.1, and no
+/// client certificate (browsers log in with a one-time link instead).
+pub fn web_server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(&paths.cert))?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)
+        .map_err(config_err(&paths.key))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// An agent's or operator's side: presents its certificate, trusts only the fleet CA.
 pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())

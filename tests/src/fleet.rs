@@ -63,6 +63,8 @@ pub struct FleetSpec {
     pub cert_validity: Duration,
     /// Agents renew once this share of their certificate's lifetime has passed.
     pub renew_fraction: f64,
+    /// Serve the web board (`[board]`) on a loopback port of its own.
+    pub board: bool,
 }
 
 impl FleetSpec {
@@ -88,6 +90,7 @@ impl FleetSpec {
             agent_tables: String::new(),
             cert_validity: Duration::from_secs(30 * 24 * 3600),
             renew_fraction: 2.0 / 3.0,
+            board: false,
         }
     }
 
@@ -114,6 +117,8 @@ pub struct Fleet {
     pub pki_dir: PathBuf,
     pub addr: SocketAddr,
     pub controller: Arc<Controller>,
+    /// The board's address (`https://127.0.0.1:PORT`) when the spec asks for one.
+    pub board_url: Option<String>,
     pub hosts: BTreeMap<String, HostHandle>,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -140,10 +145,21 @@ impl Fleet {
         let config_path = dir.path().join("controller.toml");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        std::fs::write(&config_path, controller_toml(&spec, &hosts, dir.path(), addr))?;
-        let (controller, stop, task) = start_controller(&config_path, listener).await?;
+        let board = if spec.board {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        } else {
+            None
+        };
+        let board_addr = board.as_ref().map(|l| l.local_addr()).transpose()?;
+        let mut toml = controller_toml(&spec, &hosts, dir.path(), addr);
+        if let Some(at) = board_addr {
+            toml.push_str(&format!("\n[board]\nlisten = \"{at}\"\n"));
+        }
+        std::fs::write(&config_path, toml)?;
+        let (controller, stop, task) = start_controller(&config_path, listener, board).await?;
         let mut fleet = Self {
             controller,
+            board_url: board_addr.map(|a| format!("https://{a}")),
             spec,
             pki_dir,
             addr,
@@ -385,7 +401,11 @@ state_file = "{gate}"
             Arc::new(Controller::new(stand_in, Arc::new(store))?),
         ));
         let listener = bind_again(self.addr).await?;
-        let (controller, stop, task) = start_controller(&config_path, listener).await?;
+        let board = match &self.controller.config.board {
+            Some(b) => Some(bind_again(b.listen).await?),
+            None => None,
+        };
+        let (controller, stop, task) = start_controller(&config_path, listener, board).await?;
         self.controller = controller;
         self.stop_server = Some(stop);
         self.server = Some(task);
@@ -677,6 +697,7 @@ async fn bind_again(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
 async fn start_controller(
     config_path: &Path,
     listener: tokio::net::TcpListener,
+    board: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<(Arc<Controller>, oneshot::Sender<()>, JoinHandle<()>)> {
     let config = ControllerConfig::load(config_path)?;
     let tls = tls::server_config(&config.tls)?;
@@ -688,7 +709,7 @@ async fn start_controller(
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = lockstep_controller::server::serve(listener, tls, c, shutdown).await {
+        if let Err(e) = lockstep_controller::server::serve_all(listener, board, tls, c, shutdown).await {
             tracing::error!(error = %e, "controller stopped with an error");
         }
     });

@@ -141,6 +141,9 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AlertsCommand>,
     },
+    /// The web board: a one-time login link, and its sessions.
+    #[command(subcommand)]
+    Board(BoardCommand),
     /// Evidence: the signed pre-open report, and checking one offline.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -189,6 +192,16 @@ pub enum TokenCommand {
 pub enum AlertsCommand {
     /// Acknowledge an incident: it leaves the list once it is also resolved.
     Ack { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BoardCommand {
+    /// Print a one-time link that opens the board as you (your certificate's name and role).
+    Login,
+    /// Every open board session.
+    Sessions,
+    /// End a board session now: its page stops updating.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -362,6 +375,30 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     };
     match cli.command {
         Command::Pki(_) => unreachable!("handled above"),
+        Command::Board(BoardCommand::Login) => {
+            let reply = client
+                .board_login(pb::BoardLoginRequest {})
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::board_link(out, &reply, json)?;
+        }
+        Command::Board(BoardCommand::Sessions) => {
+            let list = client
+                .list_board_sessions(pb::ListBoardSessionsRequest {})
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::board_sessions(out, &list.sessions, json)?;
+        }
+        Command::Board(BoardCommand::Revoke { id }) => {
+            let ended = client
+                .revoke_board_session(pb::RevokeBoardSessionRequest { id })
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::board_sessions(out, &[ended], json)?;
+        }
         Command::Report(cmd) => report::pre_open(&mut client, cmd, out, json).await.map_err(|e| match e
             .downcast::<tonic::Status>()
         {

@@ -568,3 +568,52 @@ pub fn revoked(out: &mut dyn Write, r: &RevokeHostReply, removed: bool, json: bo
         r.gate.as_ref().map_or("CLOSED", |g| state_word(g.state()))
     )
 }
+
+pub fn board_link(out: &mut dyn Write, r: &lockstep_proto::pb::BoardLoginReply, json: bool) -> io::Result<()> {
+    if json {
+        return print_json(out, &json!({"url": r.url, "expires_at_unix_ms": r.expires_at_unix_ms}));
+    }
+    writeln!(out, "{}", r.url)?;
+    writeln!(
+        out,
+        "open it in your browser before {}; it works once and logs that browser in as you",
+        when(r.expires_at_unix_ms)
+    )
+}
+
+pub fn board_sessions(
+    out: &mut dyn Write,
+    sessions: &[lockstep_proto::pb::BoardSession],
+    json: bool,
+) -> io::Result<()> {
+    if json {
+        let list: Vec<Value> = sessions
+            .iter()
+            .map(|s| {
+                json!({"id": s.id, "operator": s.operator, "role": s.role,
+                "created_at_unix_ms": s.created_at_unix_ms, "expires_at_unix_ms": s.expires_at_unix_ms})
+            })
+            .collect();
+        return print_json(out, &Value::Array(list));
+    }
+    if sessions.is_empty() {
+        return writeln!(out, "no board sessions");
+    }
+    writeln!(
+        out,
+        "{:<14} {:<16} {:<10} {:<22} EXPIRES",
+        "SESSION", "OPERATOR", "ROLE", "OPENED"
+    )?;
+    for s in sessions {
+        writeln!(
+            out,
+            "{:<14} {:<16} {:<10} {:<22} {}",
+            s.id,
+            s.operator,
+            s.role,
+            when(s.created_at_unix_ms),
+            when(s.expires_at_unix_ms)
+        )?;
+    }
+    Ok(())
+}

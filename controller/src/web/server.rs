@@ -1,0 +1,180 @@
+//! The board's HTTPS listener: TLS 1.3 with the controller's certificate
+//! (no client certificate: browsers log in by link), HTTP/1.1, bounded
+//! connections and handshakes, security headers on every answer, and the
+//! session that comes with a request.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::board_sessions::{COOKIE, Session};
+use crate::controller::Controller;
+
+/// At most this many board connections at once (each page holds one for
+/// its feed and briefly one more for a fetch).
+const MAX_CONNECTIONS: usize = 512;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Board {
+    pub controller: Arc<Controller>,
+}
+
+impl Board {
+    /// The live session of a request's cookie, if it has one.
+    pub fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        let cookie = session_cookie(headers)?;
+        let session = self.controller.board_sessions.session(&cookie)?;
+        Some((cookie, session))
+    }
+}
+
+/// `lockstep_session=…` from the Cookie header(s).
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+fn router(board: Board) -> Router {
+    Router::new()
+        .route("/", get(super::pages::fleet))
+        .route("/host/{host}", get(super::pages::host))
+        .route("/releases", get(super::pages::releases))
+        .route("/halts", get(super::pages::halts))
+        .route("/incidents", get(super::pages::incidents))
+        .route("/audit", get(super::pages::audit))
+        .route("/events", get(super::feed::events))
+        .route("/login/{token}", get(login))
+        .route("/logout", post(super::actions::logout))
+        .route("/halt", post(super::actions::halt))
+        .route("/resume", post(super::actions::resume))
+        .route("/ack", post(super::actions::ack))
+        .route("/approve", post(super::actions::approve))
+        .route("/board.js", get(script))
+        .route("/board.css", get(style))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(board)
+}
+
+/// What every answer carries: nothing from elsewhere may run or frame the
+/// board, and no URL of it (a login link) leaks in a Referer to another
+/// site. `same-origin`, not `no-referrer`: under `no-referrer` a browser
+/// sends `Origin: null` with the board's own forms, which the origin check
+/// must refuse.
+async fn secure_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "same-origin");
+    set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, header::CACHE_CONTROL, "no-store");
+    }
+    response
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("board.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("board.css"),
+    )
+}
+
+/// Opens a one-time login link: a session cookie, then the board.
+async fn login(State(board): State<Board>, Path(token): Path<String>) -> Response {
+    match board.controller.board_sessions.redeem(&token).await {
+        Ok((cookie, session)) => {
+            let max_age = (session.expires_at_unix_ms - session.created_at_unix_ms) / 1000;
+            let set_cookie = format!("{COOKIE}={cookie}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}");
+            let mut response = Redirect::to("/").into_response();
+            if let Ok(v) = HeaderValue::from_str(&set_cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            response
+        }
+        Err(why) => super::pages::refused(StatusCode::FORBIDDEN, "Login refused", &why.to_string()),
+    }
+}
+
+/// Serves the board on `listener` until `stop`; then the live feeds end
+/// and connections still open are closed after a short grace.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    controller: Arc<Controller>,
+    stop: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving the board");
+    }
+    let app = router(Board { controller });
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => break,
+        };
+        let Ok((tcp, peer)) = accepted else { continue };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "board connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let service = TowerToHyperService::new(app);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "board connection ended");
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    // Live feeds end on the controller's closing signal; give them a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+}
