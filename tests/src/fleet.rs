@@ -65,6 +65,8 @@ pub struct FleetSpec {
     pub renew_fraction: f64,
     /// Serve the web board (`[board]`) on a loopback port of its own.
     pub board: bool,
+    /// The board's `login_ttl` (default: the controller's).
+    pub board_login_ttl: Option<Duration>,
 }
 
 impl FleetSpec {
@@ -91,6 +93,7 @@ impl FleetSpec {
             cert_validity: Duration::from_secs(30 * 24 * 3600),
             renew_fraction: 2.0 / 3.0,
             board: false,
+            board_login_ttl: None,
         }
     }
 
@@ -154,6 +157,9 @@ impl Fleet {
         let mut toml = controller_toml(&spec, &hosts, dir.path(), addr);
         if let Some(at) = board_addr {
             toml.push_str(&format!("\n[board]\nlisten = \"{at}\"\n"));
+            if let Some(ttl) = spec.board_login_ttl {
+                toml.push_str(&format!("login_ttl = \"{}ms\"\n", ttl.as_millis()));
+            }
         }
         std::fs::write(&config_path, toml)?;
         let (controller, stop, task) = start_controller(&config_path, listener, board).await?;

@@ -3,6 +3,7 @@
 //! store, and agents whose "hosts" are directories measured as if they were `/`.
 //!
 //! - [`browser`]: Debian's headless Chromium, for pages a test renders.
+//! - [`board_bench`]: the web board: a gate change to the page, first render, many boards.
 //! - [`bench`]: realtime benchmarks (change to verdict, halt fan-out).
 //! - [`scan_bench`]: full scan of a generated tree vs sha256sum, aide and ring's limit.
 //! - [`fleet_bench`]: the real controller with 10,000 simulated enrolled agents.
@@ -13,6 +14,7 @@
 //! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
 
 pub mod bench;
+pub mod board_bench;
 pub mod browser;
 pub mod fleet;
 pub mod fleet_bench;

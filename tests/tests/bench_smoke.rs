@@ -141,3 +141,21 @@ fn probe_benchmark_runs_at_tiny_size() {
         "the working set stays resident with memory to spare: {on} {off}"
     );
 }
+
+/// The board's benchmarks at tiny size (they need Debian's Chromium, which
+/// `.ci/run` installs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_benchmarks_run_at_tiny_size() {
+    use lockstep_tests::{board_bench, browser};
+    if browser::chromium().unwrap().is_none() {
+        return;
+    }
+    let c = board_bench::change_to_page(2, 2).await.unwrap();
+    assert_eq!(c.write_to_page.samples.len(), 2);
+    assert!(c.decision_to_page.quantile(0.5) <= c.write_to_page.max());
+    let r = board_bench::first_render(20, 2).await.unwrap();
+    assert_eq!(r.load.samples.len(), 2);
+    assert!(r.bytes > 0);
+    let many = board_bench::many_boards(3, 2).await.unwrap();
+    assert_eq!(many.decision_to_fresh.samples.len(), 6);
+}

@@ -26,6 +26,48 @@ fn cookie_of(head: &str) -> String {
     value.split(';').next().unwrap().to_string()
 }
 
+/// The ids of the first `n` audit events `/events` sends after `last_id`.
+async fn events_after(ca: &std::path::Path, board: &str, cookie: &str, last_id: u64, n: usize) -> Vec<u64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let authority = board.trim_start_matches("https://");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in lockstep_proto::tls::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(lockstep_proto::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let request =
+        format!("GET /events HTTP/1.1\r\nHost: {authority}\r\nCookie: {cookie}\r\nLast-Event-ID: {last_id}\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(tls).lines();
+    let mut ids = Vec::new();
+    let mut audit = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ids.len() < n {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("the feed went quiet")
+            .unwrap()
+            .expect("the feed ended");
+        let line = line.trim();
+        if line.starts_with("event:") {
+            audit = line.ends_with("audit");
+        } else if let Some(id) = line.strip_prefix("id:").filter(|_| audit) {
+            ids.push(id.trim().parse().unwrap());
+        }
+    }
+    ids
+}
+
 async fn login_link(m: &Morning, who: &lockstep_proto::tls::TlsPaths) -> String {
     let (code, out) = m.fleet.console(who, &["board", "login"]).await.unwrap();
     assert_eq!(code, 0, "{out}");
@@ -78,9 +120,14 @@ async fn the_board_follows_the_fleet_in_a_real_browser() {
     assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
 
     // The same link again is refused (it opened a session already).
-    let (status, _, body) = browser::https(&ca, &link, "GET", &[], "").await.unwrap();
-    assert_eq!(status, 403);
-    assert!(body.contains("already used"), "{body}");
+    b.client.goto(&link).await.unwrap();
+    b.wait_until(
+        "the used link refused",
+        "var w = document.getElementById('why'); return !!w && w.innerText.includes('already used')",
+    )
+    .await
+    .unwrap();
+    b.client.goto(&format!("{board}/")).await.unwrap();
 
     // A file changed on one host: that host turns CLOSED on the open page,
     // naming the file, without a reload.
@@ -286,6 +333,15 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
     assert_eq!(status, 401, "a logged-out cookie still opens the board");
     m.fleet.wait_audit("board.login", "alice").await.unwrap();
     m.fleet.wait_audit("board.logout", "alice").await.unwrap();
+
+    // A page that reconnects with Last-Event-ID gets every record after it, in order.
+    let link = login_link(&m, &m.alice).await;
+    let (_, head, _) = browser::https(&ca, &link, "GET", &[], "").await.unwrap();
+    let cookie = cookie_of(&head);
+    let sealed = *m.fleet.controller.ledger.sealed().borrow();
+    let from = sealed - 5;
+    let ids = events_after(&ca, &board, &cookie, from, 5).await;
+    assert_eq!(ids, ((from + 1)..=sealed).collect::<Vec<_>>());
     // A session that does not exist cannot be revoked, and says how to find one.
     let err = m
         .fleet
@@ -294,5 +350,27 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("lockstep board sessions"), "{err}");
+    m.fleet.shutdown().await.unwrap();
+}
+
+/// A link not opened within its life is refused over the real listener,
+/// and says so (the paused-clock test in controller/tests/clock.rs checks
+/// the edge to the millisecond).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_login_link_is_refused() {
+    let spec = FleetSpec {
+        board: true,
+        board_login_ttl: Some(std::time::Duration::from_millis(300)),
+        ..FleetSpec::smars(1)
+    };
+    let m = Morning::with_spec(spec).await.unwrap();
+    let ca = m.fleet.pki_dir.join("ca.pem");
+    let stale = login_link(&m, &m.alice).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (status, _, body) = browser::https(&ca, &stale, "GET", &[], "").await.unwrap();
+    assert_eq!(status, 403);
+    assert!(body.contains("expired"), "{body}");
+    m.fleet.wait_audit("board.login_refused", "expired").await.unwrap();
+    assert!(m.fleet.controller.board_sessions.list().is_empty());
     m.fleet.shutdown().await.unwrap();
 }

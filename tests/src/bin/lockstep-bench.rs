@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use lockstep_tests::{bench, fleet_bench, idle_bench, ingest_bench, openssl_speed, probe_bench, scan_bench};
+use lockstep_tests::{
+    bench, board_bench, fleet_bench, idle_bench, ingest_bench, openssl_speed, probe_bench, scan_bench,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -24,6 +26,8 @@ enum Part {
     Probe,
     /// Peak RSS of a full scan: the probe's tree and many small files.
     Memory,
+    /// The web board: gate change → a real Chromium's page, first render at 10,000 hosts, 50 boards.
+    Board,
 }
 
 #[derive(Parser)]
@@ -87,6 +91,15 @@ struct Args {
     /// Size of the tree the probe's agent scans, MiB.
     #[arg(long, default_value_t = 2048)]
     probe_mib: u64,
+    /// Gate flips timed on the board's page.
+    #[arg(long, default_value_t = 100)]
+    board_changes: usize,
+    /// Inventory hosts for the board's first render.
+    #[arg(long, default_value_t = 10_000)]
+    board_hosts: usize,
+    /// Boards following one fleet at once.
+    #[arg(long, default_value_t = 50)]
+    boards: usize,
 }
 
 fn ms(d: Duration) -> String {
@@ -180,6 +193,62 @@ fn scan(args: &Args) -> anyhow::Result<()> {
         ),
         Err(why) => println!("| OpenSSL SHA-256 | | {why} | | | |"),
     }
+    Ok(())
+}
+
+async fn board(args: &Args) -> anyhow::Result<()> {
+    println!("\n## The web board\n");
+    println!("| benchmark | size | median | p99 | max |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    let c = board_bench::change_to_page(3, args.board_changes).await?;
+    for (what, l) in [
+        (
+            "controller's gate decision → Chromium's open page showing it",
+            &c.decision_to_page,
+        ),
+        (
+            "file write on the host → Chromium's open page showing it",
+            &c.write_to_page,
+        ),
+    ] {
+        println!(
+            "| {what} | {} changes | {} | {} | {} |",
+            l.samples.len(),
+            ms(l.quantile(0.5)),
+            ms(l.quantile(0.99)),
+            ms(l.max())
+        );
+    }
+    let r = board_bench::first_render(args.board_hosts, 20).await?;
+    println!(
+        "| first render of the fleet page, Chromium navigation to load | {} hosts, {} KB page | {} | {} | {} |",
+        r.hosts,
+        r.bytes / 1000,
+        ms(r.load.quantile(0.5)),
+        ms(r.load.quantile(0.99)),
+        ms(r.load.max())
+    );
+    println!(
+        "| the same, the controller's answer alone (request → last byte) | {} hosts | {} | {} | {} |",
+        r.hosts,
+        ms(r.server.quantile(0.5)),
+        ms(r.server.quantile(0.99)),
+        ms(r.server.max())
+    );
+    let many = board_bench::many_boards(args.boards, 20).await?;
+    println!(
+        "| gate decision → every board holding a fresh page showing it | {} boards × {} changes | {} | {} | {} |",
+        many.boards,
+        many.changes,
+        ms(many.decision_to_fresh.quantile(0.5)),
+        ms(many.decision_to_fresh.quantile(0.99)),
+        ms(many.decision_to_fresh.max())
+    );
+    println!(
+        "\nCPU per change with {} boards (controller and every board client, one process): {}",
+        many.boards,
+        ms(many.cpu_per_change)
+    );
     Ok(())
 }
 
@@ -392,6 +461,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::Memory) {
         memory(&args)?;
+    }
+    if want(Part::Board) {
+        board(&args).await?;
     }
     Ok(())
 }
