@@ -126,23 +126,6 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     Ok(served?)
 }
 
-/// Serves the controller's `/metrics` on `listener` until `stop` (a task).
-pub fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    controller: Arc<controller::Controller>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics");
-    }
-    let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || controller.metrics_text());
-    tokio::spawn(async move {
-        if let Err(e) = lockstep_daemon::metrics_endpoint::serve(listener, render, stop).await {
-            tracing::error!(error = %e, "the /metrics endpoint stopped");
-        }
-    })
-}
-
 /// The CA key signs every agent identity: refuse to run with it readable by
 /// anyone but the controller's user.
 fn check_private(path: &Path) -> anyhow::Result<()> {

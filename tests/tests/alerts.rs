@@ -207,7 +207,10 @@ async fn metrics_parse_and_move_with_what_happens() {
     assert_eq!(m.step1_release_everywhere().await.unwrap().gate_check_exit, 0);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = lockstep_controller::serve_metrics(listener, m.fleet.controller.clone(), std::future::pending());
+    // The controller's /metrics as the daemon serves it (its sidecars).
+    let controller = m.fleet.controller.clone();
+    let render: lockstep_daemon::metrics_endpoint::Render = std::sync::Arc::new(move || controller.metrics_text());
+    let sidecars = lockstep_daemon::service::Sidecars::start(Some((listener, render)), "test");
 
     let (status, content_type, body) = http_get(addr, "/metrics").await.unwrap();
     assert!(status.contains("200"), "{status}");
@@ -270,6 +273,6 @@ async fn metrics_parse_and_move_with_what_happens() {
     #[allow(clippy::cast_precision_loss)]
     let now = lockstep_proto::now_unix_ms() as f64 / 1000.0;
     assert!(now - last < 30.0 && last > 0.0, "last report {last}, now {now}");
-    server.abort();
+    sidecars.stop().await;
     m.fleet.shutdown().await.unwrap();
 }

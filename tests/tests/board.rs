@@ -342,6 +342,30 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
     let from = sealed - 5;
     let ids = events_after(&ca, &board, &cookie, from, 5).await;
     assert_eq!(ids, ((from + 1)..=sealed).collect::<Vec<_>>());
+
+    // The releases page counts the hosts that already match a proposed
+    // release, and offers approval only to an approver.
+    let args = [
+        "release",
+        "propose",
+        "--role",
+        "smars",
+        "--from-host",
+        "smars-01",
+        "--note",
+        "rc1",
+    ];
+    let (code, out) = m.fleet.console(&m.alice, &args).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let (status, _, page) = browser::https(&ca, &format!("{board}/releases"), "GET", &[("Cookie", &cookie)], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("2 of 2") && page.contains("rc1"), "{page}");
+    assert!(
+        !page.contains("action=\"/approve\""),
+        "an operator was offered approval: {page}"
+    );
     // A session that does not exist cannot be revoked, and says how to find one.
     let err = m
         .fleet

@@ -361,10 +361,18 @@ pub async fn releases(State(board): State<Board>, headers: HeaderMap) -> Respons
     let c = &board.controller;
     let mut list = c.releases.list("");
     list.reverse();
-    // How many of its role's hosts already run a proposed release.
+    // How many of its role's hosts already run a proposed release
+    // (counted again at most every 5 s).
     let matching = |r: &pb::Release| -> usize {
+        let fresh = std::time::Duration::from_secs(5);
+        if let Some((at, n)) = board.matching.lock().unwrap_or_else(|p| p.into_inner()).get(&r.number) {
+            if at.elapsed() < fresh {
+                return *n;
+            }
+        }
         let Ok(role) = c.config.role(&r.role) else { return 0 };
-        role.hosts
+        let n = role
+            .hosts
             .iter()
             .filter(|h| {
                 c.queries
@@ -374,7 +382,13 @@ pub async fn releases(State(board): State<Board>, headers: HeaderMap) -> Respons
                     })
                     .is_ok_and(|d| d.changes.is_empty())
             })
-            .count()
+            .count();
+        board
+            .matching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.number, (std::time::Instant::now(), n));
+        n
     };
     let approver = may(&session, "ApproveRelease");
     let live = html! {

@@ -29,6 +29,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Board {
     pub controller: Arc<Controller>,
+    /// How many hosts matched each proposed release, and when that was
+    /// counted: the releases page refreshes on every event, and counting
+    /// diffs every host of a 10,000-host role each time would not do.
+    pub matching: Arc<std::sync::Mutex<std::collections::HashMap<u64, (std::time::Instant, usize)>>>,
 }
 
 impl Board {
@@ -138,7 +142,10 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving the board");
     }
-    let app = router(Board { controller });
+    let app = router(Board {
+        controller,
+        matching: Arc::default(),
+    });
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
