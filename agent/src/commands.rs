@@ -74,8 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut config = AgentConfig::load(&config)?;
             if let Some(addr) = controller {
-                config.controller.server_name = lockstep_proto::tls::default_server_name(&addr)?;
-                config.controller.address = addr;
+                config.controller.only(addr)?;
             }
             let token = if token == "-" {
                 let mut t = String::new();

@@ -145,10 +145,18 @@ struct RawGate {
     hold_hours_utc: Option<String>,
 }
 
+/// `address = "ctl:7443"` or `address = ["ctl-1:7443", "ctl-2:7443"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAddresses {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawController {
-    address: String,
+    address: RawAddresses,
     #[serde(default)]
     server_name: Option<String>,
     ca: PathBuf,
@@ -229,10 +237,43 @@ fn parse_hours(text: &str) -> Result<(i32, i32), String> {
     Ok((minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?))
 }
 
+impl ControllerConfig {
+    /// Each controller to try, with the name its certificate must carry.
+    pub fn targets(&self) -> Vec<lockstep_proto::tls::Target> {
+        self.addresses
+            .iter()
+            .map(|a| lockstep_proto::tls::Target {
+                address: a.clone(),
+                server_name: if self.server_name_given {
+                    self.server_name.clone()
+                } else {
+                    default_server_name(a).unwrap_or_else(|_| self.server_name.clone())
+                },
+            })
+            .collect()
+    }
+
+    /// Talks to `addr` only (`lockstep-agent enroll --controller`).
+    pub fn only(&mut self, addr: String) -> Result<(), lockstep_proto::tls::TlsError> {
+        self.server_name = default_server_name(&addr)?;
+        self.server_name_given = false;
+        self.addresses = vec![addr.clone()];
+        self.address = addr;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
+    /// The first of `addresses` (what is shown when one is named).
     pub address: String,
+    /// Every controller the agent may talk to, tried in turn (`controller.address`).
+    pub addresses: Vec<String>,
+    /// The name the controller's certificate must carry: `controller.server_name`,
+    /// or the first address's host.
     pub server_name: String,
+    /// `controller.server_name` was set: it holds for every address.
+    pub server_name_given: bool,
     pub tls: TlsPaths,
     pub connect_timeout: Duration,
     /// The certificate is renewed once this fraction of its lifetime has passed.
@@ -274,12 +315,25 @@ impl AgentConfig {
         if scan_interval < Duration::from_millis(100) {
             return Err(invalid("scan_interval", "must be at least 100ms".into()));
         }
+        let addresses = match raw.controller.address {
+            RawAddresses::One(a) => vec![a],
+            RawAddresses::Many(list) => list,
+        };
+        if addresses.is_empty() {
+            return Err(invalid(
+                "controller.address",
+                "give at least one address, like \"lockstep.example:7443\"".into(),
+            ));
+        }
+        for a in &addresses {
+            default_server_name(a).map_err(|e| invalid("controller.address", e.to_string()))?;
+        }
+        // Configured: every controller's certificate carries it. Otherwise each address's host.
+        let server_name_given = raw.controller.server_name.is_some();
         let server_name = match raw.controller.server_name {
             Some(n) => n,
-            None => default_server_name(&raw.controller.address)
-                .map_err(|e| invalid("controller.address", e.to_string()))?,
+            None => default_server_name(&addresses[0]).map_err(|e| invalid("controller.address", e.to_string()))?,
         };
-        default_server_name(&raw.controller.address).map_err(|e| invalid("controller.address", e.to_string()))?;
         let connect_timeout = duration(raw.controller.connect_timeout.as_deref(), Duration::from_secs(5))
             .map_err(|e| invalid("controller.connect_timeout", e))?;
         let renew_fraction = raw.controller.renew_fraction.unwrap_or(2.0 / 3.0);
@@ -434,8 +488,10 @@ impl AgentConfig {
             cpus,
             market_hours,
             controller: ControllerConfig {
-                address: raw.controller.address,
+                address: addresses[0].clone(),
+                addresses,
                 server_name,
+                server_name_given,
                 tls: TlsPaths {
                     ca: raw.controller.ca,
                     cert: raw.controller.cert,

@@ -38,6 +38,16 @@ impl FullScanRequests {
     }
 }
 
+/// The agent's two links to the controller (its reports and its directive
+/// stream) tell each other when they are back: after an outage whichever
+/// reconnects first cuts the other's backoff short, so a gate is refreshed
+/// as soon as reports are accepted again, not a backoff step later.
+#[derive(Debug, Default)]
+pub struct Reconnects {
+    pub reports_back: tokio::sync::Notify,
+    pub directives_back: tokio::sync::Notify,
+}
+
 /// Waits for the keeper's lease deadline (forever when there is none).
 async fn lease_runs_out(keeper: &GateKeeper) {
     match keeper.deadline() {
@@ -50,6 +60,7 @@ pub async fn follow(
     mut client: AgentServiceClient<Channel>,
     mut keeper: GateKeeper,
     scans: std::sync::Arc<FullScanRequests>,
+    reconnects: std::sync::Arc<Reconnects>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -71,12 +82,16 @@ pub async fn follow(
                 let pause = backoff.next_delay();
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
+                    () = reconnects.reports_back.notified() => debug!("reports are accepted again; reconnecting now"),
                     () = lease_runs_out(&keeper) => keeper.expire(),
                     () = &mut shutdown => return,
                 }
                 continue;
             }
         };
+        if warned {
+            reconnects.directives_back.notify_one();
+        }
         warned = false;
         backoff.reset();
         loop {

@@ -66,9 +66,8 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
     })?;
     let (tls_key, csr_der) = new_tls_key()?;
     let ca = ca.unwrap_or(&config.controller.tls.ca);
-    let channel = tls::channel(
-        &config.controller.address,
-        &config.controller.server_name,
+    let channel = tls::failover_channel(
+        config.controller.targets(),
         tls::enroll_client_config(ca)?,
         config.controller.connect_timeout,
     )?;

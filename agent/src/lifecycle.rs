@@ -66,9 +66,8 @@ impl Agent {
         };
         let scanner = Arc::new(scanner);
         let (tls_config, cert) = tls::reloadable_client_config(&config.controller.tls)?;
-        let channel = tls::channel(
-            &config.controller.address,
-            &config.controller.server_name,
+        let channel = tls::failover_channel(
+            config.controller.targets(),
             tls_config,
             config.controller.connect_timeout,
         )?;
@@ -97,6 +96,7 @@ impl Agent {
                 scan_now: Arc::new(Notify::new()),
                 fs_changed: Arc::new(Notify::new()),
                 scan_requests,
+                reconnects: Arc::default(),
             },
             config,
             scanner,
@@ -150,6 +150,7 @@ impl Agent {
             self.client.clone(),
             keeper,
             self.triggers.scan_requests.clone(),
+            self.triggers.reconnects.clone(),
             async {
                 let _ = follow_stopped.await;
             },

@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::attest_stream::AttestStream;
-use crate::directives::FullScanRequests;
+use crate::directives::{FullScanRequests, Reconnects};
 use crate::error::AgentError;
 use crate::measure::Measurer;
 use crate::metrics::AgentMetrics;
@@ -215,6 +215,8 @@ pub struct Triggers {
     pub fs_changed: Arc<Notify>,
     /// `lockstep scan --host`.
     pub scan_requests: Arc<FullScanRequests>,
+    /// The directive stream's side of the link (see [`Reconnects`]).
+    pub reconnects: Arc<Reconnects>,
 }
 
 /// Reports every `interval` (sooner when triggered) until `shutdown`.
@@ -237,6 +239,7 @@ pub async fn run(
             (Ok(submitted), was) => {
                 if was == Link::Down {
                     info!(host = %host, "reporting to the controller again");
+                    triggers.reconnects.reports_back.notify_one();
                 }
                 backoff.reset();
                 if submitted.is_some() {
@@ -259,6 +262,7 @@ pub async fn run(
             () = tokio::time::sleep_until(next_report) => Due::Heartbeat,
             () = triggers.scan_now.notified() => Due::Heartbeat,
             () = triggers.scan_requests.requested() => Due::Heartbeat,
+            () = triggers.reconnects.directives_back.notified(), if link == Link::Down => Due::Heartbeat,
             done = measurer.verification_finished() => {
                 measurer.verification_done(done);
                 Due::Heartbeat

@@ -241,6 +241,14 @@ pub fn default_server_name(addr: &str) -> Result<String, TlsError> {
     Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
 }
 
+/// One controller an agent may talk to: where, and the name its
+/// certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub address: String,
+    pub server_name: String,
+}
+
 /// A gRPC channel to `addr` over TLS with `config`, checking the controller's
 /// certificate against `server_name`. Lazy: it connects on first use and
 /// reconnects by itself after a failure, so a controller restart needs no
@@ -251,31 +259,74 @@ pub fn channel(
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
-    default_server_name(addr)?;
-    let name = ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName {
-        name: server_name.to_string(),
-    })?;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| TlsError::Address { addr: addr.to_string() })?
-        .connect_timeout(connect_timeout)
+    failover_channel(
+        vec![Target {
+            address: addr.to_string(),
+            server_name: server_name.to_string(),
+        }],
+        config,
+        connect_timeout,
+    )
+}
+
+/// A channel to the first of `targets` that answers: each (re)connect
+/// tries them in turn, starting with the one that answered last, and
+/// resolves each name again (a DNS name that moves is followed). Lazy and
+/// self-healing like [`channel`]: when the controller it is on goes away,
+/// the next call connects to whichever answers.
+pub fn failover_channel(
+    targets: Vec<Target>,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let first = targets
+        .first()
+        .ok_or_else(|| TlsError::Address { addr: String::new() })?;
+    let mut named = Vec::with_capacity(targets.len());
+    for t in &targets {
+        default_server_name(&t.address)?;
+        let name = ServerName::try_from(t.server_name.clone()).map_err(|_| TlsError::ServerName {
+            name: t.server_name.clone(),
+        })?;
+        named.push((t.address.clone(), name));
+    }
+    let endpoint = Endpoint::from_shared(format!("http://{}", first.address))
+        .map_err(|_| TlsError::Address {
+            addr: first.address.clone(),
+        })?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10));
-    let connector = tower::service_fn(move |uri: Uri| {
-        let config = config.clone();
-        let name = name.clone();
+    let named = Arc::new(named);
+    // The target that answered last: a reconnect tries it first.
+    let last_good = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connector = tower::service_fn(move |_uri: Uri| {
+        let (config, named, last_good) = (config.clone(), named.clone(), last_good.clone());
         async move {
-            let host = uri
-                .host()
-                .unwrap_or_default()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+            let start = last_good.load(std::sync::atomic::Ordering::Relaxed);
+            let mut failures = Vec::new();
+            for i in (0..named.len()).map(|k| (start + k) % named.len()) {
+                let (address, name) = &named[i];
+                let attempt = async {
+                    let tcp = TcpStream::connect(address.as_str()).await?;
+                    tcp.set_nodelay(true)?;
+                    tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name.clone(), tcp)
+                        .await
+                };
+                match tokio::time::timeout(connect_timeout, attempt).await {
+                    Ok(Ok(tls)) => {
+                        last_good.store(i, std::sync::atomic::Ordering::Relaxed);
+                        return Ok::<_, std::io::Error>(TokioIo::new(tls));
+                    }
+                    Ok(Err(e)) => failures.push(format!("{address}: {e}")),
+                    Err(_) => failures.push(format!("{address}: no answer within {connect_timeout:?}")),
+                }
+            }
+            Err(std::io::Error::other(format!(
+                "no controller answered ({})",
+                failures.join("; ")
+            )))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))

@@ -67,6 +67,9 @@ pub struct FleetSpec {
     pub board: bool,
     /// The board's `login_ttl` (default: the controller's).
     pub board_login_ttl: Option<Duration>,
+    /// Agents list a second controller address (`controller.address = [A, B]`),
+    /// where [`Fleet::move_to_standby`] starts the controller.
+    pub standby: bool,
 }
 
 impl FleetSpec {
@@ -94,6 +97,7 @@ impl FleetSpec {
             renew_fraction: 2.0 / 3.0,
             board: false,
             board_login_ttl: None,
+            standby: false,
         }
     }
 
@@ -122,6 +126,10 @@ pub struct Fleet {
     pub controller: Arc<Controller>,
     /// The board's address (`https://127.0.0.1:PORT`) when the spec asks for one.
     pub board_url: Option<String>,
+    /// The second address agents know (bound, not served until the controller moves there).
+    standby: Option<tokio::net::TcpListener>,
+    /// Every controller address the agents are configured with.
+    pub addresses: Vec<SocketAddr>,
     pub hosts: BTreeMap<String, HostHandle>,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -154,6 +162,15 @@ impl Fleet {
             None
         };
         let board_addr = board.as_ref().map(|l| l.local_addr()).transpose()?;
+        let standby = if spec.standby {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        } else {
+            None
+        };
+        let mut addresses = vec![addr];
+        if let Some(l) = &standby {
+            addresses.push(l.local_addr()?);
+        }
         let mut toml = controller_toml(&spec, &hosts, dir.path(), addr);
         if let Some(at) = board_addr {
             toml.push_str(&format!("\n[board]\nlisten = \"{at}\"\n"));
@@ -166,6 +183,8 @@ impl Fleet {
         let mut fleet = Self {
             controller,
             board_url: board_addr.map(|a| format!("https://{a}")),
+            standby,
+            addresses,
             spec,
             pki_dir,
             addr,
@@ -203,7 +222,7 @@ quiet_period = "{quiet}ms"
 small_change_quiet_period = "{small}ms"
 {agent_extra}
 [controller]
-address = "{addr}"
+address = {addr}
 ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
@@ -223,7 +242,11 @@ state_file = "{gate}"
             watch = self.spec.watch,
             scan = self.spec.scan_interval.as_millis(),
             root = root.display(),
-            addr = self.addr,
+            addr = if self.addresses.len() == 1 {
+                format!("\"{}\"", self.addresses[0])
+            } else {
+                format!("{:?}", self.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            },
             ca = self.pki_dir.join(pki::CA_CERT).display(),
             cert = base.join("agent.pem").display(),
             key = base.join("agent.key").display(),
@@ -415,6 +438,33 @@ state_file = "{gate}"
         self.controller = controller;
         self.stop_server = Some(stop);
         self.server = Some(task);
+        Ok(())
+    }
+
+    /// Stops the controller and starts it again at the standby address the
+    /// agents also know (same store and config): a controller that moved.
+    /// Agents must find it by themselves.
+    pub async fn move_to_standby(&mut self) -> anyhow::Result<()> {
+        let listener = self
+            .standby
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the fleet has no standby address (FleetSpec.standby)"))?;
+        let old = self.addr;
+        self.stop_controller().await?;
+        let config_path = self.dir.path().join("controller.toml");
+        let mut stand_in = ControllerConfig::load(&config_path)?;
+        stand_in.data_dir = tempfile::tempdir_in(self.dir.path())?.keep();
+        let store = SledStore::open(&stand_in.data_dir.join("store"))?;
+        drop(std::mem::replace(
+            &mut self.controller,
+            Arc::new(Controller::new(stand_in, Arc::new(store))?),
+        ));
+        self.addr = listener.local_addr()?;
+        let (controller, stop, task) = start_controller(&config_path, listener, None).await?;
+        self.controller = controller;
+        self.stop_server = Some(stop);
+        self.server = Some(task);
+        tracing::info!(from = %old, to = %self.addr, "controller moved");
         Ok(())
     }
 

@@ -249,7 +249,7 @@ async fn unreachable_controller_is_a_retryable_error_not_a_crash() {
         .unwrap()
         .local_addr()
         .unwrap();
-    config.controller.address = dead.to_string();
+    config.controller.only(dead.to_string()).unwrap();
     let mut agent = Agent::new(config).unwrap();
     let err = agent.report_once().await.unwrap_err();
     assert!(matches!(err, AgentError::Unreachable(_)), "{err}");
