@@ -118,6 +118,55 @@ struct RawSiem {
 struct RawStore {
     min_free_mib: Option<u64>,
     stall_timeout: Option<String>,
+    backend: Option<String>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    prefix: Option<String>,
+    request_timeout: Option<String>,
+    leader_ttl: Option<String>,
+    name: Option<String>,
+    advertise: Option<String>,
+    max_txn_ops: Option<usize>,
+}
+
+/// `[store.etcd]`: the replicated backend. Several controllers share one
+/// prefix; one leads (an etcd lease) and the others stand by.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// `host:port` of each etcd member (clients talk TLS to them).
+    pub endpoints: Vec<String>,
+    /// Client certificate, key and the CA that signed etcd's certificates.
+    pub tls: TlsPaths,
+    /// Every key lockstep writes starts with it (one fleet per prefix).
+    pub prefix: String,
+    /// A call etcd has not answered by then fails (quorum lost, member down).
+    pub request_timeout: Duration,
+    /// The leader's lease: a leader that cannot renew it within this time
+    /// steps down, and a standby takes over after it ends.
+    pub leader_ttl: Duration,
+    /// This controller's name in `lockstep cluster status` and the leader key.
+    pub name: String,
+    /// Where agents and consoles reach this controller (told to the others).
+    pub advertise: String,
+    /// etcd's `--max-txn-ops`: a commit larger than this is written in
+    /// several fenced transactions.
+    pub max_txn_ops: usize,
+}
+
+/// Which store the controller keeps its ledger in.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded default: `data_dir/store`, one controller.
+    Sled,
+    Etcd(Box<EtcdSettings>),
 }
 
 /// `[store]`: how the controller protects its store from a full or failing disk.
@@ -139,6 +188,70 @@ impl Default for StoreSettings {
             stall_timeout: Duration::from_secs(15),
         }
     }
+}
+
+fn etcd_settings(
+    raw: RawEtcd,
+    listen: SocketAddr,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<EtcdSettings, ConfigError> {
+    if raw.endpoints.is_empty() {
+        return Err(invalid(
+            "store.etcd.endpoints",
+            "give at least one etcd member as \"host:port\"".into(),
+        ));
+    }
+    for e in &raw.endpoints {
+        if e.contains("://") {
+            return Err(invalid(
+                "store.etcd.endpoints",
+                format!("{e:?}: give host:port without a scheme (lockstep talks to etcd over mutual TLS only)"),
+            ));
+        }
+        lockstep_proto::tls::default_server_name(e)
+            .map_err(|err| invalid("store.etcd.endpoints", format!("{e:?}: {err}; give host:port")))?;
+    }
+    let prefix = raw.prefix.unwrap_or_else(|| "/lockstep/".to_string());
+    if !prefix.ends_with('/') {
+        return Err(invalid("store.etcd.prefix", format!("{prefix:?} must end with '/'")));
+    }
+    let request_timeout = duration(raw.request_timeout.as_deref(), Duration::from_secs(2))
+        .map_err(|e| invalid("store.etcd.request_timeout", e))?;
+    let leader_ttl =
+        duration(raw.leader_ttl.as_deref(), Duration::from_secs(3)).map_err(|e| invalid("store.etcd.leader_ttl", e))?;
+    if leader_ttl < Duration::from_secs(2) || leader_ttl.subsec_nanos() != 0 {
+        return Err(invalid(
+            "store.etcd.leader_ttl",
+            "give whole seconds, at least 2s (etcd leases count seconds)".into(),
+        ));
+    }
+    let name = match raw.name {
+        Some(n) if !n.is_empty() => n,
+        _ => {
+            std::fs::read_to_string("/etc/hostname").map_or_else(|_| "controller".to_string(), |h| h.trim().to_string())
+        }
+    };
+    let max_txn_ops = raw.max_txn_ops.unwrap_or(128);
+    if max_txn_ops < 16 {
+        return Err(invalid(
+            "store.etcd.max_txn_ops",
+            "must be at least 16 (etcd's default is 128)".into(),
+        ));
+    }
+    Ok(EtcdSettings {
+        endpoints: raw.endpoints,
+        tls: TlsPaths {
+            ca: raw.ca,
+            cert: raw.cert,
+            key: raw.key,
+        },
+        prefix,
+        request_timeout,
+        leader_ttl,
+        name,
+        advertise: raw.advertise.unwrap_or_else(|| listen.to_string()),
+        max_txn_ops,
+    })
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -299,6 +412,7 @@ pub struct ControllerConfig {
     pub alerts: AlertSettings,
     pub enrollment: EnrollmentConfig,
     pub store: StoreSettings,
+    pub backend: Backend,
     /// Where sealed audit records are forwarded (`[siem]`); `None`: nowhere.
     pub siem: Option<SiemSettings>,
     /// The fleet board (`[board]`); `None`: not served.
@@ -397,6 +511,28 @@ impl ControllerConfig {
         if store.stall_timeout < Duration::from_secs(1) {
             return Err(invalid("store.stall_timeout", "must be at least 1s".into()));
         }
+        let backend = match (raw.store.backend.as_deref(), raw.store.etcd) {
+            (None | Some("sled"), None) => Backend::Sled,
+            (Some("sled"), Some(_)) => {
+                return Err(invalid(
+                    "store.etcd",
+                    "is set but store.backend is \"sled\"; remove one".into(),
+                ));
+            }
+            (None | Some("etcd"), Some(e)) => Backend::Etcd(Box::new(etcd_settings(e, listen, &invalid)?)),
+            (Some("etcd"), None) => {
+                return Err(invalid(
+                    "store.backend",
+                    "\"etcd\" needs a [store.etcd] table with endpoints, ca, cert and key".into(),
+                ));
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("{other:?} is not a backend; give \"sled\" or \"etcd\""),
+                ));
+            }
+        };
         let siem = match raw.siem.syslog_address {
             None => None,
             Some(address) => {
@@ -513,6 +649,7 @@ impl ControllerConfig {
             alerts,
             enrollment,
             store,
+            backend,
             siem,
             board,
             roles,

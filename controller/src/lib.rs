@@ -32,12 +32,14 @@ pub mod controller;
 pub mod detach;
 pub mod enrollment;
 pub mod error;
+pub mod etcd;
 pub mod evidence;
 pub mod fleet;
 pub mod gate;
 pub mod halts;
 pub mod incidents;
 pub mod ingest;
+pub mod leadership;
 pub mod ledger;
 pub mod metrics;
 pub mod peer;
@@ -60,6 +62,7 @@ pub mod verify;
 pub mod web;
 pub mod webhook;
 
+use anyhow::Context;
 use std::future::Future;
 use std::path::Path;
 use std::path::PathBuf;
@@ -78,52 +81,86 @@ pub struct DaemonCli {
     pub config: PathBuf,
 }
 
-/// Loads the config, opens the store and serves until `shutdown`.
+/// Loads the config, opens the store and serves until `shutdown`. On etcd
+/// the controller stands by until it leads, and stands by again when it
+/// loses the lead ([`leadership`]).
 pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    use anyhow::Context;
     let config = config::ControllerConfig::load(config_path)?;
     let tls = lockstep_proto::tls::server_config(&config.tls)?;
     if let Some(key) = &config.enrollment.ca_key {
         check_private(key)?;
     }
-    let store = sled_store::SledStore::open(&config.data_dir.join("store"))?;
+    // The data dir holds the report key on every backend (and the store on
+    // sled); private to the controller's user.
+    create_private_dir(&config.data_dir)?;
     // Made at the first start, so its public key can be handed to auditors
     // (`lockstep pki report-key`) before the first report is signed.
     let report_key = report_key::ReportKey::open_or_create(&report_issuer::ReportIssuer::key_path(&config))?;
     tracing::info!(key_id = %report_key.key_id(), "report signing key ready");
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;
-    let board_listener = match &config.board {
-        Some(b) => Some(
-            tokio::net::TcpListener::bind(b.listen)
-                .await
-                .with_context(|| format!("binding {} for the board (config key `board.listen`)", b.listen))?,
-        ),
-        None => None,
-    };
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
             format!("binding {at} for /metrics (config key `metrics.listen`; \"off\" disables it)")
         })?),
         None => None,
     };
-    let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "controller listening");
-    let metrics = metrics_listener.map(|l| {
-        let c = controller.clone();
-        let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || c.metrics_text());
-        (l, render)
-    });
-    let sidecars = lockstep_daemon::service::Sidecars::start(metrics, &format!("serving on {addr}"));
-    let stopping = async {
-        shutdown.await;
-        lockstep_daemon::systemd::stopping();
-    };
-    let served = server::serve_all(listener, board_listener, tls, controller, stopping).await;
-    sidecars.stop().await;
-    Ok(served?)
+    match config.backend.clone() {
+        config::Backend::Sled => {
+            let store = sled_store::SledStore::open(&config.data_dir.join("store"))?;
+            let listeners = Listeners::bind(&config).await?;
+            let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
+            let metrics = metrics_listener.map(|l| {
+                let c = controller.clone();
+                let render: lockstep_daemon::metrics_endpoint::Render = Arc::new(move || c.metrics_text());
+                (l, render)
+            });
+            let sidecars =
+                lockstep_daemon::service::Sidecars::start(metrics, &format!("serving on {}", listeners.addr));
+            let stopping = async {
+                shutdown.await;
+                lockstep_daemon::systemd::stopping();
+            };
+            let served = listeners.serve(tls, controller, stopping).await;
+            sidecars.stop().await;
+            Ok(served?)
+        }
+        config::Backend::Etcd(settings) => leadership::run(config, *settings, tls, metrics_listener, shutdown).await,
+    }
+}
+
+/// The controller's listeners, bound before anything is served so a port in
+/// use is named at once.
+pub(crate) struct Listeners {
+    api: tokio::net::TcpListener,
+    board: Option<tokio::net::TcpListener>,
+    pub(crate) addr: std::net::SocketAddr,
+}
+
+impl Listeners {
+    pub(crate) async fn bind(config: &config::ControllerConfig) -> anyhow::Result<Self> {
+        let api = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {} (config key `listen`)", config.listen))?;
+        let board = match &config.board {
+            Some(b) => Some(
+                tokio::net::TcpListener::bind(b.listen)
+                    .await
+                    .with_context(|| format!("binding {} for the board (config key `board.listen`)", b.listen))?,
+            ),
+            None => None,
+        };
+        let addr = api.local_addr()?;
+        tracing::info!(%addr, "controller listening");
+        Ok(Self { api, board, addr })
+    }
+
+    pub(crate) async fn serve(
+        self,
+        tls: Arc<rustls::ServerConfig>,
+        controller: Arc<controller::Controller>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        server::serve_all(self.api, self.board, tls, controller, shutdown).await
+    }
 }
 
 /// The CA key signs every agent identity: refuse to run with it readable by
@@ -139,4 +176,14 @@ fn check_private(path: &Path) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data dir {} (config key `data_dir`)", dir.display()))
 }

@@ -371,7 +371,7 @@ impl ProcFleet {
     }
 }
 
-fn operator(pki_dir: &Path, name: &str, role: OperatorRole) -> anyhow::Result<TlsPaths> {
+pub fn operator(pki_dir: &Path, name: &str, role: OperatorRole) -> anyhow::Result<TlsPaths> {
     let out = pki_dir.join(name);
     pki::issue(
         pki_dir,

@@ -1,0 +1,176 @@
+//! The etcd backend: a client for the part of etcd's API we use
+//! (`etcd/etcd_api.proto`), the [`Store`](crate::store::Store) on it
+//! ([`store::EtcdStore`]) and leader election ([`election`]). etcd's types
+//! stay inside this module.
+
+pub mod election;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use crate::config::EtcdSettings;
+use crate::store::StoreError;
+
+#[allow(clippy::all, clippy::pedantic)]
+pub(crate) mod api {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use api::kv_client::KvClient;
+use api::lease_client::LeaseClient;
+
+/// One connection to the etcd cluster (TLS with our client certificate; the
+/// channel moves to the next member when one stops answering) and the
+/// runtime its calls run on. The runtime is the client's own so the
+/// synchronous [`Store`](crate::store::Store) can wait on a call from any
+/// thread, a tokio worker included, without blocking the runtime it is on.
+pub struct Etcd {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    channel: Channel,
+    pub(crate) settings: EtcdSettings,
+}
+
+impl Etcd {
+    pub fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
+        let backend = |reason: String| StoreError::Backend {
+            path: format!("etcd {}", settings.endpoints.join(",")),
+            reason,
+        };
+        let tls =
+            lockstep_proto::tls::client_config(&settings.tls).map_err(|e| backend(format!("store.etcd TLS: {e}")))?;
+        let targets = settings
+            .endpoints
+            .iter()
+            .map(|e| {
+                Ok(lockstep_proto::tls::Target {
+                    address: e.clone(),
+                    server_name: lockstep_proto::tls::default_server_name(e).map_err(|err| backend(err.to_string()))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd-client")
+            .enable_all()
+            .build()
+            .map_err(|e| backend(format!("starting the etcd client's runtime: {e}")))?;
+        // The channel's connector spawns onto the runtime it is made in.
+        let channel = {
+            let _in = runtime.enter();
+            lockstep_proto::tls::failover_channel(targets, tls, settings.request_timeout)
+                .map_err(|e| backend(e.to_string()))?
+        };
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            channel,
+            settings: settings.clone(),
+        })
+    }
+
+    pub(crate) fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+    pub(crate) fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{rest}", self.settings.prefix).into_bytes()
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Runs `call` on the client's runtime and waits for it, at most
+    /// `request_timeout`: an etcd without quorum answers nothing, and the
+    /// caller must hear so rather than hang.
+    pub(crate) fn wait<T, F>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
+        let timeout = self.settings.request_timeout;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle().spawn(async move {
+            let _ = tx.send(tokio::time::timeout(timeout, call).await);
+        });
+        let outcome = rx
+            .recv_timeout(timeout + Duration::from_millis(500))
+            .unwrap_or_else(|_| Ok(Err(tonic::Status::deadline_exceeded(""))));
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(status)) => Err(self.failed(what, &status)),
+            Err(_) => Err(self.unanswered(what)),
+        }
+    }
+
+    /// The same, for async callers (the election).
+    pub(crate) async fn call<T, F>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
+        match tokio::time::timeout(self.settings.request_timeout, self.handle().spawn(call)).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(status))) => Err(self.failed(what, &status)),
+            Ok(Err(join)) => Err(self.backend(format!("{what}: {join}"))),
+            Err(_) => Err(self.unanswered(what)),
+        }
+    }
+
+    pub(crate) fn backend(&self, reason: String) -> StoreError {
+        StoreError::Backend {
+            path: format!("etcd {}{}", self.settings.endpoints.join(","), self.settings.prefix),
+            reason,
+        }
+    }
+
+    fn unanswered(&self, what: &str) -> StoreError {
+        self.backend(format!(
+            "{what}: etcd did not answer within {} (quorum lost, or every member down?); nothing was written",
+            humantime::format_duration(self.settings.request_timeout)
+        ))
+    }
+
+    fn failed(&self, what: &str, status: &tonic::Status) -> StoreError {
+        let hint = if status.message().contains("space exceeded") {
+            "; etcd's quota is full: compact and defragment it (docs/ha.md)"
+        } else if status.code() == tonic::Code::Unavailable {
+            " (quorum lost, or every member down?)"
+        } else {
+            ""
+        };
+        self.backend(format!(
+            "{what}: etcd said {:?}: {}{hint}",
+            status.code(),
+            status.message()
+        ))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // A runtime dropped inside another one panics; let it go quietly.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The smallest key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

@@ -1,0 +1,162 @@
+//! The controller's life on etcd: stand by until it leads, lead until it
+//! loses the lead, then stand by again, in one process (a controller whose
+//! etcd lost quorum comes back by itself when quorum returns).
+//!
+//! A standby binds no gRPC or board listener: agents and consoles given
+//! every controller's address (`controller.address = [..]`) move on to the
+//! next one, which is how they find the leader. Its `/metrics` says
+//! `lockstep_controller_leader 0` and names the leader, so a probe or load
+//! balancer can tell the two apart. A new leader loads every record from
+//! etcd before it serves: its view is the last committed state.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use lockstep_daemon::metrics_endpoint::Render;
+
+use crate::Listeners;
+use crate::config::{ControllerConfig, EtcdSettings};
+use crate::controller::Controller;
+use crate::etcd::Etcd;
+use crate::etcd::election::{self, LeaderInfo};
+use crate::etcd::store::{EtcdStore, Fence};
+
+/// What this controller is doing now, for `/metrics`.
+enum Role {
+    Standby { leader: Option<LeaderInfo> },
+    Leading { controller: Arc<Controller>, epoch: i64 },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum StoodDown {
+    Shutdown,
+    LeaseLost,
+    WriteRefused,
+}
+
+pub async fn run(
+    config: ControllerConfig,
+    settings: EtcdSettings,
+    tls: Arc<rustls::ServerConfig>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let etcd = Arc::new(Etcd::connect(&settings).context("store.etcd")?);
+    let role = Arc::new(Mutex::new(Role::Standby { leader: None }));
+    let metrics = metrics_listener.map(|l| {
+        let role = role.clone();
+        let render: Render = Arc::new(move || render_metrics(&role.lock().unwrap_or_else(|p| p.into_inner())));
+        (l, render)
+    });
+    let sidecars = lockstep_daemon::service::Sidecars::start(metrics, &format!("controller {} on etcd", settings.name));
+    let me = LeaderInfo {
+        name: settings.name.clone(),
+        address: settings.advertise.clone(),
+        epoch: 0,
+    };
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        let mut last_seen: Option<String> = None;
+        let seen = |seen: Result<Option<LeaderInfo>, crate::store::StoreError>| {
+            let said = match &seen {
+                Ok(Some(l)) => format!("{} at {} (epoch {})", l.name, l.address, l.epoch),
+                Ok(None) => "nobody".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if last_seen.as_deref() != Some(said.as_str()) {
+                match &seen {
+                    Err(e) => tracing::warn!(error = %e, "standing by: cannot read who leads"),
+                    Ok(_) => tracing::info!(leader = %said, "standing by"),
+                }
+                last_seen = Some(said);
+            }
+            *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby {
+                leader: seen.ok().flatten(),
+            };
+        };
+        let leadership = tokio::select! {
+            l = election::campaign(etcd.clone(), me.clone(), seen) => l,
+            () = &mut shutdown => break Ok(()),
+        };
+        let epoch = leadership.epoch;
+        tracing::info!(epoch, name = %settings.name, "leading: loading the fleet from etcd");
+        let store = Arc::new(EtcdStore::new(etcd.clone(), Fence::Leader { epoch }));
+        let mut deposed = store.deposed();
+        let controller = match Controller::new(config.clone(), store) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, epoch, "cannot load the fleet from etcd: standing down");
+                leadership.resign(&etcd).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let listeners = match Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                leadership.resign(&etcd).await;
+                break Err(e);
+            }
+        };
+        *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Leading {
+            controller: controller.clone(),
+            epoch,
+        };
+        let why = Mutex::new(StoodDown::Shutdown);
+        let stop = async {
+            let reason = tokio::select! {
+                () = &mut shutdown => StoodDown::Shutdown,
+                () = leadership.lost() => StoodDown::LeaseLost,
+                _ = deposed.wait_for(|d| *d) => StoodDown::WriteRefused,
+            };
+            *why.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+            if reason == StoodDown::Shutdown {
+                lockstep_daemon::systemd::stopping();
+            }
+        };
+        let served = listeners.serve(tls.clone(), controller, stop).await;
+        let why = *why.lock().unwrap_or_else(|p| p.into_inner());
+        *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby { leader: None };
+        leadership.resign(&etcd).await;
+        if let Err(e) = served {
+            break Err(e.into());
+        }
+        match why {
+            StoodDown::Shutdown => break Ok(()),
+            StoodDown::LeaseLost => tracing::warn!(epoch, "stood down: the leader lease was lost; standing by"),
+            StoodDown::WriteRefused => {
+                tracing::warn!(
+                    epoch,
+                    "stood down: etcd refused a write (another leader, or no quorum); standing by"
+                )
+            }
+        }
+    };
+    sidecars.stop().await;
+    outcome
+}
+
+fn render_metrics(role: &Role) -> String {
+    let head = "# HELP lockstep_controller_leader 1 on the controller that leads (etcd backend), 0 on a standby.\n\
+                # TYPE lockstep_controller_leader gauge\n";
+    let epoch_head = "# HELP lockstep_controller_epoch The epoch this controller leads in, or the leader's it follows.\n\
+                      # TYPE lockstep_controller_epoch gauge\n";
+    match role {
+        Role::Leading { controller, epoch } => format!(
+            "{}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n",
+            controller.metrics_text()
+        ),
+        Role::Standby { leader } => {
+            let epoch = leader.as_ref().map_or(0, |l| l.epoch);
+            let info = leader.as_ref().map_or(String::new(), |l| {
+                format!(
+                    "# TYPE lockstep_controller_leader_info gauge\nlockstep_controller_leader_info{{name=\"{}\",address=\"{}\"}} 1\n",
+                    l.name.replace('"', ""),
+                    l.address.replace('"', "")
+                )
+            });
+            format!("{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}")
+        }
+    }
+}

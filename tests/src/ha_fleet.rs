@@ -1,0 +1,438 @@
+//! Controllers in HA on a real etcd cluster: three `etcd` members on
+//! loopback (Debian's etcd-server; client TLS with certificates of the
+//! fleet's CA, peers plain on loopback), and N real `lockstep-controller`
+//! processes on one key prefix. Agents are real `lockstep-agent` processes
+//! given every controller's address.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockstep_controller::pki::{self, Subject};
+use lockstep_proto::identity::OperatorRole;
+use lockstep_proto::pb;
+use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
+use lockstep_proto::tls::{self, TlsPaths};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+use crate::proc_fleet::{Killed, binary, operator};
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Debian's etcd-server puts it here; `.ci/run` installs it.
+pub const ETCD: &str = "/usr/bin/etcd";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    process: Option<Killed>,
+}
+
+/// A 3-member etcd cluster on loopback.
+pub struct EtcdCluster {
+    dir: PathBuf,
+    pki: PathBuf,
+    members: Vec<Member>,
+    cluster: String,
+}
+
+impl EtcdCluster {
+    pub fn start(dir: &Path, pki_dir: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            Path::new(ETCD).is_file(),
+            "{ETCD} is missing: install Debian's etcd-server (.ci/run does)"
+        );
+        pki::issue(
+            pki_dir,
+            &Subject::Controller {
+                names: vec!["127.0.0.1".into()],
+            },
+            &pki_dir.join("etcd-server"),
+            YEAR,
+        )?;
+        let mut members = Vec::new();
+        for i in 0..3 {
+            members.push(Member {
+                name: format!("etcd-{i}"),
+                client: free_port()?,
+                peer: free_port()?,
+                process: None,
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            pki: pki_dir.to_path_buf(),
+            members,
+            cluster,
+        };
+        for i in 0..3 {
+            c.start_member(i)?;
+        }
+        Ok(c)
+    }
+
+    /// `host:port` of each member's client side.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client)).collect()
+    }
+
+    /// Starts member `i` again on its data (or for the first time).
+    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        anyhow::ensure!(m.process.is_none(), "{} is already running", m.name);
+        let data = self.dir.join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", m.name)))?;
+        let client = format!("https://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new(ETCD)
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", self.cluster))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=lockstep-test")
+            .arg(format!("--cert-file={}", self.pki.join("etcd-server.pem").display()))
+            .arg(format!("--key-file={}", self.pki.join("etcd-server.key").display()))
+            .arg(format!("--trusted-ca-file={}", self.pki.join(pki::CA_CERT).display()))
+            .arg("--client-cert-auth")
+            // Loopback: short raft timers, so a lost member is noticed fast.
+            .arg("--heartbeat-interval=100")
+            .arg("--election-timeout=1000")
+            .arg("--max-txn-ops=1024")
+            .arg("--quota-backend-bytes=1073741824")
+            .arg("--auto-compaction-mode=revision")
+            .arg("--auto-compaction-retention=10000")
+            .arg("--log-level=error")
+            .arg("--logger=zap")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.members[i].process = Some(Killed(child));
+        Ok(())
+    }
+
+    /// Stops member `i` (SIGKILL; its data stays).
+    pub fn stop_member(&mut self, i: usize) {
+        self.members[i].process = None;
+    }
+}
+
+/// N controllers on one etcd prefix, two operators, agents.
+pub struct HaFleet {
+    pub dir: TempDir,
+    pub pki_dir: PathBuf,
+    pub etcd: EtcdCluster,
+    /// Each controller's gRPC address, in controller order.
+    pub addrs: Vec<String>,
+    metrics: Vec<std::net::SocketAddr>,
+    configs: Vec<PathBuf>,
+    controllers: Vec<Option<Killed>>,
+    pub alice: TlsPaths,
+    pub bob: TlsPaths,
+}
+
+pub struct HaSpec {
+    pub controllers: usize,
+    pub hosts: Vec<String>,
+    pub freshness_ttl: Duration,
+    pub leader_ttl_s: u64,
+}
+
+impl HaFleet {
+    pub async fn start(spec: HaSpec) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("lockstep-ha-").tempdir()?;
+        let pki_dir = dir.path().join("pki");
+        pki::init(&pki_dir, YEAR)?;
+        pki::issue(
+            &pki_dir,
+            &Subject::Controller {
+                names: vec!["127.0.0.1".into()],
+            },
+            &pki_dir.join("controller"),
+            YEAR,
+        )?;
+        // The controllers' client certificate to etcd.
+        let etcd_client = operator(&pki_dir, "etcd-client", OperatorRole::Viewer)?;
+        let alice = operator(&pki_dir, "alice", OperatorRole::Operator)?;
+        let bob = operator(&pki_dir, "bob", OperatorRole::Approver)?;
+        let etcd = EtcdCluster::start(dir.path(), &pki_dir)?;
+        let mut addrs = Vec::new();
+        let mut metrics = Vec::new();
+        let mut configs = Vec::new();
+        for i in 0..spec.controllers {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let metrics_at: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let config = dir.path().join(format!("controller-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{addr}\"\ndata_dir = \"{data}\"\nfreshness_ttl = \"{ttl}ms\"\n\
+                     [tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n\
+                     [enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"{metrics_at}\"\n\
+                     [store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {endpoints:?}\n\
+                     ca = \"{pki}/ca.pem\"\ncert = \"{client_cert}\"\nkey = \"{client_key}\"\n\
+                     name = \"ctl-{i}\"\nleader_ttl = \"{lease}s\"\nrequest_timeout = \"1s\"\nmax_txn_ops = 1024\n\
+                     [[role]]\nname = \"smars\"\nhosts = {hosts:?}\n",
+                    data = dir.path().join(format!("controller-{i}")).display(),
+                    ttl = spec.freshness_ttl.as_millis(),
+                    pki = pki_dir.display(),
+                    endpoints = etcd.endpoints(),
+                    client_cert = etcd_client.cert.display(),
+                    client_key = etcd_client.key.display(),
+                    lease = spec.leader_ttl_s,
+                    hosts = spec.hosts,
+                ),
+            )?;
+            addrs.push(addr);
+            metrics.push(metrics_at);
+            configs.push(config);
+        }
+        let mut fleet = Self {
+            dir,
+            pki_dir,
+            etcd,
+            addrs,
+            metrics,
+            controllers: (0..spec.controllers).map(|_| None).collect(),
+            configs,
+            alice,
+            bob,
+        };
+        for i in 0..spec.controllers {
+            fleet.start_controller(i)?;
+        }
+        fleet.wait_leader(None, Duration::from_secs(60)).await?;
+        Ok(fleet)
+    }
+
+    pub fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.controllers[i].is_none(), "controller {i} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("controller-{i}.log")))?;
+        let child = Command::new(binary("lockstep-controller")?)
+            .arg("--config")
+            .arg(&self.configs[i])
+            .env("LOCKSTEP_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.controllers[i] = Some(Killed(child));
+        Ok(())
+    }
+
+    /// What controller `i` has logged.
+    pub fn controller_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("controller-{i}.log"))).unwrap_or_default()
+    }
+
+    /// `kill -9` controller `i`.
+    pub fn kill_controller(&mut self, i: usize) {
+        self.controllers[i] = None;
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) controller `i`.
+    pub fn pause_controller(&self, i: usize, pause: bool) -> anyhow::Result<()> {
+        let pid = self.controllers[i]
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("controller {i} is not running"))?
+            .0
+            .id();
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Controller `i`'s `/metrics` (leader, epoch), if it answers.
+    pub async fn role_of(&self, i: usize) -> Option<(bool, i64)> {
+        let (_, _, body) = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::sink::http_get(self.metrics[i], "/metrics"),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let gauge = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<i64>().ok()))
+        };
+        Some((
+            gauge("lockstep_controller_leader ")? == 1,
+            gauge("lockstep_controller_epoch ")?,
+        ))
+    }
+
+    /// The controller that leads (and its epoch), once one does and its
+    /// listener answers; `not` excludes a controller (the one just killed).
+    pub async fn wait_leader(&self, not: Option<usize>, within: Duration) -> anyhow::Result<(usize, i64)> {
+        let deadline = Instant::now() + within;
+        loop {
+            for i in 0..self.addrs.len() {
+                if Some(i) == not || self.controllers[i].is_none() {
+                    continue;
+                }
+                if let Some((true, epoch)) = self.role_of(i).await {
+                    if tokio::net::TcpStream::connect(&self.addrs[i]).await.is_ok() {
+                        return Ok((i, epoch));
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let logs: String = (0..self.addrs.len())
+                    .map(|i| format!("--- controller {i}:\n{}\n", tail(&self.controller_log(i))))
+                    .collect();
+                let etcd = tail(&std::fs::read_to_string(self.dir.path().join("etcd-0.log")).unwrap_or_default());
+                anyhow::bail!("no controller led within {within:?}\n{logs}--- etcd-0:\n{etcd}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A console client that tries every controller (as operators would be
+    /// told to configure it).
+    pub fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+        let targets = self
+            .addrs
+            .iter()
+            .map(|a| tls::Target {
+                address: a.clone(),
+                server_name: "127.0.0.1".into(),
+            })
+            .collect();
+        let channel = tls::failover_channel(targets, tls::client_config(who)?, Duration::from_secs(2))?;
+        Ok(ConsoleServiceClient::new(channel).max_decoding_message_size(256 << 20))
+    }
+
+    /// `host`'s agent config with every controller's address, written to
+    /// `hosts/<host>/agent.toml`; its tree at `hosts/<host>/root`.
+    pub fn agent_config(&self, host: &str) -> anyhow::Result<lockstep_agent::config::AgentConfig> {
+        let base = self.dir.path().join("hosts").join(host);
+        std::fs::create_dir_all(base.join("root/opt/smars/bin"))?;
+        std::fs::write(base.join("root/opt/smars/bin/smars"), "build 1\n")?;
+        let text = format!(
+            "host = \"{host}\"\nrole = \"smars\"\nstate_dir = \"{b}/state\"\nwatch = [\"/opt/smars/**\"]\nroot = \"{b}/root\"\nscan_interval = \"1s\"\nmetrics_listen = \"off\"\n[controller]\naddress = {addrs:?}\nconnect_timeout = \"1s\"\nca = \"{pki}/ca.pem\"\ncert = \"{b}/agent.pem\"\nkey = \"{b}/agent.key\"\n[gate]\nstate_file = \"{b}/gate.json\"\n",
+            b = base.display(),
+            addrs = self.addrs,
+            pki = self.pki_dir.display(),
+        );
+        let path = base.join("agent.toml");
+        std::fs::write(&path, &text)?;
+        Ok(lockstep_agent::config::AgentConfig::parse(&text, &path)?)
+    }
+
+    /// Enrolls `host` through whichever controller leads and starts its
+    /// real agent process.
+    pub async fn start_agent(&self, host: &str) -> anyhow::Result<Killed> {
+        let token = self
+            .console(&self.alice)?
+            .create_token(pb::CreateTokenRequest {
+                host: host.into(),
+                role: "smars".into(),
+                ttl_ms: 0,
+            })
+            .await?
+            .into_inner()
+            .token;
+        let config = self.agent_config(host)?;
+        lockstep_agent::enrollment::enroll(&config, &token, None).await?;
+        let base = self.dir.path().join("hosts").join(host);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(base.join("agent.log"))?;
+        let child = Command::new(binary("lockstep-agent")?)
+            .args(["run", "--config"])
+            .arg(base.join("agent.toml"))
+            .env("LOCKSTEP_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Killed(child))
+    }
+
+    /// `lockstep-agent gate check` of `host`: 0 open, else closed.
+    pub fn local_gate_check(&self, host: &str) -> anyhow::Result<i32> {
+        let config = self.dir.path().join("hosts").join(host).join("agent.toml");
+        let out = Command::new(binary("lockstep-agent")?)
+            .args(["gate", "check", "--config"])
+            .arg(&config)
+            .output()?;
+        Ok(out.status.code().unwrap_or(-1))
+    }
+
+    /// Waits (`within`) until `host`'s local gate check exits `code`.
+    pub async fn wait_local(&self, host: &str, code: i32, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while self.local_gate_check(host)? != code {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{host}: local gate check never exited {code}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Polls the leader until `ok` holds of the host list.
+    pub async fn wait_hosts(
+        &self,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(&[pb::HostStatus]) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let mut console = self.console(&self.alice)?;
+        loop {
+            if let Ok(hosts) = console.list_hosts(pb::ListHostsRequest::default()).await {
+                if ok(&hosts.into_inner().hosts) {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Proposes a release from `host` (alice) and approves it (bob).
+    pub async fn release_from_host(&self, host: &str) -> anyhow::Result<u64> {
+        let release = self
+            .console(&self.alice)?
+            .propose_release(pb::ProposeReleaseRequest {
+                role: "smars".into(),
+                source: Some(pb::propose_release_request::Source::FromHost(host.into())),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        self.console(&self.bob)?
+            .approve_release(pb::ApproveReleaseRequest { number: release.number })
+            .await?;
+        Ok(release.number)
+    }
+}
+
+/// The last lines of a log, for a failure message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
