@@ -37,6 +37,10 @@ pub struct GateFile {
     /// Set while a "hold" policy keeps the gate open through an outage.
     #[serde(default)]
     pub held_since_unix_ms: i64,
+    /// The highest controller epoch this host has taken a gate from: kept
+    /// across restarts so a deposed leader cannot win the host back.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl GateFile {
@@ -66,6 +70,8 @@ pub struct GateKeeper {
     hooks: mpsc::UnboundedSender<HookRun>,
     /// The host's wall clock (leases in the state file, hold hours).
     clock: SharedClock,
+    /// Highest controller epoch seen (see [`GateFile::epoch`]).
+    epoch: u64,
 }
 
 impl GateKeeper {
@@ -87,6 +93,7 @@ impl GateKeeper {
             .ok()
             .flatten()
             .filter(|f| f.host == host);
+        let previous_epoch = previous.as_ref().map_or(0, |f| f.epoch);
         let (file, deadline) = match previous {
             Some(f) if f.is_open_at(now) => {
                 let left = Duration::from_millis(u64::try_from(f.lease_expires_unix_ms - now).unwrap_or(0));
@@ -101,6 +108,7 @@ impl GateKeeper {
                 None,
             ),
         };
+        let epoch = previous_epoch;
         let keeper = Self {
             host: host.to_string(),
             config,
@@ -109,6 +117,7 @@ impl GateKeeper {
             last_word_unix_ms: now,
             hooks,
             clock,
+            epoch,
         };
         keeper.write();
         keeper
@@ -124,7 +133,20 @@ impl GateKeeper {
     }
 
     /// The controller's decision, just received.
-    pub fn apply(&mut self, gate: &Gate) {
+    ///
+    /// Refused (false) when it comes from an epoch below the highest seen:
+    /// that controller has been deposed, and the caller should move on.
+    pub fn apply(&mut self, gate: &Gate) -> bool {
+        if gate.epoch < self.epoch {
+            warn!(
+                host = %self.host,
+                gate_epoch = gate.epoch,
+                highest_epoch = self.epoch,
+                "refused a gate from a deposed controller (its epoch is below one already seen)"
+            );
+            return false;
+        }
+        self.epoch = gate.epoch;
         let now = self.clock.now_unix_ms();
         self.last_word_unix_ms = now;
         let reasons: Vec<String> = gate.reasons.iter().map(|r| r.text.clone()).collect();
@@ -141,6 +163,7 @@ impl GateKeeper {
                 lease_expires_unix_ms: now + left_ms,
                 updated_at_unix_ms: now,
                 held_since_unix_ms: 0,
+                epoch: self.epoch,
             }
         } else {
             self.deadline = None;
@@ -150,6 +173,7 @@ impl GateKeeper {
             }
         };
         self.transition(next);
+        true
     }
 
     /// The lease ran out with no renewal.
@@ -202,8 +226,9 @@ impl GateKeeper {
         }
     }
 
-    fn transition(&mut self, next: GateFile) {
+    fn transition(&mut self, mut next: GateFile) {
         let was = self.file.state.clone();
+        next.epoch = self.epoch;
         self.file = next;
         self.write();
         if was != self.file.state {
@@ -279,6 +304,7 @@ fn closed_file(host: &str, reasons: Vec<String>, now: i64) -> GateFile {
         lease_expires_unix_ms: 0,
         updated_at_unix_ms: now,
         held_since_unix_ms: 0,
+        epoch: 0,
     }
 }
 

@@ -210,3 +210,46 @@ async fn hold_hours_are_read_on_the_injected_clock() {
         assert_eq!(k.file().state == "OPEN", held, "hold {from_min}-{to_min} at 10:00 UTC");
     }
 }
+
+#[test]
+fn a_gate_from_a_lower_epoch_is_refused_and_the_highest_epoch_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut k = GateKeeper::new("smars-01", config(d.path(), OutagePolicy::Close), tx.clone());
+    // The new leader (epoch 9) says CLOSED (a halt it re-issued)...
+    let halted = Gate {
+        epoch: 9,
+        ..closed_gate("halted (fleet) by alice")
+    };
+    assert!(k.apply(&halted));
+    // ...and the deposed leader (epoch 5), woken up, still says OPEN.
+    let stale = Gate {
+        epoch: 5,
+        ..open_gate(30_000)
+    };
+    assert!(!k.apply(&stale), "a deposed leader's gate must be refused");
+    let f = GateFile::read(&d.path().join("gate.json")).unwrap().unwrap();
+    assert_eq!(f.state, "CLOSED");
+    assert_eq!(f.epoch, 9);
+    // An agent restart keeps the epoch: the stale gate is still refused.
+    drop(k);
+    let mut k = GateKeeper::new("smars-01", config(d.path(), OutagePolicy::Close), tx);
+    assert!(!k.apply(&stale));
+    assert!(
+        !GateFile::read(&d.path().join("gate.json"))
+            .unwrap()
+            .unwrap()
+            .is_open_at(now_unix_ms())
+    );
+    // The same or a higher epoch is taken.
+    assert!(k.apply(&Gate {
+        epoch: 9,
+        ..open_gate(30_000)
+    }));
+    assert!(
+        GateFile::read(&d.path().join("gate.json"))
+            .unwrap()
+            .unwrap()
+            .is_open_at(now_unix_ms())
+    );
+}

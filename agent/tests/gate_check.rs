@@ -36,6 +36,7 @@ fn write(path: &std::path::Path, state: &str, lease_left_ms: i64, reasons: &[&st
         lease_expires_unix_ms: now_ms() + lease_left_ms,
         updated_at_unix_ms: now_ms(),
         held_since_unix_ms: 0,
+        epoch: 0,
     };
     std::fs::write(path, serde_json::to_vec(&f).unwrap()).unwrap();
 }

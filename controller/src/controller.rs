@@ -48,6 +48,9 @@ pub struct Controller {
     /// Refused connections and calls, counted for the audit log.
     pub refusals: Arc<Refusals>,
     pub metrics: Arc<Metrics>,
+    /// The epoch this controller leads in (etcd: the leader key's create
+    /// revision; sled: 0). Every gate it sends carries it.
+    pub epoch: u64,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
 }
@@ -62,6 +65,7 @@ impl Controller {
     /// Like [`Controller::new`] on `clock` (a test's, which it moves).
     pub fn with_clock(config: ControllerConfig, store: Arc<dyn Store>, clock: SharedClock) -> Result<Self, StoreError> {
         let config = Arc::new(config);
+        let epoch = store.epoch();
         let metrics = Arc::new(Metrics::new());
         let store_seconds = metrics.store_seconds.clone();
         let ledger = Arc::new(Ledger::open(
@@ -94,6 +98,7 @@ impl Controller {
             alerts,
             board,
             metrics,
+            epoch,
         })
     }
 

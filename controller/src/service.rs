@@ -165,6 +165,7 @@ impl AgentService for AgentApi {
                 // The agent counts the lease from when it hears it:
                 // lease_expires - decided_at must be what is left *now*.
                 gate.decided_at_unix_ms = controller.ledger.now_unix_ms();
+                gate.epoch = controller.epoch;
                 let directive = pb::Directive {
                     kind: Some(pb::directive::Kind::Gate(gate)),
                 };

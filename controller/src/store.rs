@@ -185,6 +185,11 @@ impl Put {
 /// returns only once everything written before it is on disk: the
 /// controller acknowledges nothing before that.
 pub trait Store: Send + Sync {
+    /// The leadership epoch this store's writes are fenced on (0: unfenced,
+    /// the single-controller sled store).
+    fn epoch(&self) -> u64 {
+        0
+    }
     /// Refuses (DiskFull) when the store's filesystem has less than
     /// `min_free` bytes available, before anything of a change is written.
     fn check_space(&self, min_free: u64) -> Result<(), StoreError>;

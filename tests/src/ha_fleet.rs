@@ -322,6 +322,17 @@ impl HaFleet {
         Ok(ConsoleServiceClient::new(channel).max_decoding_message_size(256 << 20))
     }
 
+    /// A console client for controller `i` alone.
+    pub fn console_at(&self, i: usize, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+        let channel = tls::channel(
+            &self.addrs[i],
+            "127.0.0.1",
+            tls::client_config(who)?,
+            Duration::from_secs(2),
+        )?;
+        Ok(ConsoleServiceClient::new(channel))
+    }
+
     /// `host`'s agent config with every controller's address, written to
     /// `hosts/<host>/agent.toml`; its tree at `hosts/<host>/root`.
     pub fn agent_config(&self, host: &str) -> anyhow::Result<lockstep_agent::config::AgentConfig> {
@@ -368,6 +379,18 @@ impl HaFleet {
             .stderr(log)
             .spawn()?;
         Ok(Killed(child))
+    }
+
+    /// Controller `i`'s config file (its `[store.etcd]` settings too).
+    pub fn controller_config(&self, i: usize) -> &Path {
+        &self.configs[i]
+    }
+
+    /// `host`'s local gate state file, as its agent last wrote it.
+    pub fn gate_file(&self, host: &str) -> anyhow::Result<lockstep_agent::gatekeeper::GateFile> {
+        let path = self.dir.path().join("hosts").join(host).join("gate.json");
+        lockstep_agent::gatekeeper::GateFile::read(&path)?
+            .ok_or_else(|| anyhow::anyhow!("{host}: no gate file at {}", path.display()))
     }
 
     /// `lockstep-agent gate check` of `host`: 0 open, else closed.

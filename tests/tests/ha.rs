@@ -166,3 +166,125 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         fleet.wait_local(&h, 1, Duration::from_secs(10)).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_deposed_and_its_word_refused_when_it_wakes() {
+    let n = 3;
+    let (fleet, _agents) = fleet_with_agents(n, Duration::from_secs(30)).await;
+    let (old, old_epoch) = fleet.wait_leader(None, Duration::from_secs(10)).await.unwrap();
+    let mut to_old = fleet.console_at(old, &fleet.alice).unwrap();
+    to_old.list_hosts(pb::ListHostsRequest::default()).await.unwrap();
+
+    fleet.pause_controller(old, true).unwrap();
+    // A console write sent to the frozen leader: it must never be acknowledged.
+    let in_flight = tokio::spawn(async move {
+        to_old
+            .create_token(pb::CreateTokenRequest {
+                host: "spare-01".into(),
+                role: "smars".into(),
+                ttl_ms: 0,
+            })
+            .await
+    });
+    let (new, new_epoch) = fleet.wait_leader(Some(old), Duration::from_secs(15)).await.unwrap();
+    assert!(new_epoch > old_epoch, "{old_epoch} then {new_epoch}");
+    // Every agent takes its gate from the new leader, in its epoch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for h in hosts(n) {
+        while fleet.gate_file(&h).map(|f| f.epoch).unwrap_or(0) != new_epoch as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{h} never took a gate in epoch {new_epoch}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fleet.pause_controller(old, false).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(15), in_flight).await;
+    assert!(
+        !matches!(refused, Ok(Ok(Ok(_)))),
+        "the frozen leader acknowledged a write after it was deposed"
+    );
+    // It notices by itself and stands by.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fleet.role_of(old).await != Some((false, new_epoch)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old leader never stood by: {:?}\n{}",
+            fleet.role_of(old).await,
+            fleet.controller_log(old)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No agent took the old epoch's word back; every gate is still open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for h in hosts(n) {
+        let f = fleet.gate_file(&h).unwrap();
+        let logs: String = (0..3)
+            .map(|i| format!("--- controller {i}\n{}", fleet.controller_log(i)))
+            .collect();
+        assert_eq!(f.epoch, new_epoch as u64, "{h}: {f:?}\n{logs}");
+        assert_eq!(fleet.local_gate_check(&h).unwrap(), 0, "{h}: {f:?}");
+    }
+
+    // etcd itself refuses a write fenced on the old epoch (a forged resume).
+    let config = lockstep_controller::config::ControllerConfig::load(fleet.controller_config(old)).unwrap();
+    let lockstep_controller::config::Backend::Etcd(settings) = config.backend else {
+        panic!("the HA fleet runs on etcd")
+    };
+    let stale = tokio::task::spawn_blocking(move || {
+        use lockstep_controller::etcd::store::{EtcdStore, Fence};
+        use lockstep_controller::store::{HaltRecord, HaltScope, Store};
+        let etcd = Arc::new(lockstep_controller::etcd::Etcd::connect(&settings).unwrap());
+        let store = EtcdStore::new(etcd, Fence::Leader { epoch: old_epoch });
+        store
+            .put_halt(&HaltRecord {
+                id: 999,
+                scope: HaltScope::Fleet,
+                reason: "forged".into(),
+                halted_by: "nobody".into(),
+                halted_at_unix_ms: 1,
+                resumed_by: None,
+                resumed_at_unix_ms: 0,
+                resume_reason: String::new(),
+                drill: false,
+            })
+            .and_then(|()| store.flush())
+            .map_err(|e| e.to_string())
+            .map(|()| store.halts().map(|h| h.len()))
+    })
+    .await
+    .unwrap();
+    let reason = stale.expect_err("a write fenced on a replaced epoch must be refused");
+    assert!(reason.contains("no longer leads"), "{reason}");
+
+    let mut console = fleet.console(&fleet.alice).unwrap();
+    let halts = console
+        .list_halts(pb::ListHaltsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .halts;
+    assert!(halts.is_empty(), "nothing forged arrived: {halts:?}");
+    let tokens = console
+        .list_audit(pb::ListAuditRequest {
+            host: "spare-01".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(
+        tokens.iter().all(|r| r.action != "token.created"),
+        "the frozen leader's write is nowhere: {tokens:?}"
+    );
+    let verified = console
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{}", verified.problem);
+    let _ = new;
+}

@@ -201,6 +201,12 @@ async fn keep_alive(etcd: Arc<Etcd>, id: i64, ttl: Duration, mut renewed_from: I
         }
         let Some((tx, answers)) = link.as_mut() else {
             let (tx, rx) = tokio::sync::mpsc::channel(4);
+            // etcd answers the stream's headers only after its first
+            // request: send one before waiting for them.
+            sent.clear();
+            if tx.try_send(LeaseKeepAliveRequest { id }).is_ok() {
+                sent.push_back(Instant::now());
+            }
             let mut lease = etcd.lease();
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
             match etcd
@@ -212,10 +218,10 @@ async fn keep_alive(etcd: Arc<Etcd>, id: i64, ttl: Duration, mut renewed_from: I
                 Ok(answers) => link = Some((tx, answers)),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the leader lease");
+                    sent.clear();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-            sent.clear();
             continue;
         };
         tokio::select! {

@@ -27,6 +27,9 @@ use api::lease_client::LeaseClient;
 /// runtime its calls run on. The runtime is the client's own so the
 /// synchronous [`Store`](crate::store::Store) can wait on a call from any
 /// thread, a tokio worker included, without blocking the runtime it is on.
+/// How often the client pings etcd: above etcd's 5 s minimum.
+const ETCD_PING: std::time::Duration = std::time::Duration::from_secs(6);
+
 pub struct Etcd {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
@@ -61,7 +64,8 @@ impl Etcd {
         // The channel's connector spawns onto the runtime it is made in.
         let channel = {
             let _in = runtime.enter();
-            lockstep_proto::tls::failover_channel(targets, tls, settings.request_timeout)
+            // etcd refuses pings more often than every 5 s (see the function).
+            lockstep_proto::tls::failover_channel_pinging(targets, tls, settings.request_timeout, ETCD_PING)
                 .map_err(|e| backend(e.to_string()))?
         };
         Ok(Self {

@@ -209,6 +209,13 @@ fn number(n: u64) -> String {
 }
 
 impl Store for EtcdStore {
+    fn epoch(&self) -> u64 {
+        match self.fence {
+            Fence::Leader { epoch } => u64::try_from(epoch).unwrap_or(0),
+            Fence::NoLeader => 0,
+        }
+    }
+
     fn check_space(&self, _min_free: u64) -> Result<(), StoreError> {
         // etcd guards its own space (its quota); a full quota refuses the
         // write with "database space exceeded", named in the error.
