@@ -98,12 +98,9 @@ pub async fn follow(
             tokio::select! {
                 msg = stream.message() => match msg {
                     Ok(Some(d)) => match d.kind {
-                        Some(directive::Kind::Gate(gate)) => {
-                            if !keeper.apply(&gate) {
-                                // A deposed leader: try the next address.
-                                break;
-                            }
-                        }
+                        // A deposed leader's gate is refused: try the next address.
+                        Some(directive::Kind::Gate(gate)) if !keeper.apply(&gate) => break,
+                        Some(directive::Kind::Gate(_)) => {}
                         Some(directive::Kind::Scan(r)) => {
                             tracing::info!(id = r.id, by = %r.requested_by, reason = %r.reason, "full scan requested by an operator");
                             scans.request();
