@@ -2,9 +2,11 @@
 //! loses the lead, then stand by again, in one process (a controller whose
 //! etcd lost quorum comes back by itself when quorum returns).
 //!
-//! A standby binds no gRPC or board listener: agents and consoles given
-//! every controller's address (`controller.address = [..]`) move on to the
-//! next one, which is how they find the leader. Its `/metrics` says
+//! A standby binds no gRPC or board listener while another controller
+//! leads: agents and consoles given every controller's address
+//! (`controller.address = [..]`) move on to the next one, which is how they
+//! find the leader. While nobody leads, it answers every call UNAVAILABLE
+//! with the reason ([`crate::no_leader`]). Its `/metrics` says
 //! `lockstep_controller_leader 0` and names the leader, so a probe or load
 //! balancer can tell the two apart. A new leader loads every record from
 //! etcd before it serves: its view is the last committed state.
@@ -55,6 +57,14 @@ pub async fn run(
         address: settings.advertise.clone(),
         epoch: 0,
     };
+    let (no_leader, no_leader_rx) = tokio::sync::watch::channel(None::<String>);
+    let (bound_tx, mut refusing) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::no_leader::run(
+        config.listen,
+        tls.clone(),
+        no_leader_rx,
+        bound_tx,
+    ));
     tokio::pin!(shutdown);
     let outcome = loop {
         let mut last_seen: Option<String> = None;
@@ -71,6 +81,14 @@ pub async fn run(
                 }
                 last_seen = Some(said);
             }
+            no_leader.send_replace(match &seen {
+                // A free lease is an election a moment long: answering then
+                // would only hold clients away from the winner.
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "no controller can lead: {e}. Writes are refused and gates close when their leases end"
+                )),
+            });
             *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby {
                 leader: seen.ok().flatten(),
             };
@@ -92,6 +110,9 @@ pub async fn run(
                 continue;
             }
         };
+        // The port the refusals were answered on is let go first.
+        no_leader.send_replace(None);
+        let _ = tokio::time::timeout(Duration::from_secs(3), refusing.wait_for(|b| !*b)).await;
         let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {

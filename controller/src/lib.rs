@@ -42,6 +42,7 @@ pub mod ingest;
 pub mod leadership;
 pub mod ledger;
 pub mod metrics;
+pub mod no_leader;
 pub mod peer;
 pub mod pki;
 pub mod queries;

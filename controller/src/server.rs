@@ -44,6 +44,16 @@ pub struct TlsConn {
     info: PeerInfo,
 }
 
+impl TlsConn {
+    pub(crate) fn new(inner: tokio_rustls::server::TlsStream<TcpStream>, addr: std::net::SocketAddr) -> Self {
+        let info = PeerInfo {
+            addr: Some(addr),
+            identity: peer_identity(&inner),
+        };
+        Self { inner, info }
+    }
+}
+
 impl Connected for TlsConn {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {

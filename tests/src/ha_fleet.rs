@@ -291,7 +291,22 @@ impl HaFleet {
                     continue;
                 }
                 if let Some((true, epoch)) = self.role_of(i).await {
-                    if tokio::net::TcpStream::connect(&self.addrs[i]).await.is_ok() {
+                    // Settled: the leader answers and no standby still does
+                    // (they answer only while etcd cannot be read).
+                    // A paused process's backlog fills and its SYNs go
+                    // unanswered: a connect that hangs is no answer.
+                    let answers = |addr: String| async move {
+                        matches!(
+                            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
+                                .await,
+                            Ok(Ok(_))
+                        )
+                    };
+                    let mut others_quiet = true;
+                    for j in (0..self.addrs.len()).filter(|&j| j != i && self.controllers[j].is_some()) {
+                        others_quiet &= !answers(self.addrs[j].clone()).await;
+                    }
+                    if others_quiet && answers(self.addrs[i].clone()).await {
                         return Ok((i, epoch));
                     }
                 }
@@ -401,6 +416,20 @@ impl HaFleet {
             .arg(&config)
             .output()?;
         Ok(out.status.code().unwrap_or(-1))
+    }
+
+    /// What `lockstep-agent gate check` of `host` prints (stdout and stderr).
+    pub fn local_gate_text(&self, host: &str) -> anyhow::Result<String> {
+        let config = self.dir.path().join("hosts").join(host).join("agent.toml");
+        let out = Command::new(binary("lockstep-agent")?)
+            .args(["gate", "check", "--config"])
+            .arg(&config)
+            .output()?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// Waits (`within`) until `host`'s local gate check exits `code`.

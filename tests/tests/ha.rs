@@ -288,3 +288,113 @@ async fn a_paused_leader_is_deposed_and_its_word_refused_when_it_wakes() {
     assert!(verified.ok, "{}", verified.problem);
     let _ = new;
 }
+
+/// One token for spare-01 through whichever controller leads, retried
+/// until `within`: the last error if none was acknowledged.
+async fn write_within(fleet: &HaFleet, within: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut console = fleet.console(&fleet.alice).unwrap();
+    loop {
+        let made = console
+            .create_token(pb::CreateTokenRequest {
+                host: "spare-01".into(),
+                role: "smars".into(),
+                ttl_ms: 0,
+            })
+            .await;
+        match made {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.message().to_string()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_it_recovers_by_itself() {
+    let n = 3;
+    let lease = Duration::from_secs(6);
+    let (fleet, _agents) = fleet_with_agents(n, lease).await;
+    let mut fleet = fleet;
+
+    // One member of three down: writes go on, no gate closes.
+    fleet.etcd.stop_member(0);
+    let fleet = Arc::new(fleet);
+    let stop = Arc::new(AtomicBool::new(false));
+    let gates = watch_gates(fleet.clone(), n, stop.clone());
+    write_within(&fleet, Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    write_within(&fleet, Duration::from_secs(5)).await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let closed = gates.await.unwrap();
+    assert!(closed.is_empty(), "one etcd member down closed gates: {closed:?}");
+    let mut fleet = Arc::into_inner(fleet).expect("the watcher has ended");
+
+    // Two of three down: no quorum. Writes are refused, naming it...
+    fleet.etcd.stop_member(1);
+    let refused_at = std::time::Instant::now();
+    let mut reason = String::new();
+    while refused_at.elapsed() < Duration::from_secs(10) {
+        let mut console = fleet.console(&fleet.alice).unwrap();
+        let made = tokio::time::timeout(
+            Duration::from_secs(5),
+            console.create_token(pb::CreateTokenRequest {
+                host: "spare-01".into(),
+                role: "smars".into(),
+                ttl_ms: 0,
+            }),
+        )
+        .await;
+        match made {
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await, // committed before quorum went
+            Ok(Err(e)) => {
+                reason = e.message().to_string();
+                break;
+            }
+            Err(_) => panic!("a write hung for 5 s without quorum"),
+        }
+    }
+    assert!(
+        reason.contains("quorum"),
+        "no write refused with a reason naming quorum: {reason:?}"
+    );
+    // Once the lease is gone every controller says so, not "connection refused".
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let said = fleet
+        .console(&fleet.alice)
+        .unwrap()
+        .list_hosts(pb::ListHostsRequest::default())
+        .await
+        .expect_err("no controller may serve without quorum");
+    assert_eq!(said.code(), tonic::Code::Unavailable, "{said:?}");
+    assert!(
+        said.message().contains("no controller can lead") && said.message().contains("quorum"),
+        "{}",
+        said.message()
+    );
+    // ...and every gate closes by its lease end, saying why.
+    for h in hosts(n) {
+        fleet.wait_local(&h, 1, lease + Duration::from_secs(10)).await.unwrap();
+        let why = fleet.local_gate_text(&h).unwrap();
+        // At lease end; or at once when its report arrived and could not be
+        // committed (the controller closes a gate it cannot record).
+        assert!(why.contains("lease expired") || why.contains("quorum"), "{h}: {why}");
+    }
+
+    // Quorum back: a leader again, writes accepted, gates open, nothing restarted.
+    fleet.etcd.start_member(0).unwrap();
+    fleet.etcd.start_member(1).unwrap();
+    fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
+    write_within(&fleet, Duration::from_secs(20)).await.unwrap();
+    for h in hosts(n) {
+        fleet.wait_local(&h, 0, Duration::from_secs(30)).await.unwrap();
+    }
+    let verified = fleet
+        .console(&fleet.alice)
+        .unwrap()
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{}", verified.problem);
+}
