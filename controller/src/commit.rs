@@ -375,6 +375,12 @@ mod tests {
         fn put_token(&self, token: &crate::store::TokenRecord) -> Result<(), StoreError> {
             self.inner.put_token(token)
         }
+        fn tokens(&self) -> Result<Vec<crate::store::TokenRecord>, StoreError> {
+            self.inner.tokens()
+        }
+        fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.manifest_digests()
+        }
         fn flush(&self) -> Result<(), StoreError> {
             self.inner.flush()
         }

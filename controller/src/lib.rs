@@ -42,6 +42,7 @@ pub mod ingest;
 pub mod leadership;
 pub mod ledger;
 pub mod metrics;
+pub mod migrate;
 pub mod no_leader;
 pub mod peer;
 pub mod pki;
@@ -80,6 +81,23 @@ use std::sync::Arc;
 pub struct DaemonCli {
     #[arg(long, default_value = "/etc/lockstep/controller.toml")]
     pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<DaemonCommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DaemonCommand {
+    /// Copy every record of one store into another, empty one (sled into
+    /// etcd, or back), verifying the audit chain on both sides. Stop every
+    /// controller on both first.
+    Migrate {
+        /// A controller config naming the store to copy from.
+        #[arg(long)]
+        from: PathBuf,
+        /// A controller config naming the (empty) store to copy into.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// Loads the config, opens the store and serves until `shutdown`. On etcd

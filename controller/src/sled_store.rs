@@ -170,6 +170,21 @@ impl Store for SledStore {
         self.put_json(&self.tokens, token.hash_hex.as_bytes(), token)
     }
 
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all_json(&self.tokens)
+    }
+
+    fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {
+        self.manifests
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(|e| self.backend(e))?;
+                Ok(String::from_utf8_lossy(&k).into_owned())
+            })
+            .collect()
+    }
+
     fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         self.put_json(&self.audit, &record.seq.to_be_bytes(), record)
     }

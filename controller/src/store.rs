@@ -212,5 +212,10 @@ pub trait Store: Send + Sync {
     fn put_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError>;
     fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError>;
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Every token record (migration copies them; the controller looks
+    /// tokens up by hash only).
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// The digest of every stored manifest (for migration).
+    fn manifest_digests(&self) -> Result<Vec<String>, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }

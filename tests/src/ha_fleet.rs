@@ -143,6 +143,7 @@ pub struct HaFleet {
     metrics: Vec<std::net::SocketAddr>,
     configs: Vec<PathBuf>,
     controllers: Vec<Option<Killed>>,
+    sled: Option<Killed>,
     pub alice: TlsPaths,
     pub bob: TlsPaths,
 }
@@ -152,6 +153,9 @@ pub struct HaSpec {
     pub hosts: Vec<String>,
     pub freshness_ttl: Duration,
     pub leader_ttl_s: u64,
+    /// Start one sled controller on controller 0's address instead of the
+    /// etcd ones (for migration; [`HaFleet::stop_sled`], [`HaFleet::start_all`]).
+    pub sled_first: bool,
 }
 
 impl HaFleet {
@@ -199,6 +203,19 @@ impl HaFleet {
                     hosts = spec.hosts,
                 ),
             )?;
+            if i == 0 && spec.sled_first {
+                // The same controller on sled: no [store] section, its own data dir.
+                let text = std::fs::read_to_string(&config)?;
+                let (head, roles) = text
+                    .split_once("[store]")
+                    .and_then(|(h, rest)| rest.split_once("[[role]]").map(|(_, r)| (h, r)))
+                    .ok_or_else(|| anyhow::anyhow!("controller config without [store] or [[role]]"))?;
+                let head = head.replace("controller-0\"", "controller-sled\"");
+                std::fs::write(
+                    dir.path().join("controller-sled.toml"),
+                    format!("{head}[[role]]{roles}"),
+                )?;
+            }
             addrs.push(addr);
             metrics.push(metrics_at);
             configs.push(config);
@@ -210,15 +227,62 @@ impl HaFleet {
             addrs,
             metrics,
             controllers: (0..spec.controllers).map(|_| None).collect(),
+            sled: None,
             configs,
             alice,
             bob,
         };
-        for i in 0..spec.controllers {
-            fleet.start_controller(i)?;
+        if spec.sled_first {
+            let log = std::fs::File::create(fleet.dir.path().join("controller-sled.log"))?;
+            let child = Command::new(binary("lockstep-controller")?)
+                .arg("--config")
+                .arg(fleet.sled_config())
+                .env("LOCKSTEP_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            fleet.sled = Some(Killed(child));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(&fleet.addrs[0]).await.is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "the sled controller never listened");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return Ok(fleet);
         }
-        fleet.wait_leader(None, Duration::from_secs(60)).await?;
+        fleet.start_all().await?;
         Ok(fleet)
+    }
+
+    /// Starts every etcd controller and waits for a leader.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.addrs.len() {
+            if self.controllers[i].is_none() {
+                self.start_controller(i)?;
+            }
+        }
+        self.wait_leader(None, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// The sled controller's config (with `sled_first`).
+    pub fn sled_config(&self) -> PathBuf {
+        self.dir.path().join("controller-sled.toml")
+    }
+
+    /// Stops the sled controller (SIGTERM, and waits for it to exit).
+    pub fn stop_sled(&mut self) -> anyhow::Result<()> {
+        if let Some(mut s) = self.sled.take() {
+            let pid = s.0.id();
+            Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+            s.0.wait()?;
+        }
+        Ok(())
+    }
+
+    /// A scratch path inside the fleet's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     pub fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {

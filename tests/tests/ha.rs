@@ -23,6 +23,7 @@ async fn fleet_with_agents(n: usize, freshness_ttl: Duration) -> (HaFleet, Vec<l
         hosts: inventory,
         freshness_ttl,
         leader_ttl_s: 2,
+        sled_first: false,
     })
     .await
     .unwrap();
@@ -397,4 +398,135 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
         .unwrap()
         .into_inner();
     assert!(verified.ok, "{}", verified.problem);
+}
+
+fn migrate(from: &std::path::Path, to: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(lockstep_tests::proc_fleet::binary("lockstep-controller").unwrap())
+        .args(["migrate", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sled_fleet_migrated_into_etcd_keeps_every_gate_and_its_audit_chain() {
+    let n = 3;
+    let mut inventory = hosts(n);
+    inventory.push("spare-01".into());
+    let mut fleet = HaFleet::start(HaSpec {
+        controllers: 3,
+        hosts: inventory,
+        freshness_ttl: Duration::from_secs(30),
+        leader_ttl_s: 2,
+        sled_first: true,
+    })
+    .await
+    .unwrap();
+    let mut agents = Vec::new();
+    for h in hosts(n) {
+        agents.push(fleet.start_agent(&h).await.unwrap());
+    }
+    fleet
+        .wait_hosts("every host reported to sled", Duration::from_secs(60), |hs| {
+            hosts(n)
+                .iter()
+                .all(|h| hs.iter().any(|s| &s.host == h && s.last_seq > 0))
+        })
+        .await
+        .unwrap();
+    let release = fleet.release_from_host("smars-01").await.unwrap();
+    for h in hosts(n) {
+        fleet.wait_local(&h, 0, Duration::from_secs(30)).await.unwrap();
+    }
+    let mut console = fleet.console(&fleet.alice).unwrap();
+    let before = console
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    fleet.stop_sled().unwrap();
+
+    // The etcd cluster may still be electing its first raft leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let to_etcd = loop {
+        let out = migrate(&fleet.sled_config(), fleet.controller_config(0));
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("did not answer")
+            || std::time::Instant::now() > deadline
+        {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let said = String::from_utf8_lossy(&to_etcd.stdout).into_owned() + &String::from_utf8_lossy(&to_etcd.stderr);
+    assert!(to_etcd.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("migrated {n} hosts")) && said.contains("verifies on both sides"),
+        "{said}"
+    );
+    // A second copy into the same prefix is refused: it is not empty.
+    let again = migrate(&fleet.sled_config(), fleet.controller_config(0));
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds a fleet"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The etcd controllers lead the same fleet: agents follow, every gate
+    // still open on the same release, the old chain is the new chain's start.
+    fleet.start_all().await.unwrap();
+    let mut console = fleet.console(&fleet.alice).unwrap();
+    let gates = console
+        .gate_check(pb::GateCheckRequest { role: "smars".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gates.release, release);
+    for h in hosts(n) {
+        let gate = gates.gates.iter().find(|g| g.host == h).unwrap();
+        assert_eq!(gate.state(), pb::GateState::Open, "{h}: {gate:?}");
+        assert_eq!(fleet.local_gate_check(&h).unwrap(), 0, "{h}");
+    }
+    let after = console
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(after.len() >= before.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!((a.seq, &a.hash), (b.seq, &b.hash));
+    }
+    let verified = console
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{}", verified.problem);
+
+    // And back: etcd into a fresh sled data dir, once no controller leads.
+    for i in 0..3 {
+        fleet.kill_controller(i);
+    }
+    let back = fleet.path("controller-back.toml");
+    let text = std::fs::read_to_string(fleet.sled_config()).unwrap();
+    std::fs::write(&back, text.replace("controller-sled\"", "controller-back\"")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = migrate(fleet.controller_config(0), &back);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        // The killed leader's lease runs out first.
+        assert!(
+            err.contains("a controller leads") && std::time::Instant::now() < deadline,
+            "{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -368,6 +368,19 @@ impl Store for EtcdStore {
         self.queue_json(format!("token/{}", token.hash_hex), token)
     }
 
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all_json("token/")
+    }
+
+    fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = self.etcd.key("manifest/");
+        Ok(self
+            .range("manifest/", None)?
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+            .collect())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let ops = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if ops.is_empty() {
