@@ -776,6 +776,68 @@ mod tests {
 }
 
 #[cfg(test)]
+mod etcd_settings_tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../tests/fixtures/controller_good.toml");
+    const ETCD: &str = "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"etcd-1:2379\", \"etcd-2:2379\", \"etcd-3:2379\"]\nca = \"/etc/lockstep/etcd-ca.pem\"\ncert = \"/etc/lockstep/etcd-client.pem\"\nkey = \"/etc/lockstep/etcd-client.key\"\nname = \"ctl-1\"\n";
+
+    fn with(store: &str) -> Result<ControllerConfig, ConfigError> {
+        // [store] goes before the [[role]] tables.
+        let (head, roles) = GOOD.split_once("[[role]]").unwrap();
+        ControllerConfig::parse(&format!("{head}{store}[[role]]{roles}"), Path::new("controller.toml"))
+    }
+
+    #[test]
+    fn etcd_backend_loads_with_defaults_that_fail_over_under_5s() {
+        let c = with(ETCD).unwrap();
+        let Backend::Etcd(e) = c.backend else {
+            panic!("etcd expected")
+        };
+        assert_eq!(e.endpoints.len(), 3);
+        assert_eq!(e.prefix, "/lockstep/");
+        assert_eq!(e.leader_ttl, Duration::from_secs(3));
+        assert_eq!(e.name, "ctl-1");
+        assert_eq!(e.advertise, c.listen.to_string());
+        assert!(matches!(with("").unwrap().backend, Backend::Sled));
+    }
+
+    #[test]
+    fn bad_etcd_settings_name_the_key_and_fix() {
+        let cases = [
+            (
+                ETCD.replace("\"etcd-1:2379\", ", "")
+                    .replace(", \"etcd-3:2379\"", "")
+                    .replace("\"etcd-2:2379\"", ""),
+                "store.etcd.endpoints: give at least one etcd member",
+            ),
+            (ETCD.replace("etcd-1:2379", "https://etcd-1:2379"), "without a scheme"),
+            (
+                format!("{ETCD}prefix = \"/lockstep\"\n"),
+                "store.etcd.prefix: \"/lockstep\" must end with '/'",
+            ),
+            (
+                format!("{ETCD}leader_ttl = \"1500ms\"\n"),
+                "store.etcd.leader_ttl: give whole seconds, at least 2s",
+            ),
+            (
+                format!("{ETCD}max_txn_ops = 4\n"),
+                "store.etcd.max_txn_ops: must be at least 16",
+            ),
+            (
+                ETCD.replace("\"etcd\"\n[store.etcd]", "\"zookeeper\"\n[store.etcd]"),
+                "store.backend",
+            ),
+        ];
+        for (store, needle) in cases {
+            let err = with(&store).unwrap_err().to_string();
+            assert!(err.contains("controller.toml"), "{err}");
+            assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod packaged {
     #[test]
     fn packaged_default_config_is_valid() {

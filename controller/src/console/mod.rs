@@ -43,7 +43,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Connection {
-    /// Controller address, host:port.
+    /// Controller address, host:port; or several, comma-separated (every
+    /// controller of an etcd deployment: the one that leads answers).
     #[arg(long, global = true, env = "LOCKSTEP_CONTROLLER", default_value = "127.0.0.1:7443")]
     pub controller: String,
     /// Name to check the controller's certificate against (default: the address's host).
@@ -640,11 +641,22 @@ fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Channel>> {
         key: conn.key.clone(),
     };
     let config = tls::client_config(&paths)?;
-    let name = match &conn.server_name {
-        Some(n) => n.clone(),
-        None => tls::default_server_name(&conn.controller)?,
-    };
-    let channel = tls::channel(&conn.controller, &name, config, Duration::from_secs(5))?;
+    let targets = conn
+        .controller
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|address| {
+            Ok(tls::Target {
+                address: address.to_string(),
+                server_name: match &conn.server_name {
+                    Some(n) => n.clone(),
+                    None => tls::default_server_name(address)?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, tls::TlsError>>()?;
+    let channel = tls::failover_channel(targets, config, Duration::from_secs(5))?;
     Ok(ConsoleServiceClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(256 * 1024 * 1024))
