@@ -164,10 +164,12 @@ fn render_metrics(role: &Role) -> String {
     let epoch_head = "# HELP lockstep_controller_epoch The epoch this controller leads in, or the leader's it follows.\n\
                       # TYPE lockstep_controller_epoch gauge\n";
     match role {
-        Role::Leading { controller, epoch } => format!(
-            "{}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n",
-            controller.metrics_text()
-        ),
+        Role::Leading { controller, epoch } => {
+            // OpenMetrics ends at "# EOF": ours go before it.
+            let text = controller.metrics_text();
+            let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
+            format!("{body}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n# EOF\n")
+        }
         Role::Standby { leader } => {
             let epoch = leader.as_ref().map_or(0, |l| l.epoch);
             let info = leader.as_ref().map_or(String::new(), |l| {
@@ -177,7 +179,7 @@ fn render_metrics(role: &Role) -> String {
                     l.address.replace('"', "")
                 )
             });
-            format!("{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}")
+            format!("{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}# EOF\n")
         }
     }
 }

@@ -345,6 +345,21 @@ impl HaFleet {
         ))
     }
 
+    /// Gauge `name` (unlabelled) from controller `i`'s `/metrics`.
+    pub async fn gauge(&self, i: usize, name: &str) -> Option<i64> {
+        let (_, _, body) = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::sink::http_get(self.metrics[i], "/metrics"),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let prefix = format!("{name} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<f64>().ok()))
+            .map(|v| v as i64)
+    }
+
     /// The controller that leads (and its epoch), once one does and its
     /// listener answers; `not` excludes a controller (the one just killed).
     pub async fn wait_leader(&self, not: Option<usize>, within: Duration) -> anyhow::Result<(usize, i64)> {

@@ -19,6 +19,7 @@ pub mod browser;
 pub mod fleet;
 pub mod fleet_bench;
 pub mod fuzz;
+pub mod ha_bench;
 pub mod ha_fleet;
 pub mod idle_bench;
 pub mod ingest_bench;

@@ -159,3 +159,11 @@ async fn board_benchmarks_run_at_tiny_size() {
     let many = board_bench::many_boards(3, 2).await.unwrap();
     assert_eq!(many.decision_to_fresh.samples.len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_benchmark_runs_at_tiny_size() {
+    let f = lockstep_tests::ha_bench::failover(2, 1, 2).await.unwrap();
+    assert_eq!(f.streams.samples.len(), 1);
+    // Re-established streams come after (or with) the new leader.
+    assert!(f.streams.max() >= f.leader.max());
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use lockstep_tests::{
-    bench, board_bench, fleet_bench, idle_bench, ingest_bench, openssl_speed, probe_bench, scan_bench,
+    bench, board_bench, fleet_bench, ha_bench, idle_bench, ingest_bench, openssl_speed, probe_bench, scan_bench,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -28,6 +28,8 @@ enum Part {
     Memory,
     /// The web board: gate change → a real Chromium's page, first render at 10,000 hosts, 50 boards.
     Board,
+    /// Failover on etcd: kill -9 the leader of three controllers (Debian's etcd-server).
+    Failover,
 }
 
 #[derive(Parser)]
@@ -100,6 +102,12 @@ struct Args {
     /// Boards following one fleet at once.
     #[arg(long, default_value_t = 50)]
     boards: usize,
+    /// Real agents in the failover benchmark.
+    #[arg(long, default_value_t = 100)]
+    failover_agents: usize,
+    /// Leaders killed in the failover benchmark.
+    #[arg(long, default_value_t = 20)]
+    failover_kills: usize,
 }
 
 fn ms(d: Duration) -> String {
@@ -193,6 +201,34 @@ fn scan(args: &Args) -> anyhow::Result<()> {
         ),
         Err(why) => println!("| OpenSSL SHA-256 | | {why} | | | |"),
     }
+    Ok(())
+}
+
+async fn failover(args: &Args) -> anyhow::Result<()> {
+    println!("\n## Failover on etcd (3 controllers, 3 etcd members on loopback)\n");
+    let f = ha_bench::failover(args.failover_agents, args.failover_kills, 3).await?;
+    println!("| kill -9 the leader → | agents | kills | median | p99 | max |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (what, l) in [
+        ("a standby leads and answers", &f.leader),
+        (
+            "every agent's report accepted by it and every directive stream open on it",
+            &f.streams,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} | {} | {} |",
+            f.agents,
+            l.samples.len(),
+            ms(l.quantile(0.5)),
+            ms(l.quantile(0.99)),
+            ms(l.max())
+        );
+    }
+    println!(
+        "(leader_ttl {} s: the dead leader's lease must run out first)",
+        f.leader_ttl_s
+    );
     Ok(())
 }
 
@@ -464,6 +500,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::Board) {
         board(&args).await?;
+    }
+    if want(Part::Failover) {
+        failover(&args).await?;
     }
     Ok(())
 }
