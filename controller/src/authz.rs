@@ -38,6 +38,7 @@ pub const TABLE: &[(&str, &str, Caller)] = &[
     (CONSOLE, "ListAudit", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "VerifyAudit", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "ListIncidents", Caller::Operator(OperatorRole::Viewer)),
+    (CONSOLE, "ClusterStatus", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "PreOpenReport", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "BoardLogin", Caller::Operator(OperatorRole::Viewer)),
     (CONSOLE, "ProposeRelease", Caller::Operator(OperatorRole::Operator)),

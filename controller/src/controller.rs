@@ -51,6 +51,9 @@ pub struct Controller {
     /// The epoch this controller leads in (etcd: the leader key's create
     /// revision; sled: 0). Every gate it sends carries it.
     pub epoch: u64,
+    /// The etcd cluster this controller leads on (None on sled), for
+    /// `lockstep cluster status`.
+    pub cluster: Option<Arc<crate::etcd::Etcd>>,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
 }
@@ -99,6 +102,7 @@ impl Controller {
             board,
             metrics,
             epoch,
+            cluster: None,
         })
     }
 

@@ -65,6 +65,29 @@ pub async fn run(
         no_leader_rx,
         bound_tx,
     ));
+    // Every controller says every second what it is, for `cluster status`.
+    let announcing = {
+        let (etcd, role, me) = (etcd.clone(), role.clone(), me.clone());
+        tokio::spawn(async move {
+            loop {
+                let (role_word, epoch) = match &*role.lock().unwrap_or_else(|p| p.into_inner()) {
+                    Role::Leading { epoch, .. } => ("leader", *epoch),
+                    Role::Standby { leader } => ("standby", leader.as_ref().map_or(0, |l| l.epoch)),
+                };
+                let presence = crate::etcd::cluster::Presence {
+                    name: me.name.clone(),
+                    address: me.address.clone(),
+                    role: role_word.into(),
+                    epoch: u64::try_from(epoch).unwrap_or(0),
+                    seen_at_unix_ms: lockstep_proto::now_unix_ms(),
+                };
+                if let Err(e) = crate::etcd::cluster::announce(&etcd, &presence).await {
+                    tracing::debug!(error = %e, "cannot announce this controller");
+                }
+                tokio::time::sleep(crate::etcd::cluster::ANNOUNCE_EVERY).await;
+            }
+        })
+    };
     tokio::pin!(shutdown);
     let outcome = loop {
         let mut last_seen: Option<String> = None;
@@ -102,7 +125,10 @@ pub async fn run(
         let store = Arc::new(EtcdStore::new(etcd.clone(), Fence::Leader { epoch }));
         let mut deposed = store.deposed();
         let controller = match Controller::new(config.clone(), store) {
-            Ok(c) => Arc::new(c),
+            Ok(mut c) => {
+                c.cluster = Some(etcd.clone());
+                Arc::new(c)
+            }
             Err(e) => {
                 tracing::error!(error = %e, epoch, "cannot load the fleet from etcd: standing down");
                 leadership.resign(&etcd).await;
@@ -154,6 +180,7 @@ pub async fn run(
             }
         }
     };
+    announcing.abort();
     sidecars.stop().await;
     outcome
 }

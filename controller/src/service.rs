@@ -390,6 +390,29 @@ impl ConsoleService for ConsoleApi {
         Ok(Response::new(pb::BoardSessionList { sessions }))
     }
 
+    async fn cluster_status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        operator(&req)?;
+        let reply = match &self.controller.cluster {
+            Some(etcd) => crate::etcd::cluster::status(etcd.clone())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            // sled: this controller is the whole control plane.
+            None => pb::ClusterStatusReply {
+                backend: "sled".into(),
+                leader: "this controller".into(),
+                leader_address: self.controller.config.listen.to_string(),
+                epoch: 0,
+                controllers: Vec::new(),
+                members: Vec::new(),
+                now_unix_ms: self.controller.ledger.now_unix_ms(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn revoke_board_session(
         &self,
         req: Request<pb::RevokeBoardSessionRequest>,

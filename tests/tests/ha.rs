@@ -152,6 +152,62 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         verified.problem
     );
 
+    // `lockstep cluster status` names the new leader, its epoch, every etcd member healthy.
+    let cluster_status = || {
+        let out = std::process::Command::new(lockstep_tests::proc_fleet::binary("lockstep").unwrap())
+            .arg("--controller")
+            .arg(fleet.addrs.join(","))
+            .arg("--server-name")
+            .arg("127.0.0.1")
+            .arg("--ca")
+            .arg(&fleet.alice.ca)
+            .arg("--cert")
+            .arg(&fleet.alice.cert)
+            .arg("--key")
+            .arg(&fleet.alice.key)
+            .args(["--output", "json", "cluster", "status"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // The killed one stops announcing itself: shown as not running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = cluster_status();
+        let killed_gone = status["controllers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == format!("ctl-{leader}") && c["running"] == false);
+        if killed_gone {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed controller still shows running: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(status["leader"], format!("ctl-{new_leader}"), "{status}");
+    assert_eq!(status["epoch"], new_epoch, "{status}");
+    let members = status["etcd_members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(members.iter().all(|m| m["healthy"] == true), "{status}");
+    assert_eq!(
+        members.iter().filter(|m| m["raft_leader"] == true).count(),
+        1,
+        "{status}"
+    );
+    let controllers = status["controllers"].as_array().unwrap();
+    assert_eq!(controllers.len(), 3, "{status}");
+    let leading: Vec<_> = controllers
+        .iter()
+        .filter(|c| c["role"] == "leader" && c["running"] == true)
+        .collect();
+    assert_eq!(leading.len(), 1, "{status}");
+    assert_eq!(leading[0]["name"], format!("ctl-{new_leader}"), "{status}");
+
     // The directive streams follow too: a halt from the new leader closes every gate.
     console
         .halt(pb::HaltRequest {

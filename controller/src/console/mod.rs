@@ -145,6 +145,9 @@ pub enum Command {
     /// The web board: a one-time login link, and its sessions.
     #[command(subcommand)]
     Board(BoardCommand),
+    /// The control plane: controllers, the leader and its epoch, etcd members.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Evidence: the signed pre-open report, and checking one offline.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -193,6 +196,13 @@ pub enum TokenCommand {
 pub enum AlertsCommand {
     /// Acknowledge an incident: it leaves the list once it is also resolved.
     Ack { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Every controller (leader or standby, when last seen), the leader's
+    /// epoch, and each etcd member's health.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -383,6 +393,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .map_err(unreachable)?
                 .into_inner();
             render::board_link(out, &reply, json)?;
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let reply = client
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .map_err(unreachable)?
+                .into_inner();
+            render::cluster_status(out, &reply, json)?;
         }
         Command::Board(BoardCommand::Sessions) => {
             let list = client

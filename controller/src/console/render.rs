@@ -617,3 +617,89 @@ pub fn board_sessions(
     }
     Ok(())
 }
+
+/// `lockstep cluster status`.
+pub fn cluster_status(out: &mut dyn Write, c: &lockstep_proto::pb::ClusterStatusReply, json: bool) -> io::Result<()> {
+    // Not heard from for three announcements: shown as gone.
+    const GONE_MS: i64 = 3_000;
+    let ago = |at: i64| (c.now_unix_ms - at).max(0);
+    if json {
+        let controllers: Vec<Value> = c
+            .controllers
+            .iter()
+            .map(|k| {
+                json!({"name": k.name, "address": k.address, "role": k.role, "epoch": k.epoch,
+                "seen_at_unix_ms": k.seen_at_unix_ms, "running": ago(k.seen_at_unix_ms) < GONE_MS})
+            })
+            .collect();
+        let members: Vec<Value> = c
+            .members
+            .iter()
+            .map(|m| {
+                json!({"name": m.name, "client_url": m.client_url, "healthy": m.healthy,
+                "raft_leader": m.raft_leader, "db_size_bytes": m.db_size_bytes,
+                "raft_index": m.raft_index, "error": m.error})
+            })
+            .collect();
+        return print_json(
+            out,
+            &json!({"backend": c.backend, "leader": c.leader, "leader_address": c.leader_address,
+            "epoch": c.epoch, "controllers": controllers, "etcd_members": members}),
+        );
+    }
+    if c.backend == "sled" {
+        return writeln!(
+            out,
+            "one controller on sled at {}: it is the whole control plane (docs/ha.md for several on etcd)",
+            c.leader_address
+        );
+    }
+    if c.leader.is_empty() {
+        writeln!(out, "no controller leads")?;
+    } else {
+        writeln!(out, "leader {} at {} in epoch {}", c.leader, c.leader_address, c.epoch)?;
+    }
+    writeln!(
+        out,
+        "\n{:<16} {:<22} {:<9} {:>7}  SEEN",
+        "CONTROLLER", "ADDRESS", "ROLE", "EPOCH"
+    )?;
+    for k in &c.controllers {
+        let seen = ago(k.seen_at_unix_ms);
+        let state = if seen < GONE_MS {
+            format!("{:.1}s ago", seen as f64 / 1000.0)
+        } else {
+            format!("{}s ago: NOT RUNNING?", seen / 1000)
+        };
+        writeln!(
+            out,
+            "{:<16} {:<22} {:<9} {:>7}  {state}",
+            k.name, k.address, k.role, k.epoch
+        )?;
+    }
+    writeln!(
+        out,
+        "\n{:<12} {:<28} {:<9} {:>10} {:>12}  RAFT",
+        "ETCD MEMBER", "CLIENT URL", "HEALTH", "DB", "INDEX"
+    )?;
+    for m in &c.members {
+        let health = if m.healthy { "ok" } else { "DOWN" };
+        writeln!(
+            out,
+            "{:<12} {:<28} {:<9} {:>7} KiB {:>12}  {}",
+            m.name,
+            m.client_url,
+            health,
+            m.db_size_bytes / 1024,
+            m.raft_index,
+            if m.raft_leader {
+                "leader"
+            } else if m.healthy {
+                "follower"
+            } else {
+                &m.error
+            }
+        )?;
+    }
+    Ok(())
+}

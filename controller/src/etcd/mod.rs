@@ -3,6 +3,7 @@
 //! ([`store::EtcdStore`]) and leader election ([`election`]). etcd's types
 //! stay inside this module.
 
+pub mod cluster;
 pub mod election;
 pub mod store;
 
@@ -34,6 +35,7 @@ pub struct Etcd {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     channel: Channel,
+    tls: std::sync::Arc<rustls::ClientConfig>,
     pub(crate) settings: EtcdSettings,
 }
 
@@ -65,13 +67,14 @@ impl Etcd {
         let channel = {
             let _in = runtime.enter();
             // etcd refuses pings more often than every 5 s (see the function).
-            lockstep_proto::tls::failover_channel_pinging(targets, tls, settings.request_timeout, ETCD_PING)
+            lockstep_proto::tls::failover_channel_pinging(targets, tls.clone(), settings.request_timeout, ETCD_PING)
                 .map_err(|e| backend(e.to_string()))?
         };
         Ok(Self {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
             channel,
+            tls,
             settings: settings.clone(),
         })
     }
@@ -81,6 +84,14 @@ impl Etcd {
     }
     pub(crate) fn lease(&self) -> LeaseClient<Channel> {
         LeaseClient::new(self.channel.clone())
+    }
+
+    /// A channel to one member alone (`host:port`), for its own status.
+    pub(crate) fn member_channel(&self, address: &str) -> Result<Channel, StoreError> {
+        let _in = self.handle.enter();
+        let name = lockstep_proto::tls::default_server_name(address).map_err(|e| self.backend(e.to_string()))?;
+        lockstep_proto::tls::channel(address, &name, self.tls.clone(), self.settings.request_timeout)
+            .map_err(|e| self.backend(e.to_string()))
     }
 
     pub(crate) fn key(&self, rest: &str) -> Vec<u8> {
