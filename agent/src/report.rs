@@ -219,6 +219,11 @@ pub struct Triggers {
     pub reconnects: Arc<Reconnects>,
 }
 
+/// For this long into an outage, retries are at most [`FAST_RETRY_MAX`]
+/// apart: a controller failover (docs/ha.md) takes a few seconds.
+const FAST_RETRY_FOR: Duration = Duration::from_secs(10);
+const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Reports every `interval` (sooner when triggered) until `shutdown`.
 pub async fn run(
     measurer: &mut Measurer,
@@ -230,6 +235,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let (mut due, mut link) = (Due::Heartbeat, Link::Up);
+    let mut down_since = tokio::time::Instant::now();
     // The next heartbeat is due then, whatever the watcher triggers in
     // between: a change that does not move the set must not delay it.
     let mut next_report = tokio::time::Instant::now();
@@ -253,8 +259,16 @@ pub async fn run(
                     debug!(host = %host, error = %e, "report failed again");
                 } else {
                     warn!(host = %host, error = %e, "report failed; retrying with backoff");
+                    down_since = tokio::time::Instant::now();
                 }
-                next_report = tokio::time::Instant::now() + backoff.next_delay();
+                // A failover (a few seconds) is waited out at most a second
+                // behind the new leader; a long outage backs off fully, so
+                // a fleet does not storm a controller that is coming back.
+                let mut pause = backoff.next_delay();
+                if down_since.elapsed() < FAST_RETRY_FOR {
+                    pause = pause.min(FAST_RETRY_MAX);
+                }
+                next_report = tokio::time::Instant::now() + pause;
                 Link::Down
             }
         };
