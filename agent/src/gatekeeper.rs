@@ -137,7 +137,9 @@ impl GateKeeper {
     /// Refused (false) when it comes from an epoch below the highest seen:
     /// that controller has been deposed, and the caller should move on.
     pub fn apply(&mut self, gate: &Gate) -> bool {
-        if gate.epoch < self.epoch {
+        // Epoch 0 is a single controller on sled (unfenced, never deposed):
+        // taken, so a fleet moved back from etcd to sled keeps its gates.
+        if gate.epoch != 0 && gate.epoch < self.epoch {
             warn!(
                 host = %self.host,
                 gate_epoch = gate.epoch,
@@ -146,7 +148,7 @@ impl GateKeeper {
             );
             return false;
         }
-        self.epoch = gate.epoch;
+        self.epoch = self.epoch.max(gate.epoch);
         let now = self.clock.now_unix_ms();
         self.last_word_unix_ms = now;
         let reasons: Vec<String> = gate.reasons.iter().map(|r| r.text.clone()).collect();

@@ -252,4 +252,8 @@ fn a_gate_from_a_lower_epoch_is_refused_and_the_highest_epoch_survives_a_restart
             .unwrap()
             .is_open_at(now_unix_ms())
     );
+    // A sled controller (epoch 0, unfenced) is taken, the highest kept.
+    assert!(k.apply(&closed_gate("halted (fleet) by alice")));
+    assert_eq!(GateFile::read(&d.path().join("gate.json")).unwrap().unwrap().epoch, 9);
+    assert!(!k.apply(&stale));
 }
