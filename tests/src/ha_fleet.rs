@@ -489,26 +489,25 @@ impl HaFleet {
 
     /// `lockstep-agent gate check` of `host`: 0 open, else closed.
     pub fn local_gate_check(&self, host: &str) -> anyhow::Result<i32> {
-        let config = self.dir.path().join("hosts").join(host).join("agent.toml");
-        let out = Command::new(binary("lockstep-agent")?)
-            .args(["gate", "check", "--config"])
-            .arg(&config)
-            .output()?;
-        Ok(out.status.code().unwrap_or(-1))
+        Ok(self.gate_check_output(host)?.status.code().unwrap_or(-1))
     }
 
     /// What `lockstep-agent gate check` of `host` prints (stdout and stderr).
     pub fn local_gate_text(&self, host: &str) -> anyhow::Result<String> {
-        let config = self.dir.path().join("hosts").join(host).join("agent.toml");
-        let out = Command::new(binary("lockstep-agent")?)
-            .args(["gate", "check", "--config"])
-            .arg(&config)
-            .output()?;
+        let out = self.gate_check_output(host)?;
         Ok(format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+
+    fn gate_check_output(&self, host: &str) -> anyhow::Result<std::process::Output> {
+        let config = self.dir.path().join("hosts").join(host).join("agent.toml");
+        Ok(Command::new(binary("lockstep-agent")?)
+            .args(["gate", "check", "--config"])
+            .arg(&config)
+            .output()?)
     }
 
     /// Waits (`within`) until `host`'s local gate check exits `code`.
@@ -546,19 +545,7 @@ impl HaFleet {
 
     /// Proposes a release from `host` (alice) and approves it (bob).
     pub async fn release_from_host(&self, host: &str) -> anyhow::Result<u64> {
-        let release = self
-            .console(&self.alice)?
-            .propose_release(pb::ProposeReleaseRequest {
-                role: "smars".into(),
-                source: Some(pb::propose_release_request::Source::FromHost(host.into())),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        self.console(&self.bob)?
-            .approve_release(pb::ApproveReleaseRequest { number: release.number })
-            .await?;
-        Ok(release.number)
+        crate::proc_fleet::release_from_host(self.console(&self.alice)?, self.console(&self.bob)?, host).await
     }
 }
 

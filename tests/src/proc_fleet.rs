@@ -355,20 +355,29 @@ impl ProcFleet {
 
     /// Proposes a release from `host`'s report (alice) and approves it (bob).
     pub async fn release_from_host(&self, host: &str) -> anyhow::Result<u64> {
-        let release = self
-            .console(&self.alice)?
-            .propose_release(pb::ProposeReleaseRequest {
-                role: "smars".into(),
-                source: Some(pb::propose_release_request::Source::FromHost(host.into())),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        self.console(&self.bob)?
-            .approve_release(pb::ApproveReleaseRequest { number: release.number })
-            .await?;
-        Ok(release.number)
+        release_from_host(self.console(&self.alice)?, self.console(&self.bob)?, host).await
     }
+}
+
+/// A smars release from `host`'s report: proposed by `proposer`, approved
+/// by `approver` (two operators, as the two-person rule wants).
+pub async fn release_from_host(
+    mut proposer: ConsoleServiceClient<Channel>,
+    mut approver: ConsoleServiceClient<Channel>,
+    host: &str,
+) -> anyhow::Result<u64> {
+    let release = proposer
+        .propose_release(pb::ProposeReleaseRequest {
+            role: "smars".into(),
+            source: Some(pb::propose_release_request::Source::FromHost(host.into())),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    approver
+        .approve_release(pb::ApproveReleaseRequest { number: release.number })
+        .await?;
+    Ok(release.number)
 }
 
 pub fn operator(pki_dir: &Path, name: &str, role: OperatorRole) -> anyhow::Result<TlsPaths> {

@@ -156,7 +156,11 @@ impl Etcd {
     fn failed(&self, what: &str, status: &tonic::Status) -> StoreError {
         let hint = if status.message().contains("space exceeded") {
             "; etcd's quota is full: compact and defragment it (docs/ha.md)"
-        } else if status.code() == tonic::Code::Unavailable {
+        } else if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+        ) {
+            // What a member going away looks like from here (a transport error).
             " (quorum lost, or every member down?)"
         } else {
             ""

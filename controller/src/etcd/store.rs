@@ -130,9 +130,18 @@ impl EtcdStore {
                 failure: Vec::new(),
             };
             let mut kv = self.etcd.kv();
-            let answer = self.etcd.wait("writing a commit", async move {
-                kv.txn(request).await.map(|r| r.into_inner())
-            })?;
+            // A write that failed without an answer (timeout, no quorum)
+            // may still commit later: this controller's view can no longer
+            // be trusted, so it stands down and whoever leads next reloads
+            // from etcd. (Once its lease is gone the fence stops any late one.)
+            let answer = self
+                .etcd
+                .wait("writing a commit", async move {
+                    kv.txn(request).await.map(|r| r.into_inner())
+                })
+                .inspect_err(|_| {
+                    self.deposed.send_replace(true);
+                })?;
             if !answer.succeeded {
                 self.deposed.send_replace(true);
                 return Err(self.etcd.backend(match self.fence {
