@@ -328,25 +328,19 @@ impl HaFleet {
 
     /// Controller `i`'s `/metrics` (leader, epoch), if it answers.
     pub async fn role_of(&self, i: usize) -> Option<(bool, i64)> {
-        let (_, _, body) = tokio::time::timeout(
-            Duration::from_secs(1),
-            crate::sink::http_get(self.metrics[i], "/metrics"),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let gauge = |name: &str| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<i64>().ok()))
-        };
+        let body = self.metrics_body(i).await?;
         Some((
-            gauge("lockstep_controller_leader ")? == 1,
-            gauge("lockstep_controller_epoch ")?,
+            gauge_in(&body, "lockstep_controller_leader")? == 1,
+            gauge_in(&body, "lockstep_controller_epoch")?,
         ))
     }
 
     /// Gauge `name` (unlabelled) from controller `i`'s `/metrics`.
     pub async fn gauge(&self, i: usize, name: &str) -> Option<i64> {
+        gauge_in(&self.metrics_body(i).await?, name)
+    }
+
+    async fn metrics_body(&self, i: usize) -> Option<String> {
         let (_, _, body) = tokio::time::timeout(
             Duration::from_secs(1),
             crate::sink::http_get(self.metrics[i], "/metrics"),
@@ -354,10 +348,7 @@ impl HaFleet {
         .await
         .ok()?
         .ok()?;
-        let prefix = format!("{name} ");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<f64>().ok()))
-            .map(|v| v as i64)
+        Some(body)
     }
 
     /// The controller that leads (and its epoch), once one does and its
@@ -547,6 +538,14 @@ impl HaFleet {
     pub async fn release_from_host(&self, host: &str) -> anyhow::Result<u64> {
         crate::proc_fleet::release_from_host(self.console(&self.alice)?, self.console(&self.bob)?, host).await
     }
+}
+
+/// Unlabelled gauge `name` in a `/metrics` text.
+fn gauge_in(body: &str, name: &str) -> Option<i64> {
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<f64>().ok()))
+        .map(|v| v as i64)
 }
 
 /// The last lines of a log, for a failure message.
