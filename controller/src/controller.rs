@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use lockstep_daemon::clock::SharedClock;
+use lockstep_proto::pb;
 use tokio::sync::watch;
 
 use crate::alerts::Alerts;
@@ -121,6 +122,14 @@ impl Controller {
         async move {
             let _ = rx.wait_for(|c| *c).await;
         }
+    }
+
+    /// Whether `gate` is an OPEN lease this controller may not give yet:
+    /// on etcd (epoch > 0) a leader opens no gate before the host has
+    /// attested to it, so nothing the previous leader accepted is renewed
+    /// on its word. Sled (epoch 0) has one controller, whose word it is.
+    pub fn holds_back(&self, gate: &pb::Gate) -> bool {
+        self.epoch > 0 && gate.state() == pb::GateState::Open && !self.ingest.attested_here(&gate.host)
     }
 
     /// The `/metrics` page as of now.

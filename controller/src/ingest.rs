@@ -3,8 +3,9 @@
 //! (which checks seq, key and revocation again in commit order), and
 //! answered with the gate it leaves the host with.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use lockstep_proto::envelope;
 use lockstep_proto::identity::PeerIdentity;
@@ -35,6 +36,10 @@ pub struct Ingest {
     /// count was written: each is stored, but one audit record per
     /// heartbeat would be ~86M records a day on 10,000 hosts.
     unchanged_heartbeats: AtomicU64,
+    /// Hosts with an attestation accepted by this controller since it
+    /// started leading: on etcd, a new leader renews no host's lease on the
+    /// previous epoch's word (see [`Ingest::attested_here`]).
+    attested_here: Mutex<HashSet<String>>,
 }
 
 impl Ingest {
@@ -52,7 +57,17 @@ impl Ingest {
             alerts,
             metrics,
             unchanged_heartbeats: AtomicU64::new(0),
+            attested_here: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether this controller has accepted an attestation from `host`
+    /// since it started (in its epoch, on etcd).
+    pub fn attested_here(&self, host: &str) -> bool {
+        self.attested_here
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(host)
     }
 
     /// The host named by an agent certificate, and its inventory role.
@@ -197,6 +212,12 @@ impl Ingest {
             Err(e) => return Err(e),
         }
         self.metrics.attestation(None);
+        if !self.attested_here(host) {
+            self.attested_here
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(host.to_string());
+        }
         if unchanged {
             self.unchanged_heartbeats
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

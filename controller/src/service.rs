@@ -162,15 +162,23 @@ impl AgentService for AgentApi {
             tokio::pin!(closing);
             loop {
                 let mut gate = gates.borrow_and_update().clone();
-                // The agent counts the lease from when it hears it:
-                // lease_expires - decided_at must be what is left *now*.
-                gate.decided_at_unix_ms = controller.ledger.now_unix_ms();
-                gate.epoch = controller.epoch;
-                let directive = pb::Directive {
-                    kind: Some(pb::directive::Kind::Gate(gate)),
-                };
-                if tx.send(Ok(directive)).await.is_err() {
-                    return; // the agent went away
+                // An OPEN lease from a new leader rests on an attestation
+                // made to it: until the host attests (its agent reports as
+                // soon as it reconnects) it hears nothing and keeps the
+                // lease it holds, which runs out by itself. CLOSED (a halt)
+                // goes out at once.
+                let held_back = controller.holds_back(&gate);
+                if !held_back {
+                    // The agent counts the lease from when it hears it:
+                    // lease_expires - decided_at must be what is left *now*.
+                    gate.decided_at_unix_ms = controller.ledger.now_unix_ms();
+                    gate.epoch = controller.epoch;
+                    let directive = pb::Directive {
+                        kind: Some(pb::directive::Kind::Gate(gate)),
+                    };
+                    if tx.send(Ok(directive)).await.is_err() {
+                        return; // the agent went away
+                    }
                 }
                 // A revoked host has been told it is CLOSED; nothing more for it.
                 if controller.ledger.view().refuse_if_revoked(&host).is_err() {

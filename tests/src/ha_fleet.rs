@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use lockstep_controller::pki::{self, Subject};
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
+use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
@@ -31,6 +32,15 @@ struct Member {
     client: u16,
     peer: u16,
     process: Option<Killed>,
+}
+
+/// SIGSTOP (`true`) or SIGCONT (`false`) a process the fleet started.
+pub fn pause_process(process: &Killed, pause: bool) -> anyhow::Result<()> {
+    let pid = process.0.id();
+    let signal = if pause { "-STOP" } else { "-CONT" };
+    let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+    Ok(())
 }
 
 /// A 3-member etcd cluster on loopback.
@@ -315,15 +325,28 @@ impl HaFleet {
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) controller `i`.
     pub fn pause_controller(&self, i: usize, pause: bool) -> anyhow::Result<()> {
-        let pid = self.controllers[i]
+        let c = self.controllers[i]
             .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("controller {i} is not running"))?
-            .0
-            .id();
-        let signal = if pause { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
-        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
-        Ok(())
+            .ok_or_else(|| anyhow::anyhow!("controller {i} is not running"))?;
+        pause_process(c, pause)
+    }
+
+    /// An agent-service client speaking as `host` (its agent's certificate)
+    /// to controller `i` alone.
+    pub fn agent_client_at(&self, i: usize, host: &str) -> anyhow::Result<AgentServiceClient<Channel>> {
+        let base = self.dir.path().join("hosts").join(host);
+        let paths = TlsPaths {
+            ca: self.pki_dir.join(pki::CA_CERT),
+            cert: base.join("agent.pem"),
+            key: base.join("agent.key"),
+        };
+        let channel = tls::channel(
+            &self.addrs[i],
+            "127.0.0.1",
+            tls::client_config(&paths)?,
+            Duration::from_secs(2),
+        )?;
+        Ok(AgentServiceClient::new(channel))
     }
 
     /// Controller `i`'s `/metrics` (leader, epoch), if it answers.

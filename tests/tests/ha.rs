@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lockstep_proto::pb;
-use lockstep_tests::ha_fleet::{HaFleet, HaSpec};
+use lockstep_tests::ha_fleet::{HaFleet, HaSpec, pause_process};
 
 fn hosts(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("smars-{i:02}")).collect()
@@ -233,6 +233,106 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     for h in hosts(n) {
         fleet.wait_local(&h, 1, Duration::from_secs(10)).await.unwrap();
     }
+}
+
+/// The first gate a host hears on a directive stream to controller `i`.
+async fn first_gate(fleet: &HaFleet, i: usize, host: &str, within: Duration) -> pb::Gate {
+    let mut stream = fleet
+        .agent_client_at(i, host)
+        .unwrap()
+        .directives(pb::DirectivesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let directive = tokio::time::timeout(within, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{host} heard no gate from controller {i} within {within:?}"))
+            .unwrap()
+            .unwrap();
+        if let Some(pb::directive::Kind::Gate(gate)) = directive.kind {
+            return gate;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_sends_halts_at_once_and_opens_no_gate_before_the_host_attests_to_it() {
+    let n = 2;
+    let ttl = Duration::from_secs(30);
+    let (mut fleet, agents) = fleet_with_agents(n, ttl).await;
+    let (leader, _) = fleet.wait_leader(None, Duration::from_secs(10)).await.unwrap();
+    fleet
+        .console(&fleet.alice)
+        .unwrap()
+        .halt(pb::HaltRequest {
+            scope: Some(pb::HaltScope {
+                scope: Some(pb::halt_scope::Scope::Host("smars-02".into())),
+            }),
+            reason: "held for the failover test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fleet.wait_local("smars-02", 1, Duration::from_secs(10)).await.unwrap();
+
+    // Both agents frozen: neither can attest to the next leader.
+    for a in &agents {
+        pause_process(a, true).unwrap();
+    }
+    fleet.kill_controller(leader);
+    let (new_leader, new_epoch) = fleet.wait_leader(Some(leader), Duration::from_secs(15)).await.unwrap();
+    let new_epoch = u64::try_from(new_epoch).unwrap();
+
+    // The halt acknowledged by the old leader goes out from the new one at
+    // once, in its epoch, though smars-02 has not attested to it.
+    let halted = first_gate(&fleet, new_leader, "smars-02", Duration::from_secs(10)).await;
+    assert_eq!(halted.state(), pb::GateState::Closed, "{halted:?}");
+    assert_eq!(halted.epoch, new_epoch, "{halted:?}");
+    assert!(
+        halted
+            .reasons
+            .iter()
+            .any(|r| r.text.contains("held for the failover test")),
+        "{halted:?}"
+    );
+
+    // smars-01 was OPEN on the old leader's word: the new one says nothing
+    // until it attests, so the first lease it hears was bought by an
+    // attestation made after its agent woke (the old lease ran from before
+    // the kill).
+    let hearing = {
+        let mut client = fleet.agent_client_at(new_leader, "smars-01").unwrap();
+        let mut stream = client.directives(pb::DirectivesRequest {}).await.unwrap().into_inner();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(pb::Directive {
+                        kind: Some(pb::directive::Kind::Gate(gate)),
+                    })) => return Some(gate),
+                    Ok(Some(_)) => {}
+                    _ => return None,
+                }
+            }
+        })
+    };
+    let woke_at = lockstep_proto::now_unix_ms();
+    pause_process(&agents[0], false).unwrap();
+    let opened = tokio::time::timeout(Duration::from_secs(20), hearing)
+        .await
+        .expect("smars-01 heard no gate after its agent woke")
+        .unwrap()
+        .expect("the directive stream ended");
+    assert_eq!(opened.state(), pb::GateState::Open, "{opened:?}");
+    assert_eq!(opened.epoch, new_epoch, "{opened:?}");
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap();
+    assert!(
+        opened.lease_expires_unix_ms >= woke_at + ttl_ms,
+        "the first lease from the new leader rests on an attestation made to it: expires {} but the agent woke at {woke_at} (ttl {ttl_ms} ms)",
+        opened.lease_expires_unix_ms
+    );
+    fleet.wait_local("smars-01", 0, Duration::from_secs(10)).await.unwrap();
+    pause_process(&agents[1], false).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
