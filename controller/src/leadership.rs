@@ -48,7 +48,9 @@ pub async fn run(
     let role = Arc::new(Mutex::new(Role::Standby { leader: None }));
     let metrics = metrics_listener.map(|l| {
         let role = role.clone();
-        let render: Render = Arc::new(move || render_metrics(&role.lock().unwrap_or_else(|p| p.into_inner())));
+        let etcd = etcd.clone();
+        let render: Render =
+            Arc::new(move || render_metrics(&role.lock().unwrap_or_else(|p| p.into_inner()), &etcd.latency.render()));
         (l, render)
     });
     let sidecars = lockstep_daemon::service::Sidecars::start(metrics, &format!("controller {} on etcd", settings.name));
@@ -185,7 +187,8 @@ pub async fn run(
     outcome
 }
 
-fn render_metrics(role: &Role) -> String {
+/// This controller's role, then `etcd` (its etcd latency metrics), then `# EOF`.
+fn render_metrics(role: &Role, etcd: &str) -> String {
     let head = "# HELP lockstep_controller_leader 1 on the controller that leads (etcd backend), 0 on a standby.\n\
                 # TYPE lockstep_controller_leader gauge\n";
     let epoch_head = "# HELP lockstep_controller_epoch The epoch this controller leads in, or the leader's it follows.\n\
@@ -195,7 +198,9 @@ fn render_metrics(role: &Role) -> String {
             // OpenMetrics ends at "# EOF": ours go before it.
             let text = controller.metrics_text();
             let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
-            format!("{body}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n# EOF\n")
+            format!(
+                "{body}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n{etcd}# EOF\n"
+            )
         }
         Role::Standby { leader } => {
             let epoch = leader.as_ref().map_or(0, |l| l.epoch);
@@ -206,7 +211,9 @@ fn render_metrics(role: &Role) -> String {
                     l.address.replace('"', "")
                 )
             });
-            format!("{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}# EOF\n")
+            format!(
+                "{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}{etcd}# EOF\n"
+            )
         }
     }
 }

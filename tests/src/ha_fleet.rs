@@ -363,6 +363,21 @@ impl HaFleet {
         gauge_in(&self.metrics_body(i).await?, name)
     }
 
+    /// Controller `i`'s whole `/metrics` page, asked until it answers.
+    pub async fn metrics_within(&self, i: usize, within: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(body) = self.metrics_body(i).await {
+                return Ok(body);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "controller {i}'s /metrics did not answer within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn metrics_body(&self, i: usize) -> Option<String> {
         let (_, _, body) = tokio::time::timeout(
             Duration::from_secs(1),

@@ -333,6 +333,20 @@ async fn a_new_leader_sends_halts_at_once_and_opens_no_gate_before_the_host_atte
     );
     fleet.wait_local("smars-01", 0, Duration::from_secs(10)).await.unwrap();
     pause_process(&agents[1], false).unwrap();
+
+    // etcd latency by call, on the leader (its commits) and a standby (its watch on the leader key).
+    let leading = fleet.metrics_within(new_leader, Duration::from_secs(10)).await.unwrap();
+    assert!(
+        leading.contains("lockstep_etcd_request_seconds_count{call=\"writing a commit\"}"),
+        "{leading}"
+    );
+    let standby = (0..3).find(|&i| i != leader && i != new_leader).unwrap();
+    let standing = fleet.metrics_within(standby, Duration::from_secs(10)).await.unwrap();
+    assert!(
+        standing.contains("lockstep_etcd_request_seconds_count{call=\"reading the leader key\"}"),
+        "{standing}"
+    );
+    assert!(standing.ends_with("# EOF\n"), "{standing}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -683,4 +697,61 @@ async fn a_sled_fleet_migrated_into_etcd_keeps_every_gate_and_its_audit_chain() 
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A group commit can hold two changes to one host; etcd refuses a
+/// transaction naming a key twice, so the store writes each key once, its
+/// last value (the host's high-water seq), and the batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_two_records_of_one_host_commits_its_last() {
+    use lockstep_controller::config::{Backend, ControllerConfig};
+    use lockstep_controller::etcd::Etcd;
+    use lockstep_controller::etcd::store::{EtcdStore, Fence};
+    use lockstep_controller::store::{HostRecord, Store};
+
+    // Only a sled controller runs: nobody leads the etcd prefix.
+    let fleet = HaFleet::start(HaSpec {
+        controllers: 1,
+        hosts: hosts(1),
+        freshness_ttl: Duration::from_secs(30),
+        leader_ttl_s: 2,
+        sled_first: true,
+    })
+    .await
+    .unwrap();
+    let config = ControllerConfig::load(fleet.controller_config(0)).unwrap();
+    let Backend::Etcd(settings) = config.backend else {
+        panic!("controller 0 is configured on etcd");
+    };
+    let store = EtcdStore::new(Arc::new(Etcd::connect(&settings).unwrap()), Fence::NoLeader);
+    // The cluster has just started: a read answers once it has a raft leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = store.hosts() {
+        assert!(std::time::Instant::now() < deadline, "etcd never answered: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let record = |seq: u64| HostRecord {
+        host: "smars-01".into(),
+        role: "smars".into(),
+        last_seq: seq,
+        ..Default::default()
+    };
+    for seq in [7, 8, 9] {
+        store.put_host(&record(seq)).unwrap();
+    }
+    store
+        .put_host(&HostRecord {
+            host: "smars-02".into(),
+            ..record(3)
+        })
+        .unwrap();
+    store.flush().unwrap();
+    let mut stored: Vec<(String, u64)> = store
+        .hosts()
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.host, h.last_seq))
+        .collect();
+    stored.sort();
+    assert_eq!(stored, vec![("smars-01".into(), 9), ("smars-02".into(), 3)]);
 }

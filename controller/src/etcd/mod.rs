@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod election;
+pub mod latency;
 pub mod store;
 
 use std::future::Future;
@@ -37,6 +38,8 @@ pub struct Etcd {
     channel: Channel,
     tls: std::sync::Arc<rustls::ClientConfig>,
     pub(crate) settings: EtcdSettings,
+    /// How long each kind of call took, for `/metrics`.
+    pub latency: latency::Latency,
 }
 
 impl Etcd {
@@ -76,6 +79,7 @@ impl Etcd {
             channel,
             tls,
             settings: settings.clone(),
+            latency: latency::Latency::default(),
         })
     }
 
@@ -112,12 +116,15 @@ impl Etcd {
     {
         let timeout = self.settings.request_timeout;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let started = std::time::Instant::now();
         self.handle().spawn(async move {
             let _ = tx.send(tokio::time::timeout(timeout, call).await);
         });
         let outcome = rx
             .recv_timeout(timeout + Duration::from_millis(500))
             .unwrap_or_else(|_| Ok(Err(tonic::Status::deadline_exceeded(""))));
+        self.latency
+            .observe(what, started.elapsed(), matches!(outcome, Ok(Ok(_))));
         match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(status)) => Err(self.failed(what, &status)),
@@ -131,7 +138,11 @@ impl Etcd {
         T: Send + 'static,
         F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
-        match tokio::time::timeout(self.settings.request_timeout, self.handle().spawn(call)).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.settings.request_timeout, self.handle().spawn(call)).await;
+        self.latency
+            .observe(what, started.elapsed(), matches!(outcome, Ok(Ok(Ok(_)))));
+        match outcome {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(status))) => Err(self.failed(what, &status)),
             Ok(Err(join)) => Err(self.backend(format!("{what}: {join}"))),
@@ -148,7 +159,7 @@ impl Etcd {
 
     fn unanswered(&self, what: &str) -> StoreError {
         self.backend(format!(
-            "{what}: etcd did not answer within {} (quorum lost, or every member down?); nothing was written",
+            "{what}: etcd did not answer within {} (quorum lost, or every member down?)",
             humantime::format_duration(self.settings.request_timeout)
         ))
     }

@@ -103,6 +103,7 @@ impl EtcdStore {
 
     /// Sends `ops` as fenced transactions, cut at etcd's limits, in order.
     fn commit(&self, ops: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        let ops = last_write_per_key(ops);
         let max_ops = self.etcd.settings.max_txn_ops;
         let mut txns: Vec<Vec<RequestOp>> = Vec::new();
         let mut current: Vec<RequestOp> = Vec::new();
@@ -204,6 +205,30 @@ impl EtcdStore {
         )?;
         Ok(answer.kvs.into_iter().next().map(|kv| kv.value))
     }
+}
+
+/// One put per key, the last one, where the last one was: a group commit
+/// batches many changes and may hold several to one host (two reports, a
+/// report and a revocation), and etcd refuses a transaction that names a
+/// key twice. A host's last record in the batch is its high-water mark
+/// (the highest seq it reached), which is all replay safety needs.
+fn last_write_per_key(ops: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(ops.len());
+    for (i, (key, _)) in ops.iter().enumerate() {
+        last.insert(key.as_slice(), i);
+    }
+    if last.len() == ops.len() {
+        return ops;
+    }
+    let keep: Vec<bool> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| last[key.as_slice()] == i)
+        .collect();
+    ops.into_iter()
+        .zip(keep)
+        .filter_map(|(op, keep)| keep.then_some(op))
+        .collect()
 }
 
 fn decode<T: DeserializeOwned>(kv: &api::KeyValue) -> Result<T, StoreError> {
