@@ -105,7 +105,7 @@ pub struct Browser {
 impl Browser {
     /// Starts ChromeDriver on a free loopback port and a browser through it.
     pub async fn start(chromium: &Path, width: u32, height: u32) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::ports::free_port()?;
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())

@@ -46,8 +46,18 @@ struct Seen {
 
 /// Runs the whole fleet benchmark with `hosts` simulated agents.
 pub async fn fleet(hosts: usize) -> anyhow::Result<FleetResult> {
+    fleet_on(hosts, false).await
+}
+
+/// [`fleet`] with the controller's ledger on sled, or (`etcd`) in a real
+/// 3-member etcd cluster on loopback.
+pub async fn fleet_on(hosts: usize, etcd: bool) -> anyhow::Result<FleetResult> {
     let names: Vec<String> = (1..=hosts).map(|i| format!("smars-{i:05}")).collect();
-    let fleet = ProcFleet::start(ProcSpec::smars(names.clone())).await?;
+    let fleet = ProcFleet::start(ProcSpec {
+        etcd,
+        ..ProcSpec::smars(names.clone())
+    })
+    .await?;
     let pid = fleet.controller_pid().unwrap_or(0);
     let mut alice_console = fleet.console(&fleet.alice)?;
     let mut bob_console = fleet.console(&fleet.bob)?;

@@ -17,15 +17,12 @@ use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use crate::ports::free_port;
 use crate::proc_fleet::{Killed, binary, operator};
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Debian's etcd-server puts it here; `.ci/run` installs it.
 pub const ETCD: &str = "/usr/bin/etcd";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 struct Member {
     name: String,
@@ -570,6 +567,28 @@ impl HaFleet {
             anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Runs the `lockstep` console as `who` against every controller's
+    /// address (as an operator would configure it): exit code, stdout, stderr.
+    pub fn lockstep(&self, who: &TlsPaths, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(binary("lockstep")?)
+            .arg("--controller")
+            .arg(self.addrs.join(","))
+            .args(["--server-name", "127.0.0.1"])
+            .arg("--ca")
+            .arg(&who.ca)
+            .arg("--cert")
+            .arg(&who.cert)
+            .arg("--key")
+            .arg(&who.key)
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Proposes a release from `host` (alice) and approves it (bob).

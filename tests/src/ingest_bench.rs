@@ -132,13 +132,23 @@ pub fn ed25519_verify_rate(duration: Duration) -> f64 {
 /// Runs `agents` simulated agents for `duration` of heartbeats, then the
 /// same agents for `duration` of bare PinKey calls.
 pub async fn ingest(agents: usize, duration: Duration) -> anyhow::Result<IngestResult> {
+    ingest_on(agents, duration, false).await
+}
+
+/// [`ingest`] with the controller's ledger on sled, or (`etcd`) in a real
+/// 3-member etcd cluster on loopback, the controller leading it.
+pub async fn ingest_on(agents: usize, duration: Duration, etcd: bool) -> anyhow::Result<IngestResult> {
     anyhow::ensure!(
         duration <= MAX_WINDOW,
         "at most {} s of heartbeats: they are signed ahead and must stay inside the controller's 30 s clock-skew limit",
         MAX_WINDOW.as_secs()
     );
     let hosts: Vec<String> = (1..=agents).map(|i| format!("smars-{i:05}")).collect();
-    let fleet = ProcFleet::start(ProcSpec::smars(hosts.clone())).await?;
+    let fleet = ProcFleet::start(ProcSpec {
+        etcd,
+        ..ProcSpec::smars(hosts.clone())
+    })
+    .await?;
     let pid = fleet
         .controller_pid()
         .ok_or_else(|| anyhow::anyhow!("the controller process is not running"))?

@@ -11,6 +11,8 @@
 //! - [`ingest_bench`]: many simulated agents attesting to one controller.
 //! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
 //! - [`knight`]: the Knight Capital morning, step by step.
+//! - [`ports`]: loopback ports for servers in child processes, outside the ephemeral range.
+//! - [`ha_demo`]: `lockstep-demo --ha`: a leader killed under a live fleet on etcd.
 //! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
 
 pub mod bench;
@@ -20,11 +22,13 @@ pub mod fleet;
 pub mod fleet_bench;
 pub mod fuzz;
 pub mod ha_bench;
+pub mod ha_demo;
 pub mod ha_fleet;
 pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;
 pub mod openssl_speed;
+pub mod ports;
 pub mod probe_bench;
 pub mod proc_fleet;
 pub mod scan_bench;

@@ -55,6 +55,9 @@ pub struct ProcSpec {
     pub data_dir: Option<PathBuf>,
     /// LOCKSTEP_LOG for the controller.
     pub log: String,
+    /// Keep the ledger in a 3-member etcd cluster the fleet starts
+    /// (Debian's etcd-server) instead of sled: one controller, leading.
+    pub etcd: bool,
 }
 
 impl ProcSpec {
@@ -65,6 +68,7 @@ impl ProcSpec {
             extra_toml: String::new(),
             data_dir: None,
             log: "error".into(),
+            etcd: false,
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct ProcFleet {
     pub bob: TlsPaths,
     log: String,
     controller: Option<Killed>,
+    /// The etcd cluster the ledger is in (`ProcSpec::etcd`), held so its
+    /// members run as long as the fleet.
+    etcd: Option<crate::ha_fleet::EtcdCluster>,
 }
 
 impl ProcFleet {
@@ -100,14 +107,28 @@ impl ProcFleet {
         )?;
         let alice = operator(&pki_dir, "alice", OperatorRole::Operator)?;
         let bob = operator(&pki_dir, "bob", OperatorRole::Approver)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::ports::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let data_dir = spec.data_dir.unwrap_or_else(|| dir.path().join("controller"));
+        let (etcd, store_toml) = if spec.etcd {
+            let client = operator(&pki_dir, "etcd-client", OperatorRole::Viewer)?;
+            let cluster = crate::ha_fleet::EtcdCluster::start(dir.path(), &pki_dir)?;
+            let toml = format!(
+                "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {endpoints:?}\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nname = \"ctl-0\"\nmax_txn_ops = 1024\n",
+                endpoints = cluster.endpoints(),
+                ca = client.ca.display(),
+                cert = client.cert.display(),
+                key = client.key.display(),
+            );
+            (Some(cluster), toml)
+        } else {
+            (None, String::new())
+        };
         let config = dir.path().join("controller.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = \"{addr}\"\ndata_dir = \"{data}\"\nfreshness_ttl = \"{ttl}ms\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"off\"\n[[role]]\nname = \"smars\"\nhosts = {hosts:?}\n{extra}\n",
+                "listen = \"{addr}\"\ndata_dir = \"{data}\"\nfreshness_ttl = \"{ttl}ms\"\n[tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n[enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"off\"\n[[role]]\nname = \"smars\"\nhosts = {hosts:?}\n{extra}\n{store_toml}",
                 data = data_dir.display(),
                 ttl = spec.freshness_ttl.as_millis(),
                 pki = pki_dir.display(),
@@ -125,9 +146,33 @@ impl ProcFleet {
             bob,
             log: spec.log,
             controller: None,
+            etcd,
         };
         fleet.start_controller().await?;
+        if fleet.etcd.is_some() {
+            fleet.wait_leading(Duration::from_secs(30)).await?;
+        }
         Ok(fleet)
+    }
+
+    /// On etcd the port answers UNAVAILABLE until the controller leads
+    /// (etcd starting, the lease being won): waits for a console call to
+    /// go through.
+    async fn wait_leading(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self
+                .console(&self.alice)?
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await;
+            match answer {
+                Ok(_) => return Ok(()),
+                Err(status) if Instant::now() > deadline => {
+                    anyhow::bail!("the controller did not lead within {within:?}: {}", status.message())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Starts the controller process on the fleet's config and data, and

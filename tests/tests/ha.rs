@@ -165,22 +165,11 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
 
     // `lockstep cluster status` names the new leader, its epoch, every etcd member healthy.
     let cluster_status = || {
-        let out = std::process::Command::new(lockstep_tests::proc_fleet::binary("lockstep").unwrap())
-            .arg("--controller")
-            .arg(fleet.addrs.join(","))
-            .arg("--server-name")
-            .arg("127.0.0.1")
-            .arg("--ca")
-            .arg(&fleet.alice.ca)
-            .arg("--cert")
-            .arg(&fleet.alice.cert)
-            .arg("--key")
-            .arg(&fleet.alice.key)
-            .args(["--output", "json", "cluster", "status"])
-            .output()
+        let (code, out, err) = fleet
+            .lockstep(&fleet.alice, &["--output", "json", "cluster", "status"])
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
     // The killed one stops announcing itself: shown as not running.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -231,7 +220,7 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         .await
         .unwrap();
     for h in hosts(n) {
-        fleet.wait_local(&h, 1, Duration::from_secs(10)).await.unwrap();
+        fleet.wait_local(&h, 1, Duration::from_secs(20)).await.unwrap();
     }
 }
 

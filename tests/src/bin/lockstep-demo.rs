@@ -1,6 +1,7 @@
 //! The Knight Capital morning on a local demo fleet: a controller and 8
 //! agents on loopback with a generated PKI in a temp dir. Run it with
-//! `cargo run -p lockstep-tests --bin lockstep-demo`.
+//! `cargo run -p lockstep-tests --bin lockstep-demo`; with `--ha`, a
+//! leader failover on a 3-member etcd cluster instead.
 
 use clap::Parser;
 use lockstep_tests::knight::{Morning, Step};
@@ -11,6 +12,11 @@ struct Args {
     /// Hosts in the smars role.
     #[arg(long, default_value_t = 8)]
     hosts: usize,
+    /// Show a failover instead: 3 etcd members, 3 controllers and agents
+    /// (4 unless --hosts says), the leader killed -9 at the open. Needs
+    /// Debian's etcd-server.
+    #[arg(long)]
+    ha: bool,
 }
 
 fn print_step(n: usize, step: &Step) {
@@ -27,6 +33,10 @@ async fn main() -> anyhow::Result<()> {
     lockstep_daemon::logging::init("error");
     let args = Args::parse();
     anyhow::ensure!(args.hosts >= 2, "--hosts must be at least 2");
+    if args.ha {
+        let explicit = std::env::args().any(|a| a == "--hosts" || a.starts_with("--hosts="));
+        return lockstep_tests::ha_demo::run(if explicit { args.hosts } else { 4 }).await;
+    }
     println!("Knight Capital, 1 August 2012, replayed with lockstep.");
     let morning = Morning::start(args.hosts).await?;
     println!(
