@@ -90,16 +90,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let (new_leader, new_epoch) = fleet.wait_leader(Some(leader), Duration::from_secs(15)).await?;
     let led_after = started.elapsed();
     fleet
-        .wait_hosts(
-            "every agent accepted by the new leader",
-            Duration::from_secs(20),
-            |hs| {
-                hosts(n).iter().all(|h| {
-                    hs.iter()
-                        .any(|s| &s.host == h && s.last_received_at_unix_ms > killed_at)
-                })
-            },
-        )
+        .wait_reported_since(&hosts(n), killed_at, Duration::from_secs(20))
         .await?;
     let reported_after = started.elapsed();
     stop.store(true, Ordering::SeqCst);

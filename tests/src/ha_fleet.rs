@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use crate::ports::free_port;
-use crate::proc_fleet::{Killed, binary, operator};
+use crate::proc_fleet::{Killed, binary, console_command, operator};
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Debian's etcd-server puts it here; `.ci/run` installs it.
@@ -549,6 +549,23 @@ impl HaFleet {
         Ok(())
     }
 
+    /// Waits until the leader has accepted a report from every one of
+    /// `hosts` received after `since_unix_ms` (agents found it by themselves).
+    pub async fn wait_reported_since(
+        &self,
+        hosts: &[String],
+        since_unix_ms: i64,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        self.wait_hosts("every agent accepted by the new leader", within, |hs| {
+            hosts.iter().all(|h| {
+                hs.iter()
+                    .any(|s| &s.host == h && s.last_received_at_unix_ms > since_unix_ms)
+            })
+        })
+        .await
+    }
+
     /// Polls the leader until `ok` holds of the host list.
     pub async fn wait_hosts(
         &self,
@@ -572,16 +589,8 @@ impl HaFleet {
     /// Runs the `lockstep` console as `who` against every controller's
     /// address (as an operator would configure it): exit code, stdout, stderr.
     pub fn lockstep(&self, who: &TlsPaths, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let out = Command::new(binary("lockstep")?)
-            .arg("--controller")
-            .arg(self.addrs.join(","))
+        let out = console_command(who, &self.addrs.join(","))?
             .args(["--server-name", "127.0.0.1"])
-            .arg("--ca")
-            .arg(&who.ca)
-            .arg("--cert")
-            .arg(&who.cert)
-            .arg("--key")
-            .arg(&who.key)
             .args(args)
             .output()?;
         Ok((

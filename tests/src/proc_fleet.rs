@@ -35,6 +35,20 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The `lockstep` console as `who` against `controller` (one address or a
+/// comma-separated list); the caller adds the subcommand.
+pub fn console_command(who: &TlsPaths, controller: &str) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(binary("lockstep")?);
+    cmd.args(["--controller", controller])
+        .arg("--ca")
+        .arg(&who.ca)
+        .arg("--cert")
+        .arg(&who.cert)
+        .arg("--key")
+        .arg(&who.key);
+    Ok(cmd)
+}
+
 /// A child process killed (SIGKILL) when dropped.
 pub struct Killed(pub Child);
 
@@ -237,16 +251,7 @@ impl ProcFleet {
 
     /// Runs the `lockstep` console binary as `who`; (exit code, stdout+stderr).
     pub fn lockstep(&self, who: &TlsPaths, args: &[&str]) -> anyhow::Result<(i32, String)> {
-        let out = Command::new(binary("lockstep")?)
-            .args(args)
-            .args(["--controller", &self.addr])
-            .arg("--ca")
-            .arg(&who.ca)
-            .arg("--cert")
-            .arg(&who.cert)
-            .arg("--key")
-            .arg(&who.key)
-            .output()?;
+        let out = console_command(who, &self.addr)?.args(args).output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         Ok((out.status.code().unwrap_or(-1), text))
     }

@@ -115,16 +115,7 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     assert!(new_epoch > epoch, "the epoch moves on: {epoch} then {new_epoch}");
     // Every agent reports to the new leader by itself.
     fleet
-        .wait_hosts(
-            "every agent accepted by the new leader",
-            Duration::from_secs(20),
-            |hs| {
-                hosts(n).iter().all(|h| {
-                    hs.iter()
-                        .any(|s| &s.host == h && s.last_received_at_unix_ms > fleet_kill_at)
-                })
-            },
-        )
+        .wait_reported_since(&hosts(n), fleet_kill_at, Duration::from_secs(20))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
