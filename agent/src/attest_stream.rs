@@ -7,8 +7,8 @@
 
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Envelope, SubmitReply};
+use lockstep_proto::tls::FailoverChannel;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::info;
 
@@ -19,14 +19,14 @@ struct Open {
 }
 
 pub struct AttestStream {
-    client: AgentServiceClient<Channel>,
+    client: AgentServiceClient<FailoverChannel>,
     open: Option<Open>,
     /// False once the controller answered that it has no `Attest` method.
     streaming: bool,
 }
 
 impl AttestStream {
-    pub fn new(client: AgentServiceClient<Channel>) -> Self {
+    pub fn new(client: AgentServiceClient<FailoverChannel>) -> Self {
         Self {
             client,
             open: None,
@@ -95,7 +95,10 @@ mod tests {
                 .add_routes(tonic::service::Routes::default())
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let channel = FailoverChannel::fixed(channel);
         let mut stream = AttestStream::new(AgentServiceClient::new(channel));
         let err = stream.send(Envelope::default()).await.unwrap_err();
         assert!(!stream.streaming, "fell back to unary Submit");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{DirectivesRequest, directive};
-use tonic::transport::Channel;
+use lockstep_proto::tls::FailoverChannel;
 use tracing::{debug, warn};
 
 use crate::gatekeeper::GateKeeper;
@@ -57,7 +57,7 @@ async fn lease_runs_out(keeper: &GateKeeper) {
 }
 
 pub async fn follow(
-    mut client: AgentServiceClient<Channel>,
+    mut client: AgentServiceClient<FailoverChannel>,
     mut keeper: GateKeeper,
     scans: std::sync::Arc<FullScanRequests>,
     reconnects: std::sync::Arc<Reconnects>,

@@ -10,8 +10,8 @@ use lockstep_proto::envelope::Signer;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::enroll_service_client::EnrollServiceClient;
 use lockstep_proto::pb::{EnrollReply, EnrollRequest, RenewRequest};
+use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, ReloadableCert};
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
@@ -71,6 +71,10 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
         tls::enroll_client_config(ca)?,
         config.controller.connect_timeout,
     )?;
+    // One call, spent on the leader rather than on a standby's redirect.
+    if config.controller.addresses.len() > 1 {
+        channel.find_leader().await;
+    }
     let request = EnrollRequest {
         token: token.trim().to_string(),
         host: config.host.clone(),
@@ -99,7 +103,7 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
 /// One renewal: a new key, a certificate for it over the current mTLS
 /// connection, both installed, and the next connection presents them.
 pub async fn renew_once(
-    client: &mut AgentServiceClient<Channel>,
+    client: &mut AgentServiceClient<FailoverChannel>,
     config: &AgentConfig,
     cert: &ReloadableCert,
 ) -> Result<i64, EnrollError> {
@@ -126,7 +130,7 @@ fn renew_at(path: &Path, fraction: f64) -> Result<(i64, i64), tls::TlsError> {
 /// passed, until `shutdown`. Failures retry with backoff; the certificate in
 /// use stays until a new one is installed.
 pub async fn keep_renewed(
-    mut client: AgentServiceClient<Channel>,
+    mut client: AgentServiceClient<FailoverChannel>,
     config: AgentConfig,
     cert: Arc<ReloadableCert>,
     metrics: Arc<AgentMetrics>,

@@ -11,8 +11,8 @@ use anyhow::Context;
 use lockstep_proto::pb::SubmitReply;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::tls;
+use lockstep_proto::tls::FailoverChannel;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tracing::warn;
 
 use crate::config::AgentConfig;
@@ -32,7 +32,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Agent {
     config: AgentConfig,
     scanner: Arc<Scanner>,
-    client: AgentServiceClient<Channel>,
+    client: AgentServiceClient<FailoverChannel>,
     measurer: Measurer,
     reporter: Reporter,
     triggers: Triggers,

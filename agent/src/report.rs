@@ -13,8 +13,8 @@ use lockstep_daemon::backoff::Backoff;
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Attestation, GateState, PinKeyRequest, SubmitReply};
+use lockstep_proto::tls::FailoverChannel;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::attest_stream::AttestStream;
@@ -57,7 +57,7 @@ pub struct Reporter {
     role: String,
     signer: Signer,
     seq: SeqCounter,
-    client: AgentServiceClient<Channel>,
+    client: AgentServiceClient<FailoverChannel>,
     /// Attestations go to the controller on this stream.
     attest: AttestStream,
     boot_id: String,
@@ -76,7 +76,7 @@ impl Reporter {
         role: String,
         signer: Signer,
         seq: SeqCounter,
-        client: AgentServiceClient<Channel>,
+        client: AgentServiceClient<FailoverChannel>,
         metrics: Arc<AgentMetrics>,
     ) -> Self {
         Self {

@@ -23,6 +23,8 @@ use crate::controller::Controller;
 use crate::etcd::Etcd;
 use crate::etcd::election::{self, LeaderInfo};
 use crate::etcd::store::{EtcdStore, Fence};
+use crate::front::Front;
+use crate::standby::StandbyView;
 
 /// What this controller is doing now, for `/metrics`.
 enum Role {
@@ -59,14 +61,14 @@ pub async fn run(
         address: settings.advertise.clone(),
         epoch: 0,
     };
-    let (no_leader, no_leader_rx) = tokio::sync::watch::channel(None::<String>);
-    let (bound_tx, mut refusing) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::no_leader::run(
-        config.listen,
-        tls.clone(),
-        no_leader_rx,
-        bound_tx,
-    ));
+    // Held for the process's life: agents and consoles that reach a
+    // standby are told who leads, and a port taken while standing by cannot
+    // stop this controller from leading later.
+    let front = Front::hold(Listeners::bind(&config).await?)?;
+    let (view, view_rx) = tokio::sync::watch::channel(StandbyView {
+        me: settings.name.clone(),
+        ..StandbyView::default()
+    });
     // Every controller says every second what it is, for `cluster status`.
     let announcing = {
         let (etcd, role, me) = (etcd.clone(), role.clone(), me.clone());
@@ -106,21 +108,21 @@ pub async fn run(
                 }
                 last_seen = Some(said);
             }
-            no_leader.send_replace(match &seen {
-                // A free lease is an election a moment long: answering then
-                // would only hold clients away from the winner.
-                Ok(_) => None,
-                Err(e) => Some(format!(
-                    "no controller can lead: {e}. Writes are refused and gates close when their leases end"
-                )),
+            view.send_modify(|v| {
+                v.trouble = seen.as_ref().err().map(ToString::to_string);
+                v.leader = seen.as_ref().ok().cloned().flatten();
             });
             *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby {
                 leader: seen.ok().flatten(),
             };
         };
+        let standby = StandbyServer::start(&front, tls.clone(), view_rx.clone());
         let leadership = tokio::select! {
             l = election::campaign(etcd.clone(), me.clone(), seen) => l,
-            () = &mut shutdown => break Ok(()),
+            () = &mut shutdown => {
+                standby.stop();
+                break Ok(());
+            }
         };
         let epoch = leadership.epoch;
         tracing::info!(epoch, name = %settings.name, "leading: loading the fleet from etcd");
@@ -134,20 +136,15 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, epoch, "cannot load the fleet from etcd: standing down");
                 leadership.resign(&etcd).await;
+                standby.stop();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        // The port the refusals were answered on is let go first.
-        no_leader.send_replace(None);
-        let _ = tokio::time::timeout(Duration::from_secs(3), refusing.wait_for(|b| !*b)).await;
-        let listeners = match Listeners::bind(&config).await {
-            Ok(l) => l,
-            Err(e) => {
-                leadership.resign(&etcd).await;
-                break Err(e);
-            }
-        };
+        // New connections go to the leader's server from here; the
+        // standby's send theirs away (GOAWAY) and they reconnect to it.
+        let (api, board) = front.hand_over();
+        standby.stop();
         *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Leading {
             controller: controller.clone(),
             epoch,
@@ -164,7 +161,8 @@ pub async fn run(
                 lockstep_daemon::systemd::stopping();
             }
         };
-        let served = listeners.serve(tls.clone(), controller, stop).await;
+        tracing::info!(addr = %config.listen, epoch, "controller listening as the leader");
+        let served = crate::server::serve_all(api, board, tls.clone(), controller, stop).await;
         let why = *why.lock().unwrap_or_else(|p| p.into_inner());
         *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby { leader: None };
         leadership.resign(&etcd).await;
@@ -185,6 +183,34 @@ pub async fn run(
     announcing.abort();
     sidecars.stop().await;
     outcome
+}
+
+/// The standby's refusals, served while this controller does not lead.
+struct StandbyServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandbyServer {
+    fn start(front: &Front, tls: Arc<rustls::ServerConfig>, view: tokio::sync::watch::Receiver<StandbyView>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::standby::serve(front.hand_over_api(), tls, view, async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops it without waiting: its clients get GOAWAY, and one that
+    /// does not go is cut off after a grace.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(5), self.task).await.is_err() {
+                abort.abort();
+            }
+        });
+    }
 }
 
 /// This controller's role, then `etcd` (its etcd latency metrics), then `# EOF`.

@@ -35,6 +35,7 @@ pub mod error;
 pub mod etcd;
 pub mod evidence;
 pub mod fleet;
+pub mod front;
 pub mod gate;
 pub mod halts;
 pub mod incidents;
@@ -43,7 +44,6 @@ pub mod leadership;
 pub mod ledger;
 pub mod metrics;
 pub mod migrate;
-pub mod no_leader;
 pub mod peer;
 pub mod pki;
 pub mod queries;
@@ -59,6 +59,7 @@ pub mod server;
 pub mod service;
 pub mod siem;
 pub mod sled_store;
+pub mod standby;
 pub mod store;
 pub mod verify;
 pub mod web;
@@ -149,8 +150,8 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
 /// The controller's listeners, bound before anything is served so a port in
 /// use is named at once.
 pub(crate) struct Listeners {
-    api: tokio::net::TcpListener,
-    board: Option<tokio::net::TcpListener>,
+    pub(crate) api: tokio::net::TcpListener,
+    pub(crate) board: Option<tokio::net::TcpListener>,
     pub(crate) addr: std::net::SocketAddr,
 }
 
@@ -178,7 +179,7 @@ impl Listeners {
         controller: Arc<controller::Controller>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        server::serve_all(self.api, self.board, tls, controller, shutdown).await
+        server::serve_all(self.api.into(), self.board.map(Into::into), tls, controller, shutdown).await
     }
 }
 

@@ -25,6 +25,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use crate::controller::Controller;
+use crate::front::Accepting;
 use crate::peer::PeerInfo;
 use crate::service::{AgentApi, ConsoleApi, EnrollApi};
 
@@ -120,7 +121,7 @@ impl Drop for InFlightSlot {
 /// number, per peer and in time), and hands finished connections to tonic.
 /// Failed handshakes are counted for the audit log.
 fn accept_loop(
-    listener: TcpListener,
+    mut listener: Accepting,
     tls: Arc<ServerConfig>,
     controller: Arc<Controller>,
 ) -> mpsc::Receiver<io::Result<TlsConn>> {
@@ -141,6 +142,7 @@ fn accept_loop(
                 a = listener.accept() => a,
                 () = &mut closing => return,
             };
+            let Some(accepted) = accepted else { return };
             let (tcp, addr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -199,14 +201,14 @@ pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    serve_all(listener, None, tls, controller, shutdown).await
+    serve_all(listener.into(), None, tls, controller, shutdown).await
 }
 
 /// [`serve`], and the web board on `board` (its listener, bound by the
 /// caller so that a bad `board.listen` stops the start naming it).
 pub async fn serve_all(
-    listener: TcpListener,
-    board_listener: Option<TcpListener>,
+    listener: Accepting,
+    board_listener: Option<Accepting>,
     tls: Arc<ServerConfig>,
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()>,

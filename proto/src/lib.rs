@@ -7,6 +7,8 @@
 //! - [`identity`]: who a certificate names (agent host, operator, controller).
 //! - [`tls`]: rustls configurations (ring, TLS 1.3, mutual auth) and the
 //!   client channel both the agent and the console use.
+//! - [`failover`]: that channel across several controllers, following a
+//!   standby's redirect to the leader.
 //! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.
 //! - [`reason`]: the stable reasons of refusals, in the status details.
@@ -17,6 +19,7 @@
 pub mod diff;
 pub mod digest;
 pub mod envelope;
+pub mod failover;
 pub mod identity;
 pub mod manifest;
 pub mod paths;

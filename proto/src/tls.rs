@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::failover::{FailoverChannel, LEADER_HEADER, failover_channel, failover_channel_pinging};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -258,7 +257,7 @@ pub fn channel(
     server_name: &str,
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
-) -> Result<Channel, TlsError> {
+) -> Result<FailoverChannel, TlsError> {
     failover_channel(
         vec![Target {
             address: addr.to_string(),
@@ -267,84 +266,6 @@ pub fn channel(
         config,
         connect_timeout,
     )
-}
-
-/// A channel to the first of `targets` that answers: each (re)connect
-/// tries them in turn, starting with the one that answered last, and
-/// resolves each name again (a DNS name that moves is followed). Lazy and
-/// self-healing like [`channel`]: when the controller it is on goes away,
-/// the next call connects to whichever answers.
-pub fn failover_channel(
-    targets: Vec<Target>,
-    config: Arc<ClientConfig>,
-    connect_timeout: Duration,
-) -> Result<Channel, TlsError> {
-    // A controller whose box died sends no RST: pings find it out in at
-    // most 3 s, inside the 5 s failover budget (docs/ha.md).
-    failover_channel_pinging(targets, config, connect_timeout, Duration::from_secs(1))
-}
-
-/// [`failover_channel`] with HTTP/2 pings every `ping` (a dead peer is
-/// given up 2 s after an unanswered one). etcd answers pings more often
-/// than every 5 s with GOAWAY (its `--grpc-keepalive-min-time`), so its
-/// client pings less often than the agents do.
-pub fn failover_channel_pinging(
-    targets: Vec<Target>,
-    config: Arc<ClientConfig>,
-    connect_timeout: Duration,
-    ping: Duration,
-) -> Result<Channel, TlsError> {
-    let first = targets
-        .first()
-        .ok_or_else(|| TlsError::Address { addr: String::new() })?;
-    let mut named = Vec::with_capacity(targets.len());
-    for t in &targets {
-        default_server_name(&t.address)?;
-        let name = ServerName::try_from(t.server_name.clone()).map_err(|_| TlsError::ServerName {
-            name: t.server_name.clone(),
-        })?;
-        named.push((t.address.clone(), name));
-    }
-    let endpoint = Endpoint::from_shared(format!("http://{}", first.address))
-        .map_err(|_| TlsError::Address {
-            addr: first.address.clone(),
-        })?
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(ping)
-        .keep_alive_timeout(Duration::from_secs(2));
-    let named = Arc::new(named);
-    // The target that answered last: a reconnect tries it first.
-    let last_good = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let connector = tower::service_fn(move |_uri: Uri| {
-        let (config, named, last_good) = (config.clone(), named.clone(), last_good.clone());
-        async move {
-            let start = last_good.load(std::sync::atomic::Ordering::Relaxed);
-            let mut failures = Vec::new();
-            for i in (0..named.len()).map(|k| (start + k) % named.len()) {
-                let (address, name) = &named[i];
-                let attempt = async {
-                    let tcp = TcpStream::connect(address.as_str()).await?;
-                    tcp.set_nodelay(true)?;
-                    tokio_rustls::TlsConnector::from(config.clone())
-                        .connect(name.clone(), tcp)
-                        .await
-                };
-                match tokio::time::timeout(connect_timeout, attempt).await {
-                    Ok(Ok(tls)) => {
-                        last_good.store(i, std::sync::atomic::Ordering::Relaxed);
-                        return Ok::<_, std::io::Error>(TokioIo::new(tls));
-                    }
-                    Ok(Err(e)) => failures.push(format!("{address}: {e}")),
-                    Err(_) => failures.push(format!("{address}: no answer within {connect_timeout:?}")),
-                }
-            }
-            Err(std::io::Error::other(format!(
-                "no controller answered ({})",
-                failures.join("; ")
-            )))
-        }
-    });
-    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 #[cfg(test)]

@@ -19,11 +19,11 @@ use lockstep_controller::sled_store::SledStore;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{GateCheckReply, GateState};
+use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -658,7 +658,7 @@ state_file = "{gate}"
     }
 
     /// A raw agent-service client that presents `host`'s certificate.
-    pub fn agent_client(&self, host: &str) -> anyhow::Result<AgentServiceClient<Channel>> {
+    pub fn agent_client(&self, host: &str) -> anyhow::Result<AgentServiceClient<FailoverChannel>> {
         let h = self.host(host)?;
         agent_client_with(self.addr, &h.config.controller.tls)
     }
@@ -691,7 +691,7 @@ fn harness_operator() -> lockstep_controller::peer::Operator {
 }
 
 /// An agent-service client with arbitrary TLS material (for hostile tests).
-pub fn agent_client_with(addr: SocketAddr, paths: &TlsPaths) -> anyhow::Result<AgentServiceClient<Channel>> {
+pub fn agent_client_with(addr: SocketAddr, paths: &TlsPaths) -> anyhow::Result<AgentServiceClient<FailoverChannel>> {
     let config = tls::client_config(paths)?;
     let channel = tls::channel(&addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))?;
     Ok(AgentServiceClient::new(channel))
@@ -765,7 +765,9 @@ async fn start_controller(
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = lockstep_controller::server::serve_all(listener, board, tls, c, shutdown).await {
+        if let Err(e) =
+            lockstep_controller::server::serve_all(listener.into(), board.map(Into::into), tls, c, shutdown).await
+        {
             tracing::error!(error = %e, "controller stopped with an error");
         }
     });

@@ -13,9 +13,9 @@ use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
+use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
-use tonic::transport::Channel;
 
 use crate::ports::free_port;
 use crate::proc_fleet::{Killed, binary, console_command, operator};
@@ -330,7 +330,7 @@ impl HaFleet {
 
     /// An agent-service client speaking as `host` (its agent's certificate)
     /// to controller `i` alone.
-    pub fn agent_client_at(&self, i: usize, host: &str) -> anyhow::Result<AgentServiceClient<Channel>> {
+    pub fn agent_client_at(&self, i: usize, host: &str) -> anyhow::Result<AgentServiceClient<FailoverChannel>> {
         let base = self.dir.path().join("hosts").join(host);
         let paths = TlsPaths {
             ca: self.pki_dir.join(pki::CA_CERT),
@@ -386,8 +386,8 @@ impl HaFleet {
         Some(body)
     }
 
-    /// The controller that leads (and its epoch), once one does and its
-    /// listener answers; `not` excludes a controller (the one just killed).
+    /// The controller that leads (and its epoch), once one does and the
+    /// others know it; `not` excludes a controller (the one just killed).
     pub async fn wait_leader(&self, not: Option<usize>, within: Duration) -> anyhow::Result<(usize, i64)> {
         let deadline = Instant::now() + within;
         loop {
@@ -396,22 +396,18 @@ impl HaFleet {
                     continue;
                 }
                 if let Some((true, epoch)) = self.role_of(i).await {
-                    // Settled: the leader answers and no standby still does
-                    // (they answer only while etcd cannot be read).
-                    // A paused process's backlog fills and its SYNs go
-                    // unanswered: a connect that hangs is no answer.
-                    let answers = |addr: String| async move {
-                        matches!(
-                            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
-                                .await,
-                            Ok(Ok(_))
-                        )
-                    };
-                    let mut others_quiet = true;
+                    // Settled: every other live controller follows this
+                    // epoch (so its refusals name this leader), or does
+                    // not answer at all (a paused process).
+                    let mut others_follow = true;
                     for j in (0..self.addrs.len()).filter(|&j| j != i && self.controllers[j].is_some()) {
-                        others_quiet &= !answers(self.addrs[j].clone()).await;
+                        others_follow &= match self.role_of(j).await {
+                            Some((false, e)) => e == epoch,
+                            Some((true, _)) => false,
+                            None => true,
+                        };
                     }
-                    if others_quiet && answers(self.addrs[i].clone()).await {
+                    if others_follow {
                         return Ok((i, epoch));
                     }
                 }
@@ -428,8 +424,9 @@ impl HaFleet {
     }
 
     /// A console client that tries every controller (as operators would be
-    /// told to configure it).
-    pub fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+    /// told to configure it), moved onto the leader first as the `lockstep`
+    /// console is, so its first call is not refused by a standby.
+    pub async fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
         let targets = self
             .addrs
             .iter()
@@ -439,11 +436,12 @@ impl HaFleet {
             })
             .collect();
         let channel = tls::failover_channel(targets, tls::client_config(who)?, Duration::from_secs(2))?;
+        channel.find_leader().await;
         Ok(ConsoleServiceClient::new(channel).max_decoding_message_size(256 << 20))
     }
 
     /// A console client for controller `i` alone.
-    pub fn console_at(&self, i: usize, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+    pub fn console_at(&self, i: usize, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
         let channel = tls::channel(
             &self.addrs[i],
             "127.0.0.1",
@@ -456,13 +454,20 @@ impl HaFleet {
     /// `host`'s agent config with every controller's address, written to
     /// `hosts/<host>/agent.toml`; its tree at `hosts/<host>/root`.
     pub fn agent_config(&self, host: &str) -> anyhow::Result<lockstep_agent::config::AgentConfig> {
+        self.agent_config_via(host, 0)
+    }
+
+    /// [`Self::agent_config`] with controller `first`'s address first in
+    /// the list (the others follow in turn).
+    pub fn agent_config_via(&self, host: &str, first: usize) -> anyhow::Result<lockstep_agent::config::AgentConfig> {
+        let mut addrs = self.addrs.clone();
+        addrs.rotate_left(first);
         let base = self.dir.path().join("hosts").join(host);
         std::fs::create_dir_all(base.join("root/opt/smars/bin"))?;
         std::fs::write(base.join("root/opt/smars/bin/smars"), "build 1\n")?;
         let text = format!(
             "host = \"{host}\"\nrole = \"smars\"\nstate_dir = \"{b}/state\"\nwatch = [\"/opt/smars/**\"]\nroot = \"{b}/root\"\nscan_interval = \"1s\"\nmetrics_listen = \"off\"\n[controller]\naddress = {addrs:?}\nconnect_timeout = \"1s\"\nca = \"{pki}/ca.pem\"\ncert = \"{b}/agent.pem\"\nkey = \"{b}/agent.key\"\n[gate]\nstate_file = \"{b}/gate.json\"\n",
             b = base.display(),
-            addrs = self.addrs,
             pki = self.pki_dir.display(),
         );
         let path = base.join("agent.toml");
@@ -473,8 +478,15 @@ impl HaFleet {
     /// Enrolls `host` through whichever controller leads and starts its
     /// real agent process.
     pub async fn start_agent(&self, host: &str) -> anyhow::Result<Killed> {
+        self.start_agent_via(host, 0).await
+    }
+
+    /// [`Self::start_agent`] with controller `first`'s address first in
+    /// the agent's list.
+    pub async fn start_agent_via(&self, host: &str, first: usize) -> anyhow::Result<Killed> {
         let token = self
-            .console(&self.alice)?
+            .console(&self.alice)
+            .await?
             .create_token(pb::CreateTokenRequest {
                 host: host.into(),
                 role: "smars".into(),
@@ -483,7 +495,7 @@ impl HaFleet {
             .await?
             .into_inner()
             .token;
-        let config = self.agent_config(host)?;
+        let config = self.agent_config_via(host, first)?;
         lockstep_agent::enrollment::enroll(&config, &token, None).await?;
         let base = self.dir.path().join("hosts").join(host);
         let log = std::fs::OpenOptions::new()
@@ -574,7 +586,7 @@ impl HaFleet {
         ok: impl Fn(&[pb::HostStatus]) -> bool,
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        let mut console = self.console(&self.alice)?;
+        let mut console = self.console(&self.alice).await?;
         loop {
             if let Ok(hosts) = console.list_hosts(pb::ListHostsRequest::default()).await {
                 if ok(&hosts.into_inner().hosts) {
@@ -589,7 +601,14 @@ impl HaFleet {
     /// Runs the `lockstep` console as `who` against every controller's
     /// address (as an operator would configure it): exit code, stdout, stderr.
     pub fn lockstep(&self, who: &TlsPaths, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let out = console_command(who, &self.addrs.join(","))?
+        self.lockstep_via(who, 0, args)
+    }
+
+    /// [`Self::lockstep`] with controller `first`'s address first.
+    pub fn lockstep_via(&self, who: &TlsPaths, first: usize, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let mut addrs = self.addrs.clone();
+        addrs.rotate_left(first);
+        let out = console_command(who, &addrs.join(","))?
             .args(["--server-name", "127.0.0.1"])
             .args(args)
             .output()?;
@@ -602,7 +621,8 @@ impl HaFleet {
 
     /// Proposes a release from `host` (alice) and approves it (bob).
     pub async fn release_from_host(&self, host: &str) -> anyhow::Result<u64> {
-        crate::proc_fleet::release_from_host(self.console(&self.alice)?, self.console(&self.bob)?, host).await
+        crate::proc_fleet::release_from_host(self.console(&self.alice).await?, self.console(&self.bob).await?, host)
+            .await
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lockstep_agent::attest_stream::AttestStream;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Envelope, PinKeyRequest};
-use tonic::transport::Channel;
+use lockstep_proto::tls::FailoverChannel;
 
 use crate::bench::Latencies;
 use crate::proc_fleet::{ProcFleet, ProcSpec, agent_client, entries, report};
@@ -221,7 +221,11 @@ pub async fn ingest_on(agents: usize, duration: Duration, etcd: bool) -> anyhow:
     })
 }
 
-type Sim = (String, lockstep_proto::envelope::Signer, AgentServiceClient<Channel>);
+type Sim = (
+    String,
+    lockstep_proto::envelope::Signer,
+    AgentServiceClient<FailoverChannel>,
+);
 
 /// Signs `per_agent` heartbeats for every agent from `first_seq` on, on every core.
 fn sign_ahead(sims: &[Sim], set: &[lockstep_proto::pb::Entry], first_seq: u64, per_agent: u64) -> Vec<Vec<Envelope>> {

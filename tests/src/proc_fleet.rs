@@ -13,9 +13,9 @@ use lockstep_controller::pki::{self, Subject};
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
 use lockstep_proto::pb::{self, Entry, EntryKind};
+use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
-use tonic::transport::Channel;
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -239,7 +239,7 @@ impl ProcFleet {
         Some(status)
     }
 
-    pub fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+    pub fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
         let channel = tls::channel(
             &self.addr,
             "127.0.0.1",
@@ -412,8 +412,8 @@ impl ProcFleet {
 /// A smars release from `host`'s report: proposed by `proposer`, approved
 /// by `approver` (two operators, as the two-person rule wants).
 pub async fn release_from_host(
-    mut proposer: ConsoleServiceClient<Channel>,
-    mut approver: ConsoleServiceClient<Channel>,
+    mut proposer: ConsoleServiceClient<FailoverChannel>,
+    mut approver: ConsoleServiceClient<FailoverChannel>,
     host: &str,
 ) -> anyhow::Result<u64> {
     let release = proposer
@@ -486,7 +486,9 @@ pub fn report(host: &str, seq: u64, set: &[Entry], full: bool) -> pb::Attestatio
 }
 
 /// A simulated agent's client: its own certificate over mTLS.
-pub fn agent_client(config: &AgentConfig) -> anyhow::Result<pb::agent_service_client::AgentServiceClient<Channel>> {
+pub fn agent_client(
+    config: &AgentConfig,
+) -> anyhow::Result<pb::agent_service_client::AgentServiceClient<FailoverChannel>> {
     let channel = tls::channel(
         &config.controller.address,
         &config.controller.server_name,

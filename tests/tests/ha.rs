@@ -84,7 +84,7 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     let acknowledged = Arc::new(AtomicU64::new(0));
     let writing = Arc::new(AtomicBool::new(true));
     let writer = {
-        let console = fleet.console(&fleet.alice).unwrap();
+        let console = fleet.console(&fleet.alice).await.unwrap();
         let (acknowledged, writing) = (acknowledged.clone(), writing.clone());
         tokio::spawn(async move {
             let mut console = console;
@@ -125,7 +125,7 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     let closed = gates.await.unwrap();
     assert!(closed.is_empty(), "no gate may close during the failover: {closed:?}");
 
-    let mut console = fleet.console(&fleet.alice).unwrap();
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
     let records = console
         .list_audit(pb::ListAuditRequest {
             host: "spare-01".into(),
@@ -244,6 +244,7 @@ async fn a_new_leader_sends_halts_at_once_and_opens_no_gate_before_the_host_atte
     let (leader, _) = fleet.wait_leader(None, Duration::from_secs(10)).await.unwrap();
     fleet
         .console(&fleet.alice)
+        .await
         .unwrap()
         .halt(pb::HaltRequest {
             scope: Some(pb::HaltScope {
@@ -426,7 +427,7 @@ async fn a_paused_leader_is_deposed_and_its_word_refused_when_it_wakes() {
     let reason = stale.expect_err("a write fenced on a replaced epoch must be refused");
     assert!(reason.contains("no longer leads"), "{reason}");
 
-    let mut console = fleet.console(&fleet.alice).unwrap();
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
     let halts = console
         .list_halts(pb::ListHaltsRequest::default())
         .await
@@ -460,7 +461,7 @@ async fn a_paused_leader_is_deposed_and_its_word_refused_when_it_wakes() {
 /// until `within`: the last error if none was acknowledged.
 async fn write_within(fleet: &HaFleet, within: Duration) -> Result<(), String> {
     let deadline = std::time::Instant::now() + within;
-    let mut console = fleet.console(&fleet.alice).unwrap();
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
     loop {
         let made = console
             .create_token(pb::CreateTokenRequest {
@@ -502,7 +503,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
     let refused_at = std::time::Instant::now();
     let mut reason = String::new();
     while refused_at.elapsed() < Duration::from_secs(10) {
-        let mut console = fleet.console(&fleet.alice).unwrap();
+        let mut console = fleet.console(&fleet.alice).await.unwrap();
         let made = tokio::time::timeout(
             Duration::from_secs(5),
             console.create_token(pb::CreateTokenRequest {
@@ -532,6 +533,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
         // runs out on its side (2/3 of leader_ttl).
         let read = fleet
             .console(&fleet.alice)
+            .await
             .unwrap()
             .list_hosts(pb::ListHostsRequest::default())
             .await;
@@ -566,6 +568,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
     }
     let verified = fleet
         .console(&fleet.alice)
+        .await
         .unwrap()
         .verify_audit(pb::VerifyAuditRequest {})
         .await
@@ -588,7 +591,7 @@ fn migrate(from: &std::path::Path, to: &std::path::Path) -> std::process::Output
 async fn a_sled_fleet_migrated_into_etcd_keeps_every_gate_and_its_audit_chain() {
     let n = 3;
     let (mut fleet, _agents, release) = fleet_on(true, n, Duration::from_secs(30)).await;
-    let mut console = fleet.console(&fleet.alice).unwrap();
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
     let before = console
         .list_audit(pb::ListAuditRequest::default())
         .await
@@ -627,7 +630,7 @@ async fn a_sled_fleet_migrated_into_etcd_keeps_every_gate_and_its_audit_chain() 
     // The etcd controllers lead the same fleet: agents follow, every gate
     // still open on the same release, the old chain is the new chain's start.
     fleet.start_all().await.unwrap();
-    let mut console = fleet.console(&fleet.alice).unwrap();
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
     let gates = console
         .gate_check(pb::GateCheckRequest { role: "smars".into() })
         .await
@@ -734,4 +737,87 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
         .collect();
     stored.sort();
     assert_eq!(stored, vec![("smars-01".into(), 9), ("smars-02".into(), 3)]);
+
+    // A record over etcd's request limit (the audit record of a gate check
+    // over 10,000 hosts is 2.5 MB) is stored in chunks and read back whole.
+    let big = lockstep_controller::audit::AuditRecord {
+        seq: 1,
+        actor: "alice (viewer)".into(),
+        action: "gate.checked".into(),
+        detail: "x".repeat(3_500_000),
+        facts: "{\"hosts\":10000}".into(),
+        at_unix_ms: 1,
+        host: String::new(),
+        role: "smars".into(),
+        prev_hash: lockstep_controller::audit::GENESIS.into(),
+        hash: "ab".repeat(32),
+    };
+    store.put_audit(&big).unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.audit_from(1).unwrap(), vec![big.clone()]);
+    assert_eq!(store.last_audit().unwrap(), Some(big));
+}
+
+/// Every controller holds its port from the start. A standby answers each
+/// call (gRPC health too) UNAVAILABLE, naming the leader in the message and
+/// in the `lockstep-leader` header; the console and an agent given the
+/// standby's address first follow it to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_sends_consoles_and_agents_to_the_leader() {
+    let fleet = HaFleet::start(HaSpec {
+        controllers: 3,
+        hosts: hosts(1),
+        freshness_ttl: Duration::from_secs(30),
+        leader_ttl_s: 2,
+        sled_first: false,
+    })
+    .await
+    .unwrap();
+    let (leader, epoch) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
+    let standby = (leader + 1) % 3;
+
+    let channel = lockstep_proto::tls::channel(
+        &fleet.addrs[standby],
+        "127.0.0.1",
+        lockstep_proto::tls::client_config(&fleet.alice).unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let refused = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect_err("a standby's health is not SERVING");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let named = format!("ctl-{leader} leads at {} (epoch {epoch})", fleet.addrs[leader]);
+    assert!(refused.message().contains(&named), "{}", refused.message());
+    assert_eq!(
+        refused.metadata().get(lockstep_proto::tls::LEADER_HEADER).unwrap(),
+        fleet.addrs[leader].as_str()
+    );
+
+    // A write through the standby's address first lands on the leader.
+    let (code, out, err) = fleet
+        .lockstep_via(
+            &fleet.alice,
+            standby,
+            &["halt", "--host", "smars-01", "--reason", "via a standby"],
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = fleet.lockstep_via(&fleet.alice, standby, &["halts"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("via a standby"), "{out}");
+
+    // An agent whose list starts with the standby reports to the leader,
+    // and hears the halt on its directive stream.
+    let _agent = fleet.start_agent_via("smars-01", standby).await.unwrap();
+    fleet
+        .wait_hosts("smars-01 reported to the leader", Duration::from_secs(30), |hs| {
+            hs.iter().any(|s| s.host == "smars-01" && s.last_seq > 0)
+        })
+        .await
+        .unwrap();
+    fleet.wait_local("smars-01", 1, Duration::from_secs(20)).await.unwrap();
+    let text = fleet.local_gate_text("smars-01").unwrap();
+    assert!(text.contains("via a standby"), "{text}");
 }

@@ -24,7 +24,7 @@ async fn open_fleet() -> Morning {
     m
 }
 
-fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> tonic::transport::Channel {
+fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> tls::FailoverChannel {
     let config = tls::client_config(paths).unwrap();
     tls::channel(&fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap()
 }
@@ -32,7 +32,7 @@ fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> tonic::transport::Channel {
 /// Sends `msg` to the Submit method as if it were an envelope: the bytes on
 /// the wire are whatever `M` encodes to.
 async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
-    channel: tonic::transport::Channel,
+    channel: tls::FailoverChannel,
     msg: M,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -45,7 +45,7 @@ async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
 /// Sends `msg` on an Attest stream as if it were an envelope; the status
 /// that ends the stream.
 async fn attest_raw<M: prost::Message + Default + Send + Sync + 'static>(
-    channel: tonic::transport::Channel,
+    channel: tls::FailoverChannel,
     msg: M,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);

@@ -17,8 +17,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
 use lockstep_proto::pb::{self, diff_request::Against, propose_release_request::Source};
+use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
-use tonic::transport::Channel;
 
 pub use gate_check::{ExitCode, exit_code, summary};
 pub use report::ReportCommand;
@@ -376,7 +376,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     {
         return report::verify(file, audit.as_deref(), public_key.as_deref(), out, json);
     }
-    let mut client = connect(&cli.conn)?;
+    let mut client = connect(&cli.conn).await?;
     let unreachable = |e: tonic::Status| -> anyhow::Error {
         if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
             anyhow::Error::new(Unreachable(e.message().to_string()))
@@ -595,7 +595,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
 }
 
 async fn run_release(
-    client: &mut ConsoleServiceClient<Channel>,
+    client: &mut ConsoleServiceClient<FailoverChannel>,
     cmd: ReleaseCommand,
     out: &mut (dyn Write + Send),
     json: bool,
@@ -652,7 +652,10 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<pb::Entry>> {
 #[error("controller unreachable: {0}")]
 pub struct Unreachable(pub String);
 
-fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Channel>> {
+/// A client on the leader when several controllers are named: a standby
+/// answers the first call with the leader's address, which the channel
+/// follows, so that call is a cheap health check rather than the command.
+async fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
     let paths = TlsPaths {
         ca: conn.ca.clone(),
         cert: conn.cert.clone(),
@@ -674,7 +677,11 @@ fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Channel>> {
             })
         })
         .collect::<Result<Vec<_>, tls::TlsError>>()?;
+    let several = targets.len() > 1;
     let channel = tls::failover_channel(targets, config, Duration::from_secs(5))?;
+    if several {
+        channel.find_leader().await;
+    }
     Ok(ConsoleServiceClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(256 * 1024 * 1024))

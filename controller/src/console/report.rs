@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 use lockstep_proto::pb::{self, console_service_client::ConsoleServiceClient};
+use lockstep_proto::tls::FailoverChannel;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::report::{self, Signed};
 use crate::report_verify::{self, Finding};
@@ -47,7 +47,7 @@ pub enum ReportCommand {
 
 /// `report pre-open`: asks the controller, writes both files.
 pub async fn pre_open(
-    client: &mut ConsoleServiceClient<Channel>,
+    client: &mut ConsoleServiceClient<FailoverChannel>,
     cmd: ReportCommand,
     out: &mut (dyn Write + Send),
     json: bool,

@@ -11,7 +11,7 @@ pub mod store;
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use lockstep_proto::tls::FailoverChannel;
 
 use crate::config::EtcdSettings;
 use crate::store::StoreError;
@@ -35,7 +35,7 @@ const ETCD_PING: std::time::Duration = std::time::Duration::from_secs(6);
 pub struct Etcd {
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
-    channel: Channel,
+    channel: FailoverChannel,
     tls: std::sync::Arc<rustls::ClientConfig>,
     pub(crate) settings: EtcdSettings,
     /// How long each kind of call took, for `/metrics`.
@@ -83,15 +83,15 @@ impl Etcd {
         })
     }
 
-    pub(crate) fn kv(&self) -> KvClient<Channel> {
+    pub(crate) fn kv(&self) -> KvClient<FailoverChannel> {
         KvClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
-    pub(crate) fn lease(&self) -> LeaseClient<Channel> {
+    pub(crate) fn lease(&self) -> LeaseClient<FailoverChannel> {
         LeaseClient::new(self.channel.clone())
     }
 
     /// A channel to one member alone (`host:port`), for its own status.
-    pub(crate) fn member_channel(&self, address: &str) -> Result<Channel, StoreError> {
+    pub(crate) fn member_channel(&self, address: &str) -> Result<FailoverChannel, StoreError> {
         let _in = self.handle.enter();
         let name = lockstep_proto::tls::default_server_name(address).map_err(|e| self.backend(e.to_string()))?;
         lockstep_proto::tls::channel(address, &name, self.tls.clone(), self.settings.request_timeout)

@@ -3,7 +3,10 @@
 //! `audit/<seq>` (numbers zero-padded so keys sort as numbers) and
 //! `manifest/<digest>` (its chunk count) with `chunk/<digest>/<i>`. Records
 //! are JSON, as in sled; manifests are protobuf in chunks of at most 1 MB,
-//! under etcd's 1.5 MiB request limit.
+//! under etcd's 1.5 MiB request limit. A record over 1 MB (the audit record
+//! of a `gate check` over 10,000 hosts) is stored the same way: its chunks
+//! under its SHA-256, and at its key a [`CHUNKED`] marker with that digest
+//! and the chunk count.
 //!
 //! Writes are buffered and sent at `flush` (the ledger flushes once a commit)
 //! as one transaction guarded by the fence: the leader key must still have
@@ -28,6 +31,9 @@ const CHUNK: usize = 1_000_000;
 /// A transaction is cut before it grows past this (etcd refuses 1.5 MiB).
 const TXN_BYTES: usize = 1_200_000;
 const PAGE: i64 = 1000;
+/// Starts the value of a record stored in chunks, then `<sha256 hex>:<count>`
+/// (no JSON value starts with a NUL byte).
+const CHUNKED: &[u8] = b"\0chunked:";
 
 /// What a write must find true to be applied.
 #[derive(Debug, Clone)]
@@ -90,8 +96,68 @@ impl EtcdStore {
             key: key.clone(),
             reason: e.to_string(),
         })?;
-        self.queue(key, bytes);
+        if bytes.len() <= CHUNK {
+            self.queue(key, bytes);
+            return Ok(());
+        }
+        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+        let count = self.write_chunks(&digest, &bytes)?;
+        self.queue(key, [CHUNKED, format!("{digest}:{count}").as_bytes()].concat());
         Ok(())
+    }
+
+    /// Writes `bytes` as `chunk/<digest>/<i>`, each in a transaction of its
+    /// own, ahead of the commit that makes them visible (content-addressed,
+    /// so chunks left by a refused commit are harmless). Gives their count.
+    fn write_chunks(&self, digest: &str, bytes: &[u8]) -> Result<usize, StoreError> {
+        let chunks: Vec<&[u8]> = if bytes.is_empty() {
+            vec![&[][..]]
+        } else {
+            bytes.chunks(CHUNK).collect()
+        };
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.commit(vec![(self.etcd.key(&format!("chunk/{digest}/{i:06}")), chunk.to_vec())])?;
+        }
+        Ok(chunks.len())
+    }
+
+    /// The `count` chunks of `digest` put back together; `key` names what
+    /// they make up in an error.
+    fn read_chunks(&self, digest: &str, count: usize, key: &str) -> Result<Vec<u8>, StoreError> {
+        let chunks = self.range(&format!("chunk/{digest}/"), None)?;
+        if chunks.len() != count {
+            return Err(StoreError::Corrupt {
+                key: key.to_string(),
+                reason: format!("{} of its {count} chunks are stored", chunks.len()),
+            });
+        }
+        Ok(chunks.into_iter().flat_map(|kv| kv.value).collect())
+    }
+
+    /// A record's JSON from its stored value (put back together if chunked).
+    fn decode<T: DeserializeOwned>(&self, kv: &api::KeyValue) -> Result<T, StoreError> {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.clone(),
+            reason,
+        };
+        let joined;
+        let json = match kv.value.strip_prefix(CHUNKED) {
+            None => kv.value.as_slice(),
+            Some(rest) => {
+                let rest = String::from_utf8_lossy(rest);
+                let (digest, count) = rest
+                    .split_once(':')
+                    .and_then(|(d, n)| Some((d.to_string(), n.parse::<usize>().ok()?)))
+                    .ok_or_else(|| corrupt("its chunk marker is not <digest>:<count>".into()))?;
+                joined = self.read_chunks(&digest, count, &key)?;
+                if hex::encode(ring::digest::digest(&ring::digest::SHA256, &joined)) != digest {
+                    return Err(corrupt("its chunks do not hash to the digest it names".into()));
+                }
+                joined.as_slice()
+            }
+        };
+        serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
     }
 
     /// A value written but not yet flushed, so reads inside a commit see it.
@@ -187,7 +253,7 @@ impl EtcdStore {
     }
 
     fn all_json<T: DeserializeOwned>(&self, rest: &str) -> Result<Vec<T>, StoreError> {
-        self.range(rest, None)?.iter().map(decode).collect()
+        self.range(rest, None)?.iter().map(|kv| self.decode(kv)).collect()
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -229,13 +295,6 @@ fn last_write_per_key(ops: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
         .zip(keep)
         .filter_map(|(op, keep)| keep.then_some(op))
         .collect()
-}
-
-fn decode<T: DeserializeOwned>(kv: &api::KeyValue) -> Result<T, StoreError> {
-    serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(&kv.key).into_owned(),
-        reason: e.to_string(),
-    })
 }
 
 fn number(n: u64) -> String {
@@ -281,21 +340,9 @@ impl Store for EtcdStore {
             entries: entries.to_vec(),
         }
         .encode_to_vec();
-        // Chunks go first, each on its own (content-addressed, so a chunk
-        // left by a refused commit is harmless); the count that makes the
-        // manifest visible goes with the commit.
-        let chunks: Vec<&[u8]> = if bytes.is_empty() {
-            vec![&[][..]]
-        } else {
-            bytes.chunks(CHUNK).collect()
-        };
-        for (i, chunk) in chunks.iter().enumerate() {
-            self.commit(vec![(
-                self.etcd.key(&format!("chunk/{digest_hex}/{i:06}")),
-                chunk.to_vec(),
-            )])?;
-        }
-        self.queue(format!("manifest/{digest_hex}"), chunks.len().to_string().into_bytes());
+        // The count that makes the manifest visible goes with the commit.
+        let count = self.write_chunks(digest_hex, &bytes)?;
+        self.queue(format!("manifest/{digest_hex}"), count.to_string().into_bytes());
         let mut cache = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= 64 {
             cache.clear();
@@ -318,11 +365,7 @@ impl Store for EtcdStore {
         let count: usize = String::from_utf8_lossy(&count)
             .parse()
             .map_err(|_| corrupt("its chunk count is not a number".into()))?;
-        let chunks = self.range(&format!("chunk/{digest_hex}/"), None)?;
-        if chunks.len() != count {
-            return Err(corrupt(format!("{} of its {count} chunks are stored", chunks.len())));
-        }
-        let bytes: Vec<u8> = chunks.into_iter().flat_map(|kv| kv.value).collect();
+        let bytes = self.read_chunks(digest_hex, count, &format!("manifest/{digest_hex}"))?;
         let entries = Manifest::decode(bytes.as_slice())
             .map_err(|e| corrupt(e.to_string()))?
             .entries;
@@ -357,7 +400,7 @@ impl Store for EtcdStore {
     fn audit_from(&self, from: u64) -> Result<Vec<AuditRecord>, StoreError> {
         self.range("audit/", Some(format!("audit/{}", number(from))))?
             .iter()
-            .map(decode)
+            .map(|kv| self.decode(kv))
             .collect()
     }
 
@@ -375,7 +418,7 @@ impl Store for EtcdStore {
         let answer = self.etcd.wait("reading the audit log", async move {
             kv.range(request).await.map(|r| r.into_inner())
         })?;
-        answer.kvs.first().map(decode).transpose()
+        answer.kvs.first().map(|kv| self.decode(kv)).transpose()
     }
 
     fn incidents(&self) -> Result<Vec<IncidentRecord>, StoreError> {
@@ -389,10 +432,11 @@ impl Store for EtcdStore {
     fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError> {
         let key = format!("token/{hash_hex}");
         self.get(&key)?
-            .map(|v| {
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                    key,
-                    reason: e.to_string(),
+            .map(|value| {
+                self.decode(&api::KeyValue {
+                    key: key.into_bytes(),
+                    value,
+                    ..Default::default()
                 })
             })
             .transpose()

@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::board_sessions::{COOKIE, Session};
@@ -134,7 +133,7 @@ async fn login(State(board): State<Board>, Path(token): Path<String>) -> Respons
 /// Serves the board on `listener` until `stop`; then the live feeds end
 /// and connections still open are closed after a short grace.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: crate::front::Accepting,
     tls: Arc<ServerConfig>,
     controller: Arc<Controller>,
     stop: impl Future<Output = ()>,
@@ -155,6 +154,7 @@ pub async fn serve(
             a = listener.accept() => a,
             () = &mut stop => break,
         };
+        let Some(accepted) = accepted else { break };
         let Ok((tcp, peer)) = accepted else { continue };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "board connection refused: {MAX_CONNECTIONS} already open");

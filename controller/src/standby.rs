@@ -1,0 +1,175 @@
+//! What a controller on etcd answers while it does not lead: every gRPC
+//! call (gRPC health included, so a probe or load balancer tells it from
+//! the leader) is refused UNAVAILABLE with the reason. While another
+//! controller leads, the status names it and carries its address in the
+//! `lockstep-leader` header, which the agents' and the console's channel
+//! follow ([`lockstep_proto::failover`]); while none can lead (etcd has no
+//! quorum), it says why, so `lockstep` prints that instead of "connection
+//! refused". The board's port refuses connections: the board is the
+//! leader's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::etcd::election::LeaderInfo;
+use crate::front::Accepting;
+use crate::server::TlsConn;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_HANDSHAKES: usize = 256;
+/// Clients that do not follow the header (grpcurl, a load balancer) are
+/// sent away this often, so they find the leader by reconnecting.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(2);
+
+/// What a standby knows about who leads.
+#[derive(Clone, Debug, Default)]
+pub struct StandbyView {
+    /// This controller's name.
+    pub me: String,
+    pub leader: Option<LeaderInfo>,
+    /// Why no controller can lead (etcd unreachable, no quorum).
+    pub trouble: Option<String>,
+}
+
+impl StandbyView {
+    /// The refusal a call to this standby gets.
+    pub fn refusal(&self) -> tonic::Status {
+        match (&self.leader, &self.trouble) {
+            (Some(l), _) if l.name != self.me => {
+                let mut status = tonic::Status::unavailable(format!(
+                    "controller {} is a standby: {} leads at {} (epoch {}); send this call there",
+                    self.me, l.name, l.address, l.epoch
+                ));
+                if let Ok(v) = l.address.parse() {
+                    status.metadata_mut().insert(lockstep_proto::tls::LEADER_HEADER, v);
+                }
+                status
+            }
+            (_, Some(why)) => tonic::Status::unavailable(format!(
+                "no controller can lead: {why}. Writes are refused and gates close when their leases end"
+            )),
+            _ => tonic::Status::unavailable(format!(
+                "controller {} is a standby and no controller leads at this moment (an election takes a few seconds); try again",
+                self.me
+            )),
+        }
+    }
+}
+
+/// Serves refusals on `listener` until `stop`.
+pub(crate) async fn serve(
+    mut listener: Accepting,
+    tls: Arc<rustls::ServerConfig>,
+    view: watch::Receiver<StandbyView>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let limit = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let accepting = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop_rx.wait_for(|s| *s) => return,
+            };
+            let (tcp, addr) = match accepted {
+                Some(Ok(c)) => c,
+                Some(Err(_)) => continue,
+                // The port was handed to the next server.
+                None => return,
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Ok(Ok(inner)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let _ = tx.send(Ok(TlsConn::new(inner, addr))).await;
+                }
+            });
+        }
+    });
+    let answer = move || {
+        let status = view.borrow().refusal();
+        async move { status.into_http::<axum::body::Body>() }
+    };
+    let routes = tonic::service::Routes::from(axum::Router::new().fallback(answer));
+    let served = tonic::transport::Server::builder()
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
+            stop.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    accepting.abort();
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the standby's refusals stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(name: &str) -> LeaderInfo {
+        LeaderInfo {
+            name: name.into(),
+            address: "10.0.0.2:7443".into(),
+            epoch: 26,
+        }
+    }
+
+    #[test]
+    fn a_standby_names_the_leader_in_the_message_and_the_header() {
+        let view = StandbyView {
+            me: "ctl-1".into(),
+            leader: Some(leader("ctl-2")),
+            trouble: None,
+        };
+        let s = view.refusal();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(
+            s.message().contains("ctl-2 leads at 10.0.0.2:7443 (epoch 26)"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(
+            s.metadata().get(lockstep_proto::tls::LEADER_HEADER).unwrap(),
+            "10.0.0.2:7443"
+        );
+    }
+
+    #[test]
+    fn without_a_leader_it_says_why_and_redirects_nowhere() {
+        let view = StandbyView {
+            me: "ctl-1".into(),
+            leader: None,
+            trouble: Some("etcd did not answer within 1s".into()),
+        };
+        let s = view.refusal();
+        assert!(
+            s.message().contains("no controller can lead: etcd did not answer"),
+            "{}",
+            s.message()
+        );
+        assert!(s.metadata().get(lockstep_proto::tls::LEADER_HEADER).is_none());
+        // Its own stale leader record (it just stood down) is no redirect.
+        let view = StandbyView {
+            me: "ctl-2".into(),
+            leader: Some(leader("ctl-2")),
+            trouble: None,
+        };
+        assert!(
+            view.refusal()
+                .metadata()
+                .get(lockstep_proto::tls::LEADER_HEADER)
+                .is_none()
+        );
+    }
+}
