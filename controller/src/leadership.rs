@@ -22,6 +22,7 @@ use crate::config::{ControllerConfig, EtcdSettings};
 use crate::controller::Controller;
 use crate::etcd::Etcd;
 use crate::etcd::election::{self, LeaderInfo};
+use crate::etcd::follow::{self, Followed};
 use crate::etcd::store::{EtcdStore, Fence};
 use crate::front::Front;
 use crate::standby::StandbyView;
@@ -48,11 +49,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let etcd = Arc::new(Etcd::connect(&settings).context("store.etcd")?);
     let role = Arc::new(Mutex::new(Role::Standby { leader: None }));
+    // A standby's view of the ledger, while it stands by.
+    let following: Arc<Mutex<Option<Arc<Followed>>>> = Arc::default();
     let metrics = metrics_listener.map(|l| {
-        let role = role.clone();
-        let etcd = etcd.clone();
-        let render: Render =
-            Arc::new(move || render_metrics(&role.lock().unwrap_or_else(|p| p.into_inner()), &etcd.latency.render()));
+        let (role, etcd, following) = (role.clone(), etcd.clone(), following.clone());
+        let render: Render = Arc::new(move || {
+            let followed = following.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            render_metrics(
+                &role.lock().unwrap_or_else(|p| p.into_inner()),
+                followed.as_deref(),
+                &etcd.latency.render(),
+            )
+        });
         (l, render)
     });
     let sidecars = lockstep_daemon::service::Sidecars::start(metrics, &format!("controller {} on etcd", settings.name));
@@ -71,12 +79,21 @@ pub async fn run(
     });
     // Every controller says every second what it is, for `cluster status`.
     let announcing = {
-        let (etcd, role, me) = (etcd.clone(), role.clone(), me.clone());
+        let (etcd, role, me, following) = (etcd.clone(), role.clone(), me.clone(), following.clone());
         tokio::spawn(async move {
             loop {
-                let (role_word, epoch) = match &*role.lock().unwrap_or_else(|p| p.into_inner()) {
-                    Role::Leading { epoch, .. } => ("leader", *epoch),
-                    Role::Standby { leader } => ("standby", leader.as_ref().map_or(0, |l| l.epoch)),
+                let (role_word, epoch, lag) = match &*role.lock().unwrap_or_else(|p| p.into_inner()) {
+                    // The leader's view is the ledger.
+                    Role::Leading { epoch, .. } => ("leader", *epoch, Some(0)),
+                    Role::Standby { leader } => (
+                        "standby",
+                        leader.as_ref().map_or(0, |l| l.epoch),
+                        following
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .as_ref()
+                            .and_then(|f| f.lag_revisions()),
+                    ),
                 };
                 let presence = crate::etcd::cluster::Presence {
                     name: me.name.clone(),
@@ -84,6 +101,7 @@ pub async fn run(
                     role: role_word.into(),
                     epoch: u64::try_from(epoch).unwrap_or(0),
                     seen_at_unix_ms: lockstep_proto::now_unix_ms(),
+                    ledger_lag_revisions: lag,
                 };
                 if let Err(e) = crate::etcd::cluster::announce(&etcd, &presence).await {
                     tracing::debug!(error = %e, "cannot announce this controller");
@@ -117,12 +135,19 @@ pub async fn run(
             };
         };
         let standby = StandbyServer::start(&front, tls.clone(), view_rx.clone());
-        let leadership = tokio::select! {
-            l = election::campaign(etcd.clone(), me.clone(), seen) => l,
-            () = &mut shutdown => {
-                standby.stop();
-                break Ok(());
-            }
+        let followed = Arc::new(Followed::default());
+        *following.lock().unwrap_or_else(|p| p.into_inner()) = Some(followed.clone());
+        let follower = tokio::spawn(follow::follow(etcd.clone(), Arc::new(config.clone()), followed));
+        let campaigned = tokio::select! {
+            l = election::campaign(etcd.clone(), me.clone(), seen) => Some(l),
+            () = &mut shutdown => None,
+        };
+        // A leader's view is the one it loads and commits to.
+        follower.abort();
+        *following.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let Some(leadership) = campaigned else {
+            standby.stop();
+            break Ok(());
         };
         let epoch = leadership.epoch;
         tracing::info!(epoch, name = %settings.name, "leading: loading the fleet from etcd");
@@ -213,19 +238,33 @@ impl StandbyServer {
     }
 }
 
-/// This controller's role, then `etcd` (its etcd latency metrics), then `# EOF`.
-fn render_metrics(role: &Role, etcd: &str) -> String {
+/// This controller's role, its ledger lag (and a standby's followed view),
+/// then `etcd` (its etcd latency metrics), then `# EOF`.
+fn render_metrics(role: &Role, followed: Option<&Followed>, etcd: &str) -> String {
     let head = "# HELP lockstep_controller_leader 1 on the controller that leads (etcd backend), 0 on a standby.\n\
                 # TYPE lockstep_controller_leader gauge\n";
     let epoch_head = "# HELP lockstep_controller_epoch The epoch this controller leads in, or the leader's it follows.\n\
                       # TYPE lockstep_controller_epoch gauge\n";
+    let lag = |revisions: Option<i64>, seconds: Option<f64>| {
+        let (Some(r), Some(s)) = (revisions, seconds) else {
+            // Not loaded yet: no figure rather than a false zero.
+            return String::new();
+        };
+        format!(
+            "# HELP lockstep_controller_ledger_lag_revisions Store revisions this controller's view is behind the ledger's head (0 on the leader: its view is the ledger).\n\
+             # TYPE lockstep_controller_ledger_lag_revisions gauge\nlockstep_controller_ledger_lag_revisions {r}\n\
+             # HELP lockstep_controller_ledger_lag_seconds Seconds since this controller's view was last at the ledger's head.\n\
+             # TYPE lockstep_controller_ledger_lag_seconds gauge\nlockstep_controller_ledger_lag_seconds {s:.3}\n"
+        )
+    };
     match role {
         Role::Leading { controller, epoch } => {
             // OpenMetrics ends at "# EOF": ours go before it.
             let text = controller.metrics_text();
             let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
+            let lag = lag(Some(0), Some(0.0));
             format!(
-                "{body}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n{etcd}# EOF\n"
+                "{body}{head}lockstep_controller_leader 1\n{epoch_head}lockstep_controller_epoch {epoch}\n{lag}{etcd}# EOF\n"
             )
         }
         Role::Standby { leader } => {
@@ -237,8 +276,18 @@ fn render_metrics(role: &Role, etcd: &str) -> String {
                     l.address.replace('"', "")
                 )
             });
+            let view = followed.map_or(String::new(), |f| {
+                let (hosts, halts) = f.counts();
+                format!(
+                    "{}# HELP lockstep_controller_followed_hosts Hosts that have reported, in this standby's view of the ledger.\n\
+                     # TYPE lockstep_controller_followed_hosts gauge\nlockstep_controller_followed_hosts {hosts}\n\
+                     # HELP lockstep_controller_followed_active_halts Halts in force, in this standby's view of the ledger.\n\
+                     # TYPE lockstep_controller_followed_active_halts gauge\nlockstep_controller_followed_active_halts {halts}\n",
+                    lag(f.lag_revisions(), f.lag_seconds(lockstep_proto::now_unix_ms()))
+                )
+            });
             format!(
-                "{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}{etcd}# EOF\n"
+                "{head}lockstep_controller_leader 0\n{epoch_head}lockstep_controller_epoch {epoch}\n{info}{view}{etcd}# EOF\n"
             )
         }
     }

@@ -820,4 +820,50 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
     fleet.wait_local("smars-01", 1, Duration::from_secs(20)).await.unwrap();
     let text = fleet.local_gate_text("smars-01").unwrap();
     assert!(text.contains("via a standby"), "{text}");
+
+    // Both standbys follow the ledger: their views hold the halt and the
+    // host's report, and their lag is known and small.
+    for s in (0..3).filter(|&i| i != leader) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let halts = fleet.gauge(s, "lockstep_controller_followed_active_halts").await;
+            let hosts = fleet.gauge(s, "lockstep_controller_followed_hosts").await;
+            let lag = fleet.gauge(s, "lockstep_controller_ledger_lag_revisions").await;
+            if halts == Some(1) && hosts == Some(1) && lag.is_some_and(|l| l < 50) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "standby {s} does not follow: halts {halts:?}, hosts {hosts:?}, lag {lag:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // `cluster status` shows each controller's lag (the leader's is 0).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = fleet
+            .lockstep(&fleet.alice, &["--output", "json", "cluster", "status"])
+            .unwrap();
+        assert_eq!(code, 0, "{err}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let lags: Vec<(String, Option<i64>)> = status["controllers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["ledger_lag_revisions"].as_i64(),
+                )
+            })
+            .collect();
+        let known = lags.len() == 3 && lags.iter().all(|(_, l)| l.is_some());
+        let leader_zero = lags.iter().any(|(n, l)| *n == format!("ctl-{leader}") && *l == Some(0));
+        if known && leader_zero {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag not shown: {lags:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -629,7 +629,8 @@ pub fn cluster_status(out: &mut dyn Write, c: &lockstep_proto::pb::ClusterStatus
             .iter()
             .map(|k| {
                 json!({"name": k.name, "address": k.address, "role": k.role, "epoch": k.epoch,
-                "seen_at_unix_ms": k.seen_at_unix_ms, "running": ago(k.seen_at_unix_ms) < GONE_MS})
+                "seen_at_unix_ms": k.seen_at_unix_ms, "running": ago(k.seen_at_unix_ms) < GONE_MS,
+                "ledger_lag_revisions": k.ledger_lag_revisions})
             })
             .collect();
         let members: Vec<Value> = c
@@ -661,8 +662,8 @@ pub fn cluster_status(out: &mut dyn Write, c: &lockstep_proto::pb::ClusterStatus
     }
     writeln!(
         out,
-        "\n{:<16} {:<22} {:<9} {:>7}  SEEN",
-        "CONTROLLER", "ADDRESS", "ROLE", "EPOCH"
+        "\n{:<16} {:<22} {:<9} {:>7} {:>9}  SEEN",
+        "CONTROLLER", "ADDRESS", "ROLE", "EPOCH", "LAG(REV)"
     )?;
     for k in &c.controllers {
         let seen = ago(k.seen_at_unix_ms);
@@ -671,9 +672,12 @@ pub fn cluster_status(out: &mut dyn Write, c: &lockstep_proto::pb::ClusterStatus
         } else {
             format!("{}s ago: NOT RUNNING?", seen / 1000)
         };
+        let lag = k
+            .ledger_lag_revisions
+            .map_or_else(|| "loading".to_string(), |n| n.to_string());
         writeln!(
             out,
-            "{:<16} {:<22} {:<9} {:>7}  {state}",
+            "{:<16} {:<22} {:<9} {:>7} {lag:>9}  {state}",
             k.name, k.address, k.role, k.epoch
         )?;
     }

@@ -27,6 +27,9 @@ pub struct Presence {
     pub role: String,
     pub epoch: u64,
     pub seen_at_unix_ms: i64,
+    /// Revisions its view is behind the store (see [`super::follow`]).
+    #[serde(default)]
+    pub ledger_lag_revisions: Option<i64>,
 }
 
 /// Writes this controller's presence. Not part of the ledger (unfenced):
@@ -69,6 +72,7 @@ pub async fn status(etcd: Arc<Etcd>) -> Result<pb::ClusterStatusReply, StoreErro
             role: p.role,
             epoch: p.epoch,
             seen_at_unix_ms: p.seen_at_unix_ms,
+            ledger_lag_revisions: p.ledger_lag_revisions,
         })
         .collect();
     let mut cluster = ClusterClient::new(etcd.channel.clone());

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod election;
+pub mod follow;
 pub mod latency;
 pub mod store;
 
@@ -88,6 +89,50 @@ impl Etcd {
     }
     pub(crate) fn lease(&self) -> LeaseClient<FailoverChannel> {
         LeaseClient::new(self.channel.clone())
+    }
+
+    /// A watch made by `request`: its responses, until the receiver is
+    /// dropped or etcd ends it (the last item is then the error).
+    pub(crate) fn watch_prefix(
+        &self,
+        request: api::WatchRequest,
+    ) -> tokio::sync::mpsc::Receiver<Result<api::WatchResponse, StoreError>> {
+        use tokio_stream::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut client = api::watch_client::WatchClient::new(self.channel.clone()).max_decoding_message_size(64 << 20);
+        let path = format!("etcd {}{}", self.settings.endpoints.join(","), self.settings.prefix);
+        let failed = move |s: tonic::Status| StoreError::Backend {
+            path: path.clone(),
+            reason: format!("watching the ledger: etcd said {:?}: {}", s.code(), s.message()),
+        };
+        self.handle.spawn(async move {
+            // The request side stays open: etcd ends a watch whose client
+            // has closed it.
+            let requests = tokio_stream::iter([request]).chain(tokio_stream::pending());
+            let mut stream = match client.watch(requests).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    let _ = tx.send(Err(failed(s))).await;
+                    return;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    n = stream.message() => n,
+                    () = tx.closed() => return,
+                };
+                let item = match next {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => return,
+                    Err(s) => Err(failed(s)),
+                };
+                let ended = item.is_err();
+                if tx.send(item).await.is_err() || ended {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     /// A channel to one member alone (`host:port`), for its own status.

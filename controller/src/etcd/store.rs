@@ -43,6 +43,9 @@ pub enum Fence {
     /// No controller leads: for `lockstep-controller migrate`, which must not
     /// write under a running leader.
     NoLeader,
+    /// Reads only: a standby following the ledger. Every write is refused
+    /// here, before it reaches etcd.
+    ReadOnly,
 }
 
 pub struct EtcdStore {
@@ -53,6 +56,8 @@ pub struct EtcdStore {
     manifests: Mutex<HashMap<String, Vec<Entry>>>,
     /// Told when etcd refuses a write because the fence no longer holds.
     deposed: tokio::sync::watch::Sender<bool>,
+    /// Reads see the store at this revision (0: its head).
+    revision: i64,
 }
 
 impl EtcdStore {
@@ -63,7 +68,15 @@ impl EtcdStore {
             pending: Mutex::new(Vec::new()),
             manifests: Mutex::new(HashMap::new()),
             deposed: tokio::sync::watch::channel(false).0,
+            revision: 0,
         }
+    }
+
+    /// Every read sees the store as it was at `revision` (a follower loads
+    /// one consistent view, then watches from the next revision).
+    pub fn pinned_at(mut self, revision: i64) -> Self {
+        self.revision = revision;
+        self
     }
 
     /// Becomes true when a write was refused because another controller leads.
@@ -74,7 +87,7 @@ impl EtcdStore {
     fn compare(&self) -> Compare {
         let (result, revision) = match self.fence {
             Fence::Leader { epoch } => (compare::CompareResult::Equal, epoch),
-            Fence::NoLeader => (compare::CompareResult::Equal, 0),
+            Fence::NoLeader | Fence::ReadOnly => (compare::CompareResult::Equal, 0),
         };
         Compare {
             result: result as i32,
@@ -135,7 +148,7 @@ impl EtcdStore {
     }
 
     /// A record's JSON from its stored value (put back together if chunked).
-    fn decode<T: DeserializeOwned>(&self, kv: &api::KeyValue) -> Result<T, StoreError> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, kv: &api::KeyValue) -> Result<T, StoreError> {
         let key = String::from_utf8_lossy(&kv.key).into_owned();
         let corrupt = |reason: String| StoreError::Corrupt {
             key: key.clone(),
@@ -169,6 +182,9 @@ impl EtcdStore {
 
     /// Sends `ops` as fenced transactions, cut at etcd's limits, in order.
     fn commit(&self, ops: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        if matches!(self.fence, Fence::ReadOnly) && !ops.is_empty() {
+            return Err(self.etcd.backend("write refused: a standby's view is read-only".into()));
+        }
         let ops = last_write_per_key(ops);
         let max_ops = self.etcd.settings.max_txn_ops;
         let mut txns: Vec<Vec<RequestOp>> = Vec::new();
@@ -216,6 +232,7 @@ impl EtcdStore {
                         "write refused: this controller no longer leads (its epoch {epoch} was replaced); it stands down"
                     ),
                     Fence::NoLeader => "write refused: a controller leads this prefix; stop every controller before migrating".into(),
+                    Fence::ReadOnly => "write refused: a standby's view is read-only".into(),
                 }));
             }
         }
@@ -230,6 +247,7 @@ impl EtcdStore {
         let mut out = Vec::new();
         loop {
             let request = RangeRequest {
+                revision: self.revision,
                 key: start.clone(),
                 range_end: end.clone(),
                 limit: PAGE,
@@ -261,6 +279,7 @@ impl EtcdStore {
             return Ok(Some(v));
         }
         let request = RangeRequest {
+            revision: self.revision,
             key: self.etcd.key(key),
             ..Default::default()
         };
@@ -305,7 +324,7 @@ impl Store for EtcdStore {
     fn epoch(&self) -> u64 {
         match self.fence {
             Fence::Leader { epoch } => u64::try_from(epoch).unwrap_or(0),
-            Fence::NoLeader => 0,
+            Fence::NoLeader | Fence::ReadOnly => 0,
         }
     }
 
@@ -407,6 +426,7 @@ impl Store for EtcdStore {
     fn last_audit(&self) -> Result<Option<AuditRecord>, StoreError> {
         let prefix = self.etcd.key("audit/");
         let request = RangeRequest {
+            revision: self.revision,
             range_end: prefix_end(&prefix),
             key: prefix,
             limit: 1,
