@@ -5,9 +5,9 @@
 //! reconnects by itself); a controller without the stream is sent one
 //! unary `Submit` per envelope instead.
 
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Envelope, SubmitReply};
-use lockstep_proto::tls::FailoverChannel;
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 use tracing::info;

@@ -6,9 +6,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{DirectivesRequest, directive};
-use lockstep_proto::tls::FailoverChannel;
 use tracing::{debug, warn};
 
 use crate::gatekeeper::GateKeeper;

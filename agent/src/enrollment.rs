@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstep_proto::envelope::Signer;
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::enroll_service_client::EnrollServiceClient;
 use lockstep_proto::pb::{EnrollReply, EnrollRequest, RenewRequest};
-use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, ReloadableCert};
 use tracing::{info, warn};
 
@@ -66,7 +66,7 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
     })?;
     let (tls_key, csr_der) = new_tls_key()?;
     let ca = ca.unwrap_or(&config.controller.tls.ca);
-    let channel = tls::failover_channel(
+    let channel = lockstep_proto::failover::failover_channel(
         config.controller.targets(),
         tls::enroll_client_config(ca)?,
         config.controller.connect_timeout,

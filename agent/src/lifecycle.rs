@@ -8,10 +8,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::SubmitReply;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::tls;
-use lockstep_proto::tls::FailoverChannel;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -66,7 +66,7 @@ impl Agent {
         };
         let scanner = Arc::new(scanner);
         let (tls_config, cert) = tls::reloadable_client_config(&config.controller.tls)?;
-        let channel = tls::failover_channel(
+        let channel = lockstep_proto::failover::failover_channel(
             config.controller.targets(),
             tls_config,
             config.controller.connect_timeout,

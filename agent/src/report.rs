@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use lockstep_daemon::backoff::Backoff;
 use lockstep_proto::envelope::Signer;
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Attestation, GateState, PinKeyRequest, SubmitReply};
-use lockstep_proto::tls::FailoverChannel;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 

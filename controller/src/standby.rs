@@ -44,7 +44,7 @@ impl StandbyView {
                     self.me, l.name, l.address, l.epoch
                 ));
                 if let Ok(v) = l.address.parse() {
-                    status.metadata_mut().insert(lockstep_proto::tls::LEADER_HEADER, v);
+                    status.metadata_mut().insert(lockstep_proto::failover::LEADER_HEADER, v);
                 }
                 status
             }
@@ -140,7 +140,7 @@ mod tests {
             s.message()
         );
         assert_eq!(
-            s.metadata().get(lockstep_proto::tls::LEADER_HEADER).unwrap(),
+            s.metadata().get(lockstep_proto::failover::LEADER_HEADER).unwrap(),
             "10.0.0.2:7443"
         );
     }
@@ -158,7 +158,7 @@ mod tests {
             "{}",
             s.message()
         );
-        assert!(s.metadata().get(lockstep_proto::tls::LEADER_HEADER).is_none());
+        assert!(s.metadata().get(lockstep_proto::failover::LEADER_HEADER).is_none());
         // Its own stale leader record (it just stood down) is no redirect.
         let view = StandbyView {
             me: "ctl-2".into(),
@@ -168,7 +168,7 @@ mod tests {
         assert!(
             view.refusal()
                 .metadata()
-                .get(lockstep_proto::tls::LEADER_HEADER)
+                .get(lockstep_proto::failover::LEADER_HEADER)
                 .is_none()
         );
     }

@@ -116,6 +116,26 @@ impl tower::Service<http::Request<Body>> for FailoverChannel {
     }
 }
 
+/// A gRPC channel to `addr` over TLS with `config`, checking the controller's
+/// certificate against `server_name`. Lazy: it connects on first use and
+/// reconnects by itself after a failure, so a controller restart needs no
+/// agent restart.
+pub fn channel(
+    addr: &str,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<FailoverChannel, TlsError> {
+    failover_channel(
+        vec![Target {
+            address: addr.to_string(),
+            server_name: server_name.to_string(),
+        }],
+        config,
+        connect_timeout,
+    )
+}
+
 /// A channel to the first of `targets` that answers (see the module doc).
 /// Lazy and self-healing: when the controller it is on goes away, the next
 /// call connects to whichever answers, resolving each name again (a DNS

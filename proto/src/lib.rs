@@ -5,9 +5,9 @@
 //! - [`digest`]: the canonical version-set digest.
 //! - [`diff`]: comparing two version sets and describing each difference.
 //! - [`identity`]: who a certificate names (agent host, operator, controller).
-//! - [`tls`]: rustls configurations (ring, TLS 1.3, mutual auth) and the
-//!   client channel both the agent and the console use.
-//! - [`failover`]: that channel across several controllers, following a
+//! - [`tls`]: rustls configurations (ring, TLS 1.3, mutual auth).
+//! - [`failover`]: the gRPC channel the agent and the console open to one or
+//!   several controllers, following a
 //!   standby's redirect to the leader.
 //! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.

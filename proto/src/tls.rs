@@ -1,18 +1,15 @@
 //! TLS for every lockstep connection: rustls with the ring provider, TLS 1.3
-//! only, both sides authenticated against the fleet CA. Also the gRPC channel
-//! the agent and the console open to the controller over it.
+//! only, both sides authenticated against the fleet CA (the gRPC channel on
+//! top is [`crate::failover`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-pub use crate::failover::{FailoverChannel, LEADER_HEADER, failover_channel, failover_channel_pinging};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -246,26 +243,6 @@ pub fn default_server_name(addr: &str) -> Result<String, TlsError> {
 pub struct Target {
     pub address: String,
     pub server_name: String,
-}
-
-/// A gRPC channel to `addr` over TLS with `config`, checking the controller's
-/// certificate against `server_name`. Lazy: it connects on first use and
-/// reconnects by itself after a failure, so a controller restart needs no
-/// agent restart.
-pub fn channel(
-    addr: &str,
-    server_name: &str,
-    config: Arc<ClientConfig>,
-    connect_timeout: Duration,
-) -> Result<FailoverChannel, TlsError> {
-    failover_channel(
-        vec![Target {
-            address: addr.to_string(),
-            server_name: server_name.to_string(),
-        }],
-        config,
-        connect_timeout,
-    )
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use lockstep_controller::console::{self, Cli};
 use lockstep_controller::controller::Controller;
 use lockstep_controller::pki::{self, Subject};
 use lockstep_controller::sled_store::SledStore;
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{GateCheckReply, GateState};
-use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
 use tokio::sync::{Notify, oneshot};
@@ -693,7 +693,7 @@ fn harness_operator() -> lockstep_controller::peer::Operator {
 /// An agent-service client with arbitrary TLS material (for hostile tests).
 pub fn agent_client_with(addr: SocketAddr, paths: &TlsPaths) -> anyhow::Result<AgentServiceClient<FailoverChannel>> {
     let config = tls::client_config(paths)?;
-    let channel = tls::channel(&addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))?;
+    let channel = lockstep_proto::failover::channel(&addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))?;
     Ok(AgentServiceClient::new(channel))
 }
 

@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockstep_controller::pki::{self, Subject};
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
-use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
 
@@ -337,7 +337,7 @@ impl HaFleet {
             cert: base.join("agent.pem"),
             key: base.join("agent.key"),
         };
-        let channel = tls::channel(
+        let channel = lockstep_proto::failover::channel(
             &self.addrs[i],
             "127.0.0.1",
             tls::client_config(&paths)?,
@@ -435,14 +435,15 @@ impl HaFleet {
                 server_name: "127.0.0.1".into(),
             })
             .collect();
-        let channel = tls::failover_channel(targets, tls::client_config(who)?, Duration::from_secs(2))?;
+        let channel =
+            lockstep_proto::failover::failover_channel(targets, tls::client_config(who)?, Duration::from_secs(2))?;
         channel.find_leader().await;
         Ok(ConsoleServiceClient::new(channel).max_decoding_message_size(256 << 20))
     }
 
     /// A console client for controller `i` alone.
     pub fn console_at(&self, i: usize, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
-        let channel = tls::channel(
+        let channel = lockstep_proto::failover::channel(
             &self.addrs[i],
             "127.0.0.1",
             tls::client_config(who)?,

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lockstep_agent::attest_stream::AttestStream;
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{Envelope, PinKeyRequest};
-use lockstep_proto::tls::FailoverChannel;
 
 use crate::bench::Latencies;
 use crate::proc_fleet::{ProcFleet, ProcSpec, agent_client, entries, report};

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use lockstep_agent::config::AgentConfig;
 use lockstep_controller::pki::{self, Subject};
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
 use lockstep_proto::pb::{self, Entry, EntryKind};
-use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
 
@@ -240,7 +240,7 @@ impl ProcFleet {
     }
 
     pub fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
-        let channel = tls::channel(
+        let channel = lockstep_proto::failover::channel(
             &self.addr,
             "127.0.0.1",
             tls::client_config(who)?,
@@ -489,7 +489,7 @@ pub fn report(host: &str, seq: u64, set: &[Entry], full: bool) -> pb::Attestatio
 pub fn agent_client(
     config: &AgentConfig,
 ) -> anyhow::Result<pb::agent_service_client::AgentServiceClient<FailoverChannel>> {
-    let channel = tls::channel(
+    let channel = lockstep_proto::failover::channel(
         &config.controller.address,
         &config.controller.server_name,
         tls::client_config(&config.controller.tls)?,

@@ -776,7 +776,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
     let (leader, epoch) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
     let standby = (leader + 1) % 3;
 
-    let channel = lockstep_proto::tls::channel(
+    let channel = lockstep_proto::failover::channel(
         &fleet.addrs[standby],
         "127.0.0.1",
         lockstep_proto::tls::client_config(&fleet.alice).unwrap(),
@@ -791,7 +791,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
     let named = format!("ctl-{leader} leads at {} (epoch {epoch})", fleet.addrs[leader]);
     assert!(refused.message().contains(&named), "{}", refused.message());
     assert_eq!(
-        refused.metadata().get(lockstep_proto::tls::LEADER_HEADER).unwrap(),
+        refused.metadata().get(lockstep_proto::failover::LEADER_HEADER).unwrap(),
         fleet.addrs[leader].as_str()
     );
 

@@ -21,7 +21,8 @@ async fn health_is_serving_and_reflection_lists_the_services() {
     let viewer = m.fleet.operator("vic", OperatorRole::Viewer).unwrap();
     let config = lockstep_proto::tls::client_config(&viewer).unwrap();
     let channel =
-        lockstep_proto::tls::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap();
+        lockstep_proto::failover::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))
+            .unwrap();
 
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "lockstep.v1.AgentService", "lockstep.v1.ConsoleService"] {

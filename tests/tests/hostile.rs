@@ -24,15 +24,15 @@ async fn open_fleet() -> Morning {
     m
 }
 
-fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> tls::FailoverChannel {
+fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> lockstep_proto::failover::FailoverChannel {
     let config = tls::client_config(paths).unwrap();
-    tls::channel(&fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap()
+    lockstep_proto::failover::channel(&fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap()
 }
 
 /// Sends `msg` to the Submit method as if it were an envelope: the bytes on
 /// the wire are whatever `M` encodes to.
 async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
-    channel: tls::FailoverChannel,
+    channel: lockstep_proto::failover::FailoverChannel,
     msg: M,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -45,7 +45,7 @@ async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
 /// Sends `msg` on an Attest stream as if it were an envelope; the status
 /// that ends the stream.
 async fn attest_raw<M: prost::Message + Default + Send + Sync + 'static>(
-    channel: tls::FailoverChannel,
+    channel: lockstep_proto::failover::FailoverChannel,
     msg: M,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -206,7 +206,9 @@ async fn no_client_certificate_and_a_revoked_host_are_refused_and_audited() {
     // every lockstep call says why it is refused.
     let ca = m.fleet.ca_paths().0;
     let config = tls::enroll_client_config(&ca).unwrap();
-    let channel = tls::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap();
+    let channel =
+        lockstep_proto::failover::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))
+            .unwrap();
     let mut anonymous = pb::agent_service_client::AgentServiceClient::new(channel);
     let err = anonymous.submit(pb::Envelope::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");

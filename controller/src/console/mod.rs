@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
 use lockstep_proto::pb::{self, diff_request::Against, propose_release_request::Source};
-use lockstep_proto::tls::FailoverChannel;
 use lockstep_proto::tls::{self, TlsPaths};
 
 pub use gate_check::{ExitCode, exit_code, summary};
@@ -678,7 +678,7 @@ async fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Failo
         })
         .collect::<Result<Vec<_>, tls::TlsError>>()?;
     let several = targets.len() > 1;
-    let channel = tls::failover_channel(targets, config, Duration::from_secs(5))?;
+    let channel = lockstep_proto::failover::failover_channel(targets, config, Duration::from_secs(5))?;
     if several {
         channel.find_leader().await;
     }

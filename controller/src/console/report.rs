@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
+use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::{self, console_service_client::ConsoleServiceClient};
-use lockstep_proto::tls::FailoverChannel;
 use serde_json::json;
 
 use crate::report::{self, Signed};

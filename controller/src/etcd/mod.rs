@@ -12,7 +12,7 @@ pub mod store;
 use std::future::Future;
 use std::time::Duration;
 
-use lockstep_proto::tls::FailoverChannel;
+use lockstep_proto::failover::FailoverChannel;
 
 use crate::config::EtcdSettings;
 use crate::store::StoreError;
@@ -71,8 +71,13 @@ impl Etcd {
         let channel = {
             let _in = runtime.enter();
             // etcd refuses pings more often than every 5 s (see the function).
-            lockstep_proto::tls::failover_channel_pinging(targets, tls.clone(), settings.request_timeout, ETCD_PING)
-                .map_err(|e| backend(e.to_string()))?
+            lockstep_proto::failover::failover_channel_pinging(
+                targets,
+                tls.clone(),
+                settings.request_timeout,
+                ETCD_PING,
+            )
+            .map_err(|e| backend(e.to_string()))?
         };
         Ok(Self {
             handle: runtime.handle().clone(),
@@ -139,7 +144,7 @@ impl Etcd {
     pub(crate) fn member_channel(&self, address: &str) -> Result<FailoverChannel, StoreError> {
         let _in = self.handle.enter();
         let name = lockstep_proto::tls::default_server_name(address).map_err(|e| self.backend(e.to_string()))?;
-        lockstep_proto::tls::channel(address, &name, self.tls.clone(), self.settings.request_timeout)
+        lockstep_proto::failover::channel(address, &name, self.tls.clone(), self.settings.request_timeout)
             .map_err(|e| self.backend(e.to_string()))
     }
 
