@@ -11,6 +11,7 @@ use crate::board::GateBoard;
 use crate::change::Change;
 use crate::config::ControllerConfig;
 use crate::error::{ApiError, HaltError, LookupError};
+use crate::fleet::FleetState;
 use crate::ledger::Ledger;
 use crate::peer::Operator;
 use crate::store::{HaltRecord, HaltScope};
@@ -125,14 +126,18 @@ impl Halts {
     }
 
     pub fn list(&self, all: bool) -> Vec<pb::Halt> {
-        self.ledger
-            .view()
-            .halts
-            .values()
-            .filter(|h| all || h.is_active())
-            .map(to_pb)
-            .collect()
+        list_in(&self.ledger.view(), all)
     }
+}
+
+/// The halts of `state`: those in force, or `all` of them.
+pub fn list_in(state: &FleetState, all: bool) -> Vec<pb::Halt> {
+    state
+        .halts
+        .values()
+        .filter(|h| all || h.is_active())
+        .map(to_pb)
+        .collect()
 }
 
 fn to_pb(h: &HaltRecord) -> pb::Halt {

@@ -2,11 +2,11 @@
 //! loses the lead, then stand by again, in one process (a controller whose
 //! etcd lost quorum comes back by itself when quorum returns).
 //!
-//! A standby binds no gRPC or board listener while another controller
-//! leads: agents and consoles given every controller's address
-//! (`controller.address = [..]`) move on to the next one, which is how they
-//! find the leader. While nobody leads, it answers every call UNAVAILABLE
-//! with the reason ([`crate::no_leader`]). Its `/metrics` says
+//! Every controller holds its ports for life ([`crate::front`]). A standby
+//! follows the ledger ([`crate::etcd::follow`]), answers console reads from
+//! that view ([`crate::standby_console`]) and sends everything else to the
+//! leader ([`crate::standby`]), whose address agents and consoles follow.
+//! Its `/metrics` says
 //! `lockstep_controller_leader 0` and names the leader, so a probe or load
 //! balancer can tell the two apart. A new leader loads every record from
 //! etcd before it serves: its view is the last committed state.
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lockstep_daemon::metrics_endpoint::Render;
+use lockstep_proto::pb::console_service_server::ConsoleServiceServer;
 
 use crate::Listeners;
 use crate::config::{ControllerConfig, EtcdSettings};
@@ -26,6 +27,7 @@ use crate::etcd::follow::{self, Followed};
 use crate::etcd::store::{EtcdStore, Fence};
 use crate::front::Front;
 use crate::standby::StandbyView;
+use crate::standby_console::StandbyConsole;
 
 /// What this controller is doing now, for `/metrics`.
 enum Role {
@@ -110,6 +112,8 @@ pub async fn run(
             }
         })
     };
+    // The leader's bound on a message (server::serve_all), on a standby's reads too.
+    let max_message = config.limits.max_payload_bytes + 64 * 1024;
     tokio::pin!(shutdown);
     let outcome = loop {
         let mut last_seen: Option<String> = None;
@@ -134,10 +138,12 @@ pub async fn run(
                 leader: seen.ok().flatten(),
             };
         };
-        let standby = StandbyServer::start(&front, tls.clone(), view_rx.clone());
         let followed = Arc::new(Followed::default());
         *following.lock().unwrap_or_else(|p| p.into_inner()) = Some(followed.clone());
-        let follower = tokio::spawn(follow::follow(etcd.clone(), Arc::new(config.clone()), followed));
+        let shared_config = Arc::new(config.clone());
+        let console = StandbyConsole::new(shared_config.clone(), followed.clone(), etcd.clone(), view_rx.clone());
+        let standby = StandbyServer::start(&front, tls.clone(), view_rx.clone(), console, max_message);
+        let follower = tokio::spawn(follow::follow(etcd.clone(), shared_config, followed));
         let campaigned = tokio::select! {
             l = election::campaign(etcd.clone(), me.clone(), seen) => Some(l),
             () = &mut shutdown => None,
@@ -217,11 +223,26 @@ struct StandbyServer {
 }
 
 impl StandbyServer {
-    fn start(front: &Front, tls: Arc<rustls::ServerConfig>, view: tokio::sync::watch::Receiver<StandbyView>) -> Self {
+    fn start(
+        front: &Front,
+        tls: Arc<rustls::ServerConfig>,
+        view: tokio::sync::watch::Receiver<StandbyView>,
+        console: StandbyConsole,
+        max_message: usize,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(crate::standby::serve(front.hand_over_api(), tls, view, async move {
-            let _ = stopped.await;
-        }));
+        let console = ConsoleServiceServer::new(console)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        let task = tokio::spawn(crate::standby::serve(
+            front.hand_over_api(),
+            tls,
+            view,
+            tonic::service::Routes::new(console),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self { stop, task }
     }
 

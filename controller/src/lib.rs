@@ -60,6 +60,7 @@ pub mod service;
 pub mod siem;
 pub mod sled_store;
 pub mod standby;
+pub mod standby_console;
 pub mod store;
 pub mod verify;
 pub mod web;

@@ -1,4 +1,8 @@
-//! Read-only console queries: hosts, one host, diffs, and the gate check.
+//! Read-only console queries: hosts, one host, diffs, the gate check and
+//! the audit log. Each is answered from one fleet view ([`ViewReads`]): the
+//! leader's committed view here, or a standby's followed view
+//! ([`crate::standby_console`]), so both give the same answer to the same
+//! state.
 
 use std::sync::Arc;
 
@@ -10,9 +14,10 @@ use crate::config::{ControllerConfig, RoleConfig};
 use crate::error::{ApiError, LookupError};
 use crate::evidence::{GateChecked, HaltFact, HostFact, IncidentFact, ReleaseFact};
 use crate::fleet::FleetState;
+use crate::gate::Clock;
 use crate::incidents::IncidentRecord;
 use crate::ledger::Ledger;
-use crate::store::{HaltRecord, HaltScope};
+use crate::store::{HaltRecord, HaltScope, Store};
 
 pub struct Queries {
     config: Arc<ControllerConfig>,
@@ -43,22 +48,32 @@ fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) 
     }
 }
 
-impl Queries {
-    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
-        Self { config, ledger, board }
+/// The console's reads of one fleet view, as of `clock`.
+pub struct ViewReads<'a> {
+    config: &'a ControllerConfig,
+    state: &'a FleetState,
+    clock: Clock,
+}
+
+impl<'a> ViewReads<'a> {
+    pub fn new(config: &'a ControllerConfig, state: &'a FleetState, clock: Clock) -> Self {
+        Self { config, state, clock }
+    }
+
+    pub fn state(&self) -> &FleetState {
+        self.state
     }
 
     pub fn list_hosts(&self, role: &str) -> Result<Vec<HostStatus>, ApiError> {
         if !role.is_empty() {
             self.config.role(role)?;
         }
-        let clock = self.board.clock();
-        let state = self.ledger.view();
+        let (clock, state) = (self.clock, self.state);
         let mut out = Vec::new();
         for r in self.config.roles.values().filter(|r| role.is_empty() || r.name == role) {
             let (gates, _) = state.role_gates(r, clock);
             for (host, gate) in r.hosts.iter().zip(gates) {
-                out.push(status_of(&state, r, host, gate));
+                out.push(status_of(state, r, host, gate));
             }
         }
         Ok(out)
@@ -66,9 +81,9 @@ impl Queries {
 
     pub fn get_host(&self, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
         let role = self.config.host_role(host)?;
-        let state = self.ledger.view();
-        let gate = state.host_gate(role, host, self.board.clock());
-        let status = status_of(&state, role, host, gate);
+        let state = self.state;
+        let gate = state.host_gate(role, host, self.clock);
+        let status = status_of(state, role, host, gate);
         let entries = if include_entries {
             state
                 .manifest(&hex::encode(&status.digest))
@@ -85,7 +100,7 @@ impl Queries {
 
     pub fn diff(&self, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
         let role = self.config.host_role(&req.host)?;
-        let state = self.ledger.view();
+        let state = self.state;
         let host_entries = |host: &str| {
             state
                 .hosts
@@ -128,6 +143,35 @@ impl Queries {
             changes,
             per_host_excluded: u32::try_from(per_host_excluded).unwrap_or(u32::MAX),
         })
+    }
+
+    pub fn gate_check(&self, role: &str) -> Result<pb::GateCheckReply, ApiError> {
+        let role = self.config.role(role)?;
+        let (gates, release) = self.state.role_gates(role, self.clock);
+        Ok(pb::GateCheckReply {
+            role: role.name.clone(),
+            mode: role.mode.as_str().to_string(),
+            release,
+            gates,
+        })
+    }
+}
+
+impl Queries {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
+        Self { config, ledger, board }
+    }
+
+    pub fn list_hosts(&self, role: &str) -> Result<Vec<HostStatus>, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).list_hosts(role)
+    }
+
+    pub fn get_host(&self, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).get_host(host, include_entries)
+    }
+
+    pub fn diff(&self, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).diff(req)
     }
 
     /// The gate check's answer and, from the same read of the view, the
@@ -191,56 +235,55 @@ impl Queries {
     }
 
     pub fn gate_check(&self, role: &str) -> Result<pb::GateCheckReply, ApiError> {
-        let role = self.config.role(role)?;
-        let (gates, release) = self.ledger.view().role_gates(role, self.board.clock());
-        Ok(pb::GateCheckReply {
-            role: role.name.clone(),
-            mode: role.mode.as_str().to_string(),
-            release,
-            gates,
-        })
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).gate_check(role)
     }
 
     /// Audit records matching the filters, oldest first.
     pub fn list_audit(&self, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
-        let records = self
-            .ledger
-            .store()
-            .audit_from(req.after_seq + 1)
-            .map_err(ApiError::Store)?;
-        let mut out: Vec<pb::AuditRecord> = records
-            .iter()
-            .filter(|r| req.host.is_empty() || r.host == req.host)
-            .filter(|r| req.role.is_empty() || r.role == req.role)
-            .filter(|r| r.at_unix_ms >= req.since_unix_ms)
-            .map(|r| r.to_pb())
-            .collect();
-        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-        if limit > 0 && out.len() > limit {
-            out.drain(..out.len() - limit);
-        }
-        Ok(out)
+        list_audit(self.ledger.store(), req)
     }
 
     /// Checks the whole audit chain as stored.
     pub fn verify_audit(&self) -> Result<pb::VerifyAuditReply, ApiError> {
-        let records = self.ledger.store().audit_from(0).map_err(ApiError::Store)?;
-        let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
-        Ok(match crate::audit::verify(&records) {
-            Ok(()) => pb::VerifyAuditReply {
-                ok: true,
-                records: count,
-                ..Default::default()
-            },
-            Err(b) => {
-                tracing::error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
-                pb::VerifyAuditReply {
-                    ok: false,
-                    records: count,
-                    first_broken_seq: b.seq,
-                    problem: b.problem,
-                }
-            }
-        })
+        verify_audit(self.ledger.store())
     }
+}
+
+/// Audit records matching the filters, oldest first.
+pub fn list_audit(store: &dyn Store, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
+    let records = store.audit_from(req.after_seq + 1).map_err(ApiError::Store)?;
+    let mut out: Vec<pb::AuditRecord> = records
+        .iter()
+        .filter(|r| req.host.is_empty() || r.host == req.host)
+        .filter(|r| req.role.is_empty() || r.role == req.role)
+        .filter(|r| r.at_unix_ms >= req.since_unix_ms)
+        .map(|r| r.to_pb())
+        .collect();
+    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+    if limit > 0 && out.len() > limit {
+        out.drain(..out.len() - limit);
+    }
+    Ok(out)
+}
+
+/// Checks the whole audit chain as stored.
+pub fn verify_audit(store: &dyn Store) -> Result<pb::VerifyAuditReply, ApiError> {
+    let records = store.audit_from(0).map_err(ApiError::Store)?;
+    let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
+    Ok(match crate::audit::verify(&records) {
+        Ok(()) => pb::VerifyAuditReply {
+            ok: true,
+            records: count,
+            ..Default::default()
+        },
+        Err(b) => {
+            tracing::error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
+            pb::VerifyAuditReply {
+                ok: false,
+                records: count,
+                first_broken_seq: b.seq,
+                problem: b.problem,
+            }
+        }
+    })
 }

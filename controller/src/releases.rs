@@ -131,18 +131,22 @@ impl Releases {
     }
 
     pub fn list(&self, role: &str) -> Vec<Release> {
-        let state = self.ledger.view();
-        state
-            .releases
-            .values()
-            .filter(|r| role.is_empty() || r.role == role)
-            .map(|r| to_pb_in(&state, r))
-            .collect()
+        list_in(&self.ledger.view(), role)
     }
 
     fn to_pb(&self, r: &ReleaseRecord) -> Release {
         to_pb_in(&self.ledger.view(), r)
     }
+}
+
+/// The releases of `state` for `role` (every role when empty).
+pub fn list_in(state: &FleetState, role: &str) -> Vec<Release> {
+    state
+        .releases
+        .values()
+        .filter(|r| role.is_empty() || r.role == role)
+        .map(|r| to_pb_in(state, r))
+        .collect()
 }
 
 fn to_pb_in(state: &FleetState, r: &ReleaseRecord) -> Release {

@@ -46,7 +46,7 @@ pub struct TlsConn {
 }
 
 impl TlsConn {
-    pub(crate) fn new(inner: tokio_rustls::server::TlsStream<TcpStream>, addr: std::net::SocketAddr) -> Self {
+    fn new(inner: tokio_rustls::server::TlsStream<TcpStream>, addr: std::net::SocketAddr) -> Self {
         let info = PeerInfo {
             addr: Some(addr),
             identity: peer_identity(&inner),
@@ -118,20 +118,35 @@ impl Drop for InFlightSlot {
 }
 
 /// Accepts TCP connections, completes TLS handshakes concurrently (bounded in
-/// number, per peer and in time), and hands finished connections to tonic.
-/// Failed handshakes are counted for the audit log.
+/// number, per peer and in time), and hands finished connections to tonic
+/// until `closing`. Failed handshakes are counted for the audit log.
 fn accept_loop(
-    mut listener: Accepting,
+    listener: Accepting,
     tls: Arc<ServerConfig>,
     controller: Arc<Controller>,
+) -> mpsc::Receiver<io::Result<TlsConn>> {
+    let refusals = controller.refusals.clone();
+    accept_tls(listener, tls, controller.closing(), move |ip, why| {
+        refusals.connection(ip, why)
+    })
+}
+
+/// The acceptor of every controller port (the leader's, and the standby's
+/// that serves reads and redirects): `refused` hears each connection
+/// dropped before TLS finished, and why.
+pub(crate) fn accept_tls(
+    mut listener: Accepting,
+    tls: Arc<ServerConfig>,
+    closing: impl Future<Output = ()> + Send + 'static,
+    refused: impl Fn(IpAddr, &str) + Send + Sync + 'static,
 ) -> mpsc::Receiver<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(1024);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     let in_flight = InFlight::default();
+    let refused = Arc::new(refused);
     // The loop (and the listener with it) ends when shutdown begins, so the
     // address is free for a controller started after this one.
-    let closing = controller.closing();
     tokio::spawn(async move {
         tokio::pin!(closing);
         loop {
@@ -142,6 +157,7 @@ fn accept_loop(
                 a = listener.accept() => a,
                 () = &mut closing => return,
             };
+            // The port was handed to the next server.
             let Some(accepted) = accepted else { return };
             let (tcp, addr) = match accepted {
                 Ok(c) => c,
@@ -152,7 +168,7 @@ fn accept_loop(
                 }
             };
             let Some(slot) = in_flight.take(addr.ip()) else {
-                controller.refusals.connection(
+                refused(
                     addr.ip(),
                     &format!(
                         "more than {MAX_HANDSHAKES_PER_PEER} handshakes in flight from this address; connection closed"
@@ -160,26 +176,22 @@ fn accept_loop(
                 );
                 continue;
             };
-            let (acceptor, tx, controller) = (acceptor.clone(), tx.clone(), controller.clone());
+            let (acceptor, tx, refused) = (acceptor.clone(), tx.clone(), refused.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let _slot = slot;
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
-                        let info = PeerInfo {
-                            addr: Some(addr),
-                            identity: peer_identity(&inner),
-                        };
-                        let _ = tx.send(Ok(TlsConn { inner, info })).await;
+                        let _ = tx.send(Ok(TlsConn::new(inner, addr))).await;
                     }
                     Ok(Err(e)) => {
                         debug!(peer = %addr, error = %e, "TLS handshake refused");
-                        controller.refusals.connection(addr.ip(), &e.to_string());
+                        refused(addr.ip(), &e.to_string());
                     }
                     Err(_) => {
                         debug!(peer = %addr, "TLS handshake timed out");
-                        controller.refusals.connection(
+                        refused(
                             addr.ip(),
                             &format!(
                                 "not finished within {}s; connection closed",

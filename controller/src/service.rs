@@ -31,7 +31,7 @@ fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
 
 /// The operator a console call acts for. The table let only operator
 /// certificates through; anything else is refused here too (fail closed).
-fn operator<T>(req: &Request<T>) -> Result<Operator, Status> {
+pub(crate) fn operator<T>(req: &Request<T>) -> Result<Operator, Status> {
     let who = peer(req)?;
     Operator::of(&who).ok_or_else(|| {
         Status::permission_denied(format!(

@@ -1,6 +1,8 @@
-//! What a controller on etcd answers while it does not lead: every gRPC
-//! call (gRPC health included, so a probe or load balancer tells it from
-//! the leader) is refused UNAVAILABLE with the reason. While another
+//! What a controller on etcd answers while it does not lead. Console
+//! reads it answers itself, from its followed view of the ledger
+//! ([`crate::standby_console`]). Every other call (agents', enrollment,
+//! console writes, and gRPC health, so a probe or load balancer tells it
+//! from the leader) is refused UNAVAILABLE with the reason. While another
 //! controller leads, the status names it and carries its address in the
 //! `lockstep-leader` header, which the agents' and the console's channel
 //! follow ([`lockstep_proto::failover`]); while none can lead (etcd has no
@@ -11,15 +13,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::etcd::election::LeaderInfo;
 use crate::front::Accepting;
-use crate::server::TlsConn;
+use crate::peer::PeerInfo;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_HANDSHAKES: usize = 256;
 /// Clients that do not follow the header (grpcurl, a load balancer) are
 /// sent away this often, so they find the leader by reconnecting.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(2);
@@ -59,58 +59,65 @@ impl StandbyView {
     }
 }
 
-/// Serves refusals on `listener` until `stop`.
+/// Serves `reads` (the standby's console, [`crate::standby_console`]),
+/// and refusals for the rest, on `listener` until `stop`.
 pub(crate) async fn serve(
-    mut listener: Accepting,
+    listener: Accepting,
     tls: Arc<rustls::ServerConfig>,
     view: watch::Receiver<StandbyView>,
+    reads: tonic::service::Routes,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let accepting = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop_rx.wait_for(|s| *s) => return,
-            };
-            let (tcp, addr) = match accepted {
-                Some(Ok(c)) => c,
-                Some(Err(_)) => continue,
-                // The port was handed to the next server.
-                None => return,
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Ok(Ok(inner)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    let _ = tx.send(Ok(TlsConn::new(inner, addr))).await;
-                }
-            });
-        }
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    // A standby writes nothing, so a handshake it refuses is not audited:
+    // the leader's port audits the same client's next attempt.
+    let incoming = crate::server::accept_tls(listener, tls, stopped, |ip, why| {
+        tracing::debug!(peer = %ip, why, "standby refused a connection");
     });
     let answer = move || {
         let status = view.borrow().refusal();
         async move { status.into_http::<axum::body::Body>() }
     };
-    let routes = tonic::service::Routes::from(axum::Router::new().fallback(answer));
+    let router = reads
+        .into_axum_router()
+        .fallback(answer)
+        .layer(axum::middleware::from_fn(authorize));
     let served = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(64)
         .max_connection_age(MAX_CONNECTION_AGE)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move {
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
             stop.await;
             let _ = stop_tx.send(true);
         })
         .await;
-    accepting.abort();
     if let Err(e) = served {
-        tracing::warn!(error = %e, "the standby's refusals stopped");
+        tracing::warn!(error = %e, "the standby's server stopped");
     }
+}
+
+/// The leader's authorization table ([`crate::authz`]), applied before a
+/// standby answers: a call the leader would refuse for who asks is refused
+/// here too. A standby writes nothing, so the refusal is logged, not
+/// audited.
+async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let path = req.uri().path().to_string();
+    let peer = req.extensions().get::<PeerInfo>().cloned();
+    let identity = peer.as_ref().and_then(|p| p.identity.as_ref().ok());
+    if let crate::authz::Decision::Deny(why) = crate::authz::decide(&path, identity) {
+        tracing::warn!(path = %path, peer = ?peer.as_ref().and_then(|p| p.addr), why = %why, "standby refused a call");
+        return lockstep_proto::reason::status(
+            tonic::Code::PermissionDenied,
+            why,
+            lockstep_proto::reason::ROLE_REFUSED,
+        )
+        .into_http();
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ use crate::tls::{Target, TlsError, default_server_name};
 
 /// Response header a standby sets to the leader's advertised address.
 pub const LEADER_HEADER: &str = "lockstep-leader";
+/// Response header on a console read a standby answered from its own view
+/// of the ledger: which standby, and how far behind the ledger it was.
+pub const SERVED_BY_HEADER: &str = "lockstep-served-by";
 
 /// Which address the next connect tries first.
 #[derive(Default)]

@@ -609,15 +609,12 @@ impl HaFleet {
     pub fn lockstep_via(&self, who: &TlsPaths, first: usize, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
         let mut addrs = self.addrs.clone();
         addrs.rotate_left(first);
-        let out = console_command(who, &addrs.join(","))?
-            .args(["--server-name", "127.0.0.1"])
-            .args(args)
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        lockstep_on(who, &addrs.join(","), args)
+    }
+
+    /// [`Self::lockstep`] given controller `i`'s address alone.
+    pub fn lockstep_at(&self, who: &TlsPaths, i: usize, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        lockstep_on(who, &self.addrs[i], args)
     }
 
     /// Proposes a release from `host` (alice) and approves it (bob).
@@ -625,6 +622,19 @@ impl HaFleet {
         crate::proc_fleet::release_from_host(self.console(&self.alice).await?, self.console(&self.bob).await?, host)
             .await
     }
+}
+
+/// The `lockstep` console given `addresses`: exit code, stdout, stderr.
+fn lockstep_on(who: &TlsPaths, addresses: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = console_command(who, addresses)?
+        .args(["--server-name", "127.0.0.1"])
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Unlabelled gauge `name` in a `/metrics` text.

@@ -391,7 +391,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .board_login(pb::BoardLoginRequest {})
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::board_link(out, &reply, json)?;
         }
         Command::Cluster(ClusterCommand::Status) => {
@@ -399,7 +399,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .cluster_status(pb::ClusterStatusRequest {})
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::cluster_status(out, &reply, json)?;
         }
         Command::Board(BoardCommand::Sessions) => {
@@ -407,7 +407,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .list_board_sessions(pb::ListBoardSessionsRequest {})
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::board_sessions(out, &list.sessions, json)?;
         }
         Command::Board(BoardCommand::Revoke { id }) => {
@@ -415,7 +415,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .revoke_board_session(pb::RevokeBoardSessionRequest { id })
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::board_sessions(out, &[ended], json)?;
         }
         Command::Report(cmd) => report::pre_open(&mut client, cmd, out, json).await.map_err(|e| match e
@@ -428,7 +428,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             let req = pb::ListHostsRequest {
                 role: role.unwrap_or_default(),
             };
-            let hosts = client.list_hosts(req).await.map_err(unreachable)?.into_inner().hosts;
+            let hosts = client.list_hosts(req).await.map_err(unreachable)?.answered().hosts;
             render::hosts(out, &hosts, json)?;
         }
         Command::Host {
@@ -442,7 +442,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .revoke_host(pb::RevokeHostRequest { host, reason, remove })
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::revoked(out, &reply, remove, json)?;
         }
         Command::Scan { host, reason } => {
@@ -450,7 +450,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .request_scan(pb::RequestScanRequest { host, reason })
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::scan_requested(out, &reply, json)?;
         }
         Command::Token(TokenCommand::Create { host, role, ttl }) => {
@@ -459,7 +459,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 role,
                 ttl_ms: ttl.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             };
-            let reply = client.create_token(req).await.map_err(unreachable)?.into_inner();
+            let reply = client.create_token(req).await.map_err(unreachable)?.answered();
             render::token(out, &reply, json)?;
         }
         Command::Host {
@@ -471,7 +471,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 host: host.unwrap_or_default(),
                 include_entries: entries,
             };
-            let detail = client.get_host(req).await.map_err(unreachable)?.into_inner();
+            let detail = client.get_host(req).await.map_err(unreachable)?.answered();
             render::host(out, &detail, json)?;
         }
         Command::Diff { host, other, release } => {
@@ -484,7 +484,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 host,
                 against: Some(against),
             };
-            let reply = client.diff(req).await.map_err(unreachable)?.into_inner();
+            let reply = client.diff(req).await.map_err(unreachable)?.answered();
             render::diff(out, &reply, json)?;
             return Ok(u8::from(!reply.changes.is_empty()));
         }
@@ -493,7 +493,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .gate_check(pb::GateCheckRequest { role })
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::gate_check(out, &reply, json)?;
             return Ok(exit_code(&reply.gates) as u8);
         }
@@ -503,7 +503,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 reason,
                 drill,
             };
-            let reply = client.halt(req).await.map_err(unreachable)?.into_inner();
+            let reply = client.halt(req).await.map_err(unreachable)?.answered();
             render::halted(out, &reply, json)?;
         }
         Command::Resume { scope, reason } => {
@@ -511,12 +511,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 scope: Some(scope.to_pb()),
                 reason,
             };
-            let reply = client.resume(req).await.map_err(unreachable)?.into_inner();
+            let reply = client.resume(req).await.map_err(unreachable)?.answered();
             render::resumed(out, &reply, json)?;
         }
         Command::Halts { all } => {
             let req = pb::ListHaltsRequest { all };
-            let list = client.list_halts(req).await.map_err(unreachable)?.into_inner();
+            let list = client.list_halts(req).await.map_err(unreachable)?.answered();
             render::halts(out, &list.halts, json)?;
         }
         Command::Alerts { action: None } => {
@@ -524,7 +524,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .list_incidents(pb::ListIncidentsRequest {})
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::incidents(out, &list.incidents, json)?;
         }
         Command::Alerts {
@@ -534,7 +534,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .ack_incident(pb::AckIncidentRequest { id })
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::incident_acked(out, &acked, json)?;
         }
         Command::Audit {
@@ -545,7 +545,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .verify_audit(pb::VerifyAuditRequest {})
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::audit_verified(out, &reply, json)?;
             return Ok(if reply.ok { 0 } else { 1 });
         }
@@ -557,7 +557,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .list_audit(pb::ListAuditRequest::default())
                 .await
                 .map_err(unreachable)?
-                .into_inner();
+                .answered();
             render::audit_export(out, &list.records)?;
         }
         Command::Audit { action: None, filter } => {
@@ -569,7 +569,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 limit: filter.limit,
             };
             loop {
-                let list = client.list_audit(req.clone()).await.map_err(unreachable)?.into_inner();
+                let list = client.list_audit(req.clone()).await.map_err(unreachable)?.answered();
                 render::audit(out, &list.records, json)?;
                 out.flush()?;
                 if !filter.follow {
@@ -621,21 +621,21 @@ async fn run_release(
                 source: Some(source),
                 note,
             };
-            let r = client.propose_release(req).await?.into_inner();
+            let r = client.propose_release(req).await?.answered();
             render::release_done(out, &r, "proposed", json)?;
         }
         ReleaseCommand::Approve { number } => {
             let r = client
                 .approve_release(pb::ApproveReleaseRequest { number })
                 .await?
-                .into_inner();
+                .answered();
             render::release_done(out, &r, "approved", json)?;
         }
         ReleaseCommand::List { role } => {
             let req = pb::ListReleasesRequest {
                 role: role.unwrap_or_default(),
             };
-            let list = client.list_releases(req).await?.into_inner().releases;
+            let list = client.list_releases(req).await?.answered().releases;
             render::releases(out, &list, json)?;
         }
     }
@@ -651,6 +651,29 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<pb::Entry>> {
 #[derive(Debug, thiserror::Error)]
 #[error("controller unreachable: {0}")]
 pub struct Unreachable(pub String);
+
+/// A reply's message. A standby that answered a read from its own view of
+/// the ledger says so in a header; stderr passes that on once (stdout stays
+/// the answer, for scripts).
+trait Answered<T> {
+    fn answered(self) -> T;
+}
+
+impl<T> Answered<T> for tonic::Response<T> {
+    fn answered(self) -> T {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let by = self
+            .metadata()
+            .get(lockstep_proto::failover::SERVED_BY_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(by) = by {
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("note: answered by {by}; writes and `gate check` go to the leader");
+            }
+        }
+        self.into_inner()
+    }
+}
 
 /// A client on the leader when several controllers are named: a standby
 /// answers the first call with the leader's address, which the channel
