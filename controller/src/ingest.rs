@@ -183,8 +183,8 @@ impl Ingest {
         }
         let a = verified.attestation;
         tracing::Span::current().record("seq", a.seq);
-        let unchanged =
-            !a.full && record.last_seq > 0 && record.digest_hex == verified.digest_hex && record.boot_id == a.boot_id;
+        let same_state = record.last_seq > 0 && record.digest_hex == verified.digest_hex && record.boot_id == a.boot_id;
+        let unchanged = !a.full && same_state;
         let change = Change::Attested(Attested {
             actor: peer.to_string(),
             host: host.to_string(),
@@ -203,6 +203,14 @@ impl Ingest {
             Ok(_) => {}
             // Refused at the commit: another attestation or a revocation got there first.
             Err(ApiError::Rejected(rejection)) => return Err(self.reject(peer, host, role, now, rejection).await),
+            // On etcd a failed write makes this leader stand down, and a
+            // report of what is already committed changes no gate: its lease
+            // runs out as if the report had not arrived (gates hold through
+            // a quorum loss, then close). A changed one closes now.
+            Err(e @ ApiError::Store(_)) if same_state && self.ledger.store().epoch() > 0 => {
+                tracing::warn!(host, error = %e, "cannot store an unchanged attestation; its lease is not renewed");
+                return Err(e);
+            }
             Err(e @ ApiError::Store(_)) => {
                 tracing::error!(host, error = %e, "cannot store an attestation; closing the host's gate");
                 self.ledger.note_unstored(host, now, &e);

@@ -84,9 +84,17 @@ pub async fn head_revision(etcd: &Arc<Etcd>) -> Result<i64, StoreError> {
 /// Follows the ledger into `followed` until dropped (the caller aborts
 /// it when this controller leads).
 pub async fn follow(etcd: Arc<Etcd>, config: Arc<ControllerConfig>, followed: Arc<Followed>) {
+    // Said once per cause: without quorum it fails every second.
+    let mut last = String::new();
     loop {
         if let Err(e) = follow_once(&etcd, &config, &followed).await {
-            tracing::warn!(error = %e, "following the ledger: starting again");
+            let said = e.to_string();
+            if said == last {
+                tracing::debug!(error = %said, "following the ledger: starting again");
+            } else {
+                tracing::warn!(error = %said, "following the ledger: starting again (the view stays as last followed)");
+                last = said;
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
