@@ -109,7 +109,12 @@ async fn authorize(req: axum::extract::Request, next: axum::middleware::Next) ->
     let peer = req.extensions().get::<PeerInfo>().cloned();
     let identity = peer.as_ref().and_then(|p| p.identity.as_ref().ok());
     if let crate::authz::Decision::Deny(why) = crate::authz::decide(&path, identity) {
-        tracing::warn!(path = %path, peer = ?peer.as_ref().and_then(|p| p.addr), why = %why, "standby refused a call");
+        let from = peer
+            .as_ref()
+            .and_then(|p| p.addr)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::warn!(path = %path, peer = %from, why = %why, "standby refused a call");
         return lockstep_proto::reason::status(
             tonic::Code::PermissionDenied,
             why,
