@@ -70,10 +70,7 @@ impl GateBoard {
 
     /// Now, and the lease a fresh attestation buys.
     pub fn clock(&self) -> Clock {
-        Clock {
-            now_unix_ms: self.ledger.now_unix_ms(),
-            freshness_ttl_ms: i64::try_from(self.config.freshness_ttl.as_millis()).unwrap_or(i64::MAX),
-        }
+        Clock::at(&self.config, self.ledger.now_unix_ms())
     }
 
     /// `host`'s gate now and every later decision, for its directive stream.

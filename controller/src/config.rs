@@ -423,6 +423,12 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// The largest gRPC message a controller takes or sends: the largest
+    /// payload, and room for the envelope around it.
+    pub fn max_message_bytes(&self) -> usize {
+        self.limits.max_payload_bytes + 64 * 1024
+    }
+
     /// The role named `name`, or an error listing the roles there are.
     pub fn role(&self, name: &str) -> Result<&RoleConfig, LookupError> {
         self.roles.get(name).ok_or_else(|| LookupError::UnknownRole {

@@ -7,7 +7,7 @@ use lockstep_proto::digest::Digest;
 use lockstep_proto::digest::short_hex;
 use lockstep_proto::pb::{Entry, EntryKind, Gate, GateState, Reason, ReasonKind};
 
-use crate::config::RoleConfig;
+use crate::config::{ControllerConfig, RoleConfig};
 use crate::store::{HaltRecord, HaltScope, HostRecord};
 
 /// Drift reasons listed per host before the rest are summarised.
@@ -69,6 +69,14 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// `now_unix_ms`, and the lease a fresh attestation buys under `config`.
+    pub fn at(config: &ControllerConfig, now_unix_ms: i64) -> Self {
+        Self {
+            now_unix_ms,
+            freshness_ttl_ms: i64::try_from(config.freshness_ttl.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
     fn is_fresh(&self, record: &HostRecord) -> bool {
         record.has_reported() && self.now_unix_ms - record.accepted_at_unix_ms <= self.freshness_ttl_ms
     }

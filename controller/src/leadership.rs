@@ -112,8 +112,8 @@ pub async fn run(
             }
         })
     };
-    // The leader's bound on a message (server::serve_all), on a standby's reads too.
-    let max_message = config.limits.max_payload_bytes + 64 * 1024;
+    // Shared by every standby period's follower and console.
+    let shared_config = Arc::new(config.clone());
     tokio::pin!(shutdown);
     let outcome = loop {
         let mut last_seen: Option<String> = None;
@@ -140,10 +140,15 @@ pub async fn run(
         };
         let followed = Arc::new(Followed::default());
         *following.lock().unwrap_or_else(|p| p.into_inner()) = Some(followed.clone());
-        let shared_config = Arc::new(config.clone());
         let console = StandbyConsole::new(shared_config.clone(), followed.clone(), etcd.clone(), view_rx.clone());
-        let standby = StandbyServer::start(&front, tls.clone(), view_rx.clone(), console, max_message);
-        let follower = tokio::spawn(follow::follow(etcd.clone(), shared_config, followed));
+        let standby = StandbyServer::start(
+            &front,
+            tls.clone(),
+            view_rx.clone(),
+            console,
+            config.max_message_bytes(),
+        );
+        let follower = tokio::spawn(follow::follow(etcd.clone(), shared_config.clone(), followed));
         let campaigned = tokio::select! {
             l = election::campaign(etcd.clone(), me.clone(), seen) => Some(l),
             () = &mut shutdown => None,

@@ -225,7 +225,7 @@ pub async fn serve_all(
     controller: Arc<Controller>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let max = controller.config().limits.max_payload_bytes + 64 * 1024;
+    let max = controller.config().max_message_bytes();
     // Background loops end when the server has stopped, each finishing
     // what it is doing (mini-redis's shutdown shape): the gate recorder
     // writes what is still queued, then the last refusal window and

@@ -69,10 +69,7 @@ impl StandbyConsole {
         let Some(lag) = self.followed.lag_revisions() else {
             return Err(self.leaders());
         };
-        let clock = Clock {
-            now_unix_ms: lockstep_proto::now_unix_ms(),
-            freshness_ttl_ms: i64::try_from(self.config.freshness_ttl.as_millis()).unwrap_or(i64::MAX),
-        };
+        let clock = Clock::at(&self.config, lockstep_proto::now_unix_ms());
         let reply = {
             let state = self.followed.view.read().unwrap_or_else(|p| p.into_inner());
             answer(&ViewReads::new(&self.config, &state, clock))?

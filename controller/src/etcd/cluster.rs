@@ -56,12 +56,7 @@ pub async fn status(etcd: Arc<Etcd>) -> Result<pb::ClusterStatusReply, StoreErro
         range_end: super::prefix_end(&prefix),
         ..Default::default()
     };
-    let mut kv = etcd.kv();
-    let found = etcd
-        .call("reading the controllers", async move {
-            kv.range(request).await.map(|r| r.into_inner())
-        })
-        .await?;
+    let found = etcd.range("reading the controllers", request).await?;
     let controllers = found
         .kvs
         .iter()

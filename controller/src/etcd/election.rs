@@ -63,16 +63,11 @@ impl Leadership {
 
 /// Who leads now, if anyone.
 pub async fn leader(etcd: &Etcd) -> Result<Option<LeaderInfo>, StoreError> {
-    let mut kv = etcd.kv();
     let request = RangeRequest {
         key: etcd.key(LEADER_KEY),
         ..Default::default()
     };
-    let answer = etcd
-        .call("reading the leader key", async move {
-            kv.range(request).await.map(|r| r.into_inner())
-        })
-        .await?;
+    let answer = etcd.range("reading the leader key", request).await?;
     leader_of(answer.kvs.first())
 }
 

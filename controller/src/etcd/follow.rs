@@ -72,12 +72,7 @@ pub async fn head_revision(etcd: &Arc<Etcd>) -> Result<i64, StoreError> {
         count_only: true,
         ..Default::default()
     };
-    let mut kv = etcd.kv();
-    let answer = etcd
-        .call("reading the store's revision", async move {
-            kv.range(request).await.map(|r| r.into_inner())
-        })
-        .await?;
+    let answer = etcd.range("reading the store's revision", request).await?;
     Ok(answer.header.map_or(0, |h| h.revision))
 }
 

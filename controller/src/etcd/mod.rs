@@ -182,6 +182,23 @@ impl Etcd {
         }
     }
 
+    /// One Range request, waited for like [`Etcd::wait`] (the store's reads).
+    pub(crate) fn range_waiting(
+        &self,
+        what: &str,
+        request: api::RangeRequest,
+    ) -> Result<api::RangeResponse, StoreError> {
+        let mut kv = self.kv();
+        self.wait(what, async move { kv.range(request).await.map(|r| r.into_inner()) })
+    }
+
+    /// One Range request, from async code (election, following, status).
+    pub(crate) async fn range(&self, what: &str, request: api::RangeRequest) -> Result<api::RangeResponse, StoreError> {
+        let mut kv = self.kv();
+        self.call(what, async move { kv.range(request).await.map(|r| r.into_inner()) })
+            .await
+    }
+
     /// The same, for async callers (the election).
     pub(crate) async fn call<T, F>(&self, what: &str, call: F) -> Result<T, StoreError>
     where

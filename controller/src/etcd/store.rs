@@ -253,11 +253,7 @@ impl EtcdStore {
                 limit: PAGE,
                 ..Default::default()
             };
-            let mut kv = self.etcd.kv();
-            let page = self.etcd.wait(
-                "reading",
-                async move { kv.range(request).await.map(|r| r.into_inner()) },
-            )?;
+            let page = self.etcd.range_waiting("reading", request)?;
             let more = page.more;
             if let Some(last) = page.kvs.last() {
                 start = last.key.clone();
@@ -283,11 +279,7 @@ impl EtcdStore {
             key: self.etcd.key(key),
             ..Default::default()
         };
-        let mut kv = self.etcd.kv();
-        let answer = self.etcd.wait(
-            "reading",
-            async move { kv.range(request).await.map(|r| r.into_inner()) },
-        )?;
+        let answer = self.etcd.range_waiting("reading", request)?;
         Ok(answer.kvs.into_iter().next().map(|kv| kv.value))
     }
 }
@@ -434,10 +426,7 @@ impl Store for EtcdStore {
             sort_target: range_request::SortTarget::Key as i32,
             ..Default::default()
         };
-        let mut kv = self.etcd.kv();
-        let answer = self.etcd.wait("reading the audit log", async move {
-            kv.range(request).await.map(|r| r.into_inner())
-        })?;
+        let answer = self.etcd.range_waiting("reading the audit log", request)?;
         answer.kvs.first().map(|kv| self.decode(kv)).transpose()
     }
 
