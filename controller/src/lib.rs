@@ -107,6 +107,11 @@ pub enum DaemonCommand {
 /// loses the lead ([`leadership`]).
 pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = config::ControllerConfig::load(config_path)?;
+    // Before anything is written or bound: a setup that lets every host
+    // write the control plane must not run at all.
+    if let config::Backend::Etcd(settings) = &config.backend {
+        etcd::trust::check(&config.tls.ca, &settings.tls)?;
+    }
     let tls = lockstep_proto::tls::server_config(&config.tls)?;
     if let Some(key) = &config.enrollment.ca_key {
         check_private(key)?;

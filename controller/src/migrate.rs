@@ -37,6 +37,8 @@ fn open(config_path: &Path) -> anyhow::Result<(String, Arc<dyn Store>)> {
             (format!("sled at {}", path.display()), Arc::new(store))
         }
         Backend::Etcd(settings) => {
+            crate::etcd::trust::check(&config.tls.ca, &settings.tls)
+                .with_context(|| config_path.display().to_string())?;
             let etcd = Arc::new(Etcd::connect(&settings).context("store.etcd")?);
             // A leading controller would change the fleet under the copy.
             let leader = tokio::runtime::Builder::new_current_thread()

@@ -87,8 +87,14 @@ fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
 
 /// Makes a new fleet CA in `dir` (ca.pem, ca.key).
 pub fn init(dir: &Path, validity: Duration) -> Result<(), PkiError> {
+    make_ca(dir, CA_CERT, CA_KEY, "lockstep fleet CA", validity)
+}
+
+/// A self-signed CA at `dir/cert_name` and `dir/key_name` (0600); refuses
+/// to overwrite either.
+fn make_ca(dir: &Path, cert_name: &str, key_name: &str, common_name: &str, validity: Duration) -> Result<(), PkiError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let (cert_path, key_path) = (dir.join(cert_name), dir.join(key_name));
     for p in [&cert_path, &key_path] {
         if p.exists() {
             return Err(PkiError::Exists { path: p.clone() });
@@ -97,7 +103,7 @@ pub fn init(dir: &Path, validity: Duration) -> Result<(), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, "lockstep fleet CA");
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();
@@ -143,15 +149,7 @@ pub fn issue_pem(
         Subject::Controller { names } => {
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             for n in names {
-                let san = match n.parse::<IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(
-                        n.as_str()
-                            .try_into()
-                            .map_err(|_| PkiError::Invalid(format!("{n:?} is not a DNS name or IP address")))?,
-                    ),
-                };
-                params.subject_alt_names.push(san);
+                params.subject_alt_names.push(san(n)?);
             }
         }
         Subject::Operator { name, .. } => {
@@ -210,11 +208,7 @@ pub fn sign_agent_csr(
 /// Signs a certificate with the CA in `ca_dir`, valid from now for
 /// `validity`, and writes `<out>.pem` and `<out>.key` (0600).
 pub fn issue(ca_dir: &Path, subject: &Subject, out: &Path, validity: Duration) -> Result<(PathBuf, PathBuf), PkiError> {
-    let read = |name: &str| {
-        let p = ca_dir.join(name);
-        std::fs::read_to_string(&p).map_err(io(&p))
-    };
-    let (ca_cert, ca_key) = (read(CA_CERT)?, read(CA_KEY)?);
+    let (ca_cert, ca_key) = read_ca(ca_dir, CA_CERT, CA_KEY)?;
     let now = OffsetDateTime::now_utc();
     let issued = issue_pem(
         &ca_cert,
@@ -223,6 +217,19 @@ pub fn issue(ca_dir: &Path, subject: &Subject, out: &Path, validity: Duration) -
         now - time::Duration::minutes(5),
         now + validity,
     )?;
+    write_issued(&issued, out)
+}
+
+fn read_ca(dir: &Path, cert_name: &str, key_name: &str) -> Result<(String, String), PkiError> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).map_err(io(&p))
+    };
+    Ok((read(cert_name)?, read(key_name)?))
+}
+
+/// Writes `<out>.pem` and `<out>.key` (0600, written first).
+fn write_issued(issued: &Issued, out: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
     let cert_path = out.with_extension("pem");
     let key_path = out.with_extension("key");
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -231,6 +238,94 @@ pub fn issue(ca_dir: &Path, subject: &Subject, out: &Path, validity: Duration) -
     write_private(&key_path, issued.key_pem.as_bytes())?;
     write_public(&cert_path, issued.cert_pem.as_bytes())?;
     Ok((cert_path, key_path))
+}
+
+/// etcd's own CA (`lockstep pki etcd init`), never the fleet CA: etcd must
+/// trust controllers only, or any enrolled host's certificate would read
+/// and rewrite every gate in the firm (docs/ha.md, docs/threat-model.md).
+pub const ETCD_CA_CERT: &str = "etcd-ca.pem";
+pub const ETCD_CA_KEY: &str = "etcd-ca.key";
+
+/// What an etcd certificate is for.
+#[derive(Debug, Clone)]
+pub enum EtcdSubject {
+    /// A member's certificate, for its client and peer ports both (server
+    /// and client usage: members connect to each other).
+    Member { name: String, addresses: Vec<String> },
+    /// One controller's client certificate to etcd; its common name is the
+    /// user etcd's own auth sees (`--client-cert-auth` with auth enabled).
+    Client { controller: String },
+}
+
+/// Makes etcd's CA in `dir` (etcd-ca.pem, etcd-ca.key), refusing a
+/// directory that holds the fleet CA: the two are kept apart on purpose.
+pub fn etcd_init(dir: &Path, validity: Duration) -> Result<(), PkiError> {
+    if dir.join(CA_KEY).exists() {
+        return Err(PkiError::Invalid(format!(
+            "{} holds the fleet CA: keep etcd's CA in a directory of its own (e.g. /etc/lockstep/etcd-pki), so that no one who holds the fleet CA's key holds etcd's",
+            dir.display()
+        )));
+    }
+    make_ca(dir, ETCD_CA_CERT, ETCD_CA_KEY, "lockstep etcd CA", validity)
+}
+
+/// Signs `subject` with the etcd CA in `ca_dir`: writes `<out>.pem` and
+/// `<out>.key` (0600). These certificates carry no lockstep identity: a
+/// controller or agent would refuse them, as etcd refuses fleet ones.
+pub fn etcd_issue(
+    ca_dir: &Path,
+    subject: &EtcdSubject,
+    out: &Path,
+    validity: Duration,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let (ca_cert, ca_key) = read_ca(ca_dir, ETCD_CA_CERT, ETCD_CA_KEY)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert, KeyPair::from_pem(&ca_key)?)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + validity;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    match subject {
+        EtcdSubject::Member { name, addresses } => {
+            validate_id(name).map_err(|e| PkiError::Invalid(e.to_string()))?;
+            if addresses.is_empty() {
+                return Err(PkiError::Invalid(format!(
+                    "etcd member {name}: give each address its clients and peers reach it at (--address, IP or DNS name)"
+                )));
+            }
+            params.distinguished_name.push(DnType::CommonName, name.as_str());
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            for a in addresses {
+                params.subject_alt_names.push(san(a)?);
+            }
+        }
+        EtcdSubject::Client { controller } => {
+            validate_id(controller).map_err(|e| PkiError::Invalid(e.to_string()))?;
+            params.distinguished_name.push(DnType::CommonName, controller.as_str());
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+    }
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_issued(
+        &Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        out,
+    )
+}
+
+/// A subject alternative name for `name`: an IP address or a DNS name.
+fn san(name: &str) -> Result<SanType, PkiError> {
+    Ok(match name.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(
+            name.try_into()
+                .map_err(|_| PkiError::Invalid(format!("{name:?} is not a DNS name or IP address")))?,
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep_controller::pki::{self, Subject};
+use lockstep_controller::pki::{self, EtcdSubject, Subject};
 use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
@@ -23,6 +23,8 @@ use crate::proc_fleet::{Killed, binary, console_command, operator};
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Debian's etcd-server puts it here; `.ci/run` installs it.
 pub const ETCD: &str = "/usr/bin/etcd";
+/// Debian's etcd-client.
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 
 struct Member {
     name: String,
@@ -40,32 +42,47 @@ pub fn pause_process(process: &Killed, pause: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A 3-member etcd cluster on loopback.
+/// A 3-member etcd cluster as docs/ha.md sets one up: etcd's own CA
+/// (never the fleet CA), mutual TLS on the client and the peer ports, one
+/// client certificate per controller.
 pub struct EtcdCluster {
     dir: PathBuf,
-    pki: PathBuf,
+    /// etcd's CA and its certificates (`lockstep pki etcd`).
+    pub etcd_pki: PathBuf,
+    ip: String,
     members: Vec<Member>,
     cluster: String,
 }
 
 impl EtcdCluster {
-    pub fn start(dir: &Path, pki_dir: &Path) -> anyhow::Result<Self> {
+    /// Three members on loopback.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on(dir, "127.0.0.1")
+    }
+
+    /// Three members listening on `ip` (an address of this network
+    /// namespace: loopback, or a test bridge's).
+    pub fn start_on(dir: &Path, ip: &str) -> anyhow::Result<Self> {
         anyhow::ensure!(
             Path::new(ETCD).is_file(),
             "{ETCD} is missing: install Debian's etcd-server (.ci/run does)"
         );
-        pki::issue(
-            pki_dir,
-            &Subject::Controller {
-                names: vec!["127.0.0.1".into()],
-            },
-            &pki_dir.join("etcd-server"),
-            YEAR,
-        )?;
+        let etcd_pki = dir.join("etcd-pki");
+        pki::etcd_init(&etcd_pki, YEAR)?;
         let mut members = Vec::new();
         for i in 0..3 {
+            let name = format!("etcd-{i}");
+            pki::etcd_issue(
+                &etcd_pki,
+                &EtcdSubject::Member {
+                    name: name.clone(),
+                    addresses: vec![ip.to_string()],
+                },
+                &etcd_pki.join(&name),
+                YEAR,
+            )?;
             members.push(Member {
-                name: format!("etcd-{i}"),
+                name,
                 client: free_port()?,
                 peer: free_port()?,
                 process: None,
@@ -73,12 +90,13 @@ impl EtcdCluster {
         }
         let cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=https://{ip}:{}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = Self {
             dir: dir.to_path_buf(),
-            pki: pki_dir.to_path_buf(),
+            etcd_pki,
+            ip: ip.to_string(),
             members,
             cluster,
         };
@@ -90,7 +108,39 @@ impl EtcdCluster {
 
     /// `host:port` of each member's client side.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client)).collect()
+        self.members
+            .iter()
+            .map(|m| format!("{}:{}", self.ip, m.client))
+            .collect()
+    }
+
+    /// Each member's client and peer ports (what a cut from etcd drops).
+    pub fn ports(&self) -> Vec<u16> {
+        self.members.iter().flat_map(|m| [m.client, m.peer]).collect()
+    }
+
+    /// etcd's CA certificate (what controllers check etcd's servers against).
+    pub fn ca(&self) -> PathBuf {
+        self.etcd_pki.join(pki::ETCD_CA_CERT)
+    }
+
+    /// A client certificate of etcd's CA for controller `name`
+    /// (`lockstep pki etcd client`).
+    pub fn client_identity(&self, name: &str) -> anyhow::Result<TlsPaths> {
+        let out = self.etcd_pki.join(format!("client-{name}"));
+        let (cert, key) = pki::etcd_issue(
+            &self.etcd_pki,
+            &EtcdSubject::Client {
+                controller: name.to_string(),
+            },
+            &out,
+            YEAR,
+        )?;
+        Ok(TlsPaths {
+            ca: self.ca(),
+            cert,
+            key,
+        })
     }
 
     /// Starts member `i` again on its data (or for the first time).
@@ -102,8 +152,12 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))?;
-        let client = format!("https://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let client = format!("https://{}:{}", self.ip, m.client);
+        let peer = format!("https://{}:{}", self.ip, m.peer);
+        let file = |suffix: &str| self.etcd_pki.join(format!("{}.{suffix}", m.name)).display().to_string();
+        let ca = self.ca().display().to_string();
+        // The command line docs/ha.md gives, with short raft timers for
+        // loopback (a lost member is noticed fast).
         let child = Command::new(ETCD)
             .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", data.display()))
@@ -114,11 +168,14 @@ impl EtcdCluster {
             .arg(format!("--initial-cluster={}", self.cluster))
             .arg("--initial-cluster-state=new")
             .arg("--initial-cluster-token=lockstep-test")
-            .arg(format!("--cert-file={}", self.pki.join("etcd-server.pem").display()))
-            .arg(format!("--key-file={}", self.pki.join("etcd-server.key").display()))
-            .arg(format!("--trusted-ca-file={}", self.pki.join(pki::CA_CERT).display()))
+            .arg(format!("--cert-file={}", file("pem")))
+            .arg(format!("--key-file={}", file("key")))
+            .arg(format!("--trusted-ca-file={ca}"))
             .arg("--client-cert-auth")
-            // Loopback: short raft timers, so a lost member is noticed fast.
+            .arg(format!("--peer-cert-file={}", file("pem")))
+            .arg(format!("--peer-key-file={}", file("key")))
+            .arg(format!("--peer-trusted-ca-file={ca}"))
+            .arg("--peer-client-cert-auth")
             .arg("--heartbeat-interval=100")
             .arg("--election-timeout=1000")
             .arg("--max-txn-ops=1024")
@@ -137,6 +194,24 @@ impl EtcdCluster {
     /// Stops member `i` (SIGKILL; its data stays).
     pub fn stop_member(&mut self, i: usize) {
         self.members[i].process = None;
+    }
+
+    /// Debian's `etcdctl` (v3 API) against every member as `who`: what an
+    /// attacker holding that certificate can do. Exit status and output.
+    pub fn etcdctl(&self, who: &TlsPaths, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        anyhow::ensure!(
+            Path::new(ETCDCTL).is_file(),
+            "{ETCDCTL} is missing: install Debian's etcd-client (.ci/run does)"
+        );
+        Ok(Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .arg(format!("--cacert={}", who.ca.display()))
+            .arg(format!("--cert={}", who.cert.display()))
+            .arg(format!("--key={}", who.key.display()))
+            .args(["--dial-timeout=2s", "--command-timeout=3s"])
+            .args(args)
+            .output()?)
     }
 }
 
@@ -178,11 +253,9 @@ impl HaFleet {
             &pki_dir.join("controller"),
             YEAR,
         )?;
-        // The controllers' client certificate to etcd.
-        let etcd_client = operator(&pki_dir, "etcd-client", OperatorRole::Viewer)?;
         let alice = operator(&pki_dir, "alice", OperatorRole::Operator)?;
         let bob = operator(&pki_dir, "bob", OperatorRole::Approver)?;
-        let etcd = EtcdCluster::start(dir.path(), &pki_dir)?;
+        let etcd = EtcdCluster::start(dir.path())?;
         let mut addrs = Vec::new();
         let mut metrics = Vec::new();
         let mut configs = Vec::new();
@@ -190,6 +263,8 @@ impl HaFleet {
             let addr = format!("127.0.0.1:{}", free_port()?);
             let metrics_at: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
             let config = dir.path().join(format!("controller-{i}.toml"));
+            // Each controller's own client certificate of etcd's CA.
+            let etcd_client = etcd.client_identity(&format!("ctl-{i}"))?;
             std::fs::write(
                 &config,
                 format!(
@@ -197,13 +272,14 @@ impl HaFleet {
                      [tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n\
                      [enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"{metrics_at}\"\n\
                      [store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {endpoints:?}\n\
-                     ca = \"{pki}/ca.pem\"\ncert = \"{client_cert}\"\nkey = \"{client_key}\"\n\
+                     ca = \"{etcd_ca}\"\ncert = \"{client_cert}\"\nkey = \"{client_key}\"\n\
                      name = \"ctl-{i}\"\nleader_ttl = \"{lease}s\"\nrequest_timeout = \"1s\"\nmax_txn_ops = 1024\n\
                      [[role]]\nname = \"smars\"\nhosts = {hosts:?}\n",
                     data = dir.path().join(format!("controller-{i}")).display(),
                     ttl = spec.freshness_ttl.as_millis(),
                     pki = pki_dir.display(),
                     endpoints = etcd.endpoints(),
+                    etcd_ca = etcd_client.ca.display(),
                     client_cert = etcd_client.cert.display(),
                     client_key = etcd_client.key.display(),
                     lease = spec.leader_ttl_s,
@@ -512,6 +588,17 @@ impl HaFleet {
             .stderr(log)
             .spawn()?;
         Ok(Killed(child))
+    }
+
+    /// `host`'s agent certificate and key (made at enrollment), with
+    /// `ca` as the CA to check servers against.
+    pub fn agent_identity(&self, host: &str, ca: &Path) -> TlsPaths {
+        let base = self.dir.path().join("hosts").join(host);
+        TlsPaths {
+            ca: ca.to_path_buf(),
+            cert: base.join("agent.pem"),
+            key: base.join("agent.key"),
+        }
     }
 
     /// Controller `i`'s config file (its `[store.etcd]` settings too).

@@ -125,8 +125,8 @@ impl ProcFleet {
         let addr = format!("127.0.0.1:{port}");
         let data_dir = spec.data_dir.unwrap_or_else(|| dir.path().join("controller"));
         let (etcd, store_toml) = if spec.etcd {
-            let client = operator(&pki_dir, "etcd-client", OperatorRole::Viewer)?;
-            let cluster = crate::ha_fleet::EtcdCluster::start(dir.path(), &pki_dir)?;
+            let cluster = crate::ha_fleet::EtcdCluster::start(dir.path())?;
+            let client = cluster.client_identity("ctl-0")?;
             let toml = format!(
                 "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {endpoints:?}\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nname = \"ctl-0\"\nmax_txn_ops = 1024\n",
                 endpoints = cluster.endpoints(),

@@ -960,3 +960,94 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// etcd set up as docs/ha.md says (its own CA, client and peer TLS) serves
+/// controllers only: a trading host's own certificate and a viewer's are
+/// refused on read and on write, where a controller's etcd certificate
+/// reads; and a controller given a fleet certificate for etcd refuses to
+/// start, naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_trusts_controllers_only_and_a_controller_with_a_fleet_certificate_for_etcd_does_not_start() {
+    let (fleet, _agents) = fleet_with_agents(1, Duration::from_secs(30)).await;
+    let etcd_ca = fleet.etcd.ca();
+    let prefix_read = ["get", "/lockstep/", "--prefix", "--keys-only"];
+    let forged_write = ["put", "/lockstep/halts/999", "forged"];
+
+    let controller = fleet.etcd.client_identity("ctl-probe").unwrap();
+    let out = fleet.etcd.etcdctl(&controller, &prefix_read).unwrap();
+    let keys = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        keys.contains("/lockstep/leader"),
+        "a controller's certificate reads the ledger: {keys}"
+    );
+
+    let viewer = lockstep_tests::proc_fleet::operator(&fleet.pki_dir, "vera", OperatorRole::Viewer).unwrap();
+    let viewer = lockstep_proto::tls::TlsPaths {
+        ca: etcd_ca.clone(),
+        ..viewer
+    };
+    let agent = fleet.agent_identity("smars-01", &etcd_ca);
+    for (who, paths) in [("the agent of smars-01", &agent), ("a viewer", &viewer)] {
+        for args in [&prefix_read[..], &forged_write[..]] {
+            let out = fleet.etcd.etcdctl(paths, args).unwrap();
+            assert!(
+                !out.status.success(),
+                "etcd served {who} `{}`: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    let out = fleet
+        .etcd
+        .etcdctl(&controller, &["get", "/lockstep/halts/999"])
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "no forged key landed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The same controller config, with a fleet certificate as its etcd identity.
+    let text = std::fs::read_to_string(fleet.controller_config(0)).unwrap();
+    let config = lockstep_controller::config::ControllerConfig::load(fleet.controller_config(0)).unwrap();
+    let lockstep_controller::config::Backend::Etcd(settings) = config.backend else {
+        panic!("the HA fleet runs on etcd")
+    };
+    let forged = text
+        .replace(
+            &settings.tls.cert.display().to_string(),
+            &viewer.cert.display().to_string(),
+        )
+        .replace(
+            &settings.tls.key.display().to_string(),
+            &viewer.key.display().to_string(),
+        )
+        .replace("name = \"ctl-0\"", "name = \"ctl-forged\"");
+    let path = fleet.path("controller-fleet-cert.toml");
+    std::fs::write(&path, forged).unwrap();
+    let mut child = std::process::Command::new(lockstep_tests::proc_fleet::binary("lockstep-controller").unwrap())
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a controller with a fleet certificate for etcd kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("store.etcd.cert"), "{stderr}");
+    assert!(stderr.contains("lockstep pki etcd init"), "{stderr}");
+}

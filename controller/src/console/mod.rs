@@ -338,6 +338,48 @@ pub enum PkiCommand {
         #[command(subcommand)]
         kind: IssueKind,
     },
+    /// etcd's own CA and certificates (HA on etcd): never the fleet CA, so
+    /// that only controllers can read or write the control plane.
+    #[command(subcommand)]
+    Etcd(EtcdPkiCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EtcdPkiCommand {
+    /// Create etcd's CA (etcd-ca.pem, etcd-ca.key) in --dir, apart from the fleet CA.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
+        validity: Duration,
+    },
+    /// A member's certificate (client and peer ports: server and client use): writes OUT.pem and OUT.key.
+    Member {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The member's name (etcd --name).
+        #[arg(long)]
+        name: String,
+        /// Each IP address or DNS name clients and peers reach the member at.
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        validity: Duration,
+    },
+    /// One controller's client certificate to etcd (`store.etcd.cert`): writes OUT.pem and OUT.key.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The controller's name (`store.etcd.name`); etcd's user name when its auth is on.
+        #[arg(long)]
+        controller: String,
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        validity: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -746,6 +788,52 @@ fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()>
                 out,
                 "issued {}: {} (key {}, mode 0600)",
                 subject_label(&subject),
+                cert.display(),
+                key.display()
+            )?;
+        }
+        PkiCommand::Etcd(EtcdPkiCommand::Init { dir, validity }) => {
+            pki::etcd_init(dir, *validity)?;
+            writeln!(
+                out,
+                "etcd CA created: {} (key {}, mode 0600); give etcd-ca.pem to etcd (--trusted-ca-file, --peer-trusted-ca-file) and to each controller (store.etcd.ca), and keep the key off every host",
+                dir.join(pki::ETCD_CA_CERT).display(),
+                dir.join(pki::ETCD_CA_KEY).display()
+            )?;
+        }
+        PkiCommand::Etcd(EtcdPkiCommand::Member {
+            dir,
+            out: dest,
+            name,
+            addresses,
+            validity,
+        }) => {
+            let subject = pki::EtcdSubject::Member {
+                name: name.clone(),
+                addresses: addresses.clone(),
+            };
+            let (cert, key) = pki::etcd_issue(dir, &subject, dest, *validity)?;
+            writeln!(
+                out,
+                "issued etcd member certificate for {name} ({}): {} (key {}, mode 0600)",
+                addresses.join(", "),
+                cert.display(),
+                key.display()
+            )?;
+        }
+        PkiCommand::Etcd(EtcdPkiCommand::Client {
+            dir,
+            out: dest,
+            controller,
+            validity,
+        }) => {
+            let subject = pki::EtcdSubject::Client {
+                controller: controller.clone(),
+            };
+            let (cert, key) = pki::etcd_issue(dir, &subject, dest, *validity)?;
+            writeln!(
+                out,
+                "issued etcd client certificate for controller {controller}: {} (key {}, mode 0600)",
                 cert.display(),
                 key.display()
             )?;

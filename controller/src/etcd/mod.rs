@@ -8,6 +8,7 @@ pub mod election;
 pub mod follow;
 pub mod latency;
 pub mod store;
+pub mod trust;
 
 use std::future::Future;
 use std::time::Duration;
