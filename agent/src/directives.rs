@@ -56,20 +56,27 @@ async fn lease_runs_out(keeper: &GateKeeper) {
     }
 }
 
+/// Follows the directive stream until `shutdown`. `reply_gates` are the
+/// gates the controller's replies to attestations carried: a closing one
+/// is applied at once ([`GateKeeper::apply_closing`]).
 pub async fn follow(
     mut client: AgentServiceClient<FailoverChannel>,
     mut keeper: GateKeeper,
     scans: std::sync::Arc<FullScanRequests>,
     reconnects: std::sync::Arc<Reconnects>,
+    mut reply_gates: tokio::sync::mpsc::UnboundedReceiver<lockstep_proto::pb::Gate>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut warned = false;
+    let mut down_since = tokio::time::Instant::now();
+    let mut redirects_in_a_row = 0;
     loop {
         let stream = tokio::select! {
             s = client.directives(DirectivesRequest {}) => s,
             () = lease_runs_out(&keeper) => { keeper.expire(); continue; }
+            Some(gate) = reply_gates.recv() => { keeper.apply_closing(&gate); continue; }
             () = &mut shutdown => return,
         };
         let mut stream = match stream {
@@ -78,13 +85,34 @@ pub async fn follow(
                 if !warned {
                     warn!(error = %status.message(), "directive stream unavailable; retrying");
                     warned = true;
+                    down_since = tokio::time::Instant::now();
                 }
-                let pause = backoff.next_delay();
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = reconnects.reports_back.notified() => debug!("reports are accepted again; reconnecting now"),
-                    () = lease_runs_out(&keeper) => keeper.expire(),
-                    () = &mut shutdown => return,
+                // The same pace as the reports through a failover: a
+                // redirect is followed at once, then a few seconds of
+                // quick retries before backing off.
+                let mut pause = backoff.next_delay();
+                if down_since.elapsed() < crate::report::FAST_RETRY_FOR {
+                    pause = pause.min(crate::report::FAST_RETRY_MAX);
+                }
+                if lockstep_proto::failover::refused_here(status.metadata().as_ref()) && redirects_in_a_row < 3 {
+                    redirects_in_a_row += 1;
+                    pause = Duration::ZERO;
+                } else {
+                    redirects_in_a_row = 0;
+                }
+                let sleep = tokio::time::sleep(pause);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        () = &mut sleep => break,
+                        () = reconnects.reports_back.notified() => {
+                            debug!("reports are accepted again; reconnecting now");
+                            break;
+                        }
+                        Some(gate) = reply_gates.recv() => { keeper.apply_closing(&gate); }
+                        () = lease_runs_out(&keeper) => keeper.expire(),
+                        () = &mut shutdown => return,
+                    }
                 }
                 continue;
             }
@@ -93,6 +121,7 @@ pub async fn follow(
             reconnects.directives_back.notify_one();
         }
         warned = false;
+        redirects_in_a_row = 0;
         backoff.reset();
         loop {
             tokio::select! {
@@ -112,6 +141,14 @@ pub async fn follow(
                         break;
                     }
                 },
+                // The reports found their connection dead and are answered
+                // again (a failover): this stream may be on the dead one,
+                // which nothing else would notice before a ping fails.
+                () = reconnects.reports_back.notified() => {
+                    debug!("reports reconnected; opening the directive stream again");
+                    break;
+                }
+                Some(gate) = reply_gates.recv() => { keeper.apply_closing(&gate); }
                 () = lease_runs_out(&keeper) => keeper.expire(),
                 () = &mut shutdown => return,
             }

@@ -72,6 +72,8 @@ pub struct GateKeeper {
     clock: SharedClock,
     /// Highest controller epoch seen (see [`GateFile::epoch`]).
     epoch: u64,
+    /// The last gate applied: its epoch and the controller's decision time.
+    last_decided: (u64, i64),
 }
 
 impl GateKeeper {
@@ -118,6 +120,7 @@ impl GateKeeper {
             hooks,
             clock,
             epoch,
+            last_decided: (0, 0),
         };
         keeper.write();
         keeper
@@ -149,6 +152,7 @@ impl GateKeeper {
             return false;
         }
         self.epoch = self.epoch.max(gate.epoch);
+        self.last_decided = self.last_decided.max((gate.epoch, gate.decided_at_unix_ms));
         let now = self.clock.now_unix_ms();
         self.last_word_unix_ms = now;
         let reasons: Vec<String> = gate.reasons.iter().map(|r| r.text.clone()).collect();
@@ -176,6 +180,23 @@ impl GateKeeper {
         };
         self.transition(next);
         true
+    }
+
+    /// A gate from the controller's reply to an attestation. Only a closing
+    /// one is taken, and only when newer than the last gate applied: OPEN
+    /// leases come on the directive stream, and a reply that was in flight
+    /// across a halt or a resume must not undo it. This is what brings a
+    /// halt to a host whose directive stream is not back on a new leader
+    /// yet, the moment its first report is answered there.
+    pub fn apply_closing(&mut self, gate: &Gate) -> bool {
+        let closing = gate.state() != GateState::Open;
+        let newer = (gate.epoch, gate.decided_at_unix_ms) > self.last_decided;
+        let reasons: Vec<&str> = gate.reasons.iter().map(|r| r.text.as_str()).collect();
+        let already = self.file.state == "CLOSED" && self.file.reasons == reasons;
+        if !closing || !newer || already {
+            return false;
+        }
+        self.apply(gate)
     }
 
     /// The lease ran out with no renewal.

@@ -257,3 +257,43 @@ fn a_gate_from_a_lower_epoch_is_refused_and_the_highest_epoch_survives_a_restart
     assert_eq!(GateFile::read(&d.path().join("gate.json")).unwrap().unwrap().epoch, 9);
     assert!(!k.apply(&stale));
 }
+
+#[test]
+fn a_reply_closes_the_gate_only_when_newer_and_never_opens_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut k = GateKeeper::new("smars-01", config(d.path(), OutagePolicy::Close), tx);
+    let state = || GateFile::read(&d.path().join("gate.json")).unwrap().unwrap();
+    let open = Gate {
+        epoch: 5,
+        ..open_gate(30_000)
+    };
+    assert!(k.apply(&open));
+    // An OPEN lease in a reply is not taken: leases come on the stream.
+    let reply_open = Gate {
+        epoch: 9,
+        ..open_gate(60_000)
+    };
+    assert!(!k.apply_closing(&reply_open));
+    assert_eq!(state().epoch, 5);
+    // A halt in the new leader's reply closes at once.
+    let halted = Gate {
+        epoch: 9,
+        decided_at_unix_ms: open.decided_at_unix_ms + 10,
+        ..closed_gate("halted (role smars) by alice")
+    };
+    assert!(k.apply_closing(&halted));
+    assert_eq!(state().state, "CLOSED");
+    assert!(!k.apply_closing(&halted), "the same decision again changes nothing");
+    // The stream reopens it (a resume); an older closing reply still in
+    // flight does not undo that.
+    let resumed = Gate {
+        epoch: 9,
+        decided_at_unix_ms: halted.decided_at_unix_ms + 10,
+        lease_expires_unix_ms: halted.decided_at_unix_ms + 30_010,
+        ..open_gate(30_000)
+    };
+    assert!(k.apply(&resumed));
+    assert!(!k.apply_closing(&halted));
+    assert!(state().is_open_at(now_unix_ms()));
+}

@@ -146,11 +146,14 @@ impl Agent {
         let hooks = tokio::spawn(crate::hooks::run_hooks(hook_rx, self.config.gate.hook_timeout));
         let keeper = GateKeeper::new(&self.config.host, self.config.gate.clone(), hook_tx);
         let (stop_follow, follow_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (reply_gates, gates_from_replies) = tokio::sync::mpsc::unbounded_channel();
+        self.reporter.send_gates_to(reply_gates);
         let follower = tokio::spawn(crate::directives::follow(
             self.client.clone(),
             keeper,
             self.triggers.scan_requests.clone(),
             self.triggers.reconnects.clone(),
+            gates_from_replies,
             async {
                 let _ = follow_stopped.await;
             },

@@ -67,6 +67,13 @@ pub struct Reporter {
     key: Key,
     /// Whether the last attestation sent carried the full entry list.
     last_sent_full: bool,
+    /// The last refusal said "not here" (a standby naming the leader, or a
+    /// controller that stood down): the next attempt goes at once.
+    redirected: bool,
+    /// Gates from the controller's replies, for the gate keeper: a halt
+    /// that a reply carries closes the gate even before the directive
+    /// stream is back on the new leader.
+    gates: Option<tokio::sync::mpsc::UnboundedSender<lockstep_proto::pb::Gate>>,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -91,8 +98,20 @@ impl Reporter {
             last_gate: None,
             key: Key::Unconfirmed,
             last_sent_full: false,
+            redirected: false,
+            gates: None,
             metrics,
         }
+    }
+
+    /// Hands every gate a reply carries to `gates` (the gate keeper's side).
+    pub fn send_gates_to(&mut self, gates: tokio::sync::mpsc::UnboundedSender<lockstep_proto::pb::Gate>) {
+        self.gates = Some(gates);
+    }
+
+    /// Whether the last failure was a redirect (and forgets it).
+    fn take_redirected(&mut self) -> bool {
+        std::mem::take(&mut self.redirected)
     }
 
     pub fn public_key(&self) -> &[u8] {
@@ -163,6 +182,7 @@ impl Reporter {
                     | tonic::Code::Cancelled => "failed",
                     _ => "refused",
                 });
+                self.redirected = lockstep_proto::failover::refused_here(status.metadata().as_ref());
                 // Decided on the stable reason, never on the message text.
                 if lockstep_proto::reason::of(&status).as_deref() == Some(lockstep_proto::reason::KEY_NOT_PINNED) {
                     self.key = Key::Unconfirmed;
@@ -184,6 +204,9 @@ impl Reporter {
 
     fn note_gate(&mut self, reply: &SubmitReply) {
         let Some(gate) = &reply.gate else { return };
+        if let Some(to) = &self.gates {
+            let _ = to.send(gate.clone());
+        }
         let state = gate.state();
         if self.last_gate != Some(state) {
             let reasons: Vec<&str> = gate.reasons.iter().map(|r| r.text.as_str()).collect();
@@ -220,9 +243,14 @@ pub struct Triggers {
 }
 
 /// For this long into an outage, retries are at most [`FAST_RETRY_MAX`]
-/// apart: a controller failover (docs/ha.md) takes a few seconds.
-const FAST_RETRY_FOR: Duration = Duration::from_secs(10);
-const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
+/// apart: a controller failover (docs/ha.md) takes a few seconds. A
+/// standby holds a call until it can name the new leader, and a redirect
+/// is followed at once, so the pace itself matters little.
+pub const FAST_RETRY_FOR: Duration = Duration::from_secs(10);
+pub const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Redirects followed at once in a row before the next attempt waits
+/// (a standby naming a leader that has just died sends the agent round).
+const IMMEDIATE_REDIRECTS: u32 = 3;
 
 /// Reports every `interval` (sooner when triggered) until `shutdown`.
 pub async fn run(
@@ -236,6 +264,7 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let (mut due, mut link) = (Due::Heartbeat, Link::Up);
     let mut down_since = tokio::time::Instant::now();
+    let mut redirects_in_a_row = 0;
     // The next heartbeat is due then, whatever the watcher triggers in
     // between: a change that does not move the set must not delay it.
     let mut next_report = tokio::time::Instant::now();
@@ -248,6 +277,7 @@ pub async fn run(
                     triggers.reconnects.reports_back.notify_one();
                 }
                 backoff.reset();
+                redirects_in_a_row = 0;
                 if submitted.is_some() {
                     next_report = tokio::time::Instant::now() + interval;
                 }
@@ -267,6 +297,12 @@ pub async fn run(
                 let mut pause = backoff.next_delay();
                 if down_since.elapsed() < FAST_RETRY_FOR {
                     pause = pause.min(FAST_RETRY_MAX);
+                }
+                if reporter.take_redirected() && redirects_in_a_row < IMMEDIATE_REDIRECTS {
+                    redirects_in_a_row += 1;
+                    pause = Duration::ZERO;
+                } else {
+                    redirects_in_a_row = 0;
                 }
                 next_report = tokio::time::Instant::now() + pause;
                 Link::Down

@@ -55,6 +55,9 @@ pub struct Controller {
     /// The etcd cluster this controller leads on (None on sled), for
     /// `lockstep cluster status`.
     pub cluster: Option<Arc<crate::etcd::Etcd>>,
+    /// Whether this controller may still act as the leader (etcd: it stands
+    /// down at the first doubt about its lead).
+    pub standing: crate::standing::Standing,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
 }
@@ -96,6 +99,10 @@ impl Controller {
             reports: ReportIssuer::new(config.clone(), ledger.clone()),
             board_sessions: Arc::new(BoardSessions::new(config.board.clone(), ledger.clone())),
             refusals: Arc::new(Refusals::default()),
+            standing: crate::standing::Standing::new(match &config.backend {
+                crate::config::Backend::Etcd(e) => &e.name,
+                crate::config::Backend::Sled => "controller",
+            }),
             closing: watch::channel(false).0,
             config,
             ledger,
@@ -114,6 +121,19 @@ impl Controller {
     /// Tells long-lived streams and background loops to end: the server is stopping.
     pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);
+    }
+
+    /// Stops acting as the leader at once (see [`crate::standing`]): every
+    /// call is refused from now, and streams and background loops end.
+    pub fn stand_down(&self, why: &str) {
+        if self.standing.stand_down(why) {
+            tracing::warn!(
+                why,
+                epoch = self.epoch,
+                "standing down: no call is answered as the leader from now"
+            );
+        }
+        self.begin_shutdown();
     }
 
     /// Resolves once [`Controller::begin_shutdown`] has been called.

@@ -35,11 +35,25 @@ enum Role {
     Leading { controller: Arc<Controller>, epoch: i64 },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 enum StoodDown {
     Shutdown,
     LeaseLost,
     WriteRefused,
+    ServerEnded(String),
+}
+
+impl StoodDown {
+    fn said(&self) -> String {
+        match self {
+            Self::Shutdown => "the controller is stopping".into(),
+            Self::LeaseLost => "its leader lease could not be renewed in time".into(),
+            Self::WriteRefused => {
+                "etcd refused or left unanswered one of its writes (another leader, or no quorum)".into()
+            }
+            Self::ServerEnded(e) => format!("its server ended: {e}"),
+        }
+    }
 }
 
 pub async fn run(
@@ -70,6 +84,8 @@ pub async fn run(
         name: settings.name.clone(),
         address: settings.advertise.clone(),
         epoch: 0,
+        lease: 0,
+        silent: false,
     };
     // Held for the process's life: agents and consoles that reach a
     // standby are told who leads, and a port taken while standing by cannot
@@ -161,6 +177,12 @@ pub async fn run(
             break Ok(());
         };
         let epoch = leadership.epoch;
+        // Until it serves, this controller's standby port says it has won
+        // and is loading (clients come back to it, not to the old leader).
+        view.send_modify(|v| {
+            v.trouble = None;
+            v.leader = Some(LeaderInfo { epoch, ..me.clone() });
+        });
         tracing::info!(epoch, name = %settings.name, "leading: loading the fleet from etcd");
         let store = Arc::new(EtcdStore::new(etcd.clone(), Fence::Leader { epoch }));
         let mut deposed = store.deposed();
@@ -171,6 +193,7 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, epoch, "cannot load the fleet from etcd: standing down");
+                view.send_modify(|v| v.leader = None);
                 leadership.resign(&etcd).await;
                 standby.stop();
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -185,35 +208,69 @@ pub async fn run(
             controller: controller.clone(),
             epoch,
         };
-        let why = Mutex::new(StoodDown::Shutdown);
-        let stop = async {
-            let reason = tokio::select! {
-                () = &mut shutdown => StoodDown::Shutdown,
-                () = leadership.lost() => StoodDown::LeaseLost,
-                _ = deposed.wait_for(|d| *d) => StoodDown::WriteRefused,
-            };
-            *why.lock().unwrap_or_else(|p| p.into_inner()) = reason;
-            if reason == StoodDown::Shutdown {
-                lockstep_daemon::systemd::stopping();
-            }
-        };
         tracing::info!(addr = %config.listen, epoch, "controller listening as the leader");
-        let served = crate::server::serve_all(api, board, tls.clone(), controller, stop).await;
-        let why = *why.lock().unwrap_or_else(|p| p.into_inner());
-        *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby { leader: None };
-        leadership.resign(&etcd).await;
-        if let Err(e) = served {
-            break Err(e.into());
-        }
-        match why {
-            StoodDown::Shutdown => break Ok(()),
-            StoodDown::LeaseLost => tracing::warn!(epoch, "stood down: the leader lease was lost; standing by"),
-            StoodDown::WriteRefused => {
-                tracing::warn!(
-                    epoch,
-                    "stood down: etcd refused a write (another leader, or no quorum); standing by"
-                )
+        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(crate::server::serve_all(
+            api,
+            board,
+            tls.clone(),
+            controller.clone(),
+            async {
+                let _ = server_stopped.await;
+            },
+        ));
+        let why = tokio::select! {
+            () = &mut shutdown => StoodDown::Shutdown,
+            () = leadership.lost() => StoodDown::LeaseLost,
+            _ = deposed.wait_for(|d| *d) => StoodDown::WriteRefused,
+            ended = &mut server => StoodDown::ServerEnded(match ended {
+                Ok(Ok(())) => "the gRPC server ended".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            }),
+        };
+        if why == StoodDown::Shutdown {
+            lockstep_daemon::systemd::stopping();
+            let _ = stop_server.send(());
+            let served = server.await;
+            *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby { leader: None };
+            leadership.resign(&etcd).await;
+            match served {
+                Ok(Ok(())) => break Ok(()),
+                Ok(Err(e)) => break Err(e.into()),
+                Err(e) => break Err(anyhow::anyhow!("the leader's server failed: {e}")),
             }
+        }
+        // In doubt: from this instant nothing is answered as the leader
+        // (every call refused, streams ended, the gauge at 0), before the
+        // lease can pass to another controller. The deposed server drains
+        // and the lease is given back on their own; this controller stands
+        // by at once, so the ports answer as a standby's again.
+        let said = why.said();
+        controller.stand_down(&said);
+        *role.lock().unwrap_or_else(|p| p.into_inner()) = Role::Standby { leader: None };
+        // Its own record as leader is no redirect now: the next campaign
+        // names whoever leads.
+        view.send_modify(|v| {
+            v.leader = None;
+            v.trouble = None;
+        });
+        let _ = stop_server.send(());
+        let ended = matches!(why, StoodDown::ServerEnded(_));
+        if !ended {
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = server.await {
+                    tracing::warn!(error = %e, "the deposed leader's server stopped with an error");
+                }
+            });
+        }
+        {
+            let etcd = etcd.clone();
+            tokio::spawn(async move { leadership.resign(&etcd).await });
+        }
+        tracing::warn!(epoch, why = %said, "stood down; standing by");
+        if ended {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
     announcing.abort();

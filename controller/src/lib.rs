@@ -61,6 +61,7 @@ pub mod siem;
 pub mod sled_store;
 pub mod standby;
 pub mod standby_console;
+pub mod standing;
 pub mod store;
 pub mod verify;
 pub mod web;

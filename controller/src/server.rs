@@ -310,6 +310,8 @@ pub async fn serve_all(
         // client goes away.
         .layer(
             tower::ServiceBuilder::new()
+                // A controller that stood down answers nothing, health included.
+                .layer(crate::standing::StandingLayer(controller.standing.clone()))
                 .layer(crate::detach::DetachLayer::new(crate::detach::MAX_DETACHED))
                 .layer(crate::refusals::RefusalLayer::new(
                     controller.refusals.clone(),

@@ -274,10 +274,26 @@ impl ConsoleService for ConsoleApi {
             detail: format!("{}; exit {}", facts.summary, facts.exit),
             facts: crate::evidence::to_facts(&facts),
         };
-        // The answer is given even when it cannot be recorded: the store's
-        // failure closes the gates it reports anyway.
         if let Err(e) = self.controller.ledger.record(vec![event]).await {
-            tracing::error!(error = %e, "cannot record a gate check in the audit log");
+            tracing::error!(error = %e, role = %reply.role, "cannot record a gate check in the audit log");
+            // An answer the audit log does not hold is no evidence, and an
+            // OPEN one could rest on a state another controller has moved
+            // past: a leader on etcd (whose failed write deposes it) answers
+            // nothing, and the console asks another controller; sled's one
+            // controller still answers a check that opens nothing, since its
+            // store's failure is what closed those gates.
+            if self.controller.epoch > 0 || facts.exit == 0 {
+                return Err(crate::standing::not_here(
+                    lockstep_proto::reason::status(
+                        tonic::Code::Unavailable,
+                        format!(
+                            "this gate check was not answered: its record could not be written to the audit log ({e}), and no answer is given that the log does not hold"
+                        ),
+                        lockstep_proto::reason::STORE_UNAVAILABLE,
+                    ),
+                    "unrecorded",
+                ));
+            }
         }
         Ok(Response::new(reply))
     }

@@ -23,6 +23,8 @@ use crate::peer::PeerInfo;
 /// Clients that do not follow the header (grpcurl, a load balancer) are
 /// sent away this often, so they find the leader by reconnecting.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(2);
+/// ... and cut off this much later.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(1);
 
 /// What a standby knows about who leads.
 #[derive(Clone, Debug, Default)]
@@ -35,29 +37,58 @@ pub struct StandbyView {
 }
 
 impl StandbyView {
-    /// The refusal a call to this standby gets.
+    /// Whether the view names a leader other than this controller that is
+    /// still announcing itself (a silent one is probably gone: calls wait
+    /// for its successor instead of being sent to a dead address).
+    pub fn names_another_leader(&self) -> bool {
+        matches!(&self.leader, Some(l) if l.name != self.me && !l.silent)
+    }
+
+    /// The refusal a call to this standby gets. Every one is marked done
+    /// nowhere ([`lockstep_proto::failover::NOT_LEADER_HEADER`]), so a
+    /// console tries the next controller at once.
     pub fn refusal(&self) -> tonic::Status {
-        match (&self.leader, &self.trouble) {
+        let leader_header = |status: &mut tonic::Status, address: &str| {
+            if let Ok(v) = address.parse() {
+                status.metadata_mut().insert(lockstep_proto::failover::LEADER_HEADER, v);
+            }
+        };
+        let status = match (&self.leader, &self.trouble) {
             (Some(l), _) if l.name != self.me => {
                 let mut status = tonic::Status::unavailable(format!(
                     "controller {} is a standby: {} leads at {} (epoch {}); send this call there",
                     self.me, l.name, l.address, l.epoch
                 ));
-                if let Ok(v) = l.address.parse() {
-                    status.metadata_mut().insert(lockstep_proto::failover::LEADER_HEADER, v);
-                }
+                leader_header(&mut status, &l.address);
                 status
             }
-            (_, Some(why)) => tonic::Status::unavailable(format!(
+            (Some(me), _) => {
+                // Won, and loading the fleet before it serves: the client
+                // comes back here, to the leader's server.
+                let mut status = tonic::Status::unavailable(format!(
+                    "controller {} has just won the lead (epoch {}) and is loading the fleet; call again",
+                    self.me, me.epoch
+                ));
+                leader_header(&mut status, &me.address);
+                status
+            }
+            (None, Some(why)) => tonic::Status::unavailable(format!(
                 "no controller can lead: {why}. Writes are refused and gates close when their leases end"
             )),
-            _ => tonic::Status::unavailable(format!(
+            (None, None) => tonic::Status::unavailable(format!(
                 "controller {} is a standby and no controller leads at this moment (an election takes a few seconds); try again",
                 self.me
             )),
-        }
+        };
+        crate::standing::not_here(status, "standby")
     }
 }
+
+/// A call a standby cannot send to a leader yet (none leads, or this one
+/// has won and is loading) is held this long for one to appear, so the
+/// client is redirected the moment a leader is known instead of retrying
+/// on a timer.
+const HOLD_FOR_A_LEADER: Duration = Duration::from_millis(1500);
 
 /// Serves `reads` (the standby's console, [`crate::standby_console`]),
 /// and refusals for the rest, on `listener` until `stop`.
@@ -77,9 +108,28 @@ pub(crate) async fn serve(
     let incoming = crate::server::accept_tls(listener, tls, stopped, |ip, why| {
         tracing::debug!(peer = %ip, why, "standby refused a connection");
     });
+    let stopping = stop_tx.subscribe();
     let answer = move || {
-        let status = view.borrow().refusal();
-        async move { status.into_http::<axum::body::Body>() }
+        let (mut view, mut stopping) = (view.clone(), stopping.clone());
+        async move {
+            let held = async {
+                loop {
+                    if view.borrow_and_update().names_another_leader() {
+                        return;
+                    }
+                    if view.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = held => {}
+                _ = stopping.wait_for(|s| *s) => {}
+                () = tokio::time::sleep(HOLD_FOR_A_LEADER) => {}
+            }
+            let status = view.borrow().refusal();
+            status.into_http::<axum::body::Body>()
+        }
     };
     let router = reads
         .into_axum_router()
@@ -89,6 +139,9 @@ pub(crate) async fn serve(
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(64)
         .max_connection_age(MAX_CONNECTION_AGE)
+        // Without a grace, tonic polls a finished age timer again when a
+        // connection outlives its GOAWAY, and panics.
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
             stop.await;
@@ -134,6 +187,8 @@ mod tests {
             name: name.into(),
             address: "10.0.0.2:7443".into(),
             epoch: 26,
+            lease: 7,
+            silent: false,
         }
     }
 
@@ -171,17 +226,25 @@ mod tests {
             s.message()
         );
         assert!(s.metadata().get(lockstep_proto::failover::LEADER_HEADER).is_none());
-        // Its own stale leader record (it just stood down) is no redirect.
+        assert!(
+            lockstep_proto::failover::refused_here(s.metadata().as_ref()),
+            "done nowhere: try another"
+        );
+        // Won and loading: it names itself, so clients come back to it.
         let view = StandbyView {
             me: "ctl-2".into(),
             leader: Some(leader("ctl-2")),
             trouble: None,
         };
+        let s = view.refusal();
         assert!(
-            view.refusal()
-                .metadata()
-                .get(lockstep_proto::failover::LEADER_HEADER)
-                .is_none()
+            s.message().contains("has just won the lead (epoch 26)"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(
+            s.metadata().get(lockstep_proto::failover::LEADER_HEADER).unwrap(),
+            "10.0.0.2:7443"
         );
     }
 }

@@ -24,6 +24,9 @@ pub const REPLAY: &str = "REPLAY";
 pub const CLOCK_SKEW: &str = "CLOCK_SKEW";
 /// The store refuses writes: nothing was acknowledged.
 pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+/// This controller does not lead (a standby, or a leader that stood
+/// down): nothing was done, another controller may do it.
+pub const NOT_LEADER: &str = "NOT_LEADER";
 /// The caller's role may not make this call.
 pub const ROLE_REFUSED: &str = "ROLE_REFUSED";
 pub const NOT_FOUND: &str = "NOT_FOUND";

@@ -37,6 +37,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         freshness_ttl: Duration::from_secs(30),
         leader_ttl_s: 2,
         sled_first: false,
+        isolated: false,
     })
     .await?;
     println!(

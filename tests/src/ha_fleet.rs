@@ -17,6 +17,7 @@ use lockstep_proto::pb::console_service_client::ConsoleServiceClient;
 use lockstep_proto::tls::{self, TlsPaths};
 use tempfile::TempDir;
 
+use crate::netns::Net;
 use crate::ports::free_port;
 use crate::proc_fleet::{Killed, binary, console_command, operator};
 
@@ -228,6 +229,9 @@ pub struct HaFleet {
     sled: Option<Killed>,
     pub alice: TlsPaths,
     pub bob: TlsPaths,
+    /// With [`HaSpec::isolated`]: each controller's box on a test network
+    /// (last, so it goes after the processes in it).
+    net: Option<Net>,
 }
 
 pub struct HaSpec {
@@ -238,30 +242,76 @@ pub struct HaSpec {
     /// Start one sled controller on controller 0's address instead of the
     /// etcd ones (for migration; [`HaFleet::stop_sled`], [`HaFleet::start_all`]).
     pub sled_first: bool,
+    /// Each controller in a box of its own (a network namespace on a
+    /// bridge; etcd, agents and consoles outside), so that a box can be cut
+    /// off ([`HaFleet::cut`], [`HaFleet::cut_from_etcd`]). Needs root.
+    pub isolated: bool,
+}
+
+impl HaSpec {
+    /// Three controllers, `hosts` in role smars, not isolated.
+    pub fn three(hosts: Vec<String>, freshness_ttl: Duration, leader_ttl_s: u64) -> Self {
+        Self {
+            controllers: 3,
+            hosts,
+            freshness_ttl,
+            leader_ttl_s,
+            sled_first: false,
+            isolated: false,
+        }
+    }
 }
 
 impl HaFleet {
+    /// A fleet from `spec` with a real agent for each of `agents` (hosts of
+    /// the spec's inventory) reporting, a release from the first approved,
+    /// and every one of their local gates open. With the release's number.
+    pub async fn trading(spec: HaSpec, agents: &[String]) -> anyhow::Result<(Self, Vec<Killed>, u64)> {
+        let fleet = Self::start(spec).await?;
+        let mut running = Vec::new();
+        for h in agents {
+            running.push(fleet.start_agent(h).await?);
+        }
+        fleet
+            .wait_hosts("every host reported", Duration::from_secs(60), |hs| {
+                agents.iter().all(|h| hs.iter().any(|s| &s.host == h && s.last_seq > 0))
+            })
+            .await?;
+        let first = agents.first().ok_or_else(|| anyhow::anyhow!("no agents"))?;
+        let release = fleet.release_from_host(first).await?;
+        for h in agents {
+            fleet.wait_local(h, 0, Duration::from_secs(30)).await?;
+        }
+        Ok((fleet, running, release))
+    }
+
     pub async fn start(spec: HaSpec) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("lockstep-ha-").tempdir()?;
         let pki_dir = dir.path().join("pki");
+        let net = spec.isolated.then(|| Net::create(spec.controllers)).transpose()?;
+        // Where each controller listens, and where etcd does.
+        let (ips, etcd_ip): (Vec<String>, String) = match &net {
+            Some(n) => (n.boxes.iter().map(|b| b.ip.clone()).collect(), n.host_ip.clone()),
+            None => (vec!["127.0.0.1".to_string(); spec.controllers], "127.0.0.1".to_string()),
+        };
         pki::init(&pki_dir, YEAR)?;
+        let mut names = vec!["127.0.0.1".to_string()];
+        names.extend(ips.iter().filter(|ip| *ip != "127.0.0.1").cloned());
         pki::issue(
             &pki_dir,
-            &Subject::Controller {
-                names: vec!["127.0.0.1".into()],
-            },
+            &Subject::Controller { names },
             &pki_dir.join("controller"),
             YEAR,
         )?;
         let alice = operator(&pki_dir, "alice", OperatorRole::Operator)?;
         let bob = operator(&pki_dir, "bob", OperatorRole::Approver)?;
-        let etcd = EtcdCluster::start(dir.path())?;
+        let etcd = EtcdCluster::start_on(dir.path(), &etcd_ip)?;
         let mut addrs = Vec::new();
         let mut metrics = Vec::new();
         let mut configs = Vec::new();
-        for i in 0..spec.controllers {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            let metrics_at: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        for (i, ip) in ips.iter().enumerate() {
+            let addr = format!("{ip}:{}", free_port()?);
+            let metrics_at: std::net::SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
             let config = dir.path().join(format!("controller-{i}.toml"));
             // Each controller's own client certificate of etcd's CA.
             let etcd_client = etcd.client_identity(&format!("ctl-{i}"))?;
@@ -314,6 +364,7 @@ impl HaFleet {
             configs,
             alice,
             bob,
+            net,
         };
         if spec.sled_first {
             let log = std::fs::File::create(fleet.dir.path().join("controller-sled.log"))?;
@@ -374,7 +425,12 @@ impl HaFleet {
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("controller-{i}.log")))?;
-        let child = Command::new(binary("lockstep-controller")?)
+        let program = binary("lockstep-controller")?;
+        let mut command = match &self.net {
+            Some(net) => net.command(i, &program),
+            None => Command::new(&program),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.configs[i])
             .env("LOCKSTEP_LOG", "info")
@@ -384,6 +440,29 @@ impl HaFleet {
             .spawn()?;
         self.controllers[i] = Some(Killed(child));
         Ok(())
+    }
+
+    fn net(&self) -> anyhow::Result<&Net> {
+        self.net
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this fleet's controllers are not isolated (HaSpec::isolated)"))
+    }
+
+    /// Controller `i`'s box is cut off from the network, both ways, with
+    /// no RST (a pulled cable).
+    pub fn cut(&self, i: usize) -> anyhow::Result<()> {
+        self.net()?.cut(i)
+    }
+
+    /// Controller `i` can no longer reach etcd (nor etcd it); agents and
+    /// consoles still reach it.
+    pub fn cut_from_etcd(&self, i: usize) -> anyhow::Result<()> {
+        self.net()?.cut_from(i, &self.etcd.ports())
+    }
+
+    /// Every cut mended.
+    pub fn mend(&self) -> anyhow::Result<()> {
+        self.net()?.mend()
     }
 
     /// What controller `i` has logged.
@@ -463,7 +542,8 @@ impl HaFleet {
     }
 
     /// The controller that leads (and its epoch), once one does and the
-    /// others know it; `not` excludes a controller (the one just killed).
+    /// others know it; `not` excludes a controller (the one just killed,
+    /// frozen or cut off), as leader and as one that must know.
     pub async fn wait_leader(&self, not: Option<usize>, within: Duration) -> anyhow::Result<(usize, i64)> {
         let deadline = Instant::now() + within;
         loop {
@@ -476,7 +556,10 @@ impl HaFleet {
                     // epoch (so its refusals name this leader), or does
                     // not answer at all (a paused process).
                     let mut others_follow = true;
-                    for j in (0..self.addrs.len()).filter(|&j| j != i && self.controllers[j].is_some()) {
+                    // `not` is not asked: one cut off from etcd cannot know.
+                    for j in
+                        (0..self.addrs.len()).filter(|&j| j != i && Some(j) != not && self.controllers[j].is_some())
+                    {
                         others_follow &= match self.role_of(j).await {
                             Some((false, e)) => e == epoch,
                             Some((true, _)) => false,
@@ -503,16 +586,27 @@ impl HaFleet {
     /// told to configure it), moved onto the leader first as the `lockstep`
     /// console is, so its first call is not refused by a standby.
     pub async fn console(&self, who: &TlsPaths) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
-        let targets = self
-            .addrs
-            .iter()
-            .map(|a| tls::Target {
-                address: a.clone(),
+        self.console_via(who, 0).await
+    }
+
+    /// [`Self::console`] with controller `first`'s address first.
+    pub async fn console_via(
+        &self,
+        who: &TlsPaths,
+        first: usize,
+    ) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
+        let mut addrs = self.addrs.clone();
+        addrs.rotate_left(first);
+        let targets = addrs
+            .into_iter()
+            .map(|address| tls::Target {
+                address,
                 server_name: "127.0.0.1".into(),
             })
             .collect();
         let channel =
-            lockstep_proto::failover::failover_channel(targets, tls::client_config(who)?, Duration::from_secs(2))?;
+            lockstep_proto::failover::failover_channel(targets, tls::client_config(who)?, Duration::from_secs(2))?
+                .retrying();
         channel.find_leader().await;
         Ok(ConsoleServiceClient::new(channel).max_decoding_message_size(256 << 20))
     }
@@ -606,9 +700,14 @@ impl HaFleet {
         &self.configs[i]
     }
 
+    /// Where `host`'s agent writes its local gate state.
+    pub fn gate_file_path(&self, host: &str) -> PathBuf {
+        self.dir.path().join("hosts").join(host).join("gate.json")
+    }
+
     /// `host`'s local gate state file, as its agent last wrote it.
     pub fn gate_file(&self, host: &str) -> anyhow::Result<lockstep_agent::gatekeeper::GateFile> {
-        let path = self.dir.path().join("hosts").join(host).join("gate.json");
+        let path = self.gate_file_path(host);
         lockstep_agent::gatekeeper::GateFile::read(&path)?
             .ok_or_else(|| anyhow::anyhow!("{host}: no gate file at {}", path.display()))
     }

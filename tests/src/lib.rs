@@ -11,6 +11,7 @@
 //! - [`ingest_bench`]: many simulated agents attesting to one controller.
 //! - [`fleet`]: start and drive the fleet (deploy files, rescan, console).
 //! - [`knight`]: the Knight Capital morning, step by step.
+//! - [`netns`]: boxes in network namespaces on a bridge, cut like a cable (nftables).
 //! - [`ports`]: loopback ports for servers in child processes, outside the ephemeral range.
 //! - [`ha_demo`]: `lockstep-demo --ha`: a leader killed under a live fleet on etcd.
 //! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
@@ -27,6 +28,7 @@ pub mod ha_fleet;
 pub mod idle_bench;
 pub mod ingest_bench;
 pub mod knight;
+pub mod netns;
 pub mod openssl_speed;
 pub mod ports;
 pub mod probe_bench;

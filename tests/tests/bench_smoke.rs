@@ -162,8 +162,14 @@ async fn board_benchmarks_run_at_tiny_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_benchmark_runs_at_tiny_size() {
-    let f = lockstep_tests::ha_bench::failover(2, 1, 2).await.unwrap();
-    assert_eq!(f.streams.samples.len(), 1);
-    // Re-established streams come after (or with) the new leader.
-    assert!(f.streams.max() >= f.leader.max());
+    use lockstep_tests::ha_bench::Mode;
+    let modes = [Mode::Kill, Mode::Freeze, Mode::Cut, Mode::CutEtcd];
+    let f = lockstep_tests::ha_bench::failover(2, 1, 2, &modes).await.unwrap();
+    assert_eq!(f.modes.len(), 4);
+    for m in &f.modes {
+        assert_eq!(m.agents.samples.len(), 1, "{:?}", m.mode);
+        // Every agent is on the new leader after (or as) it leads.
+        assert!(m.agents.max() >= m.leader.max(), "{:?}", m.mode);
+        assert_eq!(m.lost, 0, "{:?}: an acknowledged halt was lost", m.mode);
+    }
 }

@@ -30,32 +30,15 @@ async fn fleet_on(
 ) -> (HaFleet, Vec<lockstep_tests::proc_fleet::Killed>, u64) {
     let mut inventory = hosts(n);
     inventory.push("spare-01".into());
-    let fleet = HaFleet::start(HaSpec {
-        controllers: 3,
-        hosts: inventory,
-        freshness_ttl,
-        leader_ttl_s: 2,
-        sled_first,
-    })
+    HaFleet::trading(
+        HaSpec {
+            sled_first,
+            ..HaSpec::three(inventory, freshness_ttl, 2)
+        },
+        &hosts(n),
+    )
     .await
-    .unwrap();
-    let mut agents = Vec::new();
-    for h in hosts(n) {
-        agents.push(fleet.start_agent(&h).await.unwrap());
-    }
-    fleet
-        .wait_hosts("every host reported", Duration::from_secs(60), |hs| {
-            hosts(n)
-                .iter()
-                .all(|h| hs.iter().any(|s| &s.host == h && s.last_seq > 0))
-        })
-        .await
-        .unwrap();
-    let release = fleet.release_from_host("smars-01").await.unwrap();
-    for h in hosts(n) {
-        fleet.wait_local(&h, 0, Duration::from_secs(30)).await.unwrap();
-    }
-    (fleet, agents, release)
+    .unwrap()
 }
 
 /// Samples every host's local gate until told to stop; true if any closed.
@@ -485,7 +468,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
     let lease = Duration::from_secs(6);
     let (fleet, _agents) = fleet_with_agents(n, lease).await;
     let mut fleet = fleet;
-    let (leader, _) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
+    fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
 
     // One member of three down: writes go on, no gate closes.
     fleet.etcd.stop_member(0);
@@ -499,6 +482,21 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
     let closed = gates.await.unwrap();
     assert!(closed.is_empty(), "one etcd member down closed gates: {closed:?}");
     let mut fleet = Arc::into_inner(fleet).expect("the watcher has ended");
+    // A write in flight on the member that went is unanswered, which
+    // deposes its leader (its outcome is unknown): whoever leads now, and
+    // the standbys' views loaded, before quorum goes.
+    let (leader, _) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
+    for i in (0..3).filter(|&i| i != leader) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while fleet
+            .gauge(i, "lockstep_controller_ledger_lag_revisions")
+            .await
+            .is_none()
+        {
+            assert!(std::time::Instant::now() < deadline, "ctl-{i} never loaded its view");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // Two of three down: no quorum. Writes are refused, naming it...
     fleet.etcd.stop_member(1);
@@ -719,6 +717,7 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
         freshness_ttl: Duration::from_secs(30),
         leader_ttl_s: 2,
         sled_first: true,
+        isolated: false,
     })
     .await
     .unwrap();
@@ -790,6 +789,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
         freshness_ttl: Duration::from_secs(30),
         leader_ttl_s: 2,
         sled_first: false,
+        isolated: false,
     })
     .await
     .unwrap();

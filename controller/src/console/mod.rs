@@ -720,6 +720,8 @@ impl<T> Answered<T> for tonic::Response<T> {
 /// A client on the leader when several controllers are named: a standby
 /// answers the first call with the leader's address, which the channel
 /// follows, so that call is a cheap health check rather than the command.
+/// Addresses are tried side by side (a frozen or cut-off one costs
+/// [`lockstep_proto::failover::STAGGER`], not a timeout).
 async fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<FailoverChannel>> {
     let paths = TlsPaths {
         ca: conn.ca.clone(),
@@ -743,7 +745,9 @@ async fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Failo
         })
         .collect::<Result<Vec<_>, tls::TlsError>>()?;
     let several = targets.len() > 1;
-    let channel = lockstep_proto::failover::failover_channel(targets, config, Duration::from_secs(5))?;
+    // A call a controller refused without doing it (a standby, one that
+    // stood down) goes to the next address at once.
+    let channel = lockstep_proto::failover::failover_channel(targets, config, Duration::from_secs(5))?.retrying();
     if several {
         channel.find_leader().await;
     }

@@ -47,6 +47,18 @@ pub async fn announce(etcd: &Etcd, presence: &Presence) -> Result<(), StoreError
     .await
 }
 
+/// The revision `name`'s presence was last written at (`None`: never).
+/// A standby watches the leader's advance (see [`super::election`]).
+pub async fn presence_revision(etcd: &Etcd, name: &str) -> Result<Option<i64>, StoreError> {
+    let request = RangeRequest {
+        key: etcd.key(&format!("{PRESENCE}{name}")),
+        keys_only: true,
+        ..Default::default()
+    };
+    let found = etcd.range("reading the leader's presence", request).await?;
+    Ok(found.kvs.first().map(|kv| kv.mod_revision))
+}
+
 /// The control plane as etcd sees it now.
 pub async fn status(etcd: Arc<Etcd>) -> Result<pb::ClusterStatusReply, StoreError> {
     let leader = election::leader(&etcd).await?;

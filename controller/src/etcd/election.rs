@@ -28,7 +28,19 @@ pub struct LeaderInfo {
     /// The leader key's create revision (not stored: etcd gives it).
     #[serde(skip)]
     pub epoch: i64,
+    /// The lease the leader key lives on (not stored: etcd gives it).
+    #[serde(skip)]
+    pub lease: i64,
+    /// A standby's observation (not stored): this leader has not announced
+    /// itself for [`SUSPECT_AFTER`], so it is probably gone and a new one
+    /// is due; a standby then holds calls for it rather than sending
+    /// clients to a dead address.
+    #[serde(skip)]
+    pub silent: bool,
 }
+
+/// A leader silent this long (it announces every second) is suspected gone.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(1500);
 
 /// This controller leads, in `epoch`, until `lost` turns true: its lease
 /// could not be renewed in time (etcd unreachable, quorum lost, or the
@@ -63,12 +75,7 @@ impl Leadership {
 
 /// Who leads now, if anyone.
 pub async fn leader(etcd: &Etcd) -> Result<Option<LeaderInfo>, StoreError> {
-    let request = RangeRequest {
-        key: etcd.key(LEADER_KEY),
-        ..Default::default()
-    };
-    let answer = etcd.range("reading the leader key", request).await?;
-    leader_of(answer.kvs.first())
+    Ok(leader_at(etcd).await?.0)
 }
 
 fn leader_of(kv: Option<&api::KeyValue>) -> Result<Option<LeaderInfo>, StoreError> {
@@ -78,11 +85,26 @@ fn leader_of(kv: Option<&api::KeyValue>) -> Result<Option<LeaderInfo>, StoreErro
         reason: e.to_string(),
     })?;
     info.epoch = kv.create_revision;
+    info.lease = kv.lease;
     Ok(Some(info))
+}
+
+/// Who leads now, and the store's revision of that answer.
+async fn leader_at(etcd: &Etcd) -> Result<(Option<LeaderInfo>, i64), StoreError> {
+    let request = RangeRequest {
+        key: etcd.key(LEADER_KEY),
+        ..Default::default()
+    };
+    let answer = etcd.range("reading the leader key", request).await?;
+    let revision = answer.header.as_ref().map_or(0, |h| h.revision);
+    Ok((leader_of(answer.kvs.first())?, revision))
 }
 
 /// Waits until this controller leads; `standing_by` hears each leader seen
 /// meanwhile (and `None` while etcd cannot be reached or nobody leads).
+/// Standbys learn a change of leader from a watch on the leader key, so
+/// one campaigns the moment the old lease ends and every standby names the
+/// new leader the moment it wins (never a dead one after it).
 pub async fn campaign(
     etcd: Arc<Etcd>,
     me: LeaderInfo,
@@ -91,20 +113,136 @@ pub async fn campaign(
     let ttl = etcd.settings.leader_ttl;
     let poll = Duration::from_millis(200);
     loop {
-        match leader(&etcd).await {
-            Ok(None) => {}
-            other => {
-                standing_by(other);
+        match leader_at(&etcd).await {
+            Ok((None, _)) => match try_lead(&etcd, &me, ttl).await {
+                Ok(Some(won)) => return won,
+                // Another controller won the race: the next read names it.
+                Ok(None) => {}
+                Err(e) => {
+                    standing_by(Err(e));
+                    tokio::time::sleep(poll).await;
+                }
+            },
+            Ok((Some(leader), revision)) => {
+                standing_by(Ok(Some(leader.clone())));
+                follow_leader(&etcd, leader, revision, &mut standing_by).await;
+            }
+            Err(e) => {
+                standing_by(Err(e));
                 tokio::time::sleep(poll).await;
-                continue;
             }
         }
-        match try_lead(&etcd, &me, ttl).await {
-            Ok(Some(won)) => return won,
-            Ok(None) => {}
-            Err(e) => standing_by(Err(e)),
+    }
+}
+
+/// A leader whose presence (written every second, leader or standby) has
+/// not moved for this long is dead or cut off, whatever etcd says of its
+/// lease: it stood down by itself a third of its TTL before the lease
+/// could end. etcd has been seen to keep an expired lease alive ~8 s past
+/// its TTL (a raft leader change extends every lease); a standby then
+/// revokes the lease itself, so failover stays bounded.
+pub fn silence_deadline(leader_ttl: Duration) -> Duration {
+    leader_ttl + super::cluster::ANNOUNCE_EVERY
+}
+
+/// Follows the leader key from `revision` until the leader is gone (its key
+/// deleted, or its lease revoked here after [`silence_deadline`] of
+/// silence) or the watch breaks; each new leader goes to `standing_by`.
+async fn follow_leader(
+    etcd: &Arc<Etcd>,
+    mut leader: LeaderInfo,
+    revision: i64,
+    standing_by: &mut impl FnMut(Result<Option<LeaderInfo>, StoreError>),
+) {
+    let key = etcd.key(LEADER_KEY);
+    let mut events = etcd.watch_prefix(api::WatchRequest {
+        request_union: Some(api::watch_request::RequestUnion::CreateRequest(
+            api::WatchCreateRequest {
+                key: key.clone(),
+                range_end: Vec::new(),
+                start_revision: revision + 1,
+                progress_notify: false,
+            },
+        )),
+    });
+    let deadline = silence_deadline(etcd.settings.leader_ttl);
+    // The leader's presence revision, and when (here) it last moved.
+    let mut heard: Option<(i64, Instant)> = None;
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            got = events.recv() => {
+                let Some(Ok(response)) = got else { return };
+                if response.canceled || response.compact_revision > 0 {
+                    return;
+                }
+                for event in response.events {
+                    if event.r#type == api::event::EventType::Delete as i32 {
+                        return;
+                    }
+                    match leader_of(event.kv.as_ref()) {
+                        Ok(Some(next)) if next.epoch != leader.epoch => {
+                            leader = next;
+                            heard = None;
+                            standing_by(Ok(Some(leader.clone())));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            standing_by(Err(e));
+                            return;
+                        }
+                    }
+                }
+            }
+            _ = check.tick() => {
+                // Judged only on an answer: a standby that cannot read
+                // etcd revokes nothing, and says it cannot tell who leads.
+                let seen = match super::cluster::presence_revision(etcd, &leader.name).await {
+                    Ok(seen) => seen,
+                    Err(e) => {
+                        standing_by(Err(e));
+                        return;
+                    }
+                };
+                let seen = seen.unwrap_or(0);
+                match heard {
+                    Some((at, since)) if at == seen => {
+                        if since.elapsed() >= deadline {
+                            revoke_silent(etcd, &leader, since.elapsed()).await;
+                            return;
+                        }
+                    }
+                    _ => heard = Some((seen, Instant::now())),
+                }
+                let silent = heard.is_some_and(|(_, since)| since.elapsed() >= SUSPECT_AFTER);
+                if silent != leader.silent {
+                    leader.silent = silent;
+                    standing_by(Ok(Some(leader.clone())));
+                }
+            }
         }
-        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Revokes a silent leader's lease (its key goes with it).
+async fn revoke_silent(etcd: &Etcd, leader: &LeaderInfo, silent: Duration) {
+    tracing::warn!(
+        leader = %leader.name,
+        epoch = leader.epoch,
+        lease = leader.lease,
+        silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
+        "the leader has not announced itself past its lease's TTL but etcd keeps its lease: revoking it"
+    );
+    let mut lease = etcd.lease();
+    let id = leader.lease;
+    if let Err(e) = etcd
+        .call("revoking a silent leader's lease", async move {
+            lease.lease_revoke(LeaseRevokeRequest { id }).await
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "cannot revoke the silent leader's lease");
     }
 }
 

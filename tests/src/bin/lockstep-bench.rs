@@ -115,9 +115,12 @@ struct Args {
     /// Real agents in the failover benchmark.
     #[arg(long, default_value_t = 100)]
     failover_agents: usize,
-    /// Leaders killed in the failover benchmark.
-    #[arg(long, default_value_t = 20)]
-    failover_kills: usize,
+    /// Failovers per mode in the failover benchmark.
+    #[arg(long, alias = "failover-kills", default_value_t = 20)]
+    failover_trials: usize,
+    /// How the failover benchmark stops the leader (repeatable; default: every way).
+    #[arg(long = "mode", value_enum)]
+    failover_modes: Vec<ha_bench::Mode>,
     /// Ledgers the fleet-scale benchmark runs on (repeatable).
     #[arg(long = "fleet-on", value_enum, default_values_t = [Ledger::Sled])]
     fleet_on: Vec<Ledger>,
@@ -224,28 +227,54 @@ fn scan(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn failover(args: &Args) -> anyhow::Result<()> {
-    println!("\n## Failover on etcd (3 controllers, 3 etcd members on loopback)\n");
-    let f = ha_bench::failover(args.failover_agents, args.failover_kills, 3).await?;
-    println!("| kill -9 the leader → | agents | kills | median | p99 | max |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (what, l) in [
-        ("a standby leads and answers", &f.leader),
-        (
-            "every agent's report accepted by it and every directive stream open on it",
-            &f.streams,
-        ),
-    ] {
+    println!(
+        "\n## Failover on etcd (3 controllers each in its own network namespace, 3 etcd members, {} agents)\n",
+        args.failover_agents
+    );
+    let modes = if args.failover_modes.is_empty() {
+        vec![
+            ha_bench::Mode::Kill,
+            ha_bench::Mode::Freeze,
+            ha_bench::Mode::Cut,
+            ha_bench::Mode::CutEtcd,
+        ]
+    } else {
+        args.failover_modes.clone()
+    };
+    let f = ha_bench::failover(args.failover_agents, args.failover_trials, 3, &modes).await?;
+    println!("| the leader is | from the stop → | trials | median | p99 | max |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for m in &f.modes {
+        for (what, l) in [
+            ("a standby leads and answers", &m.leader),
+            ("every agent's report accepted by it", &m.agents),
+            (
+                "(after it leads) `lockstep halts`, the failed address first",
+                &m.console,
+            ),
+            ("(halt acknowledged →) the halt in every agent's gate file", &m.halt),
+        ] {
+            println!(
+                "| {} | {what} | {} | {} | {} | {} |",
+                m.mode.label(),
+                l.samples.len(),
+                ms(l.quantile(0.5)),
+                ms(l.quantile(0.99)),
+                ms(l.max())
+            );
+        }
+    }
+    println!();
+    for m in &f.modes {
         println!(
-            "| {what} | {} | {} | {} | {} | {} |",
-            f.agents,
-            l.samples.len(),
-            ms(l.quantile(0.5)),
-            ms(l.quantile(0.99)),
-            ms(l.max())
+            "- {}: {} gate-file samples CLOSED between the stop and the halt (flaps); {} acknowledged halts lost",
+            m.mode.label(),
+            m.flaps,
+            m.lost
         );
     }
     println!(
-        "(leader_ttl {} s: the dead leader's lease must run out first)",
+        "(leader_ttl {} s: a killed, frozen or cut leader's lease must run out first)",
         f.leader_ttl_s
     );
     Ok(())
