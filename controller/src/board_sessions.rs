@@ -1,21 +1,26 @@
 //! Board sessions without passwords: `lockstep board login` (the
 //! operator's mTLS identity, as every console command) gets a one-time link
 //! with a short life; opening it gives a session cookie carrying that
-//! operator and role. Links and sessions are held hashed, in memory (a
-//! restarted controller logs every board out), bounded in number, and every
-//! step is audited.
+//! operator and role. Links and sessions are kept hashed in the ledger
+//! ([`BoardRecord`]), so a new leader honours every session the old one
+//! opened and refuses every link it spent and every session it ended: a
+//! failover logs no board out. This controller holds the ones it has seen
+//! in memory (bounded in number), and every step is audited.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use lockstep_proto::identity::OperatorRole;
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::audit::AuditEvent;
+use crate::change::Change;
 use crate::config::BoardSettings;
 use crate::error::{ApiError, LookupError};
 use crate::ledger::Ledger;
 use crate::peer::Operator;
+use crate::store::BoardRecord;
 
 /// At most this many live sessions and this many unopened links: a flood
 /// of logins cannot grow the controller's memory without bound.
@@ -25,20 +30,14 @@ pub const MAX_LINKS: usize = 1_000;
 /// The cookie the board's session travels in.
 pub const COOKIE: &str = "lockstep_session";
 
-#[derive(Debug, Clone)]
-struct Link {
-    operator: Operator,
-    expires_at_unix_ms: i64,
-    used_at_unix_ms: i64,
-}
-
 /// A logged-in board.
 #[derive(Debug, Clone)]
 pub struct Session {
     /// Short public name (`lockstep board sessions`, `revoke`); not the secret.
     pub id: String,
     pub operator: Operator,
-    /// Every form carries it: a request forged from elsewhere does not have it.
+    /// Every form carries it: a request forged from elsewhere does not have
+    /// it. Derived from the cookie, so it is the same on every controller.
     pub csrf: String,
     pub created_at_unix_ms: i64,
     pub expires_at_unix_ms: i64,
@@ -55,13 +54,15 @@ pub enum LoginRefused {
     Expired,
     #[error("the board has too many sessions open: revoke some with `lockstep board revoke`")]
     Full,
+    #[error("the controller could not record this login ({0}); nothing was opened: run `lockstep board login` again")]
+    Unrecorded(String),
 }
 
 #[derive(Default)]
 struct Book {
-    /// By SHA-256 of the link's token.
-    links: HashMap<String, Link>,
-    /// By SHA-256 of the cookie's value.
+    /// Links seen here, by SHA-256 of the link's token.
+    links: HashMap<String, BoardRecord>,
+    /// Live sessions seen here, by SHA-256 of the cookie's value.
     sessions: HashMap<String, Session>,
 }
 
@@ -74,6 +75,25 @@ pub struct BoardSessions {
 
 fn hashed(secret: &str) -> String {
     hex::encode(digest(&SHA256, secret.as_bytes()).as_ref())
+}
+
+/// The session's CSRF token, from its cookie: only the browser holding the
+/// cookie can know it, and every controller computes the same one.
+fn csrf_of(cookie: &str) -> String {
+    hashed(&format!("lockstep board csrf\0{cookie}"))
+}
+
+fn session_of(record: &BoardRecord, cookie: &str) -> Option<Session> {
+    Some(Session {
+        id: record.id.clone(),
+        operator: Operator {
+            name: record.operator.clone(),
+            role: OperatorRole::parse(&record.role)?,
+        },
+        csrf: csrf_of(cookie),
+        created_at_unix_ms: record.created_at_unix_ms,
+        expires_at_unix_ms: record.expires_at_unix_ms,
+    })
 }
 
 impl BoardSessions {
@@ -108,6 +128,49 @@ impl BoardSessions {
         book.sessions.retain(|_, s| s.expires_at_unix_ms > now);
     }
 
+    /// The ledger's record of `hash_hex` (a store read, off the async workers).
+    async fn stored(&self, hash_hex: &str) -> Option<BoardRecord> {
+        let (ledger, hash) = (self.ledger.clone(), hash_hex.to_string());
+        match tokio::task::spawn_blocking(move || ledger.store().board(&hash)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read a board session from the store");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Every board record in the store.
+    async fn all_stored(&self) -> Result<Vec<BoardRecord>, ApiError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.store().boards())
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading board sessions: {e}")))?
+            .map_err(ApiError::Store)
+    }
+
+    async fn commit(
+        &self,
+        records: Vec<BoardRecord>,
+        actor: String,
+        action: &str,
+        detail: String,
+    ) -> Result<(), ApiError> {
+        self.ledger
+            .commit(Change::Board {
+                records,
+                events: vec![AuditEvent {
+                    actor,
+                    action: action.into(),
+                    detail,
+                    ..AuditEvent::default()
+                }],
+            })
+            .await
+            .map(drop)
+    }
+
     /// A one-time login link for `who`, and when it stops working.
     pub async fn issue_link(&self, who: &Operator) -> Result<(String, i64), ApiError> {
         let settings = self.settings()?;
@@ -122,16 +185,20 @@ impl BoardSessions {
                     "{MAX_LINKS} login links are waiting to be opened; wait for them to expire"
                 )));
             }
-            book.links.insert(
-                hashed(&token),
-                Link {
-                    operator: who.clone(),
-                    expires_at_unix_ms: expires,
-                    used_at_unix_ms: 0,
-                },
-            );
         }
-        self.audit(
+        let link = BoardRecord {
+            hash_hex: hashed(&token),
+            session: false,
+            id: String::new(),
+            operator: who.name.clone(),
+            role: who.role.as_str().to_string(),
+            created_at_unix_ms: now,
+            expires_at_unix_ms: expires,
+            used_at_unix_ms: 0,
+            ended_at_unix_ms: 0,
+        };
+        self.commit(
+            vec![link.clone()],
             who.actor(),
             "board.link",
             format!(
@@ -141,98 +208,149 @@ impl BoardSessions {
             ),
         )
         .await?;
+        self.book().links.insert(link.hash_hex.clone(), link);
         Ok((format!("{}/login/{token}", settings.url), expires))
     }
 
     /// Spends a login link: the cookie value of a new session, and the session.
     pub async fn redeem(&self, token: &str) -> Result<(String, Session), LoginRefused> {
+        let outcome = self.spend(token).await;
+        // An opened session is recorded with it (in its commit).
+        if let Err(why) = &outcome {
+            let refused = self
+                .audit("unauthenticated".to_string(), "board.login_refused", why.to_string())
+                .await;
+            if let Err(e) = refused {
+                tracing::error!(error = %e, "cannot record a refused board login in the audit log");
+            }
+        }
+        outcome
+    }
+
+    async fn spend(&self, token: &str) -> Result<(String, Session), LoginRefused> {
         let now = self.ledger.now_unix_ms();
         let ttl = self
             .settings
             .as_ref()
             .map_or(0, |s| i64::try_from(s.session_ttl.as_millis()).unwrap_or(i64::MAX));
-        let outcome = (|| {
-            let cookie = self.secret().map_err(|_| LoginRefused::Unknown)?;
-            let csrf = self.secret().map_err(|_| LoginRefused::Unknown)?;
+        let key = hashed(token);
+        let known = self.book().links.get(&key).cloned();
+        let mut link = match known {
+            Some(l) => l,
+            None => self
+                .stored(&key)
+                .await
+                .filter(|r| !r.session)
+                .ok_or(LoginRefused::Unknown)?,
+        };
+        let cookie = self.secret().map_err(|_| LoginRefused::Unknown)?;
+        {
+            // Marked spent here before the commit: two opens of one link at
+            // once on this controller open one session.
             let mut book = self.book();
-            let link = book.links.get_mut(&hashed(token)).ok_or(LoginRefused::Unknown)?;
-            if link.used_at_unix_ms != 0 {
+            let current = book.links.get(&key).unwrap_or(&link);
+            if current.used_at_unix_ms != 0 || link.used_at_unix_ms != 0 {
                 return Err(LoginRefused::Used);
             }
             if now > link.expires_at_unix_ms {
                 return Err(LoginRefused::Expired);
             }
-            link.used_at_unix_ms = now;
-            let operator = link.operator.clone();
             Self::purge(&mut book, now);
             if book.sessions.len() >= MAX_SESSIONS {
                 return Err(LoginRefused::Full);
             }
-            let key = hashed(&cookie);
-            let session = Session {
-                id: key[..12].to_string(),
-                operator,
-                csrf,
-                created_at_unix_ms: now,
-                expires_at_unix_ms: now.saturating_add(ttl),
-            };
-            book.sessions.insert(key, session.clone());
-            Ok((cookie, session))
-        })();
-        let event = match &outcome {
-            Ok((_, s)) => (
-                s.operator.actor(),
-                "board.login",
-                format!(
-                    "board session {} opened for {}, until {}",
-                    s.id,
-                    s.operator.name,
-                    crate::change::rfc3339(s.expires_at_unix_ms)
-                ),
-            ),
-            Err(why) => ("unauthenticated".to_string(), "board.login_refused", why.to_string()),
-        };
-        if let Err(e) = self.audit(event.0, event.1, event.2).await {
-            tracing::error!(error = %e, "cannot record a board login in the audit log");
+            link.used_at_unix_ms = now;
+            book.links.insert(key.clone(), link.clone());
         }
-        outcome
+        let cookie_hash = hashed(&cookie);
+        let record = BoardRecord {
+            hash_hex: cookie_hash.clone(),
+            session: true,
+            id: cookie_hash[..12].to_string(),
+            operator: link.operator.clone(),
+            role: link.role.clone(),
+            created_at_unix_ms: now,
+            expires_at_unix_ms: now.saturating_add(ttl),
+            used_at_unix_ms: 0,
+            ended_at_unix_ms: 0,
+        };
+        let session = session_of(&record, &cookie).ok_or(LoginRefused::Unknown)?;
+        self.commit(
+            vec![link, record],
+            session.operator.actor(),
+            "board.login",
+            format!(
+                "board session {} opened for {}, until {}",
+                session.id,
+                session.operator.name,
+                crate::change::rfc3339(session.expires_at_unix_ms)
+            ),
+        )
+        .await
+        .map_err(|e| LoginRefused::Unrecorded(e.to_string()))?;
+        self.book().sessions.insert(cookie_hash, session.clone());
+        Ok((cookie, session))
     }
 
-    /// The live session a cookie value stands for.
-    pub fn session(&self, cookie: &str) -> Option<Session> {
+    /// The live session a cookie value stands for: this controller's, or
+    /// one the ledger holds (opened by the controller that led before).
+    pub async fn session(&self, cookie: &str) -> Option<Session> {
         let now = self.ledger.now_unix_ms();
-        self.book()
-            .sessions
-            .get(&hashed(cookie))
-            .filter(|s| s.expires_at_unix_ms > now)
-            .cloned()
+        let key = hashed(cookie);
+        if let Some(s) = self.book().sessions.get(&key) {
+            return (s.expires_at_unix_ms > now).then(|| s.clone());
+        }
+        // Only a cookie of ours can be in the ledger: 64 hex digits.
+        if cookie.len() != 64 || !cookie.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let record = self
+            .stored(&key)
+            .await
+            .filter(|r| r.session && r.ended_at_unix_ms == 0 && r.expires_at_unix_ms > now)?;
+        let session = session_of(&record, cookie)?;
+        let mut book = self.book();
+        if book.sessions.len() < MAX_SESSIONS {
+            book.sessions.insert(key, session.clone());
+        }
+        Some(session)
     }
 
-    /// Every live session, oldest first.
-    pub fn list(&self) -> Vec<Session> {
+    /// Every live session in the ledger, oldest first.
+    pub async fn list(&self) -> Result<Vec<Session>, ApiError> {
         let now = self.ledger.now_unix_ms();
         let mut all: Vec<Session> = self
-            .book()
-            .sessions
-            .values()
-            .filter(|s| s.expires_at_unix_ms > now)
-            .cloned()
+            .all_stored()
+            .await?
+            .iter()
+            .filter(|r| r.session && r.ended_at_unix_ms == 0 && r.expires_at_unix_ms > now)
+            .filter_map(|r| {
+                session_of(r, "").map(|s| Session {
+                    csrf: String::new(),
+                    ..s
+                })
+            })
             .collect();
         all.sort_by_key(|s| s.created_at_unix_ms);
-        all
+        Ok(all)
     }
 
     /// Ends the session named `id` (`lockstep board revoke`).
     pub async fn revoke(&self, who: &Operator, id: &str) -> Result<Session, ApiError> {
-        let ended = {
-            let mut book = self.book();
-            let key = book.sessions.iter().find(|(_, s)| s.id == id).map(|(k, _)| k.clone());
-            key.and_then(|k| book.sessions.remove(&k))
-        };
-        let Some(ended) = ended else {
+        let now = self.ledger.now_unix_ms();
+        let found = self
+            .all_stored()
+            .await?
+            .into_iter()
+            .find(|r| r.session && r.id == id && r.ended_at_unix_ms == 0 && r.expires_at_unix_ms > now);
+        let Some(mut record) = found else {
             return Err(LookupError::NoBoardSession { id: id.into() }.into());
         };
-        self.audit(
+        record.ended_at_unix_ms = now;
+        let ended = session_of(&record, "").ok_or_else(|| LookupError::NoBoardSession { id: id.into() })?;
+        self.book().sessions.remove(&record.hash_hex);
+        self.commit(
+            vec![record],
             who.actor(),
             "board.revoked",
             format!("board session {} of {} revoked", ended.id, ended.operator.name),
@@ -243,12 +361,21 @@ impl BoardSessions {
 
     /// Ends the session of `cookie` (the board's log out).
     pub async fn logout(&self, cookie: &str) {
-        let ended = self.book().sessions.remove(&hashed(cookie));
-        if let Some(s) = ended {
-            let detail = format!("board session {} of {} logged out", s.id, s.operator.name);
-            if let Err(e) = self.audit(s.operator.actor(), "board.logout", detail).await {
-                tracing::error!(error = %e, "cannot record a board logout in the audit log");
-            }
+        let key = hashed(cookie);
+        let Some(session) = self.session(cookie).await else {
+            return;
+        };
+        self.book().sessions.remove(&key);
+        let Some(mut record) = self.stored(&key).await else {
+            return;
+        };
+        record.ended_at_unix_ms = self.ledger.now_unix_ms();
+        let detail = format!("board session {} of {} logged out", session.id, session.operator.name);
+        if let Err(e) = self
+            .commit(vec![record], session.operator.actor(), "board.logout", detail)
+            .await
+        {
+            tracing::error!(error = %e, "cannot record a board logout in the audit log");
         }
     }
 

@@ -18,8 +18,8 @@ use crate::evidence::{HaltFact, ReleaseFact, Resumed, to_facts};
 use crate::fleet::FleetState;
 use crate::incidents::{IncidentRecord, Incidents};
 use crate::store::{
-    HaltRecord, HaltScope, HostRecord, Put, Rejection as StoredRejection, ReleaseRecord, Revocation, Store, StoreError,
-    TokenRecord,
+    BoardRecord, HaltRecord, HaltScope, HostRecord, Put, Rejection as StoredRejection, ReleaseRecord, Revocation,
+    Store, StoreError, TokenRecord,
 };
 use crate::verify::Rejection;
 
@@ -83,6 +83,12 @@ pub enum Change {
         by: String,
         reason: String,
         at_unix_ms: i64,
+    },
+    /// A board login link or session made, spent or ended
+    /// ([`crate::board_sessions`]).
+    Board {
+        records: Vec<BoardRecord>,
+        events: Vec<AuditEvent>,
     },
     /// An incident stored as the incident book has it when the commit
     /// writes it (an acknowledgement and a notification of one incident
@@ -261,7 +267,7 @@ impl<'a> Staged<'a> {
                 Put::Token(t) => {
                     self.tokens.insert(t.hash_hex.clone(), t.clone());
                 }
-                Put::Incident(_) => {}
+                Put::Incident(_) | Put::Board(_) => {}
             }
         }
     }
@@ -324,6 +330,11 @@ impl Change {
                     facts: String::new(),
                 }],
                 puts: vec![Put::Token(token)],
+                numbered: None,
+            }),
+            Self::Board { records, events } => Ok(Effect {
+                puts: records.into_iter().map(Put::Board).collect(),
+                events,
                 numbered: None,
             }),
             Self::Enrolled(e) => enrolled(state, e),

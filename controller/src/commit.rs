@@ -378,6 +378,15 @@ mod tests {
         fn tokens(&self) -> Result<Vec<crate::store::TokenRecord>, StoreError> {
             self.inner.tokens()
         }
+        fn board(&self, hash_hex: &str) -> Result<Option<crate::store::BoardRecord>, StoreError> {
+            self.inner.board(hash_hex)
+        }
+        fn put_board(&self, record: &crate::store::BoardRecord) -> Result<(), StoreError> {
+            self.inner.put_board(record)
+        }
+        fn boards(&self) -> Result<Vec<crate::store::BoardRecord>, StoreError> {
+            self.inner.boards()
+        }
         fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {
             self.inner.manifest_digests()
         }

@@ -90,7 +90,7 @@ impl FleetState {
                 self.halts.insert(h.id, h.clone());
             }
             // Kept in the store only (tokens) or by the incident book.
-            Put::Token(_) | Put::Incident(_) => {}
+            Put::Token(_) | Put::Incident(_) | Put::Board(_) => {}
         }
     }
 

@@ -408,6 +408,7 @@ impl ConsoleService for ConsoleApi {
             .controller
             .board_sessions
             .list()
+            .await?
             .iter()
             .map(board_session_pb)
             .collect();

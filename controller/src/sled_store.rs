@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::audit::AuditRecord;
 use crate::incidents::IncidentRecord;
-use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
+use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
 
 pub struct SledStore {
     path: PathBuf,
@@ -24,6 +24,7 @@ pub struct SledStore {
     audit: sled::Tree,
     incidents: sled::Tree,
     tokens: sled::Tree,
+    boards: sled::Tree,
 }
 
 /// How long `open` waits for the store's file lock when it is taken.
@@ -64,6 +65,7 @@ impl SledStore {
             audit: db.open_tree("audit").map_err(err)?,
             incidents: db.open_tree("incidents").map_err(err)?,
             tokens: db.open_tree("tokens").map_err(err)?,
+            boards: db.open_tree("boards").map_err(err)?,
             db,
         })
     }
@@ -172,6 +174,26 @@ impl Store for SledStore {
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.all_json(&self.tokens)
+    }
+
+    fn board(&self, hash_hex: &str) -> Result<Option<BoardRecord>, StoreError> {
+        let Some(bytes) = self.boards.get(hash_hex).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("board {hash_hex}"),
+                reason: e.to_string(),
+            })
+    }
+
+    fn put_board(&self, record: &BoardRecord) -> Result<(), StoreError> {
+        self.put_json(&self.boards, record.hash_hex.as_bytes(), record)
+    }
+
+    fn boards(&self) -> Result<Vec<BoardRecord>, StoreError> {
+        self.all_json(&self.boards)
     }
 
     fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {

@@ -44,6 +44,13 @@ impl StandbyView {
         matches!(&self.leader, Some(l) if l.name != self.me && !l.silent)
     }
 
+    /// Whether a call should wait here for a leader to be named: not when
+    /// one is, and not when this controller cannot read etcd (it would
+    /// never learn one: the client is better sent to another at once).
+    pub fn worth_holding(&self) -> bool {
+        !self.names_another_leader() && self.trouble.is_none()
+    }
+
     /// The refusal a call to this standby gets. Every one is marked done
     /// nowhere ([`lockstep_proto::failover::NOT_LEADER_HEADER`]), so a
     /// console tries the next controller at once.
@@ -114,7 +121,7 @@ pub(crate) async fn serve(
         async move {
             let held = async {
                 loop {
-                    if view.borrow_and_update().names_another_leader() {
+                    if !view.borrow_and_update().worth_holding() {
                         return;
                     }
                     if view.changed().await.is_err() {

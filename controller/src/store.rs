@@ -81,6 +81,29 @@ pub struct TokenRecord {
     pub used_at_unix_ms: i64,
 }
 
+/// A board login link or session, kept as the SHA-256 of its secret (the
+/// link's token, the session's cookie): the secret itself lives only in
+/// the operator's hands and browser. In the ledger, so a new leader knows
+/// every session the old one opened, every link it spent and every session
+/// it ended: a failover logs no board out and reopens nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoardRecord {
+    pub hash_hex: String,
+    /// A session (false: a login link).
+    pub session: bool,
+    /// The session's short public name (`lockstep board sessions`).
+    pub id: String,
+    pub operator: String,
+    /// viewer, operator or approver: the role of the certificate that asked.
+    pub role: String,
+    pub created_at_unix_ms: i64,
+    pub expires_at_unix_ms: i64,
+    /// A link: when it was spent (0: not yet).
+    pub used_at_unix_ms: i64,
+    /// A session: when it was revoked or logged out (0: live).
+    pub ended_at_unix_ms: i64,
+}
+
 impl HostRecord {
     pub fn has_reported(&self) -> bool {
         self.accepted_at_unix_ms > 0
@@ -166,6 +189,7 @@ pub enum Put {
     Halt(HaltRecord),
     Token(TokenRecord),
     Incident(IncidentRecord),
+    Board(BoardRecord),
 }
 
 impl Put {
@@ -177,6 +201,7 @@ impl Put {
             Self::Halt(h) => store.put_halt(h),
             Self::Token(t) => store.put_token(t),
             Self::Incident(i) => store.put_incident(i),
+            Self::Board(b) => store.put_board(b),
         }
     }
 }
@@ -215,6 +240,10 @@ pub trait Store: Send + Sync {
     /// Every token record (migration copies them; the controller looks
     /// tokens up by hash only).
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn board(&self, hash_hex: &str) -> Result<Option<BoardRecord>, StoreError>;
+    fn put_board(&self, record: &BoardRecord) -> Result<(), StoreError>;
+    /// Every board record (`lockstep board sessions`, revocation by id).
+    fn boards(&self) -> Result<Vec<BoardRecord>, StoreError>;
     /// The digest of every stored manifest (for migration).
     fn manifest_digests(&self) -> Result<Vec<String>, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;

@@ -212,10 +212,10 @@ async fn a_board_login_link_and_session_expire_on_the_clock() {
         LoginRefused::Unknown
     );
 
-    assert!(c.board_sessions.session(&cookie).is_some());
+    assert!(c.board_sessions.session(&cookie).await.is_some());
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert!(
-        c.board_sessions.session(&cookie).is_none(),
+        c.board_sessions.session(&cookie).await.is_none(),
         "a session outlived its ttl"
     );
     let records = c.ledger.store().audit_from(1).unwrap();

@@ -38,6 +38,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         leader_ttl_s: 2,
         sled_first: false,
         isolated: false,
+        board: false,
     })
     .await?;
     println!(

@@ -225,12 +225,16 @@ pub struct HaFleet {
     pub addrs: Vec<String>,
     metrics: Vec<std::net::SocketAddr>,
     configs: Vec<PathBuf>,
+    /// Each controller's board (`https://…`), with [`HaSpec::board`].
+    pub boards: Vec<String>,
     controllers: Vec<Option<Killed>>,
     sled: Option<Killed>,
     pub alice: TlsPaths,
     pub bob: TlsPaths,
-    /// With [`HaSpec::isolated`]: each controller's box on a test network
-    /// (last, so it goes after the processes in it).
+    /// With [`HaSpec::isolated`], how many racks agents run in.
+    racks: usize,
+    /// With [`HaSpec::isolated`]: each controller's box and the agents'
+    /// racks on a test network (last, so it goes after the processes in it).
     net: Option<Net>,
 }
 
@@ -246,6 +250,8 @@ pub struct HaSpec {
     /// bridge; etcd, agents and consoles outside), so that a box can be cut
     /// off ([`HaFleet::cut`], [`HaFleet::cut_from_etcd`]). Needs root.
     pub isolated: bool,
+    /// Each controller serves the board too ([`HaFleet::board_url`]).
+    pub board: bool,
 }
 
 impl HaSpec {
@@ -258,6 +264,7 @@ impl HaSpec {
             leader_ttl_s,
             sled_first: false,
             isolated: false,
+            board: false,
         }
     }
 }
@@ -288,10 +295,21 @@ impl HaFleet {
     pub async fn start(spec: HaSpec) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("lockstep-ha-").tempdir()?;
         let pki_dir = dir.path().join("pki");
-        let net = spec.isolated.then(|| Net::create(spec.controllers)).transpose()?;
+        // Agents in racks of at most 32 (boxes of their own, after the
+        // controllers'): each rack is one address to the controllers, as
+        // hosts behind one router are, well under the controllers' bound
+        // on handshakes in flight from one address.
+        let racks = spec.hosts.len().div_ceil(32).max(1);
+        let net = spec
+            .isolated
+            .then(|| Net::create(spec.controllers + racks))
+            .transpose()?;
         // Where each controller listens, and where etcd does.
         let (ips, etcd_ip): (Vec<String>, String) = match &net {
-            Some(n) => (n.boxes.iter().map(|b| b.ip.clone()).collect(), n.host_ip.clone()),
+            Some(n) => (
+                n.boxes[..spec.controllers].iter().map(|b| b.ip.clone()).collect(),
+                n.host_ip.clone(),
+            ),
             None => (vec!["127.0.0.1".to_string(); spec.controllers], "127.0.0.1".to_string()),
         };
         pki::init(&pki_dir, YEAR)?;
@@ -309,9 +327,17 @@ impl HaFleet {
         let mut addrs = Vec::new();
         let mut metrics = Vec::new();
         let mut configs = Vec::new();
+        let mut boards = Vec::new();
         for (i, ip) in ips.iter().enumerate() {
             let addr = format!("{ip}:{}", free_port()?);
             let metrics_at: std::net::SocketAddr = format!("{ip}:{}", free_port()?).parse()?;
+            let board = if spec.board {
+                let at = format!("{ip}:{}", free_port()?);
+                boards.push(format!("https://{at}"));
+                format!("[board]\nlisten = \"{at}\"\nurl = \"https://{at}\"\n")
+            } else {
+                String::new()
+            };
             let config = dir.path().join(format!("controller-{i}.toml"));
             // Each controller's own client certificate of etcd's CA.
             let etcd_client = etcd.client_identity(&format!("ctl-{i}"))?;
@@ -320,7 +346,7 @@ impl HaFleet {
                 format!(
                     "listen = \"{addr}\"\ndata_dir = \"{data}\"\nfreshness_ttl = \"{ttl}ms\"\n\
                      [tls]\nca = \"{pki}/ca.pem\"\ncert = \"{pki}/controller.pem\"\nkey = \"{pki}/controller.key\"\n\
-                     [enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"{metrics_at}\"\n\
+                     [enrollment]\nca_key = \"{pki}/ca.key\"\n[metrics]\nlisten = \"{metrics_at}\"\n{board}\
                      [store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {endpoints:?}\n\
                      ca = \"{etcd_ca}\"\ncert = \"{client_cert}\"\nkey = \"{client_key}\"\n\
                      name = \"ctl-{i}\"\nleader_ttl = \"{lease}s\"\nrequest_timeout = \"1s\"\nmax_txn_ops = 1024\n\
@@ -362,8 +388,10 @@ impl HaFleet {
             controllers: (0..spec.controllers).map(|_| None).collect(),
             sled: None,
             configs,
+            boards,
             alice,
             bob,
+            racks,
             net,
         };
         if spec.sled_first {
@@ -673,7 +701,16 @@ impl HaFleet {
             .create(true)
             .append(true)
             .open(base.join("agent.log"))?;
-        let child = Command::new(binary("lockstep-agent")?)
+        let program = binary("lockstep-agent")?;
+        let mut command = match &self.net {
+            // Its rack: a box after the controllers', by the host's name.
+            Some(net) => {
+                let rack = host.bytes().map(usize::from).sum::<usize>() % self.racks;
+                net.command(self.addrs.len() + rack, &program)
+            }
+            None => Command::new(&program),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(base.join("agent.toml"))
             .env("LOCKSTEP_LOG", "warn")

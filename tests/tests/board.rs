@@ -309,7 +309,7 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 303).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 15, "{statuses:?}");
-    assert_eq!(m.fleet.controller.board_sessions.list().len(), 1);
+    assert_eq!(m.fleet.controller.board_sessions.list().await.unwrap().len(), 1);
 
     // The session's page, then its logout (with the page's form token).
     let (status, _, page) = browser::https(&ca, &format!("{board}/"), "GET", &[("Cookie", &cookie)], "")
@@ -326,7 +326,7 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
         .unwrap();
     assert_eq!(status, 303, "{head}");
     assert!(head.contains("Max-Age=0"), "the cookie is not cleared: {head}");
-    assert!(m.fleet.controller.board_sessions.list().is_empty());
+    assert!(m.fleet.controller.board_sessions.list().await.unwrap().is_empty());
     let (status, _, _) = browser::https(&ca, &format!("{board}/"), "GET", &[("Cookie", &cookie)], "")
         .await
         .unwrap();
@@ -395,6 +395,6 @@ async fn an_expired_login_link_is_refused() {
     assert_eq!(status, 403);
     assert!(body.contains("expired"), "{body}");
     m.fleet.wait_audit("board.login_refused", "expired").await.unwrap();
-    assert!(m.fleet.controller.board_sessions.list().is_empty());
+    assert!(m.fleet.controller.board_sessions.list().await.unwrap().is_empty());
     m.fleet.shutdown().await.unwrap();
 }

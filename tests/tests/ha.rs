@@ -718,6 +718,7 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
         leader_ttl_s: 2,
         sled_first: true,
         isolated: false,
+        board: false,
     })
     .await
     .unwrap();
@@ -790,6 +791,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
         leader_ttl_s: 2,
         sled_first: false,
         isolated: false,
+        board: false,
     })
     .await
     .unwrap();
@@ -1050,4 +1052,97 @@ async fn etcd_trusts_controllers_only_and_a_controller_with_a_fleet_certificate_
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("store.etcd.cert"), "{stderr}");
     assert!(stderr.contains("lockstep pki etcd init"), "{stderr}");
+}
+
+fn cookie_of(head: &str) -> String {
+    let line = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("a session cookie");
+    let value = line.split_once(':').unwrap().1.trim();
+    value.split(';').next().unwrap().to_string()
+}
+
+/// Board sessions are in the ledger: a session the old leader opened is
+/// good on the new leader's board, a link it spent stays spent, a link it
+/// made and nobody opened opens once there, and a session revoked on the
+/// new leader is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_board_session_survives_a_failover_and_a_spent_link_stays_spent() {
+    use lockstep_tests::browser;
+    let mut fleet = HaFleet::start(HaSpec {
+        board: true,
+        ..HaSpec::three(hosts(1), Duration::from_secs(30), 2)
+    })
+    .await
+    .unwrap();
+    let (old, _) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
+    let ca = fleet.pki_dir.join("ca.pem");
+    let token = |url: &str| url.rsplit('/').next().unwrap().to_string();
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
+    let spent = token(
+        &console
+            .board_login(pb::BoardLoginRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .url,
+    );
+    let unopened = token(
+        &console
+            .board_login(pb::BoardLoginRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .url,
+    );
+    let (status, head, _) = browser::https(&ca, &format!("{}/login/{spent}", fleet.boards[old]), "GET", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 303, "{head}");
+    let cookie = cookie_of(&head);
+
+    fleet.kill_controller(old);
+    let (new, _) = fleet.wait_leader(Some(old), Duration::from_secs(30)).await.unwrap();
+    let board = &fleet.boards[new];
+    let (status, _, page) = browser::https(&ca, &format!("{board}/"), "GET", &[("Cookie", &cookie)], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 200,
+        "the old leader's session on the new leader's board: {page}"
+    );
+    assert!(page.contains("alice"), "{page}");
+    let (status, _, page) = browser::https(&ca, &format!("{board}/login/{spent}"), "GET", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "a link spent on the old leader opened again: {page}");
+    assert!(page.contains("already used"), "{page}");
+    let (status, head, _) = browser::https(&ca, &format!("{board}/login/{unopened}"), "GET", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 303, "a link made by the old leader, opened on the new: {head}");
+    let second = cookie_of(&head);
+
+    let mut console = fleet.console(&fleet.alice).await.unwrap();
+    let sessions = console
+        .list_board_sessions(pb::ListBoardSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let first = sessions.iter().min_by_key(|s| s.created_at_unix_ms).unwrap().id.clone();
+    console
+        .revoke_board_session(pb::RevokeBoardSessionRequest { id: first })
+        .await
+        .unwrap();
+    let (status, _, _) = browser::https(&ca, &format!("{board}/"), "GET", &[("Cookie", &cookie)], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "a revoked session still opens the board");
+    let (status, _, _) = browser::https(&ca, &format!("{board}/"), "GET", &[("Cookie", &second)], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
 }

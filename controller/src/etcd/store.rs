@@ -25,7 +25,7 @@ use super::api::{self, Compare, RangeRequest, RequestOp, TxnRequest, compare, ra
 use super::{Etcd, prefix_end};
 use crate::audit::AuditRecord;
 use crate::incidents::IncidentRecord;
-use crate::store::{HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
+use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
 
 const CHUNK: usize = 1_000_000;
 /// A transaction is cut before it grows past this (etcd refuses 1.5 MiB).
@@ -457,6 +457,27 @@ impl Store for EtcdStore {
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.all_json("token/")
+    }
+
+    fn board(&self, hash_hex: &str) -> Result<Option<BoardRecord>, StoreError> {
+        let key = format!("board/{hash_hex}");
+        self.get(&key)?
+            .map(|value| {
+                self.decode(&api::KeyValue {
+                    key: key.into_bytes(),
+                    value,
+                    ..Default::default()
+                })
+            })
+            .transpose()
+    }
+
+    fn put_board(&self, record: &BoardRecord) -> Result<(), StoreError> {
+        self.queue_json(format!("board/{}", record.hash_hex), record)
+    }
+
+    fn boards(&self) -> Result<Vec<BoardRecord>, StoreError> {
+        self.all_json("board/")
     }
 
     fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {

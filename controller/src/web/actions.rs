@@ -32,7 +32,7 @@ struct Refusal {
 impl Board {
     /// The session allowed to make this request as the console's `method`.
     async fn allowed(&self, headers: &HeaderMap, csrf: &str, method: &str) -> Result<Session, Box<Response>> {
-        let refusal = match self.check(headers, csrf, method) {
+        let refusal = match self.check(headers, csrf, method).await {
             Ok(session) => return Ok(session),
             Err(r) => r,
         };
@@ -44,8 +44,8 @@ impl Board {
         Err(Box::new(refused(refusal.status, "Refused", &refusal.why)))
     }
 
-    fn check(&self, headers: &HeaderMap, csrf: &str, method: &str) -> Result<Session, Refusal> {
-        let session = self.session(headers).map(|(_, s)| s);
+    async fn check(&self, headers: &HeaderMap, csrf: &str, method: &str) -> Result<Session, Refusal> {
+        let session = self.session(headers).await.map(|(_, s)| s);
         let actor = session
             .as_ref()
             .map_or_else(|| "unauthenticated".to_string(), |s| s.operator.actor());
@@ -249,7 +249,7 @@ pub struct LogoutForm {
 }
 
 pub async fn logout(State(board): State<Board>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
-    let Some((cookie, session)) = board.session(&headers) else {
+    let Some((cookie, session)) = board.session(&headers).await else {
         return back("/");
     };
     if form.csrf != session.csrf {

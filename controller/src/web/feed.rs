@@ -33,7 +33,7 @@ pub struct Since {
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
 pub async fn events(State(board): State<Board>, headers: HeaderMap, Query(since): Query<Since>) -> Response {
-    let Some((cookie, _session)) = board.session(&headers) else {
+    let Some((cookie, _session)) = board.session(&headers).await else {
         return (StatusCode::UNAUTHORIZED, "log in with `lockstep board login`").into_response();
     };
     let head = *board.controller.ledger.sealed().borrow();
@@ -115,7 +115,7 @@ async fn follow(board: Board, cookie: String, mut last: u64, tx: Tx) {
                 tokio::time::sleep(GATES_EVERY).await;
             }
             _ = ping.tick() => {
-                if c.board_sessions.session(&cookie).is_none() {
+                if c.board_sessions.session(&cookie).await.is_none() {
                     let _ = send(&tx, Event::default().event("ended").data("session ended")).await;
                     return;
                 }

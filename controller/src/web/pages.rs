@@ -100,8 +100,8 @@ fn respond(board: &Board, headers: &HeaderMap, session: &Session, title: &str, h
 }
 
 /// The session of a page request, or the page that says how to get one.
-fn session_or_login(board: &Board, headers: &HeaderMap) -> Result<Session, Box<Response>> {
-    board.session(headers).map(|(_, s)| s).ok_or_else(|| {
+async fn session_or_login(board: &Board, headers: &HeaderMap) -> Result<Session, Box<Response>> {
+    board.session(headers).await.map(|(_, s)| s).ok_or_else(|| {
         Box::new(refused(
             StatusCode::UNAUTHORIZED,
             "Not logged in",
@@ -164,7 +164,7 @@ fn gates_of(board: &Board) -> HashMap<String, Gate> {
 }
 
 pub async fn fleet(State(board): State<Board>, headers: HeaderMap, Query(q): Query<FleetQuery>) -> Response {
-    let session = match session_or_login(&board, &headers) {
+    let session = match session_or_login(&board, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -288,7 +288,7 @@ pub async fn fleet(State(board): State<Board>, headers: HeaderMap, Query(q): Que
 }
 
 pub async fn host(State(board): State<Board>, headers: HeaderMap, Path(host): Path<String>) -> Response {
-    let session = match session_or_login(&board, &headers) {
+    let session = match session_or_login(&board, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -354,7 +354,7 @@ fn entry(e: Option<&pb::Entry>) -> String {
 }
 
 pub async fn releases(State(board): State<Board>, headers: HeaderMap) -> Response {
-    let session = match session_or_login(&board, &headers) {
+    let session = match session_or_login(&board, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -436,7 +436,7 @@ fn scope_fields(scope: Option<&pb::HaltScope>) -> (&'static str, String, String)
 }
 
 pub async fn halts(State(board): State<Board>, headers: HeaderMap) -> Response {
-    let session = match session_or_login(&board, &headers) {
+    let session = match session_or_login(&board, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -478,7 +478,7 @@ pub async fn halts(State(board): State<Board>, headers: HeaderMap) -> Response {
 }
 
 pub async fn incidents(State(board): State<Board>, headers: HeaderMap) -> Response {
-    let session = match session_or_login(&board, &headers) {
+    let session = match session_or_login(&board, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -517,7 +517,7 @@ pub async fn incidents(State(board): State<Board>, headers: HeaderMap) -> Respon
 }
 
 pub async fn audit(State(board): State<Board>, headers: HeaderMap) -> Response {
-    let session = match session_or_login(&board, &headers) {
+    let session = match session_or_login(&board, &headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };

@@ -36,9 +36,9 @@ pub struct Board {
 
 impl Board {
     /// The live session of a request's cookie, if it has one.
-    pub fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+    pub async fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let cookie = session_cookie(headers)?;
-        let session = self.controller.board_sessions.session(&cookie)?;
+        let session = self.controller.board_sessions.session(&cookie).await?;
         Some((cookie, session))
     }
 }
@@ -72,8 +72,29 @@ fn router(board: Board) -> Router {
         .route("/approve", post(super::actions::approve))
         .route("/board.js", get(script))
         .route("/board.css", get(style))
+        .layer(axum::middleware::from_fn_with_state(board.clone(), still_leading))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(board)
+}
+
+/// A controller that stood down serves no board: its view may be behind
+/// the new leader's (a halt it never saw). The browser reloads on the
+/// board the new leader serves, with the same session.
+async fn still_leading(
+    axum::extract::State(board): axum::extract::State<Board>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match board.controller.standing.stood_down() {
+        Some(why) => super::pages::refused(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "This controller no longer leads",
+            &format!(
+                "It stood down ({why}); the board is served by the controller that leads now: reload in a few seconds."
+            ),
+        ),
+        None => next.run(request).await,
+    }
 }
 
 /// What every answer carries: nothing from elsewhere may run or frame the
