@@ -12,7 +12,7 @@ use lockstep_proto::pb::{DirectivesRequest, directive};
 use tracing::{debug, warn};
 
 use crate::gatekeeper::GateKeeper;
-use lockstep_daemon::backoff::Backoff;
+use crate::pace::{Failure, Pace};
 
 /// Full scans an operator asked for (`lockstep scan --host`), handed from
 /// the directive stream to the report loop.
@@ -68,38 +68,29 @@ pub async fn follow(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
-    let mut warned = false;
-    let mut down_since = tokio::time::Instant::now();
-    let mut redirects_in_a_row = 0;
+    let mut pace = Pace::new(Duration::from_secs(15));
     loop {
-        let stream = tokio::select! {
-            s = client.directives(DirectivesRequest {}) => s,
-            () = lease_runs_out(&keeper) => { keeper.expire(); continue; }
-            Some(gate) = reply_gates.recv() => { keeper.apply_closing(&gate); continue; }
-            () = &mut shutdown => return,
+        let sent = tokio::time::Instant::now();
+        let call = client.directives(DirectivesRequest {});
+        tokio::pin!(call);
+        // The call runs on while gates from replies and the lease deadline
+        // are seen to.
+        let stream = loop {
+            tokio::select! {
+                s = &mut call => break s,
+                () = lease_runs_out(&keeper) => keeper.expire(),
+                Some(gate) = reply_gates.recv() => { keeper.apply_closing(&gate); }
+                () = &mut shutdown => return,
+            }
         };
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
             Err(status) => {
-                if !warned {
+                if !pace.was_down() {
                     warn!(error = %status.message(), "directive stream unavailable; retrying");
-                    warned = true;
-                    down_since = tokio::time::Instant::now();
                 }
-                // The same pace as the reports through a failover: a
-                // redirect is followed at once, then a few seconds of
-                // quick retries before backing off.
-                let mut pause = backoff.next_delay();
-                if down_since.elapsed() < crate::report::FAST_RETRY_FOR {
-                    pause = pause.min(crate::report::FAST_RETRY_MAX);
-                }
-                if lockstep_proto::failover::refused_here(status.metadata().as_ref()) && redirects_in_a_row < 3 {
-                    redirects_in_a_row += 1;
-                    pause = Duration::ZERO;
-                } else {
-                    redirects_in_a_row = 0;
-                }
+                // The same pace as the reports (crate::pace).
+                let pause = pace.failed(Failure::of(&status, sent));
                 let sleep = tokio::time::sleep(pause);
                 tokio::pin!(sleep);
                 loop {
@@ -117,12 +108,10 @@ pub async fn follow(
                 continue;
             }
         };
-        if warned {
+        if pace.was_down() {
             reconnects.directives_back.notify_one();
         }
-        warned = false;
-        redirects_in_a_row = 0;
-        backoff.reset();
+        pace.succeeded();
         loop {
             tokio::select! {
                 msg = stream.message() => match msg {

@@ -39,6 +39,7 @@ pub mod lifecycle;
 pub mod market_hours;
 pub mod measure;
 pub mod metrics;
+pub mod pace;
 pub mod placement;
 pub mod process;
 pub mod report;

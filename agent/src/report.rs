@@ -9,7 +9,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_daemon::backoff::Backoff;
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
@@ -22,6 +21,7 @@ use crate::directives::{FullScanRequests, Reconnects};
 use crate::error::AgentError;
 use crate::measure::Measurer;
 use crate::metrics::AgentMetrics;
+use crate::pace::{Failure, Pace};
 use crate::state::SeqCounter;
 
 /// Whether the controller confirmed the attestation key is pinned.
@@ -67,9 +67,8 @@ pub struct Reporter {
     key: Key,
     /// Whether the last attestation sent carried the full entry list.
     last_sent_full: bool,
-    /// The last refusal said "not here" (a standby naming the leader, or a
-    /// controller that stood down): the next attempt goes at once.
-    redirected: bool,
+    /// What the last failed call was (a redirect goes again at once).
+    last_failure: Failure,
     /// Gates from the controller's replies, for the gate keeper: a halt
     /// that a reply carries closes the gate even before the directive
     /// stream is back on the new leader.
@@ -98,7 +97,7 @@ impl Reporter {
             last_gate: None,
             key: Key::Unconfirmed,
             last_sent_full: false,
-            redirected: false,
+            last_failure: Failure::Plain,
             gates: None,
             metrics,
         }
@@ -109,9 +108,9 @@ impl Reporter {
         self.gates = Some(gates);
     }
 
-    /// Whether the last failure was a redirect (and forgets it).
-    fn take_redirected(&mut self) -> bool {
-        std::mem::take(&mut self.redirected)
+    /// What the last failed call was (and forgets it).
+    fn take_failure(&mut self) -> Failure {
+        std::mem::replace(&mut self.last_failure, Failure::Plain)
     }
 
     pub fn public_key(&self) -> &[u8] {
@@ -172,6 +171,7 @@ impl Reporter {
         };
         let envelope = self.signer.seal_attestation(&attestation);
         self.last_sent_full = full;
+        let sent = tokio::time::Instant::now();
         let reply = match self.attest.send(envelope).await {
             Ok(r) => r,
             Err(status) => {
@@ -182,7 +182,7 @@ impl Reporter {
                     | tonic::Code::Cancelled => "failed",
                     _ => "refused",
                 });
-                self.redirected = lockstep_proto::failover::refused_here(status.metadata().as_ref());
+                self.last_failure = Failure::of(&status, sent);
                 // Decided on the stable reason, never on the message text.
                 if lockstep_proto::reason::of(&status).as_deref() == Some(lockstep_proto::reason::KEY_NOT_PINNED) {
                     self.key = Key::Unconfirmed;
@@ -242,16 +242,6 @@ pub struct Triggers {
     pub reconnects: Arc<Reconnects>,
 }
 
-/// For this long into an outage, retries are at most [`FAST_RETRY_MAX`]
-/// apart: a controller failover (docs/ha.md) takes a few seconds. A
-/// standby holds a call until it can name the new leader, and a redirect
-/// is followed at once, so the pace itself matters little.
-pub const FAST_RETRY_FOR: Duration = Duration::from_secs(10);
-pub const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
-/// Redirects followed at once in a row before the next attempt waits
-/// (a standby naming a leader that has just died sends the agent round).
-const IMMEDIATE_REDIRECTS: u32 = 3;
-
 /// Reports every `interval` (sooner when triggered) until `shutdown`.
 pub async fn run(
     measurer: &mut Measurer,
@@ -261,10 +251,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut pace = Pace::new(Duration::from_secs(30));
     let (mut due, mut link) = (Due::Heartbeat, Link::Up);
-    let mut down_since = tokio::time::Instant::now();
-    let mut redirects_in_a_row = 0;
     // The next heartbeat is due then, whatever the watcher triggers in
     // between: a change that does not move the set must not delay it.
     let mut next_report = tokio::time::Instant::now();
@@ -276,8 +264,7 @@ pub async fn run(
                     info!(host = %host, "reporting to the controller again");
                     triggers.reconnects.reports_back.notify_one();
                 }
-                backoff.reset();
-                redirects_in_a_row = 0;
+                pace.succeeded();
                 if submitted.is_some() {
                     next_report = tokio::time::Instant::now() + interval;
                 }
@@ -289,21 +276,11 @@ pub async fn run(
                     debug!(host = %host, error = %e, "report failed again");
                 } else {
                     warn!(host = %host, error = %e, "report failed; retrying with backoff");
-                    down_since = tokio::time::Instant::now();
                 }
                 // A failover (a few seconds) is waited out at most a second
-                // behind the new leader; a long outage backs off fully, so
-                // a fleet does not storm a controller that is coming back.
-                let mut pause = backoff.next_delay();
-                if down_since.elapsed() < FAST_RETRY_FOR {
-                    pause = pause.min(FAST_RETRY_MAX);
-                }
-                if reporter.take_redirected() && redirects_in_a_row < IMMEDIATE_REDIRECTS {
-                    redirects_in_a_row += 1;
-                    pause = Duration::ZERO;
-                } else {
-                    redirects_in_a_row = 0;
-                }
+                // behind the new leader, a redirect followed at once; a long
+                // outage backs off fully (crate::pace).
+                let pause = pace.failed(reporter.take_failure());
                 next_report = tokio::time::Instant::now() + pause;
                 Link::Down
             }
