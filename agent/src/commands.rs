@@ -7,8 +7,8 @@ use anyhow::Context;
 
 use crate::cli::{Cli, Command, GateCommand};
 use crate::config::AgentConfig;
-use crate::gatekeeper;
-use crate::scan::Scanner;
+use crate::gate::gatekeeper;
+use crate::measure::scan::Scanner;
 
 /// Runs the parsed command; the exit code is the command's (`gate check`:
 /// 0 OPEN, non-zero otherwise; others: 0 or 1 with the error printed).
@@ -46,7 +46,7 @@ fn gate_check(
             }
         },
     };
-    let (code, line) = gatekeeper::check(&path, wait.unwrap_or_default());
+    let (code, line) = gatekeeper::check(&path, wait.unwrap_or_default(), &lockstep_daemon::clock::system());
     if code == 0 {
         println!("{line}");
     } else {
@@ -86,7 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 token
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let reply = runtime.block_on(crate::enrollment::enroll(&config, &token, ca.as_deref()))?;
+            let reply = runtime.block_on(crate::link::enrollment::enroll(&config, &token, ca.as_deref()))?;
             let until = std::time::UNIX_EPOCH
                 + std::time::Duration::from_millis(u64::try_from(reply.not_after_unix_ms).unwrap_or(0));
             println!(
@@ -115,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     // On the host, a measurement keeps to the agent's CPUs too.
                     let placement = place_this_thread(&config)?;
                     let scanner = Scanner::new(&config.watch, config.root.clone())?.with_placement(&placement);
-                    crate::measure::measure_files(&scanner, &config, true)?.0
+                    crate::measurer::measure_files(&scanner, &config, true)?.0
                 }
                 None => Scanner::new(&watch, root)?.scan()?,
             };
@@ -146,8 +146,8 @@ fn placed_runtime(config: &AgentConfig) -> anyhow::Result<tokio::runtime::Runtim
 
 /// The agent's CPUs from its config, with the calling thread pinned there
 /// (threads it starts inherit the mask).
-fn place_this_thread(config: &AgentConfig) -> anyhow::Result<crate::placement::Placement> {
-    use crate::placement::{Placement, pin_current_thread};
+fn place_this_thread(config: &AgentConfig) -> anyhow::Result<crate::measure::placement::Placement> {
+    use crate::measure::placement::{Placement, pin_current_thread};
     let placement = Placement::new(config.cpus.clone(), std::path::Path::new("/sys"))
         .context("choosing the agent's CPUs (set [resources] cpus in the agent config)")?;
     pin_current_thread(&placement.cpus).with_context(|| {

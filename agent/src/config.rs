@@ -35,12 +35,14 @@ use std::time::Duration;
 
 pub use lockstep_daemon::config::ConfigError;
 use lockstep_daemon::config::duration;
+use lockstep_link::tls::{TlsPaths, default_server_name};
 use lockstep_proto::identity::validate_id;
-use lockstep_proto::tls::{TlsPaths, default_server_name};
 use serde::Deserialize;
 
-use crate::market_hours::{self, MarketHours};
-use crate::placement::CpuList;
+use crate::measure::configkeys::{ConfigFile, ConfigFormat};
+use crate::measure::market_hours::{self, MarketHours};
+use crate::measure::placement::CpuList;
+use crate::measure::process::ProcessRule;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,32 +108,6 @@ struct RawConfigFile {
     format: String,
 }
 
-/// A process to measure: matched by executable path and/or process name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRule {
-    /// Label in entries and reasons ("proc:<name>...").
-    pub name: String,
-    pub exe: Option<String>,
-    /// The kernel's process name (/proc/PID/comm, at most 15 characters).
-    pub comm: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigFormat {
-    Ini,
-    Toml,
-    Json,
-    Yaml,
-    KeyValue,
-}
-
-/// A config file whose keys become entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigFile {
-    pub path: PathBuf,
-    pub format: ConfigFormat,
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawGate {
@@ -194,7 +170,7 @@ pub struct AgentConfig {
     pub processes: Vec<ProcessRule>,
     pub configs: Vec<ConfigFile>,
     /// `[resources] cpus`: where every agent thread runs (`None`: the
-    /// housekeeping CPUs, see [`crate::placement`]).
+    /// housekeeping CPUs, see [`crate::measure::placement`]).
     pub cpus: Option<CpuList>,
     /// Trading windows and the full-scan budget inside them.
     pub market_hours: Option<MarketHours>,
@@ -239,10 +215,10 @@ fn parse_hours(text: &str) -> Result<(i32, i32), String> {
 
 impl ControllerConfig {
     /// Each controller to try, with the name its certificate must carry.
-    pub fn targets(&self) -> Vec<lockstep_proto::tls::Target> {
+    pub fn targets(&self) -> Vec<lockstep_link::tls::Target> {
         self.addresses
             .iter()
-            .map(|a| lockstep_proto::tls::Target {
+            .map(|a| lockstep_link::tls::Target {
                 address: a.clone(),
                 server_name: if self.server_name_given {
                     self.server_name.clone()
@@ -254,7 +230,7 @@ impl ControllerConfig {
     }
 
     /// Talks to `addr` only (`lockstep-agent enroll --controller`).
-    pub fn only(&mut self, addr: String) -> Result<(), lockstep_proto::tls::TlsError> {
+    pub fn only(&mut self, addr: String) -> Result<(), lockstep_link::tls::TlsError> {
         self.server_name = default_server_name(&addr)?;
         self.server_name_given = false;
         self.addresses = vec![addr.clone()];
@@ -308,7 +284,7 @@ impl AgentConfig {
             return Err(invalid("watch", "list at least one path or glob to measure".into()));
         }
         for pattern in &raw.watch {
-            crate::scan::WatchPattern::new(pattern).map_err(|e| invalid("watch", e.to_string()))?;
+            crate::measure::scan::WatchPattern::new(pattern).map_err(|e| invalid("watch", e.to_string()))?;
         }
         let scan_interval =
             duration(raw.scan_interval.as_deref(), DEFAULT_SCAN_INTERVAL).map_err(|e| invalid("scan_interval", e))?;

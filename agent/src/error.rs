@@ -1,9 +1,9 @@
 //! The agent's errors: what stops one report (retried with backoff by the
 //! report loop) or the agent's start (printed, non-zero exit).
 
-use lockstep_proto::tls::TlsError;
+use lockstep_link::tls::TlsError;
 
-use crate::scan::ScanError;
+use crate::measure::scan::ScanError;
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]

@@ -24,26 +24,14 @@
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`watch`]: inotify watching, debounced, that triggers scans.
 
-pub mod attest_stream;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod configkeys;
-pub mod directives;
-pub mod enrollment;
-pub mod entry;
 pub mod error;
-pub mod gatekeeper;
-pub mod hooks;
+pub mod gate;
 pub mod lifecycle;
-pub mod market_hours;
+pub mod link;
 pub mod measure;
+pub mod measurer;
 pub mod metrics;
-pub mod pace;
-pub mod placement;
-pub mod process;
-pub mod report;
-pub mod scan;
 pub mod state;
-pub mod throttle;
-pub mod watch;

@@ -8,22 +8,22 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lockstep_proto::failover::FailoverChannel;
+use lockstep_link::failover::FailoverChannel;
+use lockstep_link::tls;
 use lockstep_proto::pb::SubmitReply;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
-use lockstep_proto::tls;
 use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::config::AgentConfig;
-use crate::directives::FullScanRequests;
 use crate::error::AgentError;
-use crate::gatekeeper::GateKeeper;
-use crate::measure::Measurer;
+use crate::gate::gatekeeper::GateKeeper;
+use crate::link::report::{self, Due, Reporter, Triggers};
+use crate::measure::placement::Placement;
+use crate::measure::scan::Scanner;
+use crate::measurer::FullScanRequests;
+use crate::measurer::Measurer;
 use crate::metrics::AgentMetrics;
-use crate::placement::Placement;
-use crate::report::{self, Due, Reporter, Triggers};
-use crate::scan::Scanner;
 use crate::state::{self, SeqCounter};
 
 /// Largest message the agent will send or accept.
@@ -37,13 +37,21 @@ pub struct Agent {
     reporter: Reporter,
     triggers: Triggers,
     metrics: Arc<AgentMetrics>,
+    /// The host's wall clock, for every part that reads the time.
+    clock: lockstep_daemon::clock::SharedClock,
     /// The TLS certificate presented to the controller, renewed in place.
-    cert: Arc<lockstep_proto::tls::ReloadableCert>,
+    cert: Arc<lockstep_link::tls::ReloadableCert>,
 }
 
 impl Agent {
     /// Loads keys and state and prepares the (lazy) channel; no network yet.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        Self::with_clock(config, lockstep_daemon::clock::system())
+    }
+
+    /// Like [`Agent::new`] on `clock`: what `measured_at`, market hours and
+    /// the gate's leases are read from (a test's, which it moves).
+    pub fn with_clock(config: AgentConfig, clock: lockstep_daemon::clock::SharedClock) -> Result<Self, AgentError> {
         if !config.controller.tls.key.exists() {
             return Err(AgentError::NotEnrolled {
                 key: config.controller.tls.key.clone(),
@@ -66,7 +74,7 @@ impl Agent {
         };
         let scanner = Arc::new(scanner);
         let (tls_config, cert) = tls::reloadable_client_config(&config.controller.tls)?;
-        let channel = lockstep_proto::failover::failover_channel(
+        let channel = lockstep_link::failover::failover_channel(
             config.controller.targets(),
             tls_config,
             config.controller.connect_timeout,
@@ -79,6 +87,7 @@ impl Agent {
         Ok(Self {
             measurer: Measurer::new(
                 config.clone(),
+                clock.clone(),
                 scanner.clone(),
                 placement,
                 metrics.clone(),
@@ -91,6 +100,7 @@ impl Agent {
                 seq,
                 client.clone(),
                 metrics.clone(),
+                clock.clone(),
             ),
             triggers: Triggers {
                 scan_now: Arc::new(Notify::new()),
@@ -99,6 +109,7 @@ impl Agent {
                 reconnects: Arc::default(),
             },
             config,
+            clock,
             scanner,
             client,
             metrics,
@@ -143,12 +154,12 @@ impl Agent {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         // The gate comes first: a halted host learns it before it reports.
         let (hook_tx, hook_rx) = tokio::sync::mpsc::unbounded_channel();
-        let hooks = tokio::spawn(crate::hooks::run_hooks(hook_rx, self.config.gate.hook_timeout));
-        let keeper = GateKeeper::new(&self.config.host, self.config.gate.clone(), hook_tx);
+        let hooks = tokio::spawn(crate::gate::hooks::run_hooks(hook_rx, self.config.gate.hook_timeout));
+        let keeper = GateKeeper::with_clock(&self.config.host, self.config.gate.clone(), hook_tx, self.clock.clone());
         let (stop_follow, follow_stopped) = tokio::sync::oneshot::channel::<()>();
         let (reply_gates, gates_from_replies) = tokio::sync::mpsc::unbounded_channel();
         self.reporter.send_gates_to(reply_gates);
-        let follower = tokio::spawn(crate::directives::follow(
+        let follower = tokio::spawn(crate::link::directives::follow(
             self.client.clone(),
             keeper,
             self.triggers.scan_requests.clone(),
@@ -159,20 +170,21 @@ impl Agent {
             },
         ));
         let (stop_renew, renew_stopped) = tokio::sync::oneshot::channel::<()>();
-        let renewer = tokio::spawn(crate::enrollment::keep_renewed(
+        let renewer = tokio::spawn(crate::link::enrollment::keep_renewed(
             self.client.clone(),
             self.config.clone(),
             self.cert.clone(),
             self.metrics.clone(),
+            self.clock.clone(),
             async {
                 let _ = renew_stopped.await;
             },
         ));
         let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = self.config.watch_changes.then(|| {
-            tokio::spawn(crate::watch::watch_changes(
+            tokio::spawn(crate::measure::watch::watch_changes(
                 self.scanner.clone(),
-                crate::watch::Quiet {
+                crate::measure::watch::Quiet {
                     burst: self.config.quiet_period,
                     small_change: self.config.small_change_quiet_period,
                 },

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lockstep_agent::gatekeeper::GateFile;
+use lockstep_agent::gate::gatekeeper::GateFile;
 
 fn now_ms() -> i64 {
     lockstep_proto::now_unix_ms()

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use lockstep_agent::scan::Scanner;
+use lockstep_agent::measure::scan::Scanner;
 
 const SIZE: usize = 16 << 20;
 

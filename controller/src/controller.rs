@@ -1,30 +1,29 @@
 //! The controller, assembled: each part owns its state and is handed the
 //! parts it uses, once, here. The ledger ([`crate::ledger`]) is the one
 //! writer of durable state and of the fleet view; the others read the view
-//! and commit changes through it. The gRPC services ([`crate::service`])
-//! call the parts; the server ([`crate::server`]) runs their background
+//! and commit changes through it. The gRPC services ([`crate::api::service`])
+//! call the parts; the server ([`crate::api::server`]) runs their background
 //! loops and drains them at shutdown.
 
 use std::sync::Arc;
 
 use lockstep_daemon::clock::SharedClock;
-use lockstep_proto::pb;
 use tokio::sync::watch;
 
 use crate::alerts::Alerts;
-use crate::board::GateBoard;
-use crate::board_sessions::BoardSessions;
+use crate::attest::ingest::Ingest;
+use crate::audit::refusals::Refusals;
 use crate::config::ControllerConfig;
 use crate::enrollment::Enrollment;
+use crate::gates::board::GateBoard;
+use crate::gates::scan_requests::ScanRequests;
 use crate::halts::Halts;
-use crate::ingest::Ingest;
 use crate::ledger::Ledger;
+use crate::logins::BoardSessions;
 use crate::metrics::{Metrics, Snapshot};
 use crate::queries::Queries;
-use crate::refusals::Refusals;
 use crate::releases::Releases;
-use crate::report_issuer::ReportIssuer;
-use crate::scan_requests::ScanRequests;
+use crate::report::ReportIssuer;
 use crate::store::{Store, StoreError};
 
 pub struct Controller {
@@ -54,10 +53,10 @@ pub struct Controller {
     pub epoch: u64,
     /// The etcd cluster this controller leads on (None on sled), for
     /// `lockstep cluster status`.
-    pub cluster: Option<Arc<crate::etcd::Etcd>>,
+    pub cluster: Option<Arc<crate::store::etcd::Etcd>>,
     /// Whether this controller may still act as the leader (etcd: it stands
     /// down at the first doubt about its lead).
-    pub standing: crate::standing::Standing,
+    pub standing: crate::ledger::standing::Standing,
     /// Set when the server begins to stop: long-lived streams end on it.
     closing: watch::Sender<bool>,
 }
@@ -99,7 +98,7 @@ impl Controller {
             reports: ReportIssuer::new(config.clone(), ledger.clone()),
             board_sessions: Arc::new(BoardSessions::new(config.board.clone(), ledger.clone())),
             refusals: Arc::new(Refusals::default()),
-            standing: crate::standing::Standing::new(match &config.backend {
+            standing: crate::ledger::standing::Standing::new(match &config.backend {
                 crate::config::Backend::Etcd(e) => &e.name,
                 crate::config::Backend::Sled => "controller",
             }),
@@ -123,7 +122,7 @@ impl Controller {
         self.closing.send_replace(true);
     }
 
-    /// Stops acting as the leader at once (see [`crate::standing`]): every
+    /// Stops acting as the leader at once (see [`crate::ledger::standing`]): every
     /// call is refused from now, and streams and background loops end.
     pub fn stand_down(&self, why: &str) {
         if self.standing.stand_down(why) {
@@ -142,14 +141,6 @@ impl Controller {
         async move {
             let _ = rx.wait_for(|c| *c).await;
         }
-    }
-
-    /// Whether `gate` is an OPEN lease this controller may not give yet:
-    /// on etcd (epoch > 0) a leader opens no gate before the host has
-    /// attested to it, so nothing the previous leader accepted is renewed
-    /// on its word. Sled (epoch 0) has one controller, whose word it is.
-    pub fn holds_back(&self, gate: &pb::Gate) -> bool {
-        self.epoch > 0 && gate.state() == pb::GateState::Open && !self.ingest.attested_here(&gate.host)
     }
 
     /// The `/metrics` page as of now.

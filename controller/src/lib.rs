@@ -1,71 +1,46 @@
-//! `lockstep-controller` and the `lockstep` console.
+//! `lockstep-controller`: the controller, a folder per part, imports one
+//! way (docs/architecture.md draws them; a test fails on a circle):
 //!
-//! Controller: [`config`] → [`server`] (TLS, identity) → [`service`] (gRPC
-//! adapters) → [`controller`] (ingest, durable-then-acknowledge) using
-//! [`verify`] (checks on one attestation), [`fleet`] (in-memory view),
-//! [`gate`] (the pure gate rule), [`web`] / [`board_sessions`] (the fleet
-//! board in a browser, and its login links and sessions), [`releases`] (two-person releases),
-//! [`halts`] (the kill switch), [`enrollment`] (tokens, enrollment, renewal,
-//! revocation), [`scan_requests`] (operator-requested full scans), [`audit`] (the hash-chained audit log),
-//! [`incidents`] / [`alerts`] / [`webhook`] (grouped alerts and their
-//! delivery), [`metrics`] (Prometheus), [`queries`] (console reads), [`store`] / [`sled_store`] (persistence),
-//! [`evidence`] (the facts audit records carry) / [`report`] (the signed
-//! pre-open report derived from them) / [`report_html`] (its printable page) /
-//! [`report_key`] (its signing key) / [`report_issuer`] (issuing it) /
-//! [`report_verify`] (checking one offline),
-//! [`error`] (the one mapping to gRPC status), [`authz`] (who may call
-//! which method, one table), [`detach`] (calls run to
-//! completion when their client goes away).
+//! - ground: [`config`], [`metrics`], [`store`] (every record, the `Store`
+//!   trait, sled, etcd and migration), [`error`] (`ApiError` and the
+//!   `DomainError` each part's refusals implement);
+//! - the view and the writer: [`fleet`] (the in-memory view and the gate
+//!   rule), [`ledger`] (the one writer: commits each part's `Change`),
+//!   [`audit`] (who acts, the peer, counted refusals);
+//! - the parts: [`alerts`], [`gates`] (each host's gate, directive streams,
+//!   the epoch hold-back), [`attest`], [`releases`], [`halts`],
+//!   [`enrollment`], [`report`] (issuing the signed pre-open report),
+//!   [`logins`] (board sessions), [`queries`] (console reads, the recorded
+//!   gate check);
+//! - the assembly and the fronts: [`controller`], [`api`] (TLS acceptor,
+//!   authorization table, gRPC services), [`web`] (the board), [`serve`] (a
+//!   leader at work), [`ha`] (leader and standby on etcd).
 //!
-//! Console: [`console`] (the `lockstep` CLI) and [`pki`] (the fleet CA).
+//! The `lockstep` console is `lockstep-console`; the audit chain and the
+//! report's derivation and verification are `lockstep-evidence`; the CAs
+//! are `lockstep-pki`.
 
 pub mod alerts;
+pub mod api;
+pub mod attest;
 pub mod audit;
-pub mod authz;
-pub mod board;
-pub mod board_sessions;
-pub mod change;
-pub mod commit;
 pub mod config;
-pub mod console;
 pub mod controller;
-pub mod detach;
 pub mod enrollment;
 pub mod error;
-pub mod etcd;
-pub mod evidence;
 pub mod fleet;
-pub mod front;
-pub mod gate;
+pub mod gates;
+pub mod ha;
 pub mod halts;
-pub mod incidents;
-pub mod ingest;
-pub mod leadership;
 pub mod ledger;
+pub mod logins;
 pub mod metrics;
-pub mod migrate;
-pub mod peer;
-pub mod pki;
 pub mod queries;
-pub mod refusals;
 pub mod releases;
 pub mod report;
-pub mod report_html;
-pub mod report_issuer;
-pub mod report_key;
-pub mod report_verify;
-pub mod scan_requests;
-pub mod server;
-pub mod service;
-pub mod siem;
-pub mod sled_store;
-pub mod standby;
-pub mod standby_console;
-pub mod standing;
+pub mod serve;
 pub mod store;
-pub mod verify;
 pub mod web;
-pub mod webhook;
 
 use anyhow::Context;
 use std::future::Future;
@@ -111,9 +86,9 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     // Before anything is written or bound: a setup that lets every host
     // write the control plane must not run at all.
     if let config::Backend::Etcd(settings) = &config.backend {
-        etcd::trust::check(&config.tls.ca, &settings.tls)?;
+        store::etcd::trust::check(&config.tls.ca, &settings.tls)?;
     }
-    let tls = lockstep_proto::tls::server_config(&config.tls)?;
+    let tls = lockstep_link::tls::server_config(&config.tls)?;
     if let Some(key) = &config.enrollment.ca_key {
         check_private(key)?;
     }
@@ -122,7 +97,7 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     create_private_dir(&config.data_dir)?;
     // Made at the first start, so its public key can be handed to auditors
     // (`lockstep pki report-key`) before the first report is signed.
-    let report_key = report_key::ReportKey::open_or_create(&report_issuer::ReportIssuer::key_path(&config))?;
+    let report_key = report::open_or_create_key(&report::ReportIssuer::key_path(&config))?;
     tracing::info!(key_id = %report_key.key_id(), "report signing key ready");
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
@@ -132,7 +107,7 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     };
     match config.backend.clone() {
         config::Backend::Sled => {
-            let store = sled_store::SledStore::open(&config.data_dir.join("store"))?;
+            let store = store::sled::SledStore::open(&config.data_dir.join("store"))?;
             let listeners = Listeners::bind(&config).await?;
             let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
             let metrics = metrics_listener.map(|l| {
@@ -150,7 +125,9 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
             sidecars.stop().await;
             Ok(served?)
         }
-        config::Backend::Etcd(settings) => leadership::run(config, *settings, tls, metrics_listener, shutdown).await,
+        config::Backend::Etcd(settings) => {
+            ha::leadership::run(config, *settings, tls, metrics_listener, shutdown).await
+        }
     }
 }
 
@@ -186,7 +163,7 @@ impl Listeners {
         controller: Arc<controller::Controller>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        server::serve_all(self.api.into(), self.board.map(Into::into), tls, controller, shutdown).await
+        serve::serve_all(self.api.into(), self.board.map(Into::into), tls, controller, shutdown).await
     }
 }
 

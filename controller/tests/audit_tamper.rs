@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use lockstep_controller::audit::AuditEvent;
 use lockstep_controller::config::ControllerConfig;
 use lockstep_controller::controller::Controller;
-use lockstep_controller::sled_store::SledStore;
 use lockstep_controller::store::Store;
+use lockstep_controller::store::sled::SledStore;
+use lockstep_evidence::chain::AuditEvent;
 
 fn config(dir: &Path) -> ControllerConfig {
     let text = format!(
@@ -29,12 +29,11 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
         let c = Controller::new(config(d.path()), store).unwrap();
         for i in 1..=5 {
             c.ledger
-                .record(vec![AuditEvent {
-                    actor: "alice (operator)".into(),
-                    action: "halt".into(),
-                    detail: format!("event {i}"),
-                    ..Default::default()
-                }])
+                .record(vec![AuditEvent::new(
+                    "alice (operator)",
+                    lockstep_evidence::action::AuditAction::Halt,
+                    format!("event {i}"),
+                )])
                 .await
                 .unwrap();
         }
@@ -78,6 +77,13 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
     assert_eq!(broken.first_broken_seq, 3);
     assert!(broken.problem.contains("edited"), "{}", broken.problem);
     // New records still chain on (from the stored head), and the break stays visible.
-    c.ledger.record(vec![AuditEvent::default()]).await.unwrap();
+    c.ledger
+        .record(vec![AuditEvent::new(
+            "controller",
+            lockstep_evidence::action::AuditAction::GateChanged,
+            "",
+        )])
+        .await
+        .unwrap();
     assert_eq!(c.queries.verify_audit().unwrap().first_broken_seq, 3);
 }

@@ -9,10 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_controller::change::{Attested, Change, Enrolled};
+use lockstep_controller::attest::change::Attested;
 use lockstep_controller::config::ControllerConfig;
 use lockstep_controller::controller::Controller;
-use lockstep_controller::sled_store::SledStore;
+use lockstep_controller::enrollment::change::{Enrolled, TokenCreated};
+use lockstep_controller::releases::change::{ReleaseApproved, ReleaseProposed};
+use lockstep_controller::store::sled::SledStore;
 use lockstep_controller::store::{ReleaseRecord, TokenRecord};
 use lockstep_daemon::clock::TokioClock;
 use lockstep_proto::pb::{Entry, GateState};
@@ -37,9 +39,9 @@ fn manifest() -> Arc<Vec<Entry>> {
     Arc::new(lockstep_proto::digest::canonicalize(vec![entry]).unwrap())
 }
 
-fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> Change {
+fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> TokenCreated {
     let now = c.ledger.now_unix_ms();
-    Change::TokenCreated {
+    TokenCreated {
         actor: "alice (operator)".into(),
         token: TokenRecord {
             hash_hex: hash.into(),
@@ -53,13 +55,13 @@ fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> Change {
     }
 }
 
-fn enrolled(host: &str, hash: &str) -> Change {
-    Change::Enrolled(Enrolled {
+fn enrolled(host: &str, hash: &str) -> Enrolled {
+    Enrolled {
         host: host.into(),
         token_hash: hash.into(),
         pinned_key_hex: "aa".into(),
         detail: "test".into(),
-    })
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -75,7 +77,7 @@ async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
     c.ledger.commit(enrolled("smars-01", "01")).await.unwrap();
     let now = c.ledger.now_unix_ms();
     c.ledger
-        .commit(Change::Attested(Attested {
+        .commit(Attested {
             actor: "agent smars-01".into(),
             host: "smars-01".into(),
             role: "smars".into(),
@@ -88,12 +90,12 @@ async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
             agent_version: "test".into(),
             full: true,
             manifest: Some(entries.clone()),
-        }))
+        })
         .await
         .unwrap();
     let proposed = c
         .ledger
-        .commit(Change::ReleaseProposed {
+        .commit(ReleaseProposed {
             actor: "alice (operator)".into(),
             release: ReleaseRecord {
                 number: 0,
@@ -112,7 +114,7 @@ async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
         .await
         .unwrap();
     c.ledger
-        .commit(Change::ReleaseApproved {
+        .commit(ReleaseApproved {
             actor: "bob (approver)".into(),
             number: proposed.number,
             by: "bob".into(),
@@ -174,8 +176,8 @@ async fn a_token_expires_when_the_clock_passes_its_ttl() {
 /// ends when its own life does.
 #[tokio::test(start_paused = true)]
 async fn a_board_login_link_and_session_expire_on_the_clock() {
-    use lockstep_controller::board_sessions::LoginRefused;
-    use lockstep_controller::peer::Operator;
+    use lockstep_controller::audit::operator::Operator;
+    use lockstep_controller::logins::LoginRefused;
     use lockstep_proto::identity::OperatorRole;
     let d = tempfile::tempdir().unwrap();
     let text = format!(

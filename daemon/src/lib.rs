@@ -15,7 +15,10 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod logging;
+#[cfg(feature = "service")]
 pub mod metrics_endpoint;
+#[cfg(feature = "service")]
 pub mod service;
 pub mod signal;
+#[cfg(feature = "service")]
 pub mod systemd;

@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let comp = out.join("completions");
     std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
     for cmd in [
-        lockstep_controller::console::Cli::command(),
+        lockstep_console::Cli::command(),
         lockstep_agent::cli::Cli::command(),
         lockstep_controller::DaemonCli::command(),
     ] {

@@ -5,26 +5,21 @@
 //! - [`digest`]: the canonical version-set digest.
 //! - [`diff`]: comparing two version sets and describing each difference.
 //! - [`identity`]: who a certificate names (agent host, operator, controller).
-//! - [`tls`]: rustls configurations (ring, TLS 1.3, mutual auth).
-//! - [`failover`]: the gRPC channel the agent and the console open to one or
-//!   several controllers, following a
-//!   standby's redirect to the leader.
 //! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.
 //! - [`reason`]: the stable reasons of refusals, in the status details.
 //!
-//! How the daemons run (logging, signals, systemd, `/metrics`, backoff) is
-//! not the contract: it is `lockstep-daemon`.
+//! How the parts reach each other (TLS, the failover channel) is
+//! `lockstep-link`; how the daemons run (logging, signals, systemd,
+//! `/metrics`, backoff) is `lockstep-daemon`. Neither is the contract.
 
 pub mod diff;
 pub mod digest;
 pub mod envelope;
-pub mod failover;
 pub mod identity;
 pub mod manifest;
 pub mod paths;
 pub mod reason;
-pub mod tls;
 
 /// Generated from `lockstep/v1/lockstep.proto`.
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]

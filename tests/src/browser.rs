@@ -160,16 +160,22 @@ impl Browser {
     }
 
     /// Polls `js` (a function body returning a boolean) until it is true, up to 15 s.
+    /// A script error (an element not there yet: the page still loading
+    /// after a redirect) is "not yet", reported if it is still so at the end.
     pub async fn wait_until(&self, what: &str, js: &str) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut last_error: Option<anyhow::Error>;
         loop {
-            if self.eval(js).await?.as_bool() == Some(true) {
-                return Ok(());
+            match self.eval(js).await {
+                Ok(v) if v.as_bool() == Some(true) => return Ok(()),
+                Ok(_) => last_error = None,
+                Err(e) => last_error = Some(e),
             }
             if std::time::Instant::now() > deadline {
                 let text = self.eval("return document.body ? document.body.innerText : ''").await?;
+                let error = last_error.map_or(String::new(), |e| format!(" (the script failed: {e})"));
                 anyhow::bail!(
-                    "timed out waiting for {what}; the page says:\n{}",
+                    "timed out waiting for {what}{error}; the page says:\n{}",
                     text.as_str().unwrap_or("")
                 );
             }
@@ -214,10 +220,10 @@ pub async fn https(
     let path = if path.is_empty() { "/" } else { path };
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_string();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in lockstep_proto::tls::load_certs(ca)? {
+    for cert in lockstep_link::tls::load_certs(ca)? {
         roots.add(cert)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(lockstep_proto::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(lockstep_link::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use lockstep_controller::attest::verify::{Checks, verify};
 use lockstep_controller::store::HostRecord;
-use lockstep_controller::verify::{Checks, verify};
 use lockstep_proto::envelope::{Limits, Signer};
 use lockstep_proto::pb::{Attestation, Entry, EntryKind, Envelope};
 use prost::Message;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::ha_fleet::{ETCD, HaFleet, HaSpec};
+use crate::etcd_cluster::ETCD;
+use crate::fleet::ha::{HaFleet, HaSpec};
 
 fn hosts(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("smars-{i:02}")).collect()

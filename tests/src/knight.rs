@@ -13,9 +13,9 @@
 //! Each step returns what the console showed so the demo can print it and
 //! the test can assert it.
 
+use lockstep_link::tls::TlsPaths;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::GateCheckReply;
-use lockstep_proto::tls::TlsPaths;
 
 use crate::fleet::{Fleet, FleetSpec};
 

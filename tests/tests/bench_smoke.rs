@@ -7,7 +7,7 @@ use lockstep_tests::bench;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_to_verdict_benchmark_runs_at_tiny_size() {
-    let l = bench::change_to_verdict(
+    let l = bench::realtime::change_to_verdict(
         2,
         3,
         std::time::Duration::from_millis(20),
@@ -21,7 +21,7 @@ async fn change_to_verdict_benchmark_runs_at_tiny_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halt_fanout_benchmark_runs_at_tiny_size() {
-    bench::halt_fanout(3).await.unwrap();
+    bench::realtime::halt_fanout(3).await.unwrap();
 }
 
 #[test]
@@ -33,32 +33,33 @@ fn quantiles_use_nearest_rank() {
 
 #[test]
 fn scan_benchmark_runs_at_tiny_size_against_sha256sum() {
-    use lockstep_tests::scan_bench;
-    let dir = scan_bench::workdir(None).unwrap();
+    use lockstep_tests::bench::scan;
+    let dir = scan::workdir(None).unwrap();
     let root = dir.path().join("tree");
-    let spec = scan_bench::TreeSpec {
+    let spec = scan::TreeSpec {
         files: 40,
         total_bytes: 8 << 20,
     };
-    let (files, bytes) = scan_bench::generate(&root, spec).unwrap();
+    let (files, bytes) = scan::generate(&root, spec).unwrap();
     assert_eq!(files, 40);
     assert!(bytes > 4 << 20, "{bytes}");
-    let (_, hashed) = scan_bench::lockstep_scan(&root).unwrap();
+    let (_, hashed) = scan::lockstep_scan(&root).unwrap();
     assert_eq!(hashed, files, "every generated file is hashed");
-    scan_bench::sha256sum(&root, 2).unwrap();
+    scan::sha256sum(&root, 2).unwrap();
     // aide may be absent here; when present it must run.
-    if let Err(why) = scan_bench::aide(&root, dir.path(), 2).unwrap() {
+    if let Err(why) = scan::aide(&root, dir.path(), 2).unwrap() {
         assert!(why.contains("not installed"), "{why}");
     }
-    assert!(scan_bench::ring_rate(8 << 20) > 0.0);
+    assert!(scan::ring_rate(8 << 20) > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_benchmark_runs_at_tiny_size() {
-    let r = lockstep_tests::ingest_bench::ingest(3, std::time::Duration::from_millis(500))
+    let r = lockstep_tests::bench::ingest::ingest(3, std::time::Duration::from_millis(500))
         .await
         .unwrap();
     assert!(r.bare_calls > 0);
+    assert!(r.noop_calls > 0, "the plain tonic no-op service answered");
     assert!(r.heartbeat_bytes > r.bare_bytes && r.bare_bytes > 0);
     for w in [&r.streamed, &r.unary] {
         assert!(w.accepted > 0);
@@ -69,17 +70,17 @@ async fn ingest_benchmark_runs_at_tiny_size() {
             "CPU accounting reads /proc"
         );
     }
-    assert!(lockstep_tests::ingest_bench::ed25519_verify_rate(std::time::Duration::from_millis(50)) > 0.0);
+    assert!(lockstep_tests::bench::ingest::ed25519_verify_rate(std::time::Duration::from_millis(50)) > 0.0);
 }
 
 #[test]
 fn openssl_comparison_reads_its_figures_or_says_why_not() {
     // openssl may be absent here; when present its output must parse.
-    match lockstep_tests::openssl_speed::ed25519_verify_rate(1) {
+    match lockstep_tests::bench::openssl_speed::ed25519_verify_rate(1) {
         Ok(rate) => assert!(rate > 0.0),
         Err(why) => assert!(why.contains("not installed"), "{why}"),
     }
-    match lockstep_tests::openssl_speed::sha256_rate(1) {
+    match lockstep_tests::bench::openssl_speed::sha256_rate(1) {
         Ok(rate) => assert!(rate > 0.0),
         Err(why) => assert!(why.contains("not installed"), "{why}"),
     }
@@ -88,7 +89,7 @@ fn openssl_comparison_reads_its_figures_or_says_why_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_agent_benchmark_runs_the_real_agent_briefly() {
     let r =
-        lockstep_tests::idle_bench::idle_agent(std::time::Duration::from_secs(1), std::time::Duration::from_secs(1))
+        lockstep_tests::bench::idle::idle_agent(std::time::Duration::from_secs(1), std::time::Duration::from_secs(1))
             .await
             .unwrap();
     assert!(
@@ -101,7 +102,7 @@ async fn idle_agent_benchmark_runs_the_real_agent_briefly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_benchmark_runs_the_real_controller_with_a_few_hosts() {
-    let r = lockstep_tests::fleet_bench::fleet(5).await.unwrap();
+    let r = lockstep_tests::bench::fleet::fleet(5).await.unwrap();
     assert_eq!(r.hosts, 5);
     assert_eq!(r.gate_check.samples.len(), 5);
     assert!(r.controller_rss_bytes > 1 << 20, "{}", r.controller_rss_bytes);
@@ -109,33 +110,30 @@ async fn fleet_benchmark_runs_the_real_controller_with_a_few_hosts() {
 
 #[test]
 fn probe_benchmark_runs_at_tiny_size() {
-    use lockstep_tests::{probe_bench, scan_bench};
+    use lockstep_tests::bench::{probe, scan};
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("SKIPPED: the probe needs a CPU of its own");
         return;
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = dir.path().join("tree");
-    let spec = scan_bench::TreeSpec {
+    let spec = scan::TreeSpec {
         files: 20,
         total_bytes: 2 << 20,
     };
-    let (_, bytes) = scan_bench::generate(&root, spec).unwrap();
-    let r = probe_bench::run(&root, bytes, std::time::Duration::from_millis(100), 1).unwrap();
+    let (_, bytes) = scan::generate(&root, spec).unwrap();
+    let r = probe::run(&root, bytes, std::time::Duration::from_millis(100), 1).unwrap();
     assert_eq!(r.phases.len(), 7);
     for (load, l, hashed) in &r.phases {
         assert!(l.samples > 10, "{}: {} samples", load.name(), l.samples);
         assert!(l.p50 <= l.p99 && l.p99 <= l.max, "{}: {l:?}", load.name());
-        if !matches!(
-            load,
-            probe_bench::Load::None | probe_bench::Load::Idle | probe_bench::Load::DeployAlone
-        ) {
+        if !matches!(load, probe::Load::None | probe::Load::Idle | probe::Load::DeployAlone) {
             assert!(*hashed > 0, "{} hashed nothing", load.name());
         }
     }
     let working = dir.path().join("working.bin");
     std::fs::write(&working, vec![1u8; 1 << 20]).unwrap();
-    let [(on, _), (off, _)] = probe_bench::page_cache(&root, &working).unwrap();
+    let [(on, _), (off, _)] = probe::page_cache(&root, &working).unwrap();
     assert!(
         on > 0.9 && off > 0.9,
         "the working set stays resident with memory to spare: {on} {off}"
@@ -146,25 +144,27 @@ fn probe_benchmark_runs_at_tiny_size() {
 /// `.ci/run` installs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn board_benchmarks_run_at_tiny_size() {
-    use lockstep_tests::{board_bench, browser};
+    use lockstep_tests::{bench::board, browser};
     if browser::chromium().unwrap().is_none() {
         return;
     }
-    let c = board_bench::change_to_page(2, 2).await.unwrap();
+    let c = board::change_to_page(2, 2).await.unwrap();
     assert_eq!(c.write_to_page.samples.len(), 2);
     assert!(c.decision_to_page.quantile(0.5) <= c.write_to_page.max());
-    let r = board_bench::first_render(20, 2).await.unwrap();
+    let r = board::first_render(20, 2).await.unwrap();
     assert_eq!(r.load.samples.len(), 2);
     assert!(r.bytes > 0);
-    let many = board_bench::many_boards(3, 2).await.unwrap();
+    let many = board::many_boards(3, 2).await.unwrap();
     assert_eq!(many.decision_to_fresh.samples.len(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_benchmark_runs_at_tiny_size() {
-    use lockstep_tests::ha_bench::Mode;
+    use lockstep_tests::bench::failover::Mode;
     let modes = [Mode::Kill, Mode::Freeze, Mode::Cut, Mode::CutEtcd];
-    let f = lockstep_tests::ha_bench::failover(2, 1, 2, &modes).await.unwrap();
+    let f = lockstep_tests::bench::failover::failover(2, 1, 2, &modes)
+        .await
+        .unwrap();
     assert_eq!(f.modes.len(), 4);
     for m in &f.modes {
         assert_eq!(m.agents.samples.len(), 1, "{:?}", m.mode);

@@ -31,10 +31,10 @@ async fn events_after(ca: &std::path::Path, board: &str, cookie: &str, last_id: 
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let authority = board.trim_start_matches("https://");
     let mut roots = rustls::RootCertStore::empty();
-    for c in lockstep_proto::tls::load_certs(ca).unwrap() {
+    for c in lockstep_link::tls::load_certs(ca).unwrap() {
         roots.add(c).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(lockstep_proto::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(lockstep_link::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -68,7 +68,7 @@ async fn events_after(ca: &std::path::Path, board: &str, cookie: &str, last_id: 
     ids
 }
 
-async fn login_link(m: &Morning, who: &lockstep_proto::tls::TlsPaths) -> String {
+async fn login_link(m: &Morning, who: &lockstep_link::tls::TlsPaths) -> String {
     let (code, out) = m.fleet.console(who, &["board", "login"]).await.unwrap();
     assert_eq!(code, 0, "{out}");
     out.lines().next().unwrap().trim().to_string()

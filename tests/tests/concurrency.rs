@@ -224,10 +224,10 @@ async fn concurrent_tokens_are_all_kept_and_survive_a_restart() {
     assert_eq!(code, 0, "the chain goes on from the same head: {out}");
     for (host, token) in hosts.iter().zip(&tokens).take(3) {
         let config = &fleet.host(host).unwrap().config;
-        lockstep_agent::enrollment::enroll(config, token, None)
+        lockstep_agent::link::enrollment::enroll(config, token, None)
             .await
             .unwrap_or_else(|e| panic!("{host}'s token from before the restart: {e}"));
-        let again = lockstep_agent::enrollment::enroll(config, token, None).await;
+        let again = lockstep_agent::link::enrollment::enroll(config, token, None).await;
         assert!(again.is_err(), "{host}'s token was accepted twice");
     }
     fleet.shutdown().await.unwrap();

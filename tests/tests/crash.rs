@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockstep_proto::pb::{self, GateState};
-use lockstep_tests::proc_fleet::{ProcFleet, ProcSpec, agent_client, entries, report};
+use lockstep_tests::fleet::process::{ProcFleet, ProcSpec, agent_client, entries, report};
 use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,7 +100,7 @@ fn commands_in_unit(path: &Path, text: &str) -> Vec<(String, Vec<String>)> {
 
 fn parse(words: &[String]) -> Result<(), String> {
     let result = match words[0].as_str() {
-        "lockstep" => lockstep_controller::console::Cli::try_parse_from(words).map(drop),
+        "lockstep" => lockstep_console::Cli::try_parse_from(words).map(drop),
         "lockstep-agent" => lockstep_agent::cli::Cli::try_parse_from(words).map(drop),
         "lockstep-controller" => lockstep_controller::DaemonCli::try_parse_from(words).map(drop),
         other => return Err(format!("unknown program {other}")),
@@ -184,7 +184,7 @@ fn the_checker_catches_a_broken_command() {
 fn architecture_names_every_public_module() {
     let doc = std::fs::read_to_string(repo().join("docs/architecture.md")).unwrap();
     let mut missing = Vec::new();
-    for krate in ["proto", "daemon", "agent", "controller", "tests"] {
+    for krate in CRATES {
         let lib = std::fs::read_to_string(repo().join(krate).join("src/lib.rs")).unwrap();
         for line in lib.lines() {
             let Some(name) = line.trim().strip_prefix("pub mod ") else {
@@ -199,57 +199,169 @@ fn architecture_names_every_public_module() {
     assert!(missing.is_empty(), "docs/architecture.md does not name: {missing:?}");
 }
 
-/// Which of a crate's own modules each module of `src/` refers to
-/// (`crate::name` outside comments; `*_tests.rs` count for their parent).
-fn module_imports(src: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let mut graph = std::collections::BTreeMap::new();
-    let mut files = vec![src.to_path_buf()];
-    let mut sources = Vec::new();
-    while let Some(dir) = files.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
+/// A part is found by its folder, not by a file-name prefix: each crate's
+/// `src` holds a few files directly (its root, its assembly, what every
+/// part shares) and a folder per part.
+#[test]
+fn every_crate_keeps_its_parts_in_folders() {
+    const MOST_FILES_DIRECTLY: usize = 10;
+    let mut crowded = Vec::new();
+    for krate in CRATES {
+        let src = repo().join(krate).join("src");
+        let direct = std::fs::read_dir(&src)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+            .count();
+        if direct > MOST_FILES_DIRECTLY {
+            crowded.push(format!("{krate}/src holds {direct} .rs files"));
+        }
+    }
+    assert!(
+        crowded.is_empty(),
+        "more than {MOST_FILES_DIRECTLY} files directly in: {crowded:?}; move them into the folder of their part"
+    );
+}
+
+/// Every workspace crate with a library, as a path under the repository.
+const CRATES: [&str; 9] = [
+    "proto",
+    "proto/link",
+    "daemon",
+    "agent",
+    "controller",
+    "controller/pki",
+    "controller/evidence",
+    "controller/console",
+    "tests",
+];
+
+type Graph = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// Every `.rs` file under `dir` (not `bin/`), recursively.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() && path.file_name().is_some_and(|n| n != "bin") {
-                files.push(path);
+                dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
-                sources.push(path);
+                found.push(path);
             }
         }
     }
-    for path in sources {
-        // A module is named by its top-level file or directory under src/.
+    found
+}
+
+/// The module paths a line of code names (`crate::a::b`, outside comments).
+fn named_paths(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for (i, _) in line.match_indices("crate::") {
+            let path: Vec<String> = line[i + 7..]
+                .split("::")
+                .map(|seg| {
+                    seg.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect::<String>()
+                })
+                .take_while(|seg: &String| !seg.is_empty())
+                .collect();
+            if !path.is_empty() {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A module's name from the first component of its path under a folder
+/// (`*_tests.rs` count for their parent).
+fn module_of(first: &str) -> String {
+    first.trim_end_matches(".rs").trim_end_matches("_tests").to_string()
+}
+
+/// Which of a crate's own top-level modules (a file or a folder under
+/// `src/`) each one refers to.
+fn module_imports(src: &Path) -> Graph {
+    let mut graph = Graph::new();
+    for path in sources(src) {
         let rel = path.strip_prefix(src).unwrap();
-        let first = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy()
-            .to_string();
-        let module = first.trim_end_matches(".rs").trim_end_matches("_tests").to_string();
+        let module = module_of(&rel.components().next().unwrap().as_os_str().to_string_lossy());
         if module == "lib" || module == "main" {
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap();
-        let used: &mut std::collections::BTreeSet<String> = graph.entry(module.clone()).or_default();
-        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for (i, _) in line.match_indices("crate::") {
-                let name: String = line[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != module {
-                    used.insert(name);
-                }
+        let used = graph.entry(module.clone()).or_default();
+        for named in named_paths(&std::fs::read_to_string(&path).unwrap()) {
+            if named[0] != module {
+                used.insert(named[0].clone());
             }
         }
     }
     graph
 }
 
+/// For each folder of a crate (at any depth), which of its direct parts
+/// refer to which of the others (`crate::folder::part`, or `super::part`
+/// from a sibling).
+fn folder_imports(src: &Path) -> Vec<(String, Graph)> {
+    let mut folders = Vec::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "bin") {
+                dirs.push(path.clone());
+                folders.push(path);
+            }
+        }
+    }
+    folders
+        .into_iter()
+        .map(|folder| {
+            let rel = folder.strip_prefix(src).unwrap();
+            let prefix: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().to_string())
+                .collect();
+            let mut graph = Graph::new();
+            for path in sources(&folder) {
+                let inner = path.strip_prefix(&folder).unwrap();
+                let part = module_of(&inner.components().next().unwrap().as_os_str().to_string_lossy());
+                if part == "mod" {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let used = graph.entry(part.clone()).or_default();
+                for named in named_paths(&text) {
+                    if named.len() > prefix.len() && named[..prefix.len()] == prefix[..] && named[prefix.len()] != part
+                    {
+                        used.insert(named[prefix.len()].clone());
+                    }
+                }
+                let direct = inner.components().count() == 1;
+                for line in text.lines().filter(|l| direct && !l.trim_start().starts_with("//")) {
+                    for (i, _) in line.match_indices("super::") {
+                        let name: String = line[i + 7..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        let sibling = folder.join(format!("{name}.rs")).exists() || folder.join(&name).is_dir();
+                        if !name.is_empty() && name != part && sibling {
+                            used.insert(name);
+                        }
+                    }
+                }
+            }
+            (rel.display().to_string(), graph)
+        })
+        .collect()
+}
+
 /// A circle of imports, if the graph has one.
-fn import_circle(
-    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
-) -> Option<Vec<String>> {
+fn import_circle(graph: &Graph) -> Option<Vec<String>> {
     fn visit(
         at: &str,
         graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
@@ -278,15 +390,26 @@ fn import_circle(
     graph.keys().find_map(|m| visit(m, graph, &mut Vec::new(), &mut done))
 }
 
-/// The modules of each crate import each other in one direction only: a
-/// part can be read (and replaced) knowing only what it imports.
+/// The modules of each crate, and the parts of each folder, import each
+/// other in one direction only: a part can be read (and replaced) knowing
+/// only what it imports.
 #[test]
-fn no_crate_has_an_import_circle() {
-    for krate in ["proto", "daemon", "agent", "controller"] {
-        let graph = module_imports(&repo().join(krate).join("src"));
-        assert!(graph.len() > 5, "{krate}: too few modules found: {graph:?}");
+fn no_crate_and_no_folder_has_an_import_circle() {
+    for krate in CRATES {
+        let src = repo().join(krate).join("src");
+        let graph = module_imports(&src);
+        // A crate of one file (lib.rs) has no modules to order.
+        assert!(
+            graph.len() > 1 || sources(&src).len() == 1,
+            "{krate}: too few modules found: {graph:?}"
+        );
         if let Some(circle) = import_circle(&graph) {
             panic!("{krate} has an import circle: {}", circle.join(" -> "));
+        }
+        for (folder, graph) in folder_imports(&src) {
+            if let Some(circle) = import_circle(&graph) {
+                panic!("{krate}/src/{folder} has an import circle: {}", circle.join(" -> "));
+            }
         }
     }
 }
@@ -303,4 +426,44 @@ fn the_circle_check_finds_a_circle() {
     assert_eq!(import_circle(&graph).unwrap(), ["a", "b", "c", "a"]);
     graph.get_mut("c").unwrap().clear();
     assert_eq!(import_circle(&graph), None);
+}
+
+/// Every audit action written or matched is an `AuditAction` value
+/// (lockstep-evidence's `action`): no source file outside it spells one
+/// (`"gate.checked"`), writes `action: "…"` or compares `action == "…"`.
+#[test]
+fn audit_actions_are_spelled_in_one_place() {
+    let texts: Vec<&str> = lockstep_evidence::action::AuditAction::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .filter(|t| t.contains('.'))
+        .collect();
+    let mut found = Vec::new();
+    for krate in CRATES {
+        for path in sources(&repo().join(krate).join("src")) {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if path.ends_with("evidence/src/action.rs") || name.ends_with("_tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Unit tests at the end of a file may spell what they check.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (n, line) in code
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim_start().starts_with("//"))
+            {
+                let spelled = texts.iter().any(|t| line.contains(&format!("\"{t}\"")));
+                let raw = line.contains("action: \"") || line.contains("action == \"");
+                if spelled || raw {
+                    found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "audit actions spelled outside AuditAction:\n{}",
+        found.join("\n")
+    );
 }

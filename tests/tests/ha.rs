@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
-use lockstep_tests::ha_fleet::{HaFleet, HaSpec, pause_process};
+use lockstep_tests::child::pause_process;
+use lockstep_tests::fleet::ha::{HaFleet, HaSpec};
 
 fn hosts(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("smars-{i:02}")).collect()
 }
 
-async fn fleet_with_agents(n: usize, freshness_ttl: Duration) -> (HaFleet, Vec<lockstep_tests::proc_fleet::Killed>) {
+async fn fleet_with_agents(n: usize, freshness_ttl: Duration) -> (HaFleet, Vec<lockstep_tests::child::Killed>) {
     let (fleet, agents, _) = fleet_on(false, n, freshness_ttl).await;
     (fleet, agents)
 }
@@ -27,7 +28,7 @@ async fn fleet_on(
     sled_first: bool,
     n: usize,
     freshness_ttl: Duration,
-) -> (HaFleet, Vec<lockstep_tests::proc_fleet::Killed>, u64) {
+) -> (HaFleet, Vec<lockstep_tests::child::Killed>, u64) {
     let mut inventory = hosts(n);
     inventory.push("spare-01".into());
     HaFleet::trading(
@@ -386,9 +387,9 @@ async fn a_paused_leader_is_deposed_and_its_word_refused_when_it_wakes() {
         panic!("the HA fleet runs on etcd")
     };
     let stale = tokio::task::spawn_blocking(move || {
-        use lockstep_controller::etcd::store::{EtcdStore, Fence};
+        use lockstep_controller::store::etcd::store::{EtcdStore, Fence};
         use lockstep_controller::store::{HaltRecord, HaltScope, Store};
-        let etcd = Arc::new(lockstep_controller::etcd::Etcd::connect(&settings).unwrap());
+        let etcd = Arc::new(lockstep_controller::store::etcd::Etcd::connect(&settings).unwrap());
         let store = EtcdStore::new(etcd, Fence::Leader { epoch: old_epoch });
         store
             .put_halt(&HaltRecord {
@@ -563,7 +564,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
             .list_hosts(pb::ListHostsRequest::default())
             .await
             .unwrap_or_else(|e| panic!("standby ctl-{i} did not answer a read without quorum: {e:?}"));
-        assert!(read.metadata().contains_key(lockstep_proto::failover::SERVED_BY_HEADER));
+        assert!(read.metadata().contains_key(lockstep_link::failover::SERVED_BY_HEADER));
         let seen: Vec<String> = read.into_inner().hosts.into_iter().map(|h| h.host).collect();
         assert!(hosts(n).iter().all(|h| seen.contains(h)), "ctl-{i}'s view: {seen:?}");
     }
@@ -596,7 +597,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
 }
 
 fn migrate(from: &std::path::Path, to: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(lockstep_tests::proc_fleet::binary("lockstep-controller").unwrap())
+    std::process::Command::new(lockstep_tests::child::binary("lockstep-controller").unwrap())
         .args(["migrate", "--from"])
         .arg(from)
         .arg("--to")
@@ -706,8 +707,8 @@ async fn a_sled_fleet_migrated_into_etcd_keeps_every_gate_and_its_audit_chain() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_two_records_of_one_host_commits_its_last() {
     use lockstep_controller::config::{Backend, ControllerConfig};
-    use lockstep_controller::etcd::Etcd;
-    use lockstep_controller::etcd::store::{EtcdStore, Fence};
+    use lockstep_controller::store::etcd::Etcd;
+    use lockstep_controller::store::etcd::store::{EtcdStore, Fence};
     use lockstep_controller::store::{HostRecord, Store};
 
     // Only a sled controller runs: nobody leads the etcd prefix.
@@ -760,7 +761,7 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
 
     // A record over etcd's request limit (the audit record of a gate check
     // over 10,000 hosts is 2.5 MB) is stored in chunks and read back whole.
-    let big = lockstep_controller::audit::AuditRecord {
+    let big = lockstep_evidence::chain::AuditRecord {
         seq: 1,
         actor: "alice (viewer)".into(),
         action: "gate.checked".into(),
@@ -769,7 +770,7 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
         at_unix_ms: 1,
         host: String::new(),
         role: "smars".into(),
-        prev_hash: lockstep_controller::audit::GENESIS.into(),
+        prev_hash: lockstep_evidence::chain::GENESIS.into(),
         hash: "ab".repeat(32),
     };
     store.put_audit(&big).unwrap();
@@ -798,10 +799,10 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
     let (leader, epoch) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
     let standby = (leader + 1) % 3;
 
-    let channel = lockstep_proto::failover::channel(
+    let channel = lockstep_link::failover::channel(
         &fleet.addrs[standby],
         "127.0.0.1",
-        lockstep_proto::tls::client_config(&fleet.alice).unwrap(),
+        lockstep_link::tls::client_config(&fleet.alice).unwrap(),
         Duration::from_secs(2),
     )
     .unwrap();
@@ -813,7 +814,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
     let named = format!("ctl-{leader} leads at {} (epoch {epoch})", fleet.addrs[leader]);
     assert!(refused.message().contains(&named), "{}", refused.message());
     assert_eq!(
-        refused.metadata().get(lockstep_proto::failover::LEADER_HEADER).unwrap(),
+        refused.metadata().get(lockstep_link::failover::LEADER_HEADER).unwrap(),
         fleet.addrs[leader].as_str()
     );
 
@@ -911,7 +912,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
         assert_ne!(code, 0, "{args:?} was served by a standby: {out}");
         assert!(err.contains(&leads), "{args:?}: {err}");
     }
-    let vera = lockstep_tests::proc_fleet::operator(&fleet.pki_dir, "vera", OperatorRole::Viewer).unwrap();
+    let vera = lockstep_tests::fleet::process::operator(&fleet.pki_dir, "vera", OperatorRole::Viewer).unwrap();
     let (code, _, err) = fleet.lockstep_at(&vera, standby, &["halts"]).unwrap();
     assert_eq!(code, 0, "a viewer reads on a standby: {err}");
     let (code, _, err) = fleet
@@ -930,7 +931,7 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
     }
     while let Some(read) = reading.join_next().await {
         let read = read.unwrap().unwrap();
-        assert!(read.metadata().contains_key(lockstep_proto::failover::SERVED_BY_HEADER));
+        assert!(read.metadata().contains_key(lockstep_link::failover::SERVED_BY_HEADER));
         assert_eq!(read.into_inner().hosts.len(), 1);
     }
 
@@ -984,8 +985,8 @@ async fn etcd_trusts_controllers_only_and_a_controller_with_a_fleet_certificate_
         "a controller's certificate reads the ledger: {keys}"
     );
 
-    let viewer = lockstep_tests::proc_fleet::operator(&fleet.pki_dir, "vera", OperatorRole::Viewer).unwrap();
-    let viewer = lockstep_proto::tls::TlsPaths {
+    let viewer = lockstep_tests::fleet::process::operator(&fleet.pki_dir, "vera", OperatorRole::Viewer).unwrap();
+    let viewer = lockstep_link::tls::TlsPaths {
         ca: etcd_ca.clone(),
         ..viewer
     };
@@ -1029,7 +1030,7 @@ async fn etcd_trusts_controllers_only_and_a_controller_with_a_fleet_certificate_
         .replace("name = \"ctl-0\"", "name = \"ctl-forged\"");
     let path = fleet.path("controller-fleet-cert.toml");
     std::fs::write(&path, forged).unwrap();
-    let mut child = std::process::Command::new(lockstep_tests::proc_fleet::binary("lockstep-controller").unwrap())
+    let mut child = std::process::Command::new(lockstep_tests::child::binary("lockstep-controller").unwrap())
         .arg("--config")
         .arg(&path)
         .stdout(std::process::Stdio::null())

@@ -7,7 +7,7 @@
 /// no local gate closes, the new leader's halt reaches every host.
 #[test]
 fn the_ha_demo_shows_a_failover_with_no_gate_closed() {
-    let demo = lockstep_tests::proc_fleet::binary("lockstep-demo").unwrap();
+    let demo = lockstep_tests::child::binary("lockstep-demo").unwrap();
     let out = std::process::Command::new(demo)
         .args(["--ha", "--hosts", "2"])
         .output()

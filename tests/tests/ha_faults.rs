@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lockstep_proto::pb;
-use lockstep_tests::ha_fleet::{HaFleet, HaSpec};
-use lockstep_tests::proc_fleet::Killed;
+use lockstep_tests::child::Killed;
+use lockstep_tests::fleet::ha::{HaFleet, HaSpec};
 
 fn hosts(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("desk-{i:02}")).collect()
@@ -112,8 +112,12 @@ async fn a_frozen_leader_is_replaced_and_answers_nothing_open_when_it_wakes() {
         .unwrap()
         .gate_check(pb::GateCheckRequest { role: "smars".into() })
         .await;
+    // Refused, or its connection dropped as it stands down: no answer.
     let refused = answer.expect_err("a deposed leader answered a gate check");
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        matches!(refused.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+        "{refused:?}"
+    );
     // ...and a console with it first is answered by the new leader: CLOSED.
     let (code, out, _) = fleet
         .lockstep_via(&fleet.bob, old, &["gate", "check", "--role", "smars"])
@@ -256,7 +260,7 @@ async fn a_dead_leader_s_lease_kept_alive_past_its_ttl_is_revoked_by_a_standby()
     // revokes late (a raft leader change extends every lease): here a
     // client keeps it alive on purpose, for as long as the test runs.
     let keeping = Killed(
-        std::process::Command::new(lockstep_tests::ha_fleet::ETCDCTL)
+        std::process::Command::new(lockstep_tests::etcd_cluster::ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", fleet.etcd.endpoints().join(",")))
             .arg(format!("--cacert={}", probe.ca.display()))

@@ -19,9 +19,9 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 async fn health_is_serving_and_reflection_lists_the_services() {
     let m = Morning::start(1).await.unwrap();
     let viewer = m.fleet.operator("vic", OperatorRole::Viewer).unwrap();
-    let config = lockstep_proto::tls::client_config(&viewer).unwrap();
+    let config = lockstep_link::tls::client_config(&viewer).unwrap();
     let channel =
-        lockstep_proto::failover::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))
+        lockstep_link::failover::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))
             .unwrap();
 
     let mut health = HealthClient::new(channel.clone());

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use lockstep_link::tls::{self, TlsPaths};
 use lockstep_proto::pb::{self, GateState};
-use lockstep_proto::tls::{self, TlsPaths};
 use lockstep_tests::fleet::{Fleet, FleetSpec, agent_client_with, reasons_of, state_of};
 use lockstep_tests::knight::Morning;
 
@@ -24,15 +24,15 @@ async fn open_fleet() -> Morning {
     m
 }
 
-fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> lockstep_proto::failover::FailoverChannel {
+fn channel_as(fleet: &Fleet, paths: &TlsPaths) -> lockstep_link::failover::FailoverChannel {
     let config = tls::client_config(paths).unwrap();
-    lockstep_proto::failover::channel(&fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap()
+    lockstep_link::failover::channel(&fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5)).unwrap()
 }
 
 /// Sends `msg` to the Submit method as if it were an envelope: the bytes on
 /// the wire are whatever `M` encodes to.
 async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
-    channel: lockstep_proto::failover::FailoverChannel,
+    channel: lockstep_link::failover::FailoverChannel,
     msg: M,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -45,7 +45,7 @@ async fn submit_raw<M: prost::Message + Default + Send + Sync + 'static>(
 /// Sends `msg` on an Attest stream as if it were an envelope; the status
 /// that ends the stream.
 async fn attest_raw<M: prost::Message + Default + Send + Sync + 'static>(
-    channel: lockstep_proto::failover::FailoverChannel,
+    channel: lockstep_link::failover::FailoverChannel,
     msg: M,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -207,7 +207,7 @@ async fn no_client_certificate_and_a_revoked_host_are_refused_and_audited() {
     let ca = m.fleet.ca_paths().0;
     let config = tls::enroll_client_config(&ca).unwrap();
     let channel =
-        lockstep_proto::failover::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))
+        lockstep_link::failover::channel(&m.fleet.addr.to_string(), "127.0.0.1", config, Duration::from_secs(5))
             .unwrap();
     let mut anonymous = pb::agent_service_client::AgentServiceClient::new(channel);
     let err = anonymous.submit(pb::Envelope::default()).await.unwrap_err();

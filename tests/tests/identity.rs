@@ -30,7 +30,7 @@ async fn hosts_enrolled_with_tokens_reach_open_with_keys_born_on_the_host() {
             "{host} attestation key"
         );
         assert_eq!(mode(&c.state_dir), 0o700, "{host} state dir");
-        let der = lockstep_proto::tls::load_certs(&c.controller.tls.cert).unwrap();
+        let der = lockstep_link::tls::load_certs(&c.controller.tls.cert).unwrap();
         assert_eq!(
             PeerIdentity::from_cert_der(&der[0]).unwrap(),
             PeerIdentity::Agent { host: host.clone() }
@@ -62,10 +62,12 @@ async fn tokens_are_one_time_expire_and_belong_to_one_host() {
     assert_eq!(code, 0, "{out}");
     let token = out.lines().next().unwrap().to_string();
     assert!(token.starts_with("lst1_"), "{out}");
-    lockstep_agent::enrollment::enroll(&three, &token, None).await.unwrap();
+    lockstep_agent::link::enrollment::enroll(&three, &token, None)
+        .await
+        .unwrap();
     let cert_after_enroll = std::fs::read(&three.controller.tls.cert).unwrap();
 
-    let reused = lockstep_agent::enrollment::enroll(&three, &token, None)
+    let reused = lockstep_agent::link::enrollment::enroll(&three, &token, None)
         .await
         .unwrap_err();
     assert!(reused.to_string().contains("join token was already used"), "{reused}");
@@ -87,13 +89,13 @@ async fn tokens_are_one_time_expire_and_belong_to_one_host() {
     while lockstep_proto::now_unix_ms() <= expires {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let expired = lockstep_agent::enrollment::enroll(&three, &short, None)
+    let expired = lockstep_agent::link::enrollment::enroll(&three, &short, None)
         .await
         .unwrap_err();
     assert!(expired.to_string().contains("join token expired"), "{expired}");
 
     let for_two = m.fleet.join_token("smars-02").await.unwrap();
-    let stolen = lockstep_agent::enrollment::enroll(&three, &for_two, None)
+    let stolen = lockstep_agent::link::enrollment::enroll(&three, &for_two, None)
         .await
         .unwrap_err();
     assert!(
@@ -102,7 +104,7 @@ async fn tokens_are_one_time_expire_and_belong_to_one_host() {
             .contains("join token is for host smars-02, not smars-03"),
         "{stolen}"
     );
-    let made_up = lockstep_agent::enrollment::enroll(&three, "lst1_00", None)
+    let made_up = lockstep_agent::link::enrollment::enroll(&three, "lst1_00", None)
         .await
         .unwrap_err();
     assert!(made_up.to_string().contains("unknown join token"), "{made_up}");
@@ -144,7 +146,7 @@ async fn renewal_swaps_the_certificate_while_the_directive_stream_stays_up() {
     let streams = m.fleet.controller.metrics.streams_opened.get();
     // Past the first certificate's expiry, polled (no fixed wait): by
     // then it has been replaced, and the stream opened with it still serves.
-    let (_, first_not_after) = lockstep_proto::tls::validity_unix_ms(&one.controller.tls.cert).unwrap();
+    let (_, first_not_after) = lockstep_link::tls::validity_unix_ms(&one.controller.tls.cert).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let replaced = std::fs::read(&one.controller.tls.cert).unwrap() != first;
@@ -264,7 +266,7 @@ async fn a_revoked_host_is_refused_and_stays_closed_until_it_enrolls_again() {
 
     // A token made before the revocation does not bring it back; a new one does.
     let config = m.fleet.host("smars-02").unwrap().config.clone();
-    let err = lockstep_agent::enrollment::enroll(&config, &old_token, None)
+    let err = lockstep_agent::link::enrollment::enroll(&config, &old_token, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("re-enrolling needs a new token"), "{err}");

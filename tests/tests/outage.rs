@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lockstep_tests::proc_fleet::{ProcFleet, ProcSpec};
+use lockstep_tests::fleet::process::{ProcFleet, ProcSpec};
 
 /// `lockstep-agent gate check` exit code for a CLOSED gate.
 const CLOSED: i32 = 1;

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use lockstep_controller::pki::{self, Subject};
+use lockstep_link::tls::TlsPaths;
+use lockstep_pki::{self as pki, Subject};
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::{GateState, PinKeyRequest};
-use lockstep_proto::tls::TlsPaths;
 use lockstep_tests::fleet::{FleetSpec, agent_client_with, reasons_of, state_of};
 use lockstep_tests::knight::Morning;
 use time::OffsetDateTime;
@@ -418,7 +418,7 @@ async fn a_refused_call_is_audited_once() {
         .await
         .unwrap();
     // Counted refusals are written in windows: write the current one now.
-    lockstep_controller::refusals::flush(&m.fleet.controller.refusals, &m.fleet.controller.ledger).await;
+    lockstep_controller::audit::refusals::flush(&m.fleet.controller.refusals, &m.fleet.controller.ledger).await;
     let records = m.fleet.audit_records().await.unwrap();
     let denied = |needle: &str| {
         records

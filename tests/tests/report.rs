@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use lockstep_controller::report::Signed;
+use lockstep_evidence::report::Signed;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_tests::browser;
 use lockstep_tests::knight::{BIN, Morning};

@@ -159,8 +159,8 @@ async fn release_from_a_build_manifest_gates_the_fleet() {
     let mut config = m.fleet.host("smars-01").unwrap().config.clone();
     config.root = Some(stage.path().to_path_buf());
     config.watch = vec!["/opt/smars/**".to_string()];
-    let scanner = lockstep_agent::scan::Scanner::new(&config.watch, config.root.clone()).unwrap();
-    let (entries, _) = lockstep_agent::measure::measure_files(&scanner, &config, true).unwrap();
+    let scanner = lockstep_agent::measure::scan::Scanner::new(&config.watch, config.root.clone()).unwrap();
+    let (entries, _) = lockstep_agent::measurer::measure_files(&scanner, &config, true).unwrap();
     let manifest = stage.path().join("release.json");
     std::fs::write(&manifest, lockstep_proto::manifest::to_json(&entries).unwrap()).unwrap();
     let manifest = manifest.display().to_string();

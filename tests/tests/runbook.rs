@@ -21,8 +21,8 @@ async fn rollout_incident_and_rollback_as_the_runbook_says() {
     Morning::stage_new(&staged).unwrap();
     let mut config = m.fleet.host("smars-01").unwrap().config.clone();
     config.root = Some(staged);
-    let scanner = lockstep_agent::scan::Scanner::new(&config.watch, config.root.clone()).unwrap();
-    let (entries, _) = lockstep_agent::measure::measure_files(&scanner, &config, true).unwrap();
+    let scanner = lockstep_agent::measure::scan::Scanner::new(&config.watch, config.root.clone()).unwrap();
+    let (entries, _) = lockstep_agent::measurer::measure_files(&scanner, &config, true).unwrap();
     let manifest = m.fleet.dir.path().join("smars-2.4.json");
     std::fs::write(&manifest, lockstep_proto::manifest::to_json(&entries).unwrap()).unwrap();
     let manifest = manifest.to_str().unwrap();

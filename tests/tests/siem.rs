@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lockstep_link::tls::TlsPaths;
 use lockstep_proto::identity::OperatorRole;
-use lockstep_proto::tls::TlsPaths;
 use lockstep_tests::fleet::{Fleet, FleetSpec};
 use tokio::io::AsyncReadExt;
 
@@ -50,7 +50,7 @@ fn collector(
     got: Received,
     first_id: usize,
 ) -> tokio::task::JoinHandle<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(lockstep_proto::tls::server_config(&paths).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(lockstep_link::tls::server_config(&paths).unwrap());
     tokio::spawn(async move {
         let mut id = first_id;
         let mut readers = tokio::task::JoinSet::new();

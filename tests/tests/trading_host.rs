@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::identity::OperatorRole;
+use lockstep_tests::fleet::process::{ProcFleet, ProcSpec};
 use lockstep_tests::fleet::{Fleet, FleetSpec};
-use lockstep_tests::proc_fleet::{ProcFleet, ProcSpec};
 
 /// Cpus_allowed_list of every thread of `pid`, by thread id.
 fn thread_cpus(pid: u32) -> BTreeMap<String, String> {

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     lockstep_daemon::logging::init("warn,lockstep_controller=info");
     let cli = Cli::parse();
     if let Some(lockstep_controller::DaemonCommand::Migrate { from, to }) = &cli.command {
-        return match lockstep_controller::migrate::migrate(from, to) {
+        return match lockstep_controller::store::migrate::migrate(from, to) {
             Ok(c) => {
                 println!(
                     "migrated {} hosts, {} manifests, {} releases, {} halts, {} incidents, {} tokens and {} audit records; the audit chain verifies on both sides",

@@ -14,11 +14,11 @@ use lockstep_proto::identity::PeerIdentity;
 use lockstep_proto::pb::{self, halt_scope::Scope};
 use serde::Deserialize;
 
+use super::board::Board;
 use super::pages::refused;
-use super::server::Board;
-use crate::authz::{self, Decision};
-use crate::board_sessions::{COOKIE, Session};
+use crate::api::authz::{self, Decision};
 use crate::error::ApiError;
+use crate::logins::{COOKIE, Session};
 
 const CONSOLE: &str = "/lockstep.v1.ConsoleService/";
 

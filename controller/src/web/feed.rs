@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::server::Board;
+use super::board::Board;
 
 const PING: Duration = Duration::from_secs(2);
 /// At most this many records a round; a page further behind reloads.

@@ -4,11 +4,12 @@
 //! (`board.js`) follows Server-Sent Events ([`feed`]: the event id is the
 //! audit seq, so a page that reconnects resumes where it was) and fetches
 //! the changed part again. Logging in is a one-time link from `lockstep
-//! board login` ([`crate::board_sessions`]); every action ([`actions`]) is
+//! board login` ([`crate::logins`]); every action ([`actions`]) is
 //! authorised by the console's own table, protected against cross-site
 //! requests, confirmed by typing its scope, and audited.
 
 mod actions;
+mod board;
 mod feed;
 mod pages;
 mod server;

@@ -15,10 +15,10 @@ use lockstep_proto::pb::{self, Gate, GateState, diff_request::Against, halt_scop
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::server::Board;
-use crate::authz::{self, Decision};
-use crate::board::gate_word;
-use crate::board_sessions::Session;
+use super::board::Board;
+use crate::api::authz::{self, Decision};
+use crate::gates::board::gate_word;
+use crate::logins::Session;
 
 /// Hosts on one page of the grid.
 pub const PAGE_SIZE: usize = 100;
@@ -128,11 +128,11 @@ fn age(unix_ms: i64) -> Markup {
     if unix_ms <= 0 {
         return html! { span.none { "never" } };
     }
-    html! { span.age data-at=(unix_ms) { (crate::change::rfc3339(unix_ms)) } }
+    html! { span.age data-at=(unix_ms) { (lockstep_evidence::time::rfc3339(unix_ms)) } }
 }
 
 fn time(unix_ms: i64) -> Markup {
-    html! { time.at data-at=(unix_ms) { (crate::change::rfc3339(unix_ms)) } }
+    html! { time.at data-at=(unix_ms) { (lockstep_evidence::time::rfc3339(unix_ms)) } }
 }
 
 #[derive(Deserialize, Default)]
@@ -528,7 +528,7 @@ pub async fn audit(State(board): State<Board>, headers: HeaderMap) -> Response {
     let links = tail
         .windows(2)
         .all(|w| w[1].prev_hash == w[0].hash && w[1].seq == w[0].seq + 1)
-        && tail.iter().all(|r| crate::audit::hash_of(r) == r.hash);
+        && tail.iter().all(|r| lockstep_evidence::chain::hash_of(r) == r.hash);
     let whole = c.alerts.last_verification();
     let live = html! {
         h1 { "Audit log" }

@@ -1,6 +1,6 @@
 //! The board's HTTPS listener: TLS 1.3 with the controller's certificate
 //! (no client certificate: browsers log in by link), HTTP/1.1, bounded
-//! connections and handshakes, security headers on every answer, and the
+//! connections and handshakes (the controller's one acceptor), security headers on every answer, and the
 //! session that comes with a request.
 
 use std::future::Future;
@@ -15,45 +15,14 @@ use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
 
-use crate::board_sessions::{COOKIE, Session};
+use super::board::Board;
 use crate::controller::Controller;
+use crate::logins::COOKIE;
 
 /// At most this many board connections at once (each page holds one for
 /// its feed and briefly one more for a fetch).
 const MAX_CONNECTIONS: usize = 512;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Clone)]
-pub struct Board {
-    pub controller: Arc<Controller>,
-    /// How many hosts matched each proposed release, and when that was
-    /// counted: the releases page refreshes on every event, and counting
-    /// diffs every host of a 10,000-host role each time would not do.
-    pub matching: Arc<std::sync::Mutex<std::collections::HashMap<u64, (std::time::Instant, usize)>>>,
-}
-
-impl Board {
-    /// The live session of a request's cookie, if it has one.
-    pub async fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
-        let cookie = session_cookie(headers)?;
-        let session = self.controller.board_sessions.session(&cookie).await?;
-        Some((cookie, session))
-    }
-}
-
-/// `lockstep_session=…` from the Cookie header(s).
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-}
 
 fn router(board: Board) -> Router {
     Router::new()
@@ -152,9 +121,12 @@ async fn login(State(board): State<Board>, Path(token): Path<String>) -> Respons
 }
 
 /// Serves the board on `listener` until `stop`; then the live feeds end
-/// and connections still open are closed after a short grace.
+/// and connections still open are closed after a short grace. Connections
+/// come from the controller's one acceptor ([`crate::api::server`]): its
+/// handshake bounds, and every refused connection counted for the audit log
+/// like the gRPC port's.
 pub async fn serve(
-    mut listener: crate::front::Accepting,
+    listener: crate::api::server::Accepting,
     tls: Arc<ServerConfig>,
     controller: Arc<Controller>,
     stop: impl Future<Output = ()>,
@@ -162,31 +134,47 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving the board");
     }
+    let refusals = controller.refusals.clone();
     let app = router(Board {
         controller,
         matching: Arc::default(),
     });
-    let acceptor = TlsAcceptor::from(tls);
+    // Dropped when the board stops: the acceptor lets the port go.
+    let (stopped, acceptor_stops) = tokio::sync::oneshot::channel::<()>();
+    let mut incoming = {
+        let refusals = refusals.clone();
+        crate::api::server::accept_tls(
+            listener,
+            tls,
+            async move {
+                let _ = acceptor_stops.await;
+            },
+            move |ip, why| refusals.connection(ip, why),
+        )
+    };
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = incoming.recv() => a,
             () = &mut stop => break,
         };
         let Some(accepted) = accepted else { break };
-        let Ok((tcp, peer)) = accepted else { continue };
+        let Ok(tls) = accepted else { continue };
+        let peer = tls.peer_addr();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "board connection refused: {MAX_CONNECTIONS} already open");
+            if let Some(peer) = peer {
+                refusals.connection(
+                    peer.ip(),
+                    &format!("the board has {MAX_CONNECTIONS} connections open already; connection closed"),
+                );
+            }
             continue;
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let app = app.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                return;
-            };
             let service = TowerToHyperService::new(app);
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -194,11 +182,12 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
             if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "board connection ended");
+                tracing::debug!(peer = ?peer, error = %e, "board connection ended");
             }
         });
         while connections.try_join_next().is_some() {}
     }
+    drop(stopped);
     // Live feeds end on the controller's closing signal; give them a moment.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while connections.join_next().await.is_some() {}

@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use lockstep_tests::{
-    bench, board_bench, fleet_bench, ha_bench, idle_bench, ingest_bench, openssl_speed, probe_bench, scan_bench,
-};
+use lockstep_tests::bench::{self, board, failover, fleet, idle, ingest, openssl_speed, probe, realtime, scan};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -94,6 +92,9 @@ struct Args {
     /// Memory limit (MiB) of the cgroup for the page-cache-under-pressure measurement.
     #[arg(long, default_value_t = 1024)]
     pressure_mib: u64,
+    /// Internal: serve a plain tonic no-op service (LISTEN CA CERT KEY) until killed.
+    #[arg(long, hide = true, num_args = 4, value_names = ["LISTEN", "CA", "CERT", "KEY"])]
+    noop_server: Vec<String>,
     /// Internal: scan this tree once and print the peak RSS (KiB).
     #[arg(long, hide = true)]
     rss_child: Option<PathBuf>,
@@ -120,7 +121,7 @@ struct Args {
     failover_trials: usize,
     /// How the failover benchmark stops the leader (repeatable; default: every way).
     #[arg(long = "mode", value_enum)]
-    failover_modes: Vec<ha_bench::Mode>,
+    failover_modes: Vec<failover::Mode>,
     /// Ledgers the fleet-scale benchmark runs on (repeatable).
     #[arg(long = "fleet-on", value_enum, default_values_t = [Ledger::Sled])]
     fleet_on: Vec<Ledger>,
@@ -143,20 +144,20 @@ fn gbs(bytes: u64, d: Duration) -> String {
 /// A generated tree of `args.scan_files` files and `mib` MiB under the
 /// scan directory: (its temp dir, the tree, files, bytes).
 fn generated_tree(args: &Args, mib: u64) -> anyhow::Result<(tempfile::TempDir, PathBuf, usize, u64)> {
-    let dir = scan_bench::workdir(args.scan_dir.clone())?;
+    let dir = scan::workdir(args.scan_dir.clone())?;
     let root = dir.path().join("tree");
-    let spec = scan_bench::TreeSpec {
+    let spec = scan::TreeSpec {
         files: args.scan_files,
         total_bytes: mib << 20,
     };
-    let (files, bytes) = scan_bench::generate(&root, spec)?;
+    let (files, bytes) = scan::generate(&root, spec)?;
     Ok((dir, root, files, bytes))
 }
 
 fn scan(args: &Args) -> anyhow::Result<()> {
     let (dir, root, files, bytes) = generated_tree(args, args.scan_mib)?;
-    let ring1 = scan_bench::ring_rate(512 << 20);
-    let ring_all = bench::on_every_core(|| scan_bench::ring_rate(512 << 20));
+    let ring1 = scan::ring_rate(512 << 20);
+    let ring_all = bench::on_every_core(|| scan::ring_rate(512 << 20));
     println!("\n## Full scan: {files} files, {:.2} GB\n", bytes as f64 / 1e9);
     println!("| tool | cache | time | GB/s | files/s | vs lockstep |");
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
@@ -170,38 +171,33 @@ fn scan(args: &Args) -> anyhow::Result<()> {
         );
     };
     // Warm: the tree was just written; one untimed pass makes sure it is all cached.
-    scan_bench::lockstep_scan(&root)?;
+    scan::lockstep_scan(&root)?;
     let mut runs: Vec<Duration> = (0..3)
-        .map(|_| scan_bench::lockstep_scan(&root).map(|r| r.0))
+        .map(|_| scan::lockstep_scan(&root).map(|r| r.0))
         .collect::<Result<_, _>>()?;
     runs.sort();
     let base = runs[1];
     row("lockstep-agent (all cores)", "warm", base, base);
-    row(
-        "find \\| xargs sha256sum",
-        "warm",
-        scan_bench::sha256sum(&root, 1)?,
-        base,
-    );
+    row("find \\| xargs sha256sum", "warm", scan::sha256sum(&root, 1)?, base);
     row(
         "find \\| xargs -P 2 sha256sum",
         "warm",
-        scan_bench::sha256sum(&root, 2)?,
+        scan::sha256sum(&root, 2)?,
         base,
     );
-    match scan_bench::aide(&root, dir.path(), 2)? {
+    match scan::aide(&root, dir.path(), 2)? {
         Ok(took) => row("aide --init (sha256, 2 workers)", "warm", took, base),
         Err(why) => println!("| aide --init | | {why} | | | |"),
     }
-    match scan_bench::drop_caches() {
+    match scan::drop_caches() {
         Ok(()) => {
-            let (cold, _) = scan_bench::lockstep_scan(&root)?;
+            let (cold, _) = scan::lockstep_scan(&root)?;
             row("lockstep-agent (all cores)", "cold", cold, base);
-            scan_bench::drop_caches().map_err(anyhow::Error::msg)?;
+            scan::drop_caches().map_err(anyhow::Error::msg)?;
             row(
                 "find \\| xargs -P 2 sha256sum",
                 "cold",
-                scan_bench::sha256sum(&root, 2)?,
+                scan::sha256sum(&root, 2)?,
                 base,
             );
         }
@@ -233,15 +229,15 @@ async fn failover(args: &Args) -> anyhow::Result<()> {
     );
     let modes = if args.failover_modes.is_empty() {
         vec![
-            ha_bench::Mode::Kill,
-            ha_bench::Mode::Freeze,
-            ha_bench::Mode::Cut,
-            ha_bench::Mode::CutEtcd,
+            failover::Mode::Kill,
+            failover::Mode::Freeze,
+            failover::Mode::Cut,
+            failover::Mode::CutEtcd,
         ]
     } else {
         args.failover_modes.clone()
     };
-    let f = ha_bench::failover(args.failover_agents, args.failover_trials, 3, &modes).await?;
+    let f = failover::failover(args.failover_agents, args.failover_trials, 3, &modes).await?;
     println!("| the leader is | from the stop → | trials | median | p99 | max |");
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
     for m in &f.modes {
@@ -284,7 +280,7 @@ async fn board(args: &Args) -> anyhow::Result<()> {
     println!("\n## The web board\n");
     println!("| benchmark | size | median | p99 | max |");
     println!("| --- | --- | ---: | ---: | ---: |");
-    let c = board_bench::change_to_page(3, args.board_changes).await?;
+    let c = board::change_to_page(3, args.board_changes).await?;
     for (what, l) in [
         (
             "controller's gate decision → Chromium's open page showing it",
@@ -303,7 +299,7 @@ async fn board(args: &Args) -> anyhow::Result<()> {
             ms(l.max())
         );
     }
-    let r = board_bench::first_render(args.board_hosts, 20).await?;
+    let r = board::first_render(args.board_hosts, 20).await?;
     println!(
         "| first render of the fleet page, Chromium navigation to load | {} hosts, {} KB page | {} | {} | {} |",
         r.hosts,
@@ -319,7 +315,7 @@ async fn board(args: &Args) -> anyhow::Result<()> {
         ms(r.server.quantile(0.99)),
         ms(r.server.max())
     );
-    let many = board_bench::many_boards(args.boards, 20).await?;
+    let many = board::many_boards(args.boards, 20).await?;
     println!(
         "| gate decision → every board holding a fresh page showing it | {} boards × {} changes | {} | {} | {} |",
         many.boards,
@@ -344,7 +340,7 @@ async fn realtime(args: &Args) -> anyhow::Result<()> {
     // small changes had their own pause).
     for (quiet_ms, small_ms) in [(50u64, 15u64), (50, 50)] {
         let (quiet, small) = (Duration::from_millis(quiet_ms), Duration::from_millis(small_ms));
-        let l = bench::change_to_verdict(args.hosts, args.changes, quiet, small).await?;
+        let l = realtime::change_to_verdict(args.hosts, args.changes, quiet, small).await?;
         println!(
             "| file write → controller verdict, quiet_period {quiet_ms} ms, small_change_quiet_period {small_ms} ms | {} changes, {} hosts | {} | {} | {} |",
             l.samples.len(),
@@ -355,7 +351,7 @@ async fn realtime(args: &Args) -> anyhow::Result<()> {
         );
     }
     for &n in &args.agents {
-        let took = bench::halt_fanout(n).await?;
+        let took = realtime::halt_fanout(n).await?;
         println!(
             "| `lockstep halt` → gate file closed on every agent | {n} agents | | | {} |",
             ms(took)
@@ -365,7 +361,7 @@ async fn realtime(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn idle(args: &Args) -> anyhow::Result<()> {
-    let r = idle_bench::idle_agent(Duration::from_secs(10), Duration::from_secs(args.idle_seconds)).await?;
+    let r = idle::idle_agent(Duration::from_secs(10), Duration::from_secs(args.idle_seconds)).await?;
     println!("\n## Agent at rest (real process, heartbeat every 10 s, inotify on)\n");
     println!("| measure | value | over |");
     println!("| --- | ---: | --- |");
@@ -382,13 +378,13 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn ingest(args: &Args) -> anyhow::Result<()> {
-    let verify = ingest_bench::ed25519_verify_rate(Duration::from_secs(2));
-    let verify_all = bench::on_every_core(|| ingest_bench::ed25519_verify_rate(Duration::from_secs(2)));
+    let verify = ingest::ed25519_verify_rate(Duration::from_secs(2));
+    let verify_all = bench::on_every_core(|| ingest::ed25519_verify_rate(Duration::from_secs(2)));
     let openssl_verify = openssl_speed::ed25519_verify_rate(3);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     let mut runs = Vec::new();
     for &agents in &args.ingest_agents {
-        runs.push(ingest_bench::ingest(agents, Duration::from_secs(args.ingest_seconds)).await?);
+        runs.push(ingest::ingest(agents, Duration::from_secs(args.ingest_seconds)).await?);
     }
     println!("\n## Controller ingest: simulated agents over mTLS, controller process on the same {cores} cores\n");
     println!("| measure | agents in flight | rate | median | p99 | controller CPU per call |");
@@ -414,6 +410,14 @@ async fn ingest(args: &Args) -> anyhow::Result<()> {
             r.agents,
             r.bare_per_second(),
             r.controller_us_per_bare_call()
+        );
+    }
+    for r in &runs {
+        println!(
+            "| plain tonic no-op service (gRPC health `Check`, its own process), same TLS config and client | {} | {:.0}/s | | | {:.0} µs (its server's CPU) |",
+            r.agents,
+            r.noop_per_second(),
+            r.noop_us_per_call()
         );
     }
     println!(
@@ -486,7 +490,7 @@ async fn fleet(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn fleet_on(args: &Args, ledger: Ledger) -> anyhow::Result<()> {
-    let r = fleet_bench::fleet_on(args.fleet_hosts, ledger == Ledger::Etcd).await?;
+    let r = fleet::fleet_on(args.fleet_hosts, ledger == Ledger::Etcd).await?;
     println!(
         "\n## Fleet scale: {} hosts, one role, each an enrolled simulated agent, ledger on {}\n",
         r.hosts,
@@ -525,11 +529,14 @@ async fn fleet_on(args: &Args, ledger: Ledger) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     lockstep_daemon::logging::init("error");
     let args = Args::parse();
+    if !args.noop_server.is_empty() {
+        return ingest::noop_server(&args.noop_server).await;
+    }
     if let Some(tree) = &args.rss_child {
-        return probe_bench::rss_child(tree);
+        return probe::rss_child(tree);
     }
     if let [ws, tree, restore] = args.page_cache_child.as_slice() {
-        return probe_bench::page_cache_child(ws.as_ref(), tree.as_ref(), restore == "restore");
+        return probe::page_cache_child(ws.as_ref(), tree.as_ref(), restore == "restore");
     }
     let want = |p| args.only.is_empty() || args.only.contains(&p);
     println!(
@@ -577,7 +584,7 @@ async fn etcd_ingest(args: &Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for round in 1..=args.etcd_ingest_rounds {
         for etcd in [false, true] {
-            let r = ingest_bench::ingest_on(agents, duration, etcd).await?;
+            let r = ingest::ingest_on(agents, duration, etcd).await?;
             rows.push((round, etcd, r));
         }
     }
@@ -627,15 +634,15 @@ fn memory(args: &Args) -> anyhow::Result<()> {
     let rss = |tree: &std::path::Path, what: String| -> anyhow::Result<()> {
         println!(
             "peak RSS over {what}: {} MiB for the agent's full scan alone; {} for `lockstep-agent measure` (scan + manifest JSON)",
-            probe_bench::scan_peak_rss_kib(tree)? >> 10,
-            kib(probe_bench::peak_rss_kib(tree)?)
+            probe::scan_peak_rss_kib(tree)? >> 10,
+            kib(probe::peak_rss_kib(tree)?)
         );
         Ok(())
     };
     rss(&root, format!("the probe's tree ({files} files, {} MiB)", bytes >> 20))?;
     if args.rss_small_files > 0 {
         let small = dir.path().join("small");
-        probe_bench::small_files(&small, args.rss_small_files)?;
+        probe::small_files(&small, args.rss_small_files)?;
         rss(&small, format!("{} small files", args.rss_small_files))?;
         std::fs::remove_dir_all(&small)?;
     }
@@ -645,10 +652,10 @@ fn memory(args: &Args) -> anyhow::Result<()> {
 async fn probe(args: &Args) -> anyhow::Result<()> {
     let (dir, root, files, bytes) = generated_tree(args, args.probe_mib)?;
     let phase = Duration::from_secs(args.probe_seconds);
-    let r = probe_bench::run(&root, bytes, phase, args.probe_rounds)?;
+    let r = probe::run(&root, bytes, phase, args.probe_rounds)?;
     println!(
         "\n== probe: {} on CPU {} beside the agent on CPU {} ({files} files, {} MiB; {} rounds of {} s per phase)",
-        probe_bench::probe_name(),
+        probe::probe_name(),
         r.probe_cpu,
         r.agent_cpus,
         r.tree_bytes >> 20,
@@ -674,7 +681,7 @@ async fn probe(args: &Args) -> anyhow::Result<()> {
         );
     }
     for nice in [0, 10] {
-        let took = probe_bench::gate_close_under_load(nice, args.probe_halts).await?;
+        let took = probe::gate_close_under_load(nice, args.probe_halts).await?;
         let l = bench::Latencies::new(took);
         println!(
             "halt -> gate file CLOSED, agent at nice {nice} sharing CPU 0 with a busy loop: median {}, p99 {}, max {} ({} halts)",
@@ -686,7 +693,7 @@ async fn probe(args: &Args) -> anyhow::Result<()> {
     }
     let working = dir.path().join("working-set.bin");
     std::fs::write(&working, vec![7u8; 512 << 20])?;
-    let [(on, on_tree), (off, off_tree)] = probe_bench::page_cache(&root, &working)?;
+    let [(on, on_tree), (off, off_tree)] = probe::page_cache(&root, &working)?;
     println!(
         "page cache after a full scan of the uncached tree: working set {:.0}% resident, tree {} MiB cached (restore on); {:.0}% and {} MiB (restore off)",
         on * 100.0,
@@ -698,7 +705,7 @@ async fn probe(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&ws_dir)?;
     let ws = ws_dir.join("working-set.bin");
     std::fs::rename(&working, &ws)?;
-    match probe_bench::page_cache_under_pressure(&root, &ws, args.pressure_mib << 20) {
+    match probe::page_cache_under_pressure(&root, &ws, args.pressure_mib << 20) {
         Ok([on, off]) => println!(
             "under a {} MiB memory cgroup (working set and scan in it): working set {:.0}% resident after the scan with the change, {:.0}% without",
             args.pressure_mib,

@@ -1,0 +1,19 @@
+//! lockstep's evidence: what an auditor builds to check the controller's
+//! word offline, and what the controller and the console share of it.
+//!
+//! - [`action`]: what an audit record says happened, one type for every
+//!   writer and reader.
+//! - [`chain`]: the hash-chained audit log: records, sealing, verification.
+//! - [`facts`]: the facts audit records carry for programs.
+//! - [`report`]: the signed pre-open report derived from the records, its
+//!   printable page, its signing key and its offline verification.
+//! - [`gate_check`]: what a `lockstep gate check` answers: its exit code
+//!   and summary.
+//! - [`time`]: times as records and reports write them.
+
+pub mod action;
+pub mod chain;
+pub mod facts;
+pub mod gate_check;
+pub mod report;
+pub mod time;

@@ -1,0 +1,337 @@
+//! Read-only console queries: hosts, one host, diffs, the gate check and
+//! the audit log. Each is answered from one fleet view ([`ViewReads`]): the
+//! leader's committed view here, or a standby's followed view
+//! ([`crate::ha::standby_console`]), so both give the same answer to the same
+//! state.
+
+use std::sync::Arc;
+
+use lockstep_proto::diff;
+use lockstep_proto::pb::{self, HostStatus, diff_request::Against};
+
+use crate::audit::operator::Operator;
+use crate::config::{ControllerConfig, RoleConfig};
+use crate::error::{ApiError, LookupError};
+use crate::fleet::FleetState;
+use crate::fleet::gate::Clock;
+use crate::gates::board::{GateBoard, gate_word};
+use crate::ledger::Ledger;
+use crate::store::IncidentRecord;
+use crate::store::{HaltRecord, HaltScope, Store};
+use lockstep_evidence::action::AuditAction;
+use lockstep_evidence::chain::AuditEvent;
+use lockstep_evidence::facts::{GateChecked, HaltFact, HostFact, IncidentFact, ReleaseFact};
+
+pub struct Queries {
+    config: Arc<ControllerConfig>,
+    ledger: Arc<Ledger>,
+    board: Arc<GateBoard>,
+}
+
+fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) -> HostStatus {
+    let rec = state
+        .hosts
+        .get(host)
+        .filter(|r| r.role == role.name)
+        .cloned()
+        .unwrap_or_default();
+    let entry_count = state.manifest(&rec.digest_hex).map_or(0, |m| m.len());
+    HostStatus {
+        host: host.to_string(),
+        role: role.name.clone(),
+        gate: Some(gate),
+        last_seq: rec.last_seq,
+        last_measured_at_unix_ms: rec.measured_at_unix_ms,
+        last_received_at_unix_ms: rec.accepted_at_unix_ms,
+        digest: hex::decode(&rec.digest_hex).unwrap_or_default(),
+        entry_count: u32::try_from(entry_count).unwrap_or(u32::MAX),
+        boot_id: rec.boot_id,
+        last_rejection: rec.last_rejection.map(|r| r.reason).unwrap_or_default(),
+        agent_version: rec.agent_version,
+    }
+}
+
+/// The console's reads of one fleet view, as of `clock`.
+pub struct ViewReads<'a> {
+    config: &'a ControllerConfig,
+    state: &'a FleetState,
+    clock: Clock,
+}
+
+impl<'a> ViewReads<'a> {
+    pub fn new(config: &'a ControllerConfig, state: &'a FleetState, clock: Clock) -> Self {
+        Self { config, state, clock }
+    }
+
+    pub fn state(&self) -> &FleetState {
+        self.state
+    }
+
+    pub fn list_hosts(&self, role: &str) -> Result<Vec<HostStatus>, ApiError> {
+        if !role.is_empty() {
+            self.config.role(role)?;
+        }
+        let (clock, state) = (self.clock, self.state);
+        let mut out = Vec::new();
+        for r in self.config.roles.values().filter(|r| role.is_empty() || r.name == role) {
+            let (gates, _) = state.role_gates(r, clock);
+            for (host, gate) in r.hosts.iter().zip(gates) {
+                out.push(status_of(state, r, host, gate));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_host(&self, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
+        let role = self.config.host_role(host)?;
+        let state = self.state;
+        let gate = state.host_gate(role, host, self.clock);
+        let status = status_of(state, role, host, gate);
+        let entries = if include_entries {
+            state
+                .manifest(&hex::encode(&status.digest))
+                .map(|m| m.to_vec())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(pb::HostDetail {
+            status: Some(status),
+            entries,
+        })
+    }
+
+    pub fn diff(&self, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
+        let role = self.config.host_role(&req.host)?;
+        let state = self.state;
+        let host_entries = |host: &str| {
+            state
+                .hosts
+                .get(host)
+                .filter(|r| r.has_reported())
+                .and_then(|r| state.manifest(&r.digest_hex))
+                .ok_or_else(|| LookupError::NotReported { host: host.to_string() })
+        };
+        let left = host_entries(&req.host)?;
+        let (right_label, right) = match &req.against {
+            Some(Against::OtherHost(other)) => (other.clone(), host_entries(other)?),
+            Some(Against::Release(n)) => {
+                let release = if *n == 0 {
+                    state
+                        .active_release(&role.name)
+                        .ok_or_else(|| LookupError::NoActiveRelease {
+                            role: role.name.clone(),
+                        })?
+                } else {
+                    state.releases.get(n).ok_or(LookupError::NoRelease { number: *n })?
+                };
+                let entries = state
+                    .manifest(&release.digest_hex)
+                    .ok_or_else(|| ApiError::Internal(format!("manifest of release {} missing", release.number)))?;
+                (format!("release {}", release.number), entries)
+            }
+            None => {
+                return Err(LookupError::NoDiffTarget.into());
+            }
+        };
+        let changes = diff::diff(&left, &right, &right_label, |p| role.is_excluded_from_comparison(p));
+        let per_host_excluded = left
+            .iter()
+            .chain(right.iter())
+            .filter(|e| role.is_excluded_from_comparison(&e.path))
+            .count();
+        Ok(pb::DiffReply {
+            left: req.host.clone(),
+            right: right_label,
+            changes,
+            per_host_excluded: u32::try_from(per_host_excluded).unwrap_or(u32::MAX),
+        })
+    }
+
+    pub fn gate_check(&self, role: &str) -> Result<pb::GateCheckReply, ApiError> {
+        let role = self.config.role(role)?;
+        let (gates, release) = self.state.role_gates(role, self.clock);
+        Ok(pb::GateCheckReply {
+            role: role.name.clone(),
+            mode: role.mode.as_str().to_string(),
+            release,
+            gates,
+        })
+    }
+}
+
+impl Queries {
+    pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
+        Self { config, ledger, board }
+    }
+
+    pub fn list_hosts(&self, role: &str) -> Result<Vec<HostStatus>, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).list_hosts(role)
+    }
+
+    pub fn get_host(&self, host: &str, include_entries: bool) -> Result<pb::HostDetail, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).get_host(host, include_entries)
+    }
+
+    pub fn diff(&self, req: &pb::DiffRequest) -> Result<pb::DiffReply, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).diff(req)
+    }
+
+    /// `lockstep gate check`: its answer, recorded as a `gate.checked`
+    /// audit record with every fact it rests on (the pre-open report's
+    /// evidence) before it is given. An answer the audit log does not hold
+    /// is no evidence, and an OPEN one could rest on a state another
+    /// controller has moved past: a leader on etcd (whose failed write
+    /// deposes it) answers nothing ([`Unrecorded`]); sled's one controller
+    /// still answers a check that opens nothing, since its store's failure
+    /// is what closed those gates.
+    pub async fn gate_check_recorded(
+        &self,
+        who: &Operator,
+        role: &str,
+        incidents: &[IncidentRecord],
+    ) -> Result<pb::GateCheckReply, ApiError> {
+        let (reply, facts) = self.gate_check_with_facts(role, incidents)?;
+        let event = AuditEvent {
+            actor: who.actor(),
+            action: AuditAction::GateChecked,
+            host: String::new(),
+            role: reply.role.clone(),
+            detail: format!("{}; exit {}", facts.summary, facts.exit),
+            facts: lockstep_evidence::facts::to_facts(&facts),
+        };
+        if let Err(e) = self.ledger.record(vec![event]).await {
+            tracing::error!(error = %e, role = %reply.role, "cannot record a gate check in the audit log");
+            if self.ledger.store().epoch() > 0 || facts.exit == 0 {
+                return Err(Unrecorded(e.to_string()).into());
+            }
+        }
+        Ok(reply)
+    }
+
+    /// The gate check's answer and, from the same read of the view, the
+    /// facts a `gate.checked` record keeps of it (the pre-open report rests
+    /// on them). `incidents` is the incident book as it stands.
+    pub fn gate_check_with_facts(
+        &self,
+        role: &str,
+        incidents: &[IncidentRecord],
+    ) -> Result<(pb::GateCheckReply, GateChecked), ApiError> {
+        let role = self.config.role(role)?;
+        let view = self.ledger.view();
+        let (gates, release) = view.role_gates(role, self.board.clock());
+        let hosts: Vec<HostFact> = gates
+            .iter()
+            .map(|g| {
+                let rec = view.hosts.get(&g.host).filter(|r| r.role == role.name);
+                HostFact {
+                    host: g.host.clone(),
+                    gate: gate_word(g.state()).into(),
+                    reasons: g.reasons.iter().map(|r| r.text.clone()).collect(),
+                    agent_version: rec.map(|r| r.agent_version.clone()).unwrap_or_default(),
+                    last_seq: rec.map_or(0, |r| r.last_seq),
+                    measured_at_unix_ms: rec.map_or(0, |r| r.measured_at_unix_ms),
+                    accepted_at_unix_ms: rec.map_or(0, |r| r.accepted_at_unix_ms),
+                    digest: rec.map(|r| r.digest_hex.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let covers = |h: &HaltRecord| match &h.scope {
+            HaltScope::Fleet => true,
+            HaltScope::Role(r) => *r == role.name,
+            HaltScope::Host(x) => role.hosts.contains(x),
+        };
+        let halts = view
+            .halts
+            .values()
+            .filter(|h| h.is_active() && covers(h))
+            .map(HaltFact::from)
+            .collect();
+        let reply = pb::GateCheckReply {
+            role: role.name.clone(),
+            mode: role.mode.as_str().to_string(),
+            release,
+            gates,
+        };
+        let facts = GateChecked {
+            exit: lockstep_evidence::gate_check::exit_code(&reply.gates) as u8,
+            summary: lockstep_evidence::gate_check::summary(&reply),
+            mode: reply.mode.clone(),
+            release: view.releases.get(&release).map(ReleaseFact::from),
+            hosts,
+            halts,
+            incidents: incidents
+                .iter()
+                .filter(|i| !i.is_closed() && (i.role.is_empty() || i.role == role.name))
+                .map(IncidentFact::from)
+                .collect(),
+        };
+        Ok((reply, facts))
+    }
+
+    pub fn gate_check(&self, role: &str) -> Result<pb::GateCheckReply, ApiError> {
+        ViewReads::new(&self.config, &self.ledger.view(), self.board.clock()).gate_check(role)
+    }
+
+    /// Audit records matching the filters, oldest first.
+    pub fn list_audit(&self, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
+        list_audit(self.ledger.store(), req)
+    }
+
+    /// Checks the whole audit chain as stored.
+    pub fn verify_audit(&self) -> Result<pb::VerifyAuditReply, ApiError> {
+        verify_audit(self.ledger.store())
+    }
+}
+
+/// Audit records matching the filters, oldest first.
+pub fn list_audit(store: &dyn Store, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
+    let records = store.audit_from(req.after_seq + 1).map_err(ApiError::Store)?;
+    let mut out: Vec<pb::AuditRecord> = records
+        .iter()
+        .filter(|r| req.host.is_empty() || r.host == req.host)
+        .filter(|r| req.role.is_empty() || r.role == req.role)
+        .filter(|r| r.at_unix_ms >= req.since_unix_ms)
+        .map(|r| r.to_pb())
+        .collect();
+    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+    if limit > 0 && out.len() > limit {
+        out.drain(..out.len() - limit);
+    }
+    Ok(out)
+}
+
+/// Checks the whole audit chain as stored.
+pub fn verify_audit(store: &dyn Store) -> Result<pb::VerifyAuditReply, ApiError> {
+    let records = store.audit_from(0).map_err(ApiError::Store)?;
+    let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
+    Ok(match lockstep_evidence::chain::verify(&records) {
+        Ok(()) => pb::VerifyAuditReply {
+            ok: true,
+            records: count,
+            ..Default::default()
+        },
+        Err(b) => {
+            tracing::error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
+            pb::VerifyAuditReply {
+                ok: false,
+                records: count,
+                first_broken_seq: b.seq,
+                problem: b.problem,
+            }
+        }
+    })
+}
+
+/// A gate check whose record could not be written: not answered.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this gate check was not answered: its record could not be written to the audit log ({0}), and no answer is given that the log does not hold"
+)]
+pub struct Unrecorded(pub String);
+
+impl crate::error::DomainError for Unrecorded {
+    fn code_and_reason(&self) -> (tonic::Code, &'static str) {
+        (tonic::Code::Unavailable, lockstep_proto::reason::STORE_UNAVAILABLE)
+    }
+}

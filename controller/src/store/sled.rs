@@ -1,0 +1,342 @@
+//! The sled backend of [`Store`]. Records are JSON (readable with any tool in
+//! an incident); manifests are protobuf (`Manifest`), stored once per digest
+//! so a thousand identical hosts cost one copy.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lockstep_proto::pb::{Entry, Manifest};
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::store::IncidentRecord;
+use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
+use lockstep_evidence::chain::AuditRecord;
+
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    hosts: sled::Tree,
+    manifests: sled::Tree,
+    releases: sled::Tree,
+    halts: sled::Tree,
+    audit: sled::Tree,
+    incidents: sled::Tree,
+    tokens: sled::Tree,
+    boards: sled::Tree,
+}
+
+/// How long `open` waits for the store's file lock when it is taken.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens the sled database, waiting briefly for its file lock. sled 0.34
+/// releases the lock from a background thread after the last handle drops,
+/// so a store closed and reopened in one process (a restart in place, the
+/// tests) can find it still held for a few milliseconds. Another process
+/// holding it is still refused, after `LOCK_WAIT`.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |e: sled::Error| StoreError::Backend {
+            path: path.display().to_string(),
+            reason: format!("{e}; is another controller using this data_dir?"),
+        };
+        let db = open_db(path).map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            hosts: db.open_tree("hosts").map_err(err)?,
+            manifests: db.open_tree("manifests").map_err(err)?,
+            releases: db.open_tree("releases").map_err(err)?,
+            halts: db.open_tree("halts").map_err(err)?,
+            audit: db.open_tree("audit").map_err(err)?,
+            incidents: db.open_tree("incidents").map_err(err)?,
+            tokens: db.open_tree("tokens").map_err(err)?,
+            boards: db.open_tree("boards").map_err(err)?,
+            db,
+        })
+    }
+
+    fn backend(&self, e: sled::Error) -> StoreError {
+        StoreError::Backend {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn put_json<T: Serialize>(&self, tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        tree.insert(key, bytes).map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn all_json<T: DeserializeOwned>(&self, tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.backend(e))?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Store for SledStore {
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.all_json(&self.hosts)
+    }
+
+    fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.put_json(&self.hosts, host.host.as_bytes(), host)
+    }
+
+    fn has_manifest(&self, digest_hex: &str) -> Result<bool, StoreError> {
+        self.manifests.contains_key(digest_hex).map_err(|e| self.backend(e))
+    }
+
+    fn put_manifest(&self, digest_hex: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        let bytes = Manifest {
+            entries: entries.to_vec(),
+        }
+        .encode_to_vec();
+        self.manifests.insert(digest_hex, bytes).map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn manifest(&self, digest_hex: &str) -> Result<Option<Vec<Entry>>, StoreError> {
+        let Some(bytes) = self.manifests.get(digest_hex).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        let m = Manifest::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
+            key: format!("manifest {digest_hex}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(m.entries))
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.all_json(&self.releases)
+    }
+
+    fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        self.put_json(&self.releases, &release.number.to_be_bytes(), release)
+    }
+
+    fn halts(&self) -> Result<Vec<HaltRecord>, StoreError> {
+        self.all_json(&self.halts)
+    }
+
+    fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError> {
+        self.put_json(&self.halts, &halt.id.to_be_bytes(), halt)
+    }
+
+    fn incidents(&self) -> Result<Vec<IncidentRecord>, StoreError> {
+        self.all_json(&self.incidents)
+    }
+
+    fn put_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
+        self.put_json(&self.incidents, &incident.id.to_be_bytes(), incident)
+    }
+
+    fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let Some(bytes) = self.tokens.get(hash_hex).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("token {hash_hex}"),
+                reason: e.to_string(),
+            })
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_json(&self.tokens, token.hash_hex.as_bytes(), token)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all_json(&self.tokens)
+    }
+
+    fn board(&self, hash_hex: &str) -> Result<Option<BoardRecord>, StoreError> {
+        let Some(bytes) = self.boards.get(hash_hex).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("board {hash_hex}"),
+                reason: e.to_string(),
+            })
+    }
+
+    fn put_board(&self, record: &BoardRecord) -> Result<(), StoreError> {
+        self.put_json(&self.boards, record.hash_hex.as_bytes(), record)
+    }
+
+    fn boards(&self) -> Result<Vec<BoardRecord>, StoreError> {
+        self.all_json(&self.boards)
+    }
+
+    fn manifest_digests(&self) -> Result<Vec<String>, StoreError> {
+        self.manifests
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(|e| self.backend(e))?;
+                Ok(String::from_utf8_lossy(&k).into_owned())
+            })
+            .collect()
+    }
+
+    fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.put_json(&self.audit, &record.seq.to_be_bytes(), record)
+    }
+
+    fn audit_from(&self, from: u64) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit
+            .range(from.to_be_bytes()..)
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.backend(e))?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: format!("audit {}", hex::encode(&k)),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn last_audit(&self) -> Result<Option<AuditRecord>, StoreError> {
+        let Some((k, v)) = self.audit.last().map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
+            key: format!("audit {}", hex::encode(&k)),
+            reason: e.to_string(),
+        })
+    }
+
+    fn check_space(&self, min_free: u64) -> Result<(), StoreError> {
+        let st = rustix::fs::statvfs(&self.path).map_err(|e| StoreError::Backend {
+            path: self.path.display().to_string(),
+            reason: format!("cannot read free space: {e}"),
+        })?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < min_free {
+            return Err(StoreError::DiskFull {
+                path: self.path.display().to_string(),
+                free_mib: free >> 20,
+                need_mib: min_free.div_ceil(1 << 20),
+            });
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_proto::pb::EntryKind;
+
+    #[test]
+    fn records_survive_reopening() {
+        let d = tempfile::tempdir().unwrap();
+        let host = HostRecord {
+            host: "smars-01".into(),
+            role: "smars".into(),
+            last_seq: 9,
+            ..Default::default()
+        };
+        let entries = vec![Entry {
+            path: b"/opt/x".to_vec(),
+            kind: EntryKind::File as i32,
+            sha256: vec![1; 32],
+            ..Default::default()
+        }];
+        {
+            let s = SledStore::open(d.path()).unwrap();
+            s.put_host(&host).unwrap();
+            s.put_manifest("abcd", &entries).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(d.path()).unwrap();
+        assert_eq!(s.hosts().unwrap(), vec![host]);
+        assert!(s.has_manifest("abcd").unwrap());
+        assert_eq!(s.manifest("abcd").unwrap().unwrap(), entries);
+        assert_eq!(s.manifest("ffff").unwrap(), None);
+    }
+
+    #[test]
+    fn releases_come_back_in_number_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        for n in [10u64, 2, 300] {
+            s.put_release(&ReleaseRecord {
+                number: n,
+                role: "smars".into(),
+                digest_hex: String::new(),
+                entry_count: 0,
+                source: String::new(),
+                note: String::new(),
+                proposed_by: "alice".into(),
+                proposed_at_unix_ms: 0,
+                approved_by: None,
+                approved_at_unix_ms: 0,
+            })
+            .unwrap();
+        }
+        let numbers: Vec<u64> = s.releases().unwrap().iter().map(|r| r.number).collect();
+        assert_eq!(numbers, vec![2, 10, 300]);
+    }
+
+    #[test]
+    fn a_store_closed_and_reopened_at_once_opens_every_time() {
+        // sled frees its file lock from a background thread after the last
+        // handle drops; an immediate reopen must wait for it, not fail.
+        let d = tempfile::tempdir().unwrap();
+        for n in 0..30u64 {
+            let s = SledStore::open(d.path()).unwrap();
+            let host = HostRecord {
+                host: "smars-01".into(),
+                last_seq: n,
+                ..Default::default()
+            };
+            s.put_host(&host).unwrap();
+            s.flush().unwrap();
+        }
+        assert_eq!(SledStore::open(d.path()).unwrap().hosts().unwrap()[0].last_seq, 29);
+    }
+
+    #[test]
+    fn a_store_held_open_elsewhere_is_refused_naming_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let _held = SledStore::open(d.path()).unwrap();
+        let err = SledStore::open(d.path()).err().expect("a second open must be refused");
+        let text = err.to_string();
+        assert!(text.contains(&d.path().display().to_string()), "{text}");
+        assert!(text.contains("another controller using this data_dir"), "{text}");
+    }
+}
