@@ -43,7 +43,7 @@ async fn an_audit_record_edited_offline_is_named_by_verify() {
     // Offline: someone rewrites what record 3 says.
     {
         let store = SledStore::open(&store_path).unwrap();
-        let mut r = store.audit_from(3).unwrap().remove(0);
+        let mut r = store.audit_page(3, usize::MAX).unwrap().remove(0);
         r.detail = "nothing happened".into();
         store.put_audit(&r).unwrap();
         store.flush().unwrap();

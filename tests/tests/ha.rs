@@ -775,8 +775,33 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
     };
     store.put_audit(&big).unwrap();
     store.flush().unwrap();
-    assert_eq!(store.audit_from(1).unwrap(), vec![big.clone()]);
-    assert_eq!(store.last_audit().unwrap(), Some(big));
+    assert_eq!(store.audit_page(1, usize::MAX).unwrap(), vec![big.clone()]);
+    assert_eq!(store.last_audit().unwrap(), Some(big.clone()));
+
+    // 100 records just under the chunk size: a page of all of them would
+    // be a 90 MB reply, over the client's 64 MiB bound. The page shrinks
+    // instead of failing, and paging reads every record.
+    for seq in 2..=101 {
+        store
+            .put_audit(&lockstep_evidence::chain::AuditRecord {
+                seq,
+                detail: "y".repeat(900_000),
+                ..big.clone()
+            })
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let first = store.audit_page(1, 1_000).unwrap();
+    assert!(
+        !first.is_empty() && first.len() < 101,
+        "one page: {} records",
+        first.len()
+    );
+    let mut seqs = Vec::new();
+    for page in lockstep_controller::store::audit_reads::pages(&store, 0) {
+        seqs.extend(page.unwrap().into_iter().map(|r| r.seq));
+    }
+    assert_eq!(seqs, (1..=101).collect::<Vec<u64>>());
 }
 
 /// Every controller holds its port from the start. A standby answers each

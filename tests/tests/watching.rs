@@ -53,7 +53,7 @@ async fn a_burst_of_500_writes_yields_one_attestation() {
             after_seq,
             ..Default::default()
         };
-        m.fleet.controller.queries.list_audit(&req).unwrap()
+        m.fleet.controller.queries.list_audit(&req).unwrap().records
     };
     // A new directory re-targets the watcher, which scans once at once
     // (see watch.rs): let that settle, so the burst is all that follows.

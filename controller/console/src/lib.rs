@@ -594,12 +594,16 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             action: Some(AuditCommand::Export),
             ..
         } => {
-            let list = client
-                .list_audit(pb::ListAuditRequest::default())
-                .await
-                .map_err(unreachable)?
-                .answered();
-            render::audit_export(out, &list.records)?;
+            // Page by page, oldest first: no answer holds the whole log.
+            let mut req = pb::ListAuditRequest::default();
+            loop {
+                let list = client.list_audit(req.clone()).await.map_err(unreachable)?.answered();
+                render::audit_export(out, &list.records)?;
+                if !list.more {
+                    break;
+                }
+                req.after_seq = next_after(&req, &list);
+            }
         }
         Command::Audit { action: None, filter } => {
             let mut req = pb::ListAuditRequest {
@@ -613,14 +617,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 let list = client.list_audit(req.clone()).await.map_err(unreachable)?.answered();
                 render::audit(out, &list.records, json)?;
                 out.flush()?;
-                if !filter.follow {
+                let paging = list.more && req.limit == 0;
+                if !paging && !filter.follow {
                     break;
                 }
-                if let Some(last) = list.records.last() {
-                    req.after_seq = last.seq;
-                }
+                req.after_seq = next_after(&req, &list);
                 req.limit = 0;
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !list.more {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
         Command::Release(cmd) => {
@@ -853,4 +858,11 @@ fn subject_label(s: &Subject) -> String {
         }
         Subject::Agent { host } => format!("agent certificate for {host}"),
     }
+}
+
+/// Where the next page of the audit log starts: after what this answer
+/// looked at (a controller before paging answers without saying so).
+fn next_after(req: &pb::ListAuditRequest, list: &pb::AuditList) -> u64 {
+    let last = list.records.last().map_or(0, |r| r.seq);
+    req.after_seq.max(list.next_after_seq).max(last)
 }

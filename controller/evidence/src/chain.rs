@@ -69,6 +69,9 @@ impl AuditEvent {
 pub struct ChainHead {
     pub next_seq: u64,
     pub last_hash: String,
+    /// When the last record was sealed: no later record is sealed earlier,
+    /// so a day's records are one stretch of the chain, found by seq.
+    pub last_at_unix_ms: i64,
 }
 
 impl ChainHead {
@@ -77,10 +80,12 @@ impl ChainHead {
             Some(r) => Self {
                 next_seq: r.seq + 1,
                 last_hash: r.hash.clone(),
+                last_at_unix_ms: r.at_unix_ms,
             },
             None => Self {
                 next_seq: 1,
                 last_hash: GENESIS.into(),
+                last_at_unix_ms: 0,
             },
         }
     }
@@ -98,7 +103,10 @@ pub fn hash_of(record: &AuditRecord) -> String {
 }
 
 /// Chains `events` after `head`, returning the records and the new head.
+/// A clock stepped back does not take the log back with it: a record is
+/// never sealed earlier than the one before it.
 pub fn seal(head: &ChainHead, events: Vec<AuditEvent>, at_unix_ms: i64) -> (Vec<AuditRecord>, ChainHead) {
+    let at_unix_ms = at_unix_ms.max(head.last_at_unix_ms);
     let mut head = head.clone();
     let mut out = Vec::with_capacity(events.len());
     for e in events {
@@ -131,16 +139,40 @@ pub struct Broken {
 
 /// Checks the whole chain, in order from the first record.
 pub fn verify(records: &[AuditRecord]) -> Result<(), Broken> {
-    let mut head = ChainHead::after(None);
-    for r in records {
+    let mut check = ChainCheck::from_start();
+    records.iter().try_for_each(|r| check.next(r))
+}
+
+/// Checks a chain record by record, so a log of any length is verified in
+/// the memory of one page, and a later check goes on from where the last
+/// one ended instead of from the first record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    head: ChainHead,
+    checked: u64,
+}
+
+impl ChainCheck {
+    /// Expects the first record of the log.
+    pub fn from_start() -> Self {
+        Self::after(ChainHead::after(None))
+    }
+
+    /// Expects the record that follows `head` (one already checked).
+    pub fn after(head: ChainHead) -> Self {
+        Self { head, checked: 0 }
+    }
+
+    /// The next record, in order.
+    pub fn next(&mut self, r: &AuditRecord) -> Result<(), Broken> {
         let broken = |problem: String| Broken { seq: r.seq, problem };
-        if r.seq != head.next_seq {
+        if r.seq != self.head.next_seq {
             return Err(Broken {
-                seq: head.next_seq,
+                seq: self.head.next_seq,
                 problem: format!("missing: the next record found is {}", r.seq),
             });
         }
-        if r.prev_hash != head.last_hash {
+        if r.prev_hash != self.head.last_hash {
             return Err(broken(
                 "it does not follow the record before it (prev_hash differs)".into(),
             ));
@@ -148,9 +180,20 @@ pub fn verify(records: &[AuditRecord]) -> Result<(), Broken> {
         if hash_of(r) != r.hash {
             return Err(broken("its content does not match its hash: it was edited".into()));
         }
-        head = ChainHead::after(Some(r));
+        self.head = ChainHead::after(Some(r));
+        self.checked += 1;
+        Ok(())
     }
-    Ok(())
+
+    /// The last record that held, as the head the next check starts from.
+    pub fn head(&self) -> &ChainHead {
+        &self.head
+    }
+
+    /// How many records this check has passed.
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
 }
 
 impl AuditRecord {
@@ -184,6 +227,36 @@ mod tests {
             })
             .collect();
         seal(&ChainHead::after(None), events, 1).0
+    }
+
+    #[test]
+    fn a_check_goes_on_from_where_the_last_one_ended() {
+        let records = chain(6);
+        let mut first = ChainCheck::from_start();
+        records[..4].iter().for_each(|r| first.next(r).unwrap());
+        assert_eq!(first.checked(), 4);
+        let mut later = ChainCheck::after(first.head().clone());
+        records[4..].iter().for_each(|r| later.next(r).unwrap());
+        assert_eq!((later.checked(), later.head().next_seq), (2, 7));
+        // A record the later check has not been given is still missed.
+        let mut gap = ChainCheck::after(first.head().clone());
+        assert_eq!(gap.next(&records[5]).unwrap_err().seq, 5);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_never_dates_a_record_before_the_one_before_it() {
+        let (first, head) = seal(
+            &ChainHead::after(None),
+            vec![AuditEvent::new("a", crate::action::AuditAction::Halt, "")],
+            5_000,
+        );
+        let (second, _) = seal(
+            &head,
+            vec![AuditEvent::new("a", crate::action::AuditAction::Resume, "")],
+            4_000,
+        );
+        assert_eq!((first[0].at_unix_ms, second[0].at_unix_ms), (5_000, 5_000));
+        assert_eq!(verify(&[first[0].clone(), second[0].clone()]), Ok(()));
     }
 
     #[test]

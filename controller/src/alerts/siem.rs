@@ -236,14 +236,16 @@ impl Forwarder {
         loop {
             let store = self.ledger.clone();
             let from = sent + 1;
-            let records = tokio::task::spawn_blocking(move || store.store().audit_from(from))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            let last = records.last().map_or(sent, |r| r.seq);
+            let records =
+                tokio::task::spawn_blocking(move || store.store().audit_page(from, crate::store::audit_reads::PAGE))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            // Everything sealed and not yet sent, not just this page.
+            let head = (*self.ledger.sealed().borrow()).max(records.last().map_or(sent, |r| r.seq));
             self.metrics
                 .siem_lag
-                .set(i64::try_from(last.saturating_sub(sent)).unwrap_or(i64::MAX));
+                .set(i64::try_from(head.saturating_sub(sent)).unwrap_or(i64::MAX));
             if records.is_empty() {
                 // Nothing new: wait by reading, which also sees a collector
                 // that closed the connection while the log was quiet.

@@ -16,6 +16,7 @@ use crate::api::refusals::Audited;
 use crate::audit::operator::Operator;
 use crate::audit::peer::PeerInfo;
 use crate::controller::Controller;
+use crate::error::ApiError;
 
 fn peer<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     let info = req
@@ -267,8 +268,12 @@ impl ConsoleService for ConsoleApi {
 
     async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::AuditList>, Status> {
         operator(&req)?;
-        let records = self.controller.queries.list_audit(req.get_ref())?;
-        Ok(Response::new(pb::AuditList { records }))
+        let controller = self.controller.clone();
+        let req = req.into_inner();
+        // Reading the log is work for a blocking thread, off the request path.
+        Ok(Response::new(
+            off_runtime(move || controller.queries.list_audit(&req)).await?,
+        ))
     }
 
     async fn verify_audit(
@@ -276,7 +281,10 @@ impl ConsoleService for ConsoleApi {
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditReply>, Status> {
         operator(&req)?;
-        Ok(Response::new(self.controller.queries.verify_audit()?))
+        let controller = self.controller.clone();
+        Ok(Response::new(
+            off_runtime(move || controller.queries.verify_audit()).await?,
+        ))
     }
 
     async fn create_token(
@@ -432,4 +440,13 @@ impl pb::enroll_service_server::EnrollService for EnrollApi {
             }
         }
     }
+}
+
+/// Runs a long read on a blocking thread, so it delays no other call.
+async fn off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| ApiError::Internal(format!("a read task failed: {e}")))?
 }

@@ -148,12 +148,7 @@ impl ConsoleService for StandbyConsole {
     async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::AuditList>, Status> {
         crate::api::service::operator(&req)?;
         let req = req.into_inner();
-        self.read_store(move |store| {
-            Ok(pb::AuditList {
-                records: queries::list_audit(store, &req)?,
-            })
-        })
-        .await
+        self.read_store(move |store| queries::list_audit(store, &req)).await
     }
 
     async fn verify_audit(

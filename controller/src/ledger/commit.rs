@@ -357,8 +357,12 @@ mod tests {
         fn put_audit(&self, record: &lockstep_evidence::chain::AuditRecord) -> Result<(), StoreError> {
             self.inner.put_audit(record)
         }
-        fn audit_from(&self, from: u64) -> Result<Vec<lockstep_evidence::chain::AuditRecord>, StoreError> {
-            self.inner.audit_from(from)
+        fn audit_page(
+            &self,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<lockstep_evidence::chain::AuditRecord>, StoreError> {
+            self.inner.audit_page(from, limit)
         }
         fn last_audit(&self) -> Result<Option<lockstep_evidence::chain::AuditRecord>, StoreError> {
             self.inner.last_audit()
@@ -468,7 +472,7 @@ mod tests {
 
     /// The stored audit records say `details`, in order, and chain.
     fn assert_chain_is(store: &dyn Store, details: &[&str]) {
-        let records = store.audit_from(1).unwrap();
+        let records = store.audit_page(1, usize::MAX).unwrap();
         let stored: Vec<&str> = records.iter().map(|r| r.detail.as_str()).collect();
         assert_eq!(stored, details);
         lockstep_evidence::chain::verify(&records).unwrap();
@@ -554,7 +558,7 @@ mod tests {
         }
         numbers.sort_unstable();
         assert_eq!(numbers, (1..=56).collect::<Vec<u64>>());
-        let records = target.store.audit_from(1).unwrap();
+        let records = target.store.audit_page(1, usize::MAX).unwrap();
         assert_eq!(records.len(), 56);
         let stored: Vec<u64> = target.store.halts().unwrap().iter().map(|h| h.id).collect();
         let viewed: Vec<u64> = target.view.read().unwrap().halts.keys().copied().collect();

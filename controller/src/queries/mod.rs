@@ -274,7 +274,7 @@ impl Queries {
     }
 
     /// Audit records matching the filters, oldest first.
-    pub fn list_audit(&self, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
+    pub fn list_audit(&self, req: &pb::ListAuditRequest) -> Result<pb::AuditList, ApiError> {
         list_audit(self.ledger.store(), req)
     }
 
@@ -284,28 +284,92 @@ impl Queries {
     }
 }
 
-/// Audit records matching the filters, oldest first.
-pub fn list_audit(store: &dyn Store, req: &pb::ListAuditRequest) -> Result<Vec<pb::AuditRecord>, ApiError> {
-    let records = store.audit_from(req.after_seq + 1).map_err(ApiError::Store)?;
-    let mut out: Vec<pb::AuditRecord> = records
-        .iter()
-        .filter(|r| req.host.is_empty() || r.host == req.host)
-        .filter(|r| req.role.is_empty() || r.role == req.role)
-        .filter(|r| r.at_unix_ms >= req.since_unix_ms)
-        .map(|r| r.to_pb())
-        .collect();
-    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-    if limit > 0 && out.len() > limit {
-        out.drain(..out.len() - limit);
+/// At most this many records in one `audit` answer (the console asks
+/// again from the last seq for more): one reply stays far below the gRPC
+/// message bound whatever the log holds.
+pub const AUDIT_REPLY_MAX: usize = 5_000;
+
+/// At most this many records are looked at for one `audit` answer whose
+/// filters match few of them; the reply then says where to go on from.
+const AUDIT_SCAN_MAX: u64 = 200_000;
+
+/// Audit records matching the filters, oldest first: forwards from
+/// `after_seq` (or from `since`, or the start) when no `limit` is asked,
+/// else the newest `limit`; at most [`AUDIT_REPLY_MAX`], looking at no
+/// more than [`AUDIT_SCAN_MAX`] records. Read page by page; never the
+/// whole log.
+pub fn list_audit(store: &dyn Store, req: &pb::ListAuditRequest) -> Result<pb::AuditList, ApiError> {
+    use crate::store::audit_reads::{PAGE, first_sealed_at_or_after, pages_until};
+    let matches = |r: &lockstep_evidence::chain::AuditRecord| {
+        (req.host.is_empty() || r.host == req.host)
+            && (req.role.is_empty() || r.role == req.role)
+            && r.at_unix_ms >= req.since_unix_ms
+    };
+    let mut list = pb::AuditList::default();
+    let Some(head) = store.last_audit().map_err(ApiError::Store)?.map(|r| r.seq) else {
+        return Ok(list);
+    };
+    if req.after_seq > 0 || req.limit == 0 {
+        let limit = match usize::try_from(req.limit).unwrap_or(usize::MAX) {
+            0 => AUDIT_REPLY_MAX,
+            n => n.min(AUDIT_REPLY_MAX),
+        };
+        let from = if req.after_seq > 0 {
+            req.after_seq + 1
+        } else if req.since_unix_ms > 0 {
+            first_sealed_at_or_after(store, req.since_unix_ms)
+                .map_err(ApiError::Store)?
+                .unwrap_or(head + 1)
+        } else {
+            0
+        };
+        let until = head.min(from.saturating_add(AUDIT_SCAN_MAX));
+        let mut looked_at = from.saturating_sub(1);
+        'pages: for page in pages_until(store, from, until) {
+            for r in page.map_err(ApiError::Store)? {
+                looked_at = r.seq;
+                if matches(&r) {
+                    list.records.push(r.to_pb());
+                    if list.records.len() >= limit {
+                        break 'pages;
+                    }
+                }
+            }
+        }
+        list.more = looked_at < head;
+        list.next_after_seq = looked_at;
+        return Ok(list);
     }
-    Ok(out)
+    // Backwards from the head, a page at a time: the newest `limit` matches.
+    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX).min(AUDIT_REPLY_MAX);
+    let floor = head.saturating_sub(AUDIT_SCAN_MAX).max(1);
+    let mut upper = head;
+    while list.records.len() < limit {
+        let lower = upper.saturating_sub(PAGE as u64 - 1).max(floor);
+        let mut page = Vec::new();
+        for p in pages_until(store, lower, upper) {
+            page.extend(p.map_err(ApiError::Store)?);
+        }
+        let before_since = page.first().is_some_and(|r| r.at_unix_ms < req.since_unix_ms);
+        list.records
+            .extend(page.iter().rev().filter(|r| matches(r)).map(|r| r.to_pb()));
+        if before_since || lower == floor {
+            break;
+        }
+        upper = lower - 1;
+    }
+    list.records.truncate(limit);
+    list.records.reverse();
+    list.next_after_seq = head;
+    Ok(list)
 }
 
-/// Checks the whole audit chain as stored.
+/// Checks the whole audit chain as stored, a page in memory at a time.
 pub fn verify_audit(store: &dyn Store) -> Result<pb::VerifyAuditReply, ApiError> {
-    let records = store.audit_from(0).map_err(ApiError::Store)?;
-    let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
-    Ok(match lockstep_evidence::chain::verify(&records) {
+    let mut check = lockstep_evidence::chain::ChainCheck::from_start();
+    let outcome = crate::store::audit_reads::verify(store, &mut check).map_err(ApiError::Store)?;
+    let count = check.head().next_seq - 1;
+    Ok(match outcome {
         Ok(()) => pb::VerifyAuditReply {
             ok: true,
             records: count,

@@ -73,7 +73,10 @@ impl ReportIssuer {
         let for_blocking = asked.clone();
         // Reading the log and rendering are work for a blocking thread, not the runtime's.
         let (signed, json, html) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-            let records = ledger.store().audit_from(0).map_err(ApiError::Store)?;
+            // The day alone, found by seq: the report costs what the day holds, not the log.
+            let (from, until) = report::bounds(&for_blocking)?;
+            let records =
+                crate::store::audit_reads::sealed_between(ledger.store(), from, until).map_err(ApiError::Store)?;
             let body = report::derive(&records, &for_blocking)?;
             let key = open_or_create_key(&key_path).map_err(|e| ApiError::Internal(e.to_string()))?;
             let signed = report::sign(body, &key);

@@ -11,10 +11,11 @@ use anyhow::{Context, bail};
 
 use crate::config::{Backend, ControllerConfig};
 use crate::store::Store;
+use crate::store::audit_reads;
 use crate::store::etcd::Etcd;
 use crate::store::etcd::store::{EtcdStore, Fence};
 use crate::store::sled::SledStore;
-use lockstep_evidence::chain;
+use lockstep_evidence::chain::ChainCheck;
 
 /// What was copied, for the operator.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -74,8 +75,10 @@ pub fn migrate(from: &Path, to: &Path) -> anyhow::Result<Copied> {
             "{to_name} already holds a fleet: migrate only into an empty store (another data_dir, or another store.etcd.prefix)"
         );
     }
-    let records = source.audit_from(0)?;
-    chain::verify(&records).map_err(|b| {
+    // The chain is checked a page at a time before anything is copied, and
+    // again as it is copied: no step holds the whole log.
+    let mut before = ChainCheck::from_start();
+    audit_reads::verify(source.as_ref(), &mut before)?.map_err(|b| {
         anyhow::anyhow!(
             "{from_name}: the audit chain is broken at seq {}: {}; nothing copied",
             b.seq,
@@ -111,30 +114,40 @@ pub fn migrate(from: &Path, to: &Path) -> anyhow::Result<Copied> {
         target.put_host(&h)?;
         copied.hosts += 1;
     }
-    for r in &records {
-        target.put_audit(r)?;
-        // Bounded batches: etcd transactions have an operation limit.
-        if r.seq % 64 == 0 {
-            target.flush()?;
+    let mut copying = ChainCheck::from_start();
+    for page in audit_reads::pages(source.as_ref(), 0) {
+        for r in page? {
+            copying.next(&r).map_err(|b| {
+                anyhow::anyhow!(
+                    "{from_name}: the audit log changed while it was copied (seq {}): {}",
+                    b.seq,
+                    b.problem
+                )
+            })?;
+            target.put_audit(&r)?;
+            // Bounded batches: etcd transactions have an operation limit.
+            if r.seq % 64 == 0 {
+                target.flush()?;
+            }
         }
     }
     target.flush()?;
-    copied.audit_records = records.len();
+    copied.audit_records = usize::try_from(copying.checked()).unwrap_or(usize::MAX);
 
     // Read back what landed: the same chain, verified, with the same head.
-    let landed = target.audit_from(0)?;
-    chain::verify(&landed).map_err(|b| {
+    let mut landed = ChainCheck::from_start();
+    audit_reads::verify(target.as_ref(), &mut landed)?.map_err(|b| {
         anyhow::anyhow!(
             "{to_name}: the copied audit chain is broken at seq {}: {}",
             b.seq,
             b.problem
         )
     })?;
-    if landed.len() != records.len() || landed.last().map(|r| &r.hash) != records.last().map(|r| &r.hash) {
+    if landed.checked() != copying.checked() || landed.head() != copying.head() || copying.head() != before.head() {
         bail!(
             "{to_name}: {} audit records landed of {}; the heads differ",
-            landed.len(),
-            records.len()
+            landed.checked(),
+            before.checked()
         );
     }
     if target.hosts()?.len() != copied.hosts {

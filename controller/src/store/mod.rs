@@ -2,6 +2,7 @@
 //! behind. sled is the one backend (`sled_store`); no sled type appears
 //! outside that module. [`Put`] is one record as a change writes it.
 
+pub mod audit_reads;
 pub mod etcd;
 mod incident;
 pub mod migrate;
@@ -234,8 +235,10 @@ pub trait Store: Send + Sync {
     fn halts(&self) -> Result<Vec<HaltRecord>, StoreError>;
     fn put_halt(&self, halt: &HaltRecord) -> Result<(), StoreError>;
     fn put_audit(&self, record: &lockstep_evidence::chain::AuditRecord) -> Result<(), StoreError>;
-    /// Audit records with seq >= `from`, in order.
-    fn audit_from(&self, from: u64) -> Result<Vec<lockstep_evidence::chain::AuditRecord>, StoreError>;
+    /// Audit records from seq `from` on, in order: at most `limit` (fewer
+    /// when they are large), at least one while any is left. Every read of
+    /// the log goes page by page ([`audit_reads`]): none holds it whole.
+    fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<lockstep_evidence::chain::AuditRecord>, StoreError>;
     fn last_audit(&self) -> Result<Option<lockstep_evidence::chain::AuditRecord>, StoreError>;
     /// Every stored incident, closed ones included (they keep ids unique).
     fn incidents(&self) -> Result<Vec<IncidentRecord>, StoreError>;

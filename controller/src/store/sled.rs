@@ -211,9 +211,10 @@ impl Store for SledStore {
         self.put_json(&self.audit, &record.seq.to_be_bytes(), record)
     }
 
-    fn audit_from(&self, from: u64) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         self.audit
             .range(from.to_be_bytes()..)
+            .take(limit.max(1))
             .map(|item| {
                 let (k, v) = item.map_err(|e| self.backend(e))?;
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {

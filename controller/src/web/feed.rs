@@ -75,7 +75,7 @@ async fn follow(board: Board, cookie: String, mut last: u64, tx: Tx) {
                     return;
                 }
             } else {
-                let records = match c.ledger.store().audit_from(last + 1) {
+                let records = match c.ledger.store().audit_page(last + 1, crate::store::audit_reads::PAGE) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(error = %e, "the board feed cannot read the audit log");

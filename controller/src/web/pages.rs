@@ -302,10 +302,7 @@ pub async fn host(State(board): State<Board>, headers: HeaderMap, Path(host): Pa
         against: Some(Against::Release(0)),
     });
     let head = *c.ledger.sealed().borrow();
-    let history: Vec<_> = c
-        .ledger
-        .store()
-        .audit_from(head.saturating_sub(5_000))
+    let history: Vec<_> = crate::store::audit_reads::tail(c.ledger.store(), head, 5_000)
         .unwrap_or_default()
         .into_iter()
         .rev()
@@ -523,7 +520,7 @@ pub async fn audit(State(board): State<Board>, headers: HeaderMap) -> Response {
     };
     let c = &board.controller;
     let head = *c.ledger.sealed().borrow();
-    let tail = c.ledger.store().audit_from(head.saturating_sub(49)).unwrap_or_default();
+    let tail = crate::store::audit_reads::tail(c.ledger.store(), head, 50).unwrap_or_default();
     // The tail chains to itself; the whole chain is re-verified by the controller's own check.
     let links = tail
         .windows(2)

@@ -89,7 +89,7 @@ pub async fn change_to_page(hosts: usize, changes: usize) -> anyhow::Result<Chan
             .controller
             .ledger
             .store()
-            .audit_from(before + 1)?
+            .audit_page(before + 1, usize::MAX)?
             .into_iter()
             .find(|r| lockstep_evidence::action::AuditAction::GateChanged.is(&r.action) && r.host == host)
             .map(|r| r.at_unix_ms);
@@ -294,7 +294,7 @@ pub async fn many_boards(boards: usize, changes: usize) -> anyhow::Result<ManyBo
             .controller
             .ledger
             .store()
-            .audit_from(before + 1)?
+            .audit_page(before + 1, usize::MAX)?
             .into_iter()
             .find(|r| lockstep_evidence::action::AuditAction::GateChanged.is(&r.action) && r.host == host)
             .map(|r| r.at_unix_ms)

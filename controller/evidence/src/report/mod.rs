@@ -171,6 +171,12 @@ struct Window {
     zone: jiff::tz::TimeZone,
 }
 
+/// The first and last instants (Unix ms, both included) whose records a
+/// report `asked` for rests on: the day's start to the time asked for.
+pub fn bounds(asked: &Asked) -> Result<(i64, i64), ReportError> {
+    window(asked).map(|w| (w.day_start, w.until))
+}
+
 fn window(asked: &Asked) -> Result<Window, ReportError> {
     let zone = jiff::tz::TimeZone::get(&asked.time_zone).map_err(|_| ReportError::BadZone(asked.time_zone.clone()))?;
     let date: jiff::civil::Date = asked

@@ -161,6 +161,16 @@ impl Etcd {
         T: Send + 'static,
         F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
+        self.wait_answer(what, call)?
+            .map_err(|status| self.failed(what, &status))
+    }
+
+    /// Like [`Etcd::wait`], with etcd's refusal handed back as it came.
+    fn wait_answer<T, F>(&self, what: &str, call: F) -> Result<Result<T, tonic::Status>, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
         let timeout = self.settings.request_timeout;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let started = std::time::Instant::now();
@@ -173,20 +183,40 @@ impl Etcd {
         self.latency
             .observe(what, started.elapsed(), matches!(outcome, Ok(Ok(_))));
         match outcome {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(status)) => Err(self.failed(what, &status)),
+            Ok(answer) => Ok(answer),
             Err(_) => Err(self.unanswered(what)),
         }
     }
 
-    /// One Range request, waited for like [`Etcd::wait`] (the store's reads).
+    /// One Range request, waited for like [`Etcd::wait`] (the store's
+    /// reads). A reply over the client's message bound is asked again for
+    /// half as many keys, down to one: a page of large values shrinks
+    /// instead of failing the read.
     pub(crate) fn range_waiting(
         &self,
         what: &str,
-        request: api::RangeRequest,
+        mut request: api::RangeRequest,
     ) -> Result<api::RangeResponse, StoreError> {
-        let mut kv = self.kv();
-        self.wait(what, async move { kv.range(request).await.map(|r| r.into_inner()) })
+        loop {
+            let mut kv = self.kv();
+            let asked = request.clone();
+            match self.wait_answer(what, async move { kv.range(asked).await.map(|r| r.into_inner()) })? {
+                Ok(reply) => return Ok(reply),
+                Err(status) if too_large(&status) && request.limit != 1 => {
+                    request.limit = if request.limit <= 0 {
+                        PAGE_AFTER_TOO_LARGE
+                    } else {
+                        request.limit / 2
+                    };
+                    tracing::debug!(
+                        what,
+                        limit = request.limit,
+                        "etcd reply too large: asking for fewer keys"
+                    );
+                }
+                Err(status) => return Err(self.failed(what, &status)),
+            }
+        }
     }
 
     /// One Range request, from async code (election, following, status).
@@ -267,4 +297,12 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// The first page size tried after an unlimited Range came back too large.
+const PAGE_AFTER_TOO_LARGE: i64 = 256;
+
+/// tonic's refusal of a reply over `max_decoding_message_size`.
+fn too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange && status.message().contains("too large")
 }

@@ -31,6 +31,17 @@ const CHUNK: usize = 1_000_000;
 /// A transaction is cut before it grows past this (etcd refuses 1.5 MiB).
 const TXN_BYTES: usize = 1_200_000;
 const PAGE: i64 = 1000;
+
+/// What one page of a Range aims at: far below the client's 64 MiB
+/// message bound, so one large record after small ones does not cross it.
+const PAGE_BYTES: usize = 4 << 20;
+
+/// The next page's size, from the size of the values in the last one.
+fn next_page_limit(kvs: &[api::KeyValue]) -> i64 {
+    let bytes: usize = kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+    let per_key = (bytes / kvs.len().max(1)).max(1);
+    i64::try_from(PAGE_BYTES / per_key).unwrap_or(PAGE).clamp(1, PAGE)
+}
 /// Starts the value of a record stored in chunks, then `<sha256 hex>:<count>`
 /// (no JSON value starts with a NUL byte).
 const CHUNKED: &[u8] = b"\0chunked:";
@@ -245,12 +256,13 @@ impl EtcdStore {
         let end = prefix_end(&prefix);
         let mut start = from.map_or_else(|| prefix.clone(), |f| self.etcd.key(&f));
         let mut out = Vec::new();
+        let mut limit = PAGE;
         loop {
             let request = RangeRequest {
                 revision: self.revision,
                 key: start.clone(),
                 range_end: end.clone(),
-                limit: PAGE,
+                limit,
                 ..Default::default()
             };
             let page = self.etcd.range_waiting("reading", request)?;
@@ -259,6 +271,7 @@ impl EtcdStore {
                 start = last.key.clone();
                 start.push(0);
             }
+            limit = next_page_limit(&page.kvs);
             out.extend(page.kvs);
             if !more {
                 return Ok(out);
@@ -408,11 +421,17 @@ impl Store for EtcdStore {
         self.queue_json(format!("audit/{}", number(record.seq)), record)
     }
 
-    fn audit_from(&self, from: u64) -> Result<Vec<AuditRecord>, StoreError> {
-        self.range("audit/", Some(format!("audit/{}", number(from))))?
-            .iter()
-            .map(|kv| self.decode(kv))
-            .collect()
+    fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let prefix = self.etcd.key("audit/");
+        let request = RangeRequest {
+            revision: self.revision,
+            key: self.etcd.key(&format!("audit/{}", number(from))),
+            range_end: prefix_end(&prefix),
+            limit: i64::try_from(limit.max(1)).unwrap_or(PAGE).min(PAGE),
+            ..Default::default()
+        };
+        let page = self.etcd.range_waiting("reading the audit log", request)?;
+        page.kvs.iter().map(|kv| self.decode(kv)).collect()
     }
 
     fn last_audit(&self) -> Result<Option<AuditRecord>, StoreError> {
