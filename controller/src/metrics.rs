@@ -68,6 +68,10 @@ pub struct Metrics {
     pub siem_forwarded: Gauge,
     /// Audit records not yet written to the collector.
     pub siem_lag: Gauge,
+    /// The store's size on disk (sled) or etcd's database size.
+    pub store_bytes: Gauge,
+    /// etcd's quota (`store.etcd.quota_mib`); 0 on sled.
+    pub store_quota_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -148,6 +152,18 @@ impl Metrics {
             "Audit records not yet written to the SIEM collector",
             siem_lag.clone(),
         );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "lockstep_store_bytes",
+            "The store's size: sled's files, or etcd's database (what its quota is measured against)",
+            store_bytes.clone(),
+        );
+        let store_quota_bytes = Gauge::default();
+        registry.register(
+            "lockstep_store_quota_bytes",
+            "etcd's quota (store.etcd.quota_mib): past it etcd refuses every write; 0 on sled",
+            store_quota_bytes.clone(),
+        );
         Self {
             registry,
             attestations,
@@ -162,6 +178,8 @@ impl Metrics {
             siem_connected,
             siem_forwarded,
             siem_lag,
+            store_bytes,
+            store_quota_bytes,
         }
     }
 

@@ -64,6 +64,10 @@ pub async fn serve_all(
         let (alerts, outcomes, stop) = (controller.alerts.clone(), controller.metrics.alerts.clone(), stopped());
         loops.spawn(alerts.run(outcomes, stop));
         let (c, stop) = (controller.clone(), stopped());
+        loops.spawn(async move {
+            crate::alerts::store_size::run(c.ledger.clone(), c.alerts.clone(), c.metrics.clone(), stop).await
+        });
+        let (c, stop) = (controller.clone(), stopped());
         loops.spawn(async move { crate::audit::refusals::run(&c.refusals, &c.ledger, stop).await });
         let (c, stop) = (controller.clone(), stopped());
         loops.spawn(async move { c.ingest.count_heartbeats(stop).await });

@@ -226,6 +226,11 @@ async fn metrics_parse_and_move_with_what_happens() {
     assert!(first["lockstep_verify_seconds_count"] >= 3.0);
     assert!(first["lockstep_store_seconds_count"] >= 3.0);
     assert_eq!(first["lockstep_connected_agents"], 3.0, "{body}");
+    assert!(
+        first["lockstep_store_bytes"] > 0.0,
+        "the store's size is watched: {body}"
+    );
+    assert_eq!(first["lockstep_store_quota_bytes"], 0.0, "sled has no quota");
     assert!(first[r#"lockstep_last_attestation_age_seconds{host="smars-01",role="smars"}"#] < 30.0);
 
     // A drifted host and a forged attestation move their series.

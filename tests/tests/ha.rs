@@ -802,6 +802,26 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
         seqs.extend(page.unwrap().into_iter().map(|r| r.seq));
     }
     assert_eq!(seqs, (1..=101).collect::<Vec<u64>>());
+
+    // etcd's own account of its size, against the quota the incident watches.
+    let size = store.size().unwrap();
+    assert!(size.bytes > 90 << 20, "etcd holds the 90 MB written: {size:?}");
+    assert_eq!(
+        size.quota_bytes,
+        2048 << 20,
+        "etcd's default quota unless store.etcd.quota_mib says"
+    );
+    let filling = lockstep_controller::alerts::store_size::judge(lockstep_controller::store::StoreSize {
+        quota_bytes: 128 << 20,
+        ..size
+    });
+    assert!(
+        matches!(
+            filling,
+            lockstep_controller::alerts::incidents::Signal::StoreFilling { .. }
+        ),
+        "{filling:?}"
+    );
 }
 
 /// Every controller holds its port from the start. A standby answers each

@@ -59,7 +59,7 @@ pub fn cause_of(gate: &Gate) -> Option<Cause> {
 }
 
 /// Something that happened, as the incident book sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// A host's gate was decided with a new state or root cause (`cause`
     /// is `None` when it is OPEN).
@@ -83,6 +83,10 @@ pub enum Signal {
     SiemUnreachable { detail: String },
     /// The SIEM collector takes records again.
     SiemReachable,
+    /// The store has grown past the share of its quota that warns.
+    StoreFilling { detail: String },
+    /// The store is back below it.
+    StoreRoomy,
 }
 
 /// A notification to send: the incident as it is now, and why.
@@ -210,30 +214,24 @@ impl Incidents {
                 self.leave(&host, now);
                 self.join(&cause, &host, &role, role_hosts, now);
             }
-            Signal::SiemUnreachable { detail } => {
-                let cause = Cause {
+            Signal::SiemUnreachable { detail } => self.condition(
+                Cause {
                     key: "siem".into(),
                     words: format!("the audit log is not reaching the SIEM: {detail}"),
                     detail,
-                };
-                let id = self.incident_for(&cause, "", 0, now);
-                if let Some(i) = self.open.get_mut(&id) {
-                    if i.record.count == 0 || i.record.is_resolved() {
-                        i.record.count += 1;
-                        i.record.resolved_at_unix_ms = 0;
-                        i.record.detail = cause.detail;
-                        i.touch(now);
-                    }
-                    i.record.last_seen_unix_ms = now;
-                }
-            }
-            Signal::SiemReachable => {
-                let open = self.by_key.get("siem").and_then(|id| self.open.get_mut(id));
-                if let Some(i) = open.filter(|i| !i.record.is_resolved()) {
-                    i.record.resolved_at_unix_ms = now;
-                    i.touch(now);
-                }
-            }
+                },
+                now,
+            ),
+            Signal::SiemReachable => self.condition_gone("siem", now),
+            Signal::StoreFilling { detail } => self.condition(
+                Cause {
+                    key: "store".into(),
+                    words: format!("the store is filling up: {detail}"),
+                    detail,
+                },
+                now,
+            ),
+            Signal::StoreRoomy => self.condition_gone("store", now),
             Signal::AuditBroken { detail } => {
                 let cause = Cause {
                     key: "audit".into(),
@@ -251,6 +249,30 @@ impl Incidents {
                     i.record.detail = cause.detail;
                 }
             }
+        }
+    }
+
+    /// A controller-wide condition holds (it is reported once, and again
+    /// only after it went away).
+    fn condition(&mut self, cause: Cause, now: i64) {
+        let id = self.incident_for(&cause, "", 0, now);
+        if let Some(i) = self.open.get_mut(&id) {
+            if i.record.count == 0 || i.record.is_resolved() {
+                i.record.count += 1;
+                i.record.resolved_at_unix_ms = 0;
+                i.record.detail = cause.detail;
+                i.touch(now);
+            }
+            i.record.last_seen_unix_ms = now;
+        }
+    }
+
+    /// The condition under `key` no longer holds.
+    fn condition_gone(&mut self, key: &str, now: i64) {
+        let open = self.by_key.get(key).and_then(|id| self.open.get_mut(id));
+        if let Some(i) = open.filter(|i| !i.record.is_resolved()) {
+            i.record.resolved_at_unix_ms = now;
+            i.touch(now);
         }
     }
 

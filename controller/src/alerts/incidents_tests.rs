@@ -198,3 +198,27 @@ fn a_lost_siem_collector_is_one_incident_that_resolves_when_it_answers() {
     let again = book.list();
     assert!(!again[0].is_resolved() && again[0].count == 2, "{again:?}");
 }
+
+#[test]
+fn a_store_filling_up_is_one_incident_that_resolves_when_it_has_room() {
+    let mut book = Incidents::load(Vec::new());
+    for at in [1_000, 31_000, 61_000] {
+        book.observe(
+            Signal::StoreFilling {
+                detail: "etcd's database is 1434 MiB, 70 % of its 2048 MiB quota".into(),
+            },
+            at,
+        );
+    }
+    let open = book.list();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].key.as_str(), open[0].count), ("store", 1));
+    assert!(
+        open[0].title().contains("the store is filling up"),
+        "{}",
+        open[0].title()
+    );
+    assert_eq!(open[0].see(), "lockstep cluster status");
+    book.observe(Signal::StoreRoomy, 91_000);
+    assert!(book.list()[0].is_resolved());
+}

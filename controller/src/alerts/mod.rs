@@ -6,6 +6,7 @@
 pub mod change;
 pub mod incidents;
 pub mod siem;
+pub mod store_size;
 pub mod webhook;
 
 use std::future::Future;

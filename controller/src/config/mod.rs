@@ -132,6 +132,7 @@ struct RawEtcd {
     name: Option<String>,
     advertise: Option<String>,
     max_txn_ops: Option<usize>,
+    quota_mib: Option<u64>,
 }
 
 /// `[store.etcd]`: the replicated backend. Several controllers share one
@@ -156,6 +157,9 @@ pub struct EtcdSettings {
     /// etcd's `--max-txn-ops`: a commit larger than this is written in
     /// several fenced transactions.
     pub max_txn_ops: usize,
+    /// etcd's `--quota-backend-bytes` (etcd does not tell its clients): an
+    /// incident opens at 70 % of it, well before etcd refuses every write.
+    pub quota_bytes: u64,
 }
 
 /// Which store the controller keeps its ledger in.
@@ -235,6 +239,13 @@ fn etcd_settings(
             "must be at least 16 (etcd's default is 128)".into(),
         ));
     }
+    let quota_mib = raw.quota_mib.unwrap_or(2048);
+    if quota_mib < 16 {
+        return Err(invalid(
+            "store.etcd.quota_mib",
+            "must be at least 16: give etcd's --quota-backend-bytes in MiB (its default is 2048)".into(),
+        ));
+    }
     Ok(EtcdSettings {
         endpoints: raw.endpoints,
         tls: TlsPaths {
@@ -248,6 +259,7 @@ fn etcd_settings(
         name,
         advertise: raw.advertise.unwrap_or_else(|| listen.to_string()),
         max_txn_ops,
+        quota_bytes: quota_mib << 20,
     })
 }
 
@@ -845,6 +857,10 @@ mod etcd_settings_tests {
             (
                 format!("{ETCD}max_txn_ops = 4\n"),
                 "store.etcd.max_txn_ops: must be at least 16",
+            ),
+            (
+                format!("{ETCD}quota_mib = 8\n"),
+                "store.etcd.quota_mib: must be at least 16",
             ),
             (
                 ETCD.replace("\"etcd\"\n[store.etcd]", "\"zookeeper\"\n[store.etcd]"),

@@ -357,6 +357,9 @@ mod tests {
         fn put_audit(&self, record: &lockstep_evidence::chain::AuditRecord) -> Result<(), StoreError> {
             self.inner.put_audit(record)
         }
+        fn size(&self) -> Result<crate::store::StoreSize, StoreError> {
+            self.inner.size()
+        }
         fn audit_page(
             &self,
             from: u64,

@@ -89,6 +89,7 @@ impl IncidentRecord {
         match (kind, host) {
             ("audit", _) => "lockstep audit verify".into(),
             ("siem", _) => "curl -s localhost:9720/metrics | grep lockstep_siem".into(),
+            ("store", _) => "lockstep cluster status".into(),
             ("halted", _) => "lockstep halts".into(),
             ("drift", Some(h)) if self.key.contains(":release-") => format!("lockstep diff {h} --release"),
             ("rejected", Some(h)) => format!("lockstep audit --host {h}"),

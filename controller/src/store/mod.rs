@@ -255,6 +255,17 @@ pub trait Store: Send + Sync {
     /// The digest of every stored manifest (for migration).
     fn manifest_digests(&self) -> Result<Vec<String>, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
+    /// How much room the store takes, and the most it may (etcd's quota).
+    fn size(&self) -> Result<StoreSize, StoreError>;
+}
+
+/// The store's size: `lockstep_store_bytes`, and on etcd the quota it is
+/// measured against (etcd refuses every write past it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSize {
+    pub bytes: u64,
+    /// 0: no quota (sled: the disk's free space is guarded by `[store] min_free_mib`).
+    pub quota_bytes: u64,
 }
 
 impl From<&ReleaseRecord> for lockstep_evidence::facts::ReleaseFact {

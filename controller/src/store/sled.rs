@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::store::IncidentRecord;
-use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
+use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, StoreSize, TokenRecord};
 use lockstep_evidence::chain::AuditRecord;
 
 pub struct SledStore {
@@ -232,6 +232,13 @@ impl Store for SledStore {
         serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
             key: format!("audit {}", hex::encode(&k)),
             reason: e.to_string(),
+        })
+    }
+
+    fn size(&self) -> Result<StoreSize, StoreError> {
+        Ok(StoreSize {
+            bytes: self.db.size_on_disk().map_err(|e| self.backend(e))?,
+            quota_bytes: 0,
         })
     }
 

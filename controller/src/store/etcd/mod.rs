@@ -219,6 +219,16 @@ impl Etcd {
         }
     }
 
+    /// The size of etcd's database file, as the member this client talks
+    /// to reports it (what etcd's quota is measured against).
+    pub(crate) fn db_size(&self) -> Result<u64, StoreError> {
+        let mut maintenance = api::maintenance_client::MaintenanceClient::new(self.channel.clone());
+        let status = self.wait("asking etcd its size", async move {
+            maintenance.status(api::StatusRequest {}).await.map(|r| r.into_inner())
+        })?;
+        Ok(u64::try_from(status.db_size).unwrap_or(0))
+    }
+
     /// One Range request, from async code (election, following, status).
     pub(crate) async fn range(&self, what: &str, request: api::RangeRequest) -> Result<api::RangeResponse, StoreError> {
         let mut kv = self.kv();

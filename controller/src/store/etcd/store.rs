@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use super::api::{self, Compare, RangeRequest, RequestOp, TxnRequest, compare, range_request, request_op};
 use super::{Etcd, prefix_end};
 use crate::store::IncidentRecord;
-use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, TokenRecord};
+use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, StoreSize, TokenRecord};
 use lockstep_evidence::chain::AuditRecord;
 
 const CHUNK: usize = 1_000_000;
@@ -419,6 +419,13 @@ impl Store for EtcdStore {
 
     fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         self.queue_json(format!("audit/{}", number(record.seq)), record)
+    }
+
+    fn size(&self) -> Result<StoreSize, StoreError> {
+        Ok(StoreSize {
+            bytes: self.etcd.db_size()?,
+            quota_bytes: self.etcd.settings.quota_bytes,
+        })
     }
 
     fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
