@@ -2,7 +2,8 @@
 """An auditor's own check of a lockstep pre-open report, written from
 docs/protocol.md alone (no lockstep code): the audit chain of the report's
 segment, that the report's check record is in it with the facts the report
-gives, and the bytes its Ed25519 signature covers.
+gives (its hosts from the gate state it names), and the bytes its Ed25519
+signature covers.
 
     verify_report.py REPORT.json AUDIT-EXPORT.jsonl OUT-DIR
 
@@ -32,6 +33,35 @@ def record_hash(record):
             continue  # absent when empty
         ordered[name] = "" if name == "hash" else record.get(name, "" if name not in ("seq", "at_unix_ms") else 0)
     return hashlib.sha256(b"lockstep.v1.audit\0" + compact(ordered)).hexdigest()
+
+
+def state_hosts(records, role, seq):
+    """The hosts of the gate state at record `seq`: back through `base` to a
+    complete state, then forwards, each step's digest checked."""
+    chain = []
+    while True:
+        r = records.get(seq)
+        if r is None:
+            fail("gate state record %d is missing from the export" % seq)
+        if r["action"] != "gate.state" or r["role"] != role:
+            fail("record %d is not a gate state of %s" % (seq, role))
+        state = json.loads(r["facts"])
+        chain.append((seq, state))
+        if state["base"] == 0:
+            break
+        seq = state["base"]
+    hosts = {}
+    for seq, state in reversed(chain):
+        if state["base"] == 0:
+            hosts = {}
+        for gone in state.get("removed", []):
+            hosts.pop(gone, None)
+        for h in state["hosts"]:
+            hosts[h["host"]] = h
+        listed = [hosts[name] for name in sorted(hosts, key=lambda n: n.encode())]
+        if hashlib.sha256(b"lockstep.v1.gate-state\0" + compact(listed)).hexdigest() != state["digest"]:
+            fail("gate state record %d does not add up to its digest" % seq)
+    return listed, state["digest"], chain[-1][0]
 
 
 def fail(why):
@@ -64,7 +94,14 @@ def main(report_path, export_path, out_dir):
     facts = json.loads(check["facts"])
     if check["action"] != "gate.checked" or check["role"] != body["role"]:
         fail("the report's check record is not a gate check of its role")
-    if facts["hosts"] != body["hosts"] or facts["release"] != body["release"] or facts["exit"] != body["check"]["exit"]:
+    hosts = facts.get("hosts", [])
+    if "state" in facts:
+        hosts, digest, first = state_hosts(records, body["role"], facts["state"]["seq"])
+        if digest != facts["state"]["digest"]:
+            fail("the check names a gate state digest its records do not give")
+        if first < seg["first_seq"]:
+            fail("the segment does not reach back to the gate state the check rests on")
+    if hosts != body["hosts"] or facts["release"] != body["release"] or facts["exit"] != body["check"]["exit"]:
         fail("the check record's facts are not the report's hosts, release and exit")
     if sig["algorithm"] != "Ed25519":
         fail("not an Ed25519 signature")

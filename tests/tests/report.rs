@@ -99,9 +99,12 @@ async fn a_knight_morning_report_names_every_host_and_holds_offline() {
     // Every host, its gate and reasons, at the last check.
     let names: Vec<&str> = r.hosts.iter().map(|h| h.host.as_str()).collect();
     assert_eq!(names, (1..=8).map(|i| format!("smars-0{i}")).collect::<Vec<_>>());
+    // The check rests on a gate state: an OPEN gate is the proof of a
+    // fresh attestation, and no heartbeat's seq is kept per host.
+    assert_eq!(r.format, lockstep_evidence::report::FORMAT);
     for h in &r.hosts[..7] {
         assert_eq!(h.gate, "OPEN", "{h:?}");
-        assert!(h.last_seq > 0 && h.digest.len() == 64, "{h:?}");
+        assert!(h.digest.len() == 64, "{h:?}");
     }
     let odd = &r.hosts[7];
     assert_eq!(odd.gate, "CLOSED");

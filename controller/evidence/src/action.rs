@@ -14,6 +14,8 @@ pub enum AuditAction {
     GateChanged,
     /// One `lockstep gate check`, with every fact its answer rests on.
     GateChecked,
+    /// A role's gates after a change, as a check names them (gate_state).
+    GateState,
     Halt,
     Resume,
     ReleaseProposed,
@@ -44,12 +46,13 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every kind, in one place.
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 31] = [
         Self::AttestationAccepted,
         Self::AttestationRejected,
         Self::AttestationHeartbeats,
         Self::GateChanged,
         Self::GateChecked,
+        Self::GateState,
         Self::Halt,
         Self::Resume,
         Self::ReleaseProposed,
@@ -85,6 +88,7 @@ impl AuditAction {
             Self::AttestationHeartbeats => "attestation.heartbeats",
             Self::GateChanged => "gate.changed",
             Self::GateChecked => "gate.checked",
+            Self::GateState => "gate.state",
             Self::Halt => "halt",
             Self::Resume => "resume",
             Self::ReleaseProposed => "release.proposed",

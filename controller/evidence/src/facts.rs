@@ -23,11 +23,25 @@ pub struct GateChecked {
     /// "release" or "consensus".
     pub mode: String,
     pub release: Option<ReleaseFact>,
+    /// Every host, in checks written before gate states; empty when
+    /// `state` names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostFact>,
+    /// The `gate.state` that holds every host's gate at this check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateRef>,
     /// Halts in force over the role or any of its hosts.
     pub halts: Vec<HaltFact>,
     /// Incidents of the role, or of the whole controller, not yet closed.
     pub incidents: Vec<IncidentFact>,
+}
+
+/// The state a check rests on: the `gate.state` record that holds (or
+/// completes) it, and the digest of its hosts (crate::gate_state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StateRef {
+    pub seq: u64,
+    pub digest: String,
 }
 
 /// One inventory host at a gate check.
@@ -38,9 +52,14 @@ pub struct HostFact {
     pub gate: String,
     pub reasons: Vec<String>,
     pub agent_version: String,
-    /// The last accepted attestation (0: none).
+    /// The last accepted attestation (0: none). Checks written before
+    /// gate states carry it; a gate state writes 0 (every heartbeat moves
+    /// it), and an OPEN gate is itself the proof of a fresh one.
+    #[serde(default)]
     pub last_seq: u64,
+    #[serde(default)]
     pub measured_at_unix_ms: i64,
+    #[serde(default)]
     pub accepted_at_unix_ms: i64,
     /// SHA-256 (hex) of its version set.
     pub digest: String,

@@ -51,8 +51,22 @@ pub fn exit_code(gates: &[Gate]) -> ExitCode {
     }
 }
 
+/// Hosts a recorded summary names at most: a check's record costs a few
+/// bytes however many hosts are closed (its gate state names them all).
+pub const RECORDED_HOSTS: usize = 10;
+
 /// e.g. `smars: 7/8 OPEN on release 2; smars-08 CLOSED (drift: 3 files)`.
 pub fn summary(reply: &GateCheckReply) -> String {
+    summary_naming(reply, usize::MAX)
+}
+
+/// [`summary`] naming at most [`RECORDED_HOSTS`] hosts that are not OPEN,
+/// then how many more: what a `gate.checked` record keeps.
+pub fn recorded_summary(reply: &GateCheckReply) -> String {
+    summary_naming(reply, RECORDED_HOSTS)
+}
+
+fn summary_naming(reply: &GateCheckReply, at_most: usize) -> String {
     let open = reply.gates.iter().filter(|g| g.state() == GateState::Open).count();
     let against = match reply.release {
         0 if reply.mode == "consensus" => "by consensus".to_string(),
@@ -60,11 +74,15 @@ pub fn summary(reply: &GateCheckReply) -> String {
         n => format!("on release {n}"),
     };
     let mut line = format!("{}: {open}/{} OPEN {against}", reply.role, reply.gates.len());
-    for g in reply.gates.iter().filter(|g| g.state() != GateState::Open) {
+    let not_open: Vec<&Gate> = reply.gates.iter().filter(|g| g.state() != GateState::Open).collect();
+    for g in not_open.iter().take(at_most) {
         line.push_str(&format!("; {} {}", g.host, state_word(g.state())));
         if g.state() == GateState::Closed {
             line.push_str(&format!(" ({})", why(g)));
         }
+    }
+    if not_open.len() > at_most {
+        line.push_str(&format!("; and {} more not OPEN", not_open.len() - at_most));
     }
     line
 }
@@ -167,6 +185,32 @@ mod tests {
         for (gates, want) in cases {
             assert_eq!(exit_code(&gates), want, "{gates:?}");
         }
+    }
+
+    #[test]
+    fn a_recorded_summary_names_ten_unclean_hosts_and_counts_the_rest() {
+        let gates: Vec<Gate> = (0..2_000)
+            .map(|i| {
+                gate(
+                    &format!("smars-{i:04}"),
+                    if i < 1_500 { GateState::Open } else { GateState::Missing },
+                    &[],
+                )
+            })
+            .collect();
+        let reply = GateCheckReply {
+            role: "smars".into(),
+            mode: "release".into(),
+            release: 2,
+            gates,
+        };
+        let line = recorded_summary(&reply);
+        assert!(
+            line.starts_with("smars: 1500/2000 OPEN on release 2; smars-1500 MISSING;"),
+            "{line}"
+        );
+        assert!(line.ends_with("; smars-1509 MISSING; and 490 more not OPEN"), "{line}");
+        assert!(summary(&reply).contains("smars-1999 MISSING"));
     }
 
     #[test]

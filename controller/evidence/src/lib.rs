@@ -5,6 +5,8 @@
 //!   writer and reader.
 //! - [`chain`]: the hash-chained audit log: records, sealing, verification.
 //! - [`facts`]: the facts audit records carry for programs.
+//! - [`gate_state`]: a role's gates kept between checks, as changes on top
+//!   of a complete state, named by the checks by seq and digest.
 //! - [`report`]: the signed pre-open report derived from the records, its
 //!   printable page, its signing key and its offline verification.
 //! - [`gate_check`]: what a `lockstep gate check` answers: its exit code
@@ -15,5 +17,6 @@ pub mod action;
 pub mod chain;
 pub mod facts;
 pub mod gate_check;
+pub mod gate_state;
 pub mod report;
 pub mod time;

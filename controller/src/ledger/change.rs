@@ -60,6 +60,8 @@ pub struct Effect {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub number: u64,
+    /// The seq of the first audit record sealed with this change (0: none).
+    pub audit_seq: u64,
     /// Shared with the batch that applies them to the view (no copy per caller).
     pub puts: Arc<Vec<Put>>,
 }

@@ -266,13 +266,24 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Box<dyn Chang
                             *counters.slot(counter) = n.saturating_add(1);
                         }
                         let number = numbered.map_or(0, |(_, n)| n);
-                        (Ok(Committed { number, puts }), events)
+                        (
+                            Ok(Committed {
+                                number,
+                                audit_seq: 0,
+                                puts,
+                            }),
+                            events,
+                        )
                     }
                     Err(e) => (Err(ApiError::Store(e)), Vec::new()),
                 },
                 Err(Refused { error, events }) => (Err(error), events),
             };
             let (r, h) = lockstep_evidence::chain::seal(&next, events, now);
+            let result = result.map(|c| Committed {
+                audit_seq: r.first().map_or(0, |first| first.seq),
+                ..c
+            });
             records.extend(r);
             next = h;
             results.push(result);

@@ -93,6 +93,12 @@ impl Ledger {
         self.commit(Recorded(events)).await.map(drop)
     }
 
+    /// [`Ledger::record`], answering the seq of the first record sealed
+    /// (a later record can name it).
+    pub async fn record_numbered(&self, events: Vec<AuditEvent>) -> Result<u64, ApiError> {
+        self.commit(Recorded(events)).await.map(|c| c.audit_seq)
+    }
+
     /// `check` against the committed state, without committing anything
     /// (a part's early check before it does costly work; the commit checks
     /// again). A refusal's events are recorded.

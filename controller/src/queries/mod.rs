@@ -4,6 +4,7 @@
 //! ([`crate::ha::standby_console`]), so both give the same answer to the same
 //! state.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use lockstep_proto::diff;
@@ -21,11 +22,17 @@ use crate::store::{HaltRecord, HaltScope, Store};
 use lockstep_evidence::action::AuditAction;
 use lockstep_evidence::chain::AuditEvent;
 use lockstep_evidence::facts::{GateChecked, HaltFact, HostFact, IncidentFact, ReleaseFact};
+use lockstep_evidence::gate_state;
 
 pub struct Queries {
     config: Arc<ControllerConfig>,
     ledger: Arc<Ledger>,
     board: Arc<GateBoard>,
+    /// Each role's last written `gate.state`, so an unchanged check names
+    /// it instead of writing every host again. Held across a recorded
+    /// check, so two checks of a role never both write its change. A new
+    /// leader starts empty: its first check of a role writes the whole state.
+    gate_states: tokio::sync::Mutex<HashMap<String, gate_state::Written>>,
 }
 
 fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) -> HostStatus {
@@ -162,7 +169,12 @@ impl<'a> ViewReads<'a> {
 
 impl Queries {
     pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
-        Self { config, ledger, board }
+        Self {
+            config,
+            ledger,
+            board,
+            gate_states: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn list_hosts(&self, role: &str) -> Result<Vec<HostStatus>, ApiError> {
@@ -191,7 +203,21 @@ impl Queries {
         role: &str,
         incidents: &[IncidentRecord],
     ) -> Result<pb::GateCheckReply, ApiError> {
-        let (reply, facts) = self.gate_check_with_facts(role, incidents)?;
+        let (reply, mut facts) = self.gate_check_with_facts(role, incidents)?;
+        let mut states = self.gate_states.lock().await;
+        match self
+            .name_gate_state(&mut states, &reply.role, &who.actor(), &mut facts)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if self.ledger.store().epoch() > 0 || facts.exit == 0 => {
+                tracing::error!(error = %e, role = %reply.role, "cannot record a gate state in the audit log");
+                return Err(Unrecorded(e.to_string()).into());
+            }
+            // sled's one controller still answers a check that opens
+            // nothing; its record keeps every host itself.
+            Err(_) => {}
+        }
         let event = AuditEvent {
             actor: who.actor(),
             action: AuditAction::GateChecked,
@@ -207,6 +233,69 @@ impl Queries {
             }
         }
         Ok(reply)
+    }
+
+    /// Moves a check's hosts into the role's gate state: names the last
+    /// written one when nothing changed, else writes what changed first.
+    async fn name_gate_state(
+        &self,
+        states: &mut HashMap<String, gate_state::Written>,
+        role: &str,
+        actor: &str,
+        facts: &mut GateChecked,
+    ) -> Result<(), ApiError> {
+        // Every heartbeat moves a host's last attestation: a state keeps
+        // what only a change moves.
+        let hosts: BTreeMap<String, HostFact> = facts
+            .hosts
+            .iter()
+            .map(|h| {
+                let kept = HostFact {
+                    last_seq: 0,
+                    measured_at_unix_ms: 0,
+                    accepted_at_unix_ms: 0,
+                    ..h.clone()
+                };
+                (h.host.clone(), kept)
+            })
+            .collect();
+        let now = self.ledger.now_unix_ms();
+        let last = states.remove(role);
+        let written = match gate_state::next(role, last.as_ref(), &hosts, now) {
+            None => last,
+            Some(state) => {
+                let event = AuditEvent {
+                    actor: actor.to_string(),
+                    action: AuditAction::GateState,
+                    host: String::new(),
+                    role: role.to_string(),
+                    detail: if state.base == 0 {
+                        format!("gate state of {role}: {} hosts", state.hosts.len())
+                    } else {
+                        format!(
+                            "gate state of {role}: {} of {} hosts changed since record {}",
+                            state.hosts.len() + state.removed.len(),
+                            hosts.len(),
+                            state.base
+                        )
+                    },
+                    facts: lockstep_evidence::facts::to_facts(&state),
+                };
+                // On failure what was written is unknown: the role's entry
+                // is gone, so the next check writes the whole state.
+                let seq = self.ledger.record_numbered(vec![event]).await?;
+                Some(gate_state::written(last, &state, seq, hosts, now))
+            }
+        };
+        if let Some(w) = written {
+            facts.state = Some(gate_state::StateRef {
+                seq: w.seq,
+                digest: w.digest.clone(),
+            });
+            facts.hosts.clear();
+            states.insert(role.to_string(), w);
+        }
+        Ok(())
     }
 
     /// The gate check's answer and, from the same read of the view, the
@@ -255,10 +344,11 @@ impl Queries {
         };
         let facts = GateChecked {
             exit: lockstep_evidence::gate_check::exit_code(&reply.gates) as u8,
-            summary: lockstep_evidence::gate_check::summary(&reply),
+            summary: lockstep_evidence::gate_check::recorded_summary(&reply),
             mode: reply.mode.clone(),
             release: view.releases.get(&release).map(ReleaseFact::from),
             hosts,
+            state: None,
             halts,
             incidents: incidents
                 .iter()

@@ -13,7 +13,12 @@ use crate::audit::operator::Operator;
 use crate::config::ControllerConfig;
 use crate::error::ApiError;
 use crate::ledger::Ledger;
+use crate::store::{Store, audit_reads};
+use lockstep_evidence::action::AuditAction;
 use lockstep_evidence::chain::AuditEvent;
+use lockstep_evidence::chain::AuditRecord;
+use lockstep_evidence::facts::{GateChecked, from_facts};
+use lockstep_evidence::gate_state;
 use lockstep_evidence::report::key::{REPORT_KEY, ReportKey, ReportKeyError};
 use lockstep_evidence::report::{self, Asked};
 
@@ -73,10 +78,7 @@ impl ReportIssuer {
         let for_blocking = asked.clone();
         // Reading the log and rendering are work for a blocking thread, not the runtime's.
         let (signed, json, html) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-            // The day alone, found by seq: the report costs what the day holds, not the log.
-            let (from, until) = report::bounds(&for_blocking)?;
-            let records =
-                crate::store::audit_reads::sealed_between(ledger.store(), from, until).map_err(ApiError::Store)?;
+            let records = records_for(ledger.store(), &for_blocking)?;
             let body = report::derive(&records, &for_blocking)?;
             let key = open_or_create_key(&key_path).map_err(|e| ApiError::Internal(e.to_string()))?;
             let signed = report::sign(body, &key);
@@ -108,6 +110,39 @@ impl ReportIssuer {
     }
 }
 
+/// The records a report rests on: the day alone, found by seq (the report
+/// costs what the day holds, not the log), and back to the first gate
+/// state its check names when that is older than the day.
+fn records_for(store: &dyn Store, asked: &report::Asked) -> Result<Vec<AuditRecord>, ApiError> {
+    let (from, until) = report::bounds(asked)?;
+    let mut records = audit_reads::sealed_between(store, from, until).map_err(ApiError::Store)?;
+    let check = records
+        .iter()
+        .rev()
+        .find(|r| AuditAction::GateChecked.is(&r.action) && r.role == asked.role);
+    let named = check
+        .and_then(|r| from_facts::<GateChecked>(&r.facts))
+        .and_then(|f| f.state);
+    let (Some(named), Some(day_first)) = (named, records.first().map(|r| r.seq)) else {
+        return Ok(records);
+    };
+    if named.seq >= day_first {
+        return Ok(records);
+    }
+    let lookup = |seq: u64| store.audit_page(seq, 1).map(|page| page.into_iter().next());
+    // A chain that cannot be read back is named by the derivation itself.
+    let Ok(chain) = gate_state::chain(&asked.role, named.seq, lookup).map_err(ApiError::Store)? else {
+        return Ok(records);
+    };
+    let first = chain.first().map_or(named.seq, |(seq, _)| *seq);
+    let mut before = Vec::new();
+    for page in audit_reads::pages_until(store, first, day_first - 1) {
+        before.extend(page.map_err(ApiError::Store)?);
+    }
+    before.append(&mut records);
+    Ok(before)
+}
+
 fn today(time_zone: &str, now_unix_ms: i64) -> Result<String, ApiError> {
     let zone = jiff::tz::TimeZone::get(time_zone).map_err(|_| report::ReportError::BadZone(time_zone.into()))?;
     let now = jiff::Timestamp::from_millisecond(now_unix_ms).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -121,6 +156,8 @@ impl crate::error::DomainError for lockstep_evidence::report::ReportError {
         match self {
             Self::NoCheck { .. } | Self::NoFacts { .. } => (C::FailedPrecondition, r::NO_GATE_CHECK),
             Self::BadDate(_) | Self::BadTime(_) | Self::BadZone(_) => (C::InvalidArgument, r::INVALID_ARGUMENT),
+            // The log does not hold what its own check names: a broken log.
+            Self::State { .. } => (C::Internal, r::INTERNAL),
         }
     }
 }

@@ -144,9 +144,16 @@ fn release(r: &Body) -> Markup {
 }
 
 fn hosts(r: &Body) -> Markup {
+    // Reports resting on a gate state name no attestation per host: an
+    // OPEN gate is the proof of one within the freshness TTL.
+    let attestations = r.format == super::FORMAT_V1;
     html! {
         table {
-            tr { th { "Host" } th { "Gate" } th { "Reasons" } th { "Last accepted attestation" } th { "Version set" } th { "Agent" } }
+            tr {
+                th { "Host" } th { "Gate" } th { "Reasons" }
+                @if attestations { th { "Last accepted attestation" } }
+                th { "Version set" } th { "Agent" }
+            }
             @for h in &r.hosts {
                 tr {
                     td.host { (h.host) }
@@ -155,9 +162,11 @@ fn hosts(r: &Body) -> Markup {
                         @if h.reasons.is_empty() { span.none { "none" } }
                         @for reason in &h.reasons { div { (reason) } }
                     }
-                    td {
-                        @if h.last_seq == 0 { span.none { "none" } } @else {
-                            "seq " (h.last_seq) ", measured " (when(r, h.measured_at_unix_ms)) ", accepted " (when(r, h.accepted_at_unix_ms))
+                    @if attestations {
+                        td {
+                            @if h.last_seq == 0 { span.none { "none" } } @else {
+                                "seq " (h.last_seq) ", measured " (when(r, h.measured_at_unix_ms)) ", accepted " (when(r, h.accepted_at_unix_ms))
+                            }
                         }
                     }
                     td { code { (h.digest) } }

@@ -3,12 +3,15 @@
 //! `audit export` can derive it again and compare ([`check_against`]).
 //!
 //! The report rests on one `gate.checked` record (the last check of the
-//! role that day up to the time asked for): its facts are every host's gate
-//! and last attestation, the release, the halts and the incidents as the
-//! controller held them when it answered. Around it come the day's records
-//! of the same role: gate transitions, releases, halts and resumes, and
-//! every other gate check. The segment is every record from the first of
-//! the day to that check; its ends are named by seq and hash.
+//! role that day up to the time asked for): its facts are the answer, the
+//! release, the halts and the incidents as the controller held them when it
+//! answered, and every host's gate by the `gate.state` it names
+//! ([`crate::gate_state`]; checks written before gate states list the hosts
+//! themselves, with their last attestation: format v1). Around it come the
+//! day's records of the same role: gate transitions, releases, halts and
+//! resumes, and every other gate check. The segment is every record from
+//! the first of the day (or the first gate state the check rests on, when
+//! that is older) to that check; its ends are named by seq and hash.
 //!
 //! The signed document is `{"report": BODY, "signature": {...}}`; the
 //! signature is Ed25519 over `"lockstep.v1.report\0"` followed by BODY in
@@ -27,7 +30,11 @@ use crate::chain::AuditRecord;
 use crate::facts::{GateChanged, GateChecked, HaltFact, HostFact, IncidentFact, ReleaseFact, Resumed, from_facts};
 use crate::report::key::ReportKey;
 
-pub const FORMAT: &str = "lockstep.v1.pre-open-report";
+/// Reports resting on a `gate.state` ([`crate::gate_state`]).
+pub const FORMAT: &str = "lockstep.v2.pre-open-report";
+/// Reports resting on a check that lists every host itself (written before
+/// gate states): the same body, with each host's last attestation.
+pub const FORMAT_V1: &str = "lockstep.v1.pre-open-report";
 const SIGNING_CONTEXT: &[u8] = b"lockstep.v1.report\0";
 
 /// What was asked: a role, a day in a time zone, and optionally a time of
@@ -59,6 +66,11 @@ pub enum ReportError {
         "the gate check in audit record {seq} carries no facts (a controller before reports wrote it): no report can rest on it"
     )]
     NoFacts { seq: u64 },
+    #[error("the gate check in audit record {check} rests on a gate state that cannot be read back: {problem}")]
+    State {
+        check: u64,
+        problem: crate::gate_state::StateError,
+    },
 }
 
 /// The report itself: every fact, and the records it rests on.
@@ -216,8 +228,9 @@ fn window(asked: &Asked) -> Result<Window, ReportError> {
     })
 }
 
-/// The report `asked` for, from `records` (in seq order; at least the whole
-/// day up to the check). The same records always give the same report.
+/// The report `asked` for, from `records` (in seq order, contiguous; at
+/// least the whole day up to the check, and back to the first gate state
+/// the check names). The same records always give the same report.
 pub fn derive(records: &[AuditRecord], asked: &Asked) -> Result<Body, ReportError> {
     let w = window(asked)?;
     let role = asked.role.as_str();
@@ -242,8 +255,24 @@ pub fn derive(records: &[AuditRecord], asked: &Asked) -> Result<Body, ReportErro
             },
         });
     };
-    let facts: GateChecked = from_facts(&anchor.facts).ok_or(ReportError::NoFacts { seq: anchor.seq })?;
-    let segment: Vec<&AuditRecord> = day.into_iter().take_while(|r| r.seq <= anchor.seq).collect();
+    let mut facts: GateChecked = from_facts(&anchor.facts).ok_or(ReportError::NoFacts { seq: anchor.seq })?;
+    let (format, first_state) = match facts.state.clone() {
+        None => (FORMAT_V1, None),
+        Some(named) => {
+            let (hosts, first) = hosts_of_state(records, role, anchor.seq, &named)?;
+            facts.hosts = hosts;
+            (FORMAT, Some(first))
+        }
+    };
+    let today: Vec<&AuditRecord> = day.into_iter().take_while(|r| r.seq <= anchor.seq).collect();
+    // The records the report rests on: the day's up to the check, reaching
+    // back to the first gate state it names when that is older.
+    let first_seq = first_state.map_or(today[0].seq, |s| s.min(today[0].seq));
+    let segment: Vec<&AuditRecord> = records
+        .iter()
+        .skip_while(|r| r.seq < first_seq)
+        .take_while(|r| r.seq <= anchor.seq)
+        .collect();
     let inventory: std::collections::BTreeSet<&str> = facts.hosts.iter().map(|h| h.host.as_str()).collect();
     // A halt or resume concerns the role when it names it, one of its hosts, or nobody (the fleet).
     let concerns = |r: &AuditRecord| {
@@ -254,7 +283,7 @@ pub fn derive(records: &[AuditRecord], asked: &Asked) -> Result<Body, ReportErro
     let mut halts_today = Vec::new();
     let mut releases_today = Vec::new();
     let mut timeline = Vec::new();
-    for r in &segment {
+    for r in &today {
         match AuditAction::parse(&r.action) {
             Some(AuditAction::GateChecked) if r.role == role => {
                 let f: GateChecked = from_facts(&r.facts).unwrap_or_default();
@@ -316,7 +345,7 @@ pub fn derive(records: &[AuditRecord], asked: &Asked) -> Result<Body, ReportErro
     let check_at = jiff::Timestamp::from_millisecond(anchor.at_unix_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let open_hosts = facts.hosts.iter().filter(|h| h.gate == "OPEN").count();
     Ok(Body {
-        format: FORMAT.into(),
+        format: format.into(),
         role: role.into(),
         date: asked.date.clone(),
         time_zone: asked.time_zone.clone(),
@@ -345,6 +374,40 @@ pub fn derive(records: &[AuditRecord], asked: &Asked) -> Result<Body, ReportErro
             records: u64::try_from(segment.len()).unwrap_or(u64::MAX),
         },
     })
+}
+
+/// The hosts of the gate state a check names, read from `records` (in seq
+/// order), and the seq of the first state record they rest on.
+fn hosts_of_state(
+    records: &[AuditRecord],
+    role: &str,
+    check: u64,
+    named: &crate::gate_state::StateRef,
+) -> Result<(Vec<HostFact>, u64), ReportError> {
+    let by_seq = |seq: u64| -> Result<Option<AuditRecord>, std::convert::Infallible> {
+        Ok(records
+            .binary_search_by_key(&seq, |r| r.seq)
+            .ok()
+            .map(|i| records[i].clone()))
+    };
+    let failed = |problem| ReportError::State { check, problem };
+    let chain = match crate::gate_state::chain(role, named.seq, by_seq) {
+        Ok(chain) => chain.map_err(failed)?,
+        Err(never) => match never {},
+    };
+    let hosts = crate::gate_state::apply(&chain).map_err(failed)?;
+    let found = crate::gate_state::digest(&hosts);
+    if found != named.digest {
+        return Err(failed(crate::gate_state::StateError::Digest {
+            seq: named.seq,
+            found,
+            said: named.digest.clone(),
+        }));
+    }
+    Ok((
+        hosts.into_values().collect(),
+        chain.first().map_or(named.seq, |(seq, _)| *seq),
+    ))
 }
 
 fn check_run(r: &AuditRecord, f: &GateChecked) -> CheckRun {

@@ -339,3 +339,160 @@ fn canonical_json_sorts_members_and_drops_whitespace() {
     let a: Value = serde_json::from_str(r#"{"b": [1, {"y": "é", "x": null}], "a": true}"#).unwrap();
     assert_eq!(canonical(&a), r#"{"a":true,"b":[1,{"x":null,"y":"é"}]}"#);
 }
+
+/// A check that names the gate state its hosts are in.
+fn stated_check(by: &str, exit: u8, hosts: usize, open: usize, state: &crate::gate_state::StateRef) -> AuditEvent {
+    let summary = format!("smars: {open}/{hosts} OPEN on release 1");
+    let mut event = check(by, exit, Vec::new(), 1);
+    let mut facts: GateChecked = crate::facts::from_facts(&event.facts).unwrap();
+    facts.summary = summary.clone();
+    facts.state = Some(state.clone());
+    event.detail = format!("{summary}; exit {exit}");
+    event.facts = to_facts(&facts);
+    event
+}
+
+/// A log of 500 hosts whose checks name gate states: the complete state
+/// and a check yesterday, an unchanged check at 09:00 and, after smars-002
+/// drifts, its change and a check at 09:25.
+fn stated_morning() -> (Vec<AuditRecord>, Vec<crate::facts::HostFact>) {
+    use crate::gate_state::{StateRef, next, written};
+    let mut head = ChainHead::after(None);
+    let mut all: Vec<AuditRecord> = Vec::new();
+    let mut add = |events: Vec<AuditEvent>, at: i64| {
+        let (records, next) = seal(&head, events, at);
+        head = next;
+        all.extend(records.clone());
+        records
+    };
+    let state_event = |s: &crate::gate_state::GateState| AuditEvent {
+        role: "smars".into(),
+        facts: to_facts(s),
+        ..AuditEvent::new("bob (approver)", crate::action::AuditAction::GateState, "gate state")
+    };
+    let quiet = |h: HostFact| HostFact {
+        last_seq: 0,
+        measured_at_unix_ms: 0,
+        accepted_at_unix_ms: 0,
+        ..h
+    };
+    let mut hosts: std::collections::BTreeMap<String, HostFact> = (0..500)
+        .map(|i| format!("smars-{i:03}"))
+        .map(|n| (n.clone(), quiet(host(&n, "OPEN", &[]))))
+        .collect();
+    let complete = next("smars", None, &hosts, 0).unwrap();
+    let seq = add(vec![state_event(&complete)], DAY - 10 * 60 * MIN)[0].seq;
+    let mut last = written(None, &complete, seq, hosts.clone(), 0);
+    let named = |w: &crate::gate_state::Written| StateRef {
+        seq: w.seq,
+        digest: w.digest.clone(),
+    };
+    add(
+        vec![stated_check("carol (viewer)", 0, 500, 500, &named(&last))],
+        DAY - 10 * 60 * MIN,
+    );
+    add(vec![changed("smars-002", "MISSING", "OPEN", "")], DAY + 8 * 60 * MIN);
+    assert!(
+        next("smars", Some(&last), &hosts, 0).is_none(),
+        "unchanged: nothing to write"
+    );
+    add(
+        vec![stated_check("bob (approver)", 0, 500, 500, &named(&last))],
+        DAY + 9 * 60 * MIN,
+    );
+    add(
+        vec![changed("smars-002", "OPEN", "CLOSED", "drift: /opt/smars/bin/router")],
+        DAY + 9 * 60 * MIN + 10 * MIN,
+    );
+    hosts.insert(
+        "smars-002".into(),
+        quiet(host("smars-002", "CLOSED", &["drift: /opt/smars/bin/router"])),
+    );
+    let delta = next("smars", Some(&last), &hosts, 0).unwrap();
+    assert_eq!((delta.base, delta.hosts.len()), (1, 1), "only the host that changed");
+    let seq = add(vec![state_event(&delta)], DAY + 9 * 60 * MIN + 25 * MIN)[0].seq;
+    last = written(Some(last), &delta, seq, hosts.clone(), 0);
+    add(
+        vec![stated_check("bob (approver)", 3, 500, 499, &named(&last))],
+        DAY + 9 * 60 * MIN + 25 * MIN,
+    );
+    (all, hosts.into_values().collect())
+}
+
+#[test]
+fn a_report_resting_on_gate_states_has_every_host_and_reaches_back_to_the_state() {
+    let (records, hosts) = stated_morning();
+    // An unchanged check costs a few hundred bytes whatever the fleet's size.
+    let unchanged = &records[3];
+    assert!(
+        unchanged.facts.len() < 600,
+        "{} bytes: {}",
+        unchanged.facts.len(),
+        unchanged.facts
+    );
+    let delta = &records[5];
+    assert!(
+        delta.facts.len() < 1_000,
+        "a change of one host: {} bytes",
+        delta.facts.len()
+    );
+
+    let at_0925 = derive(&records, &asked("09:25")).unwrap();
+    assert_eq!(at_0925.format, crate::report::FORMAT);
+    assert_eq!(at_0925.hosts, hosts);
+    assert_eq!((at_0925.open_hosts, at_0925.total_hosts), (499, 500));
+    assert_eq!(at_0925.hosts[2].reasons, vec!["drift: /opt/smars/bin/router"]);
+    // Yesterday's complete state is where the segment starts.
+    assert_eq!((at_0925.segment.first_seq, at_0925.segment.last_seq), (1, 7));
+    assert_eq!(at_0925.segment.first_prev_hash, crate::chain::GENESIS);
+    // The day's lists hold the day alone.
+    assert_eq!(
+        at_0925.gate_checks.iter().map(|c| c.exit).collect::<Vec<_>>(),
+        vec![0, 3]
+    );
+    let at_0915 = derive(&records, &asked("09:15")).unwrap();
+    assert_eq!(
+        (at_0915.open_hosts, at_0915.segment.first_seq, at_0915.segment.last_seq),
+        (500, 1, 4)
+    );
+
+    let (_d, k) = key();
+    let doc = sign(at_0925, &k);
+    let text = serde_json::to_string(&doc).unwrap();
+    let v = verify(&text, Some(&records), Some(k.public_hex()));
+    assert!(v.holds(), "{:?}", v.findings);
+    let page = crate::report::html::render(&doc);
+    assert!(
+        !page.contains("Last accepted attestation"),
+        "no per-host attestation in v2"
+    );
+    assert!(verify(&page, Some(&records), None).holds());
+}
+
+#[test]
+fn a_gate_state_missing_from_the_export_or_edited_in_it_is_named() {
+    let (records, _) = stated_morning();
+    let (_d, k) = key();
+    let text = serde_json::to_string(&sign(derive(&records, &asked("09:25")).unwrap(), &k)).unwrap();
+
+    // An export of the day alone lacks yesterday's complete state.
+    let err = derive(&records[2..], &asked("09:25")).unwrap_err();
+    assert!(err.to_string().contains("audit record 1"), "{err}");
+    assert!(!verify(&text, Some(&records[2..]), None).holds());
+
+    // smars-002's reason edited in the change: the chain and the state's
+    // digest both say so.
+    let mut edited = records.clone();
+    edited[5].facts = edited[5].facts.replacen("router", "routes", 1);
+    let v = verify(&text, Some(&edited), None);
+    assert!(
+        v.findings.contains(&Finding::BrokenChain {
+            seq: 6,
+            problem: "its content does not match its hash: it was edited".into()
+        }),
+        "{:?}",
+        v.findings
+    );
+    let err = derive(&edited, &asked("09:25")).unwrap_err();
+    assert!(err.to_string().contains("does not add up"), "{err}");
+}
