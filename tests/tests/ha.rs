@@ -147,21 +147,25 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
-    // The killed one stops announcing itself: shown as not running.
+    // The killed one stops announcing itself: shown as not running; the new
+    // leader announces itself as leader (each controller says what it is
+    // every second, so the two may show a second apart).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
         let status = cluster_status();
-        let killed_gone = status["controllers"]
-            .as_array()
-            .unwrap()
+        let controllers = status["controllers"].as_array().unwrap();
+        let killed_gone = controllers
             .iter()
             .any(|c| c["name"] == format!("ctl-{leader}") && c["running"] == false);
-        if killed_gone {
+        let new_one_leads = controllers
+            .iter()
+            .any(|c| c["name"] == format!("ctl-{new_leader}") && c["role"] == "leader" && c["running"] == true);
+        if killed_gone && new_one_leads {
             break status;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the killed controller still shows running: {status}"
+            "the killed controller still shows running, or the new one not leading: {status}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
