@@ -173,3 +173,17 @@ async fn failover_benchmark_runs_at_tiny_size() {
         assert_eq!(m.lost, 0, "{:?}: an acknowledged halt was lost", m.mode);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_benchmark_runs_at_tiny_size() {
+    use lockstep_tests::bench::age::{Measure, age};
+    let rows = age(&[300, 3_000], 20, Measure::InProcess).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    // Each size holds its records and the few the controller adds (report, states, checks).
+    assert!(rows[0].records >= 300 && rows[0].records < 320, "{:?}", rows[0]);
+    assert!(rows[1].records >= 3_000 && rows[1].records < 3_020, "{:?}", rows[1]);
+    assert!(
+        rows.iter()
+            .all(|r| r.store_bytes > 0 && r.verify > std::time::Duration::ZERO)
+    );
+}

@@ -11,9 +11,11 @@
 //! - [`board`]: the web board: a gate change to the page, first render, many boards.
 //! - [`failover`]: three controllers on etcd, the leader killed, frozen or cut off.
 //! - [`openssl_speed`]: `openssl speed`, the peer figure for hashing and signatures.
+//! - [`age`]: the controller on a log grown to millions of records: restart, verification, report, gate check.
 
 use std::time::Duration;
 
+pub mod age;
 pub mod board;
 pub mod failover;
 pub mod fleet;

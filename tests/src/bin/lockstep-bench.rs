@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use lockstep_tests::bench::{self, board, failover, fleet, idle, ingest, openssl_speed, probe, realtime, scan};
+// (bench::age is called by path: `age` is also this binary's part.)
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -30,6 +31,8 @@ enum Part {
     Failover,
     /// Ingest with the ledger on etcd beside sled, alternating, same agents in flight.
     EtcdIngest,
+    /// The controller on an audit log grown to millions of records (sled).
+    Age,
 }
 
 /// Where the controller keeps its ledger in a benchmark.
@@ -131,6 +134,15 @@ struct Args {
     /// Rounds of (sled, etcd) ingest runs, alternating.
     #[arg(long, default_value_t = 2)]
     etcd_ingest_rounds: usize,
+    /// Audit log sizes for the age part (repeatable, ascending: one log grown through them).
+    #[arg(long = "age-records", default_values_t = [10_000u64, 1_000_000])]
+    age_records: Vec<u64>,
+    /// Hosts in the role of the age part.
+    #[arg(long, default_value_t = 1_000)]
+    age_hosts: usize,
+    /// Internal: measure the controller on the grown log in DIR (the age part's child).
+    #[arg(long, hide = true)]
+    age_child: Option<PathBuf>,
 }
 
 fn ms(d: Duration) -> String {
@@ -535,6 +547,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(tree) = &args.rss_child {
         return probe::rss_child(tree);
     }
+    if let Some(dir) = &args.age_child {
+        return bench::age::child(dir, args.age_hosts).await;
+    }
     if let [ws, tree, restore] = args.page_cache_child.as_slice() {
         return probe::page_cache_child(ws.as_ref(), tree.as_ref(), restore == "restore");
     }
@@ -572,6 +587,38 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::EtcdIngest) {
         etcd_ingest(&args).await?;
+    }
+    if want(Part::Age) {
+        age(&args).await?;
+    }
+    Ok(())
+}
+
+/// What the controller's answers cost as its audit log ages.
+async fn age(args: &Args) -> anyhow::Result<()> {
+    let rows = bench::age::age(&args.age_records, args.age_hosts, bench::age::Measure::InChild).await?;
+    println!(
+        "\n## Age: one audit log grown to each size (a gate check and a heartbeat count a minute, a gate state a day), {} hosts, sled\n",
+        args.age_hosts
+    );
+    println!(
+        "| records | store | restart | verify the chain | its peak RSS above rest | pre-open report | its peak | gate check (unchanged) | audit --limit 50 | RSS at rest |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} MB | {} | {} | {:.1} MiB | {} | {:.1} MiB | {} | {} | {:.0} MiB |",
+            r.records,
+            r.store_bytes as f64 / 1e6,
+            ms(r.restart),
+            ms(r.verify),
+            r.verify_peak_mib.max(0.0),
+            ms(r.report),
+            r.report_peak_mib.max(0.0),
+            ms(r.gate_check),
+            ms(r.audit_tail),
+            r.rest_mib
+        );
     }
     Ok(())
 }
