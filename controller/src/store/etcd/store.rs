@@ -279,6 +279,19 @@ impl EtcdStore {
         }
     }
 
+    /// One record by key, decoded (`None`: no such key).
+    fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(key)?
+            .map(|value| {
+                self.decode(&api::KeyValue {
+                    key: key.as_bytes().to_vec(),
+                    value,
+                    ..Default::default()
+                })
+            })
+            .transpose()
+    }
+
     fn all_json<T: DeserializeOwned>(&self, rest: &str) -> Result<Vec<T>, StoreError> {
         self.range(rest, None)?.iter().map(|kv| self.decode(kv)).collect()
     }
@@ -465,16 +478,7 @@ impl Store for EtcdStore {
     }
 
     fn token(&self, hash_hex: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let key = format!("token/{hash_hex}");
-        self.get(&key)?
-            .map(|value| {
-                self.decode(&api::KeyValue {
-                    key: key.into_bytes(),
-                    value,
-                    ..Default::default()
-                })
-            })
-            .transpose()
+        self.get_json(&format!("token/{hash_hex}"))
     }
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
@@ -486,16 +490,7 @@ impl Store for EtcdStore {
     }
 
     fn board(&self, hash_hex: &str) -> Result<Option<BoardRecord>, StoreError> {
-        let key = format!("board/{hash_hex}");
-        self.get(&key)?
-            .map(|value| {
-                self.decode(&api::KeyValue {
-                    key: key.into_bytes(),
-                    value,
-                    ..Default::default()
-                })
-            })
-            .transpose()
+        self.get_json(&format!("board/{hash_hex}"))
     }
 
     fn put_board(&self, record: &BoardRecord) -> Result<(), StoreError> {
