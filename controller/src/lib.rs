@@ -22,6 +22,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod archive;
 pub mod attest;
 pub mod audit;
 pub mod config;

@@ -71,6 +71,14 @@ pub async fn serve_all(
         loops.spawn(async move { crate::audit::refusals::run(&c.refusals, &c.ledger, stop).await });
         let (c, stop) = (controller.clone(), stopped());
         loops.spawn(async move { c.ingest.count_heartbeats(stop).await });
+        match crate::report::open_or_create_key(&crate::report::ReportIssuer::key_path(&controller.config)) {
+            Ok(key) => {
+                let archivist =
+                    crate::archive::Archivist::new(controller.config.clone(), controller.ledger.clone(), Arc::new(key));
+                loops.spawn(archivist.run(stopped()));
+            }
+            Err(e) => tracing::error!(error = %e, "no report key: audit segments are neither closed nor archived"),
+        }
         if let Some(siem) = controller.config.siem.clone() {
             let forwarder = crate::alerts::siem::Forwarder::new(
                 siem,

@@ -102,13 +102,14 @@ fn audit_answers_are_bounded_and_page_through_the_whole_log() {
     let store = SledStore::open(&d.path().join("store")).unwrap();
     let n = 2 * AUDIT_REPLY_MAX as u64 + 123;
     log(&store, n, |i| i64::try_from(i).unwrap() * 1_000);
+    let archive = d.path().join("audit-archive");
 
     // Paging forwards from the start reaches every record once, in order.
     let mut req = pb::ListAuditRequest::default();
     let mut seen = Vec::new();
     let mut answers = 0;
     loop {
-        let list = list_audit(&store, &req).unwrap();
+        let list = list_audit(&store, &archive, &req).unwrap();
         answers += 1;
         assert!(list.records.len() <= AUDIT_REPLY_MAX);
         seen.extend(list.records.iter().map(|r| r.seq));
@@ -123,6 +124,7 @@ fn audit_answers_are_bounded_and_page_through_the_whole_log() {
     // The newest N of one host, oldest first.
     let newest = list_audit(
         &store,
+        &archive,
         &pb::ListAuditRequest {
             host: "h-3".into(),
             limit: 10,
@@ -138,6 +140,7 @@ fn audit_answers_are_bounded_and_page_through_the_whole_log() {
     // Since a time: the first match is the first record sealed then.
     let since = list_audit(
         &store,
+        &archive,
         &pb::ListAuditRequest {
             since_unix_ms: 7_000_000,
             ..Default::default()

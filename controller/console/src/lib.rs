@@ -217,7 +217,20 @@ pub enum BoardCommand {
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check the whole chain; exit 1 naming the first broken record.
-    Verify,
+    /// With --archive, first the archived segments in DIR (offline: each
+    /// segment's chain and signed checkpoint, and their links), then that
+    /// the controller's log follows the archive's last record.
+    Verify {
+        /// The archive directory (the controller's `[audit] archive_dir`, or a copy).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// The report key checkpoints must be signed with (hex, `lockstep pki report-key`).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Check the archive alone, without asking the controller.
+        #[arg(long, requires = "archive")]
+        offline: bool,
+    },
     /// Every record as JSON lines (for archiving or a SIEM).
     Export,
 }
@@ -417,6 +430,38 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     {
         return report::verify(file, audit.as_deref(), public_key.as_deref(), out, json);
     }
+    // The archive is checked before (and without) any controller.
+    let mut archive_head = None;
+    if let Command::Audit {
+        action:
+            Some(AuditCommand::Verify {
+                archive: Some(dir),
+                public_key,
+                offline,
+            }),
+        ..
+    } = &cli.command
+    {
+        match lockstep_evidence::archive::verify_dir(dir, public_key.as_deref(), true) {
+            Ok(verdict) if verdict.segments == 0 => {
+                anyhow::bail!(
+                    "{} holds no archived audit segments (files audit-*.jsonl.gz); give the controller's [audit] archive_dir",
+                    dir.display()
+                )
+            }
+            Ok(verdict) => {
+                render::archive_verified(out, dir, &verdict, json)?;
+                archive_head = verdict.head;
+            }
+            Err(e) => {
+                writeln!(out, "ARCHIVE BROKEN: {e}")?;
+                return Ok(1);
+            }
+        }
+        if *offline {
+            return Ok(0);
+        }
+    }
     let mut client = connect(&cli.conn).await?;
     let unreachable = |e: tonic::Status| -> anyhow::Error {
         if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
@@ -579,7 +624,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             render::incident_acked(out, &acked, json)?;
         }
         Command::Audit {
-            action: Some(AuditCommand::Verify),
+            action: Some(AuditCommand::Verify { .. }),
             ..
         } => {
             let reply = client
@@ -588,6 +633,35 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .map_err(unreachable)?
                 .answered();
             render::audit_verified(out, &reply, json)?;
+            if let Some(head) = archive_head {
+                // The record after the archive's last, wherever the
+                // controller keeps it now, must follow it.
+                let req = pb::ListAuditRequest {
+                    after_seq: head.next_seq - 1,
+                    limit: 0,
+                    ..Default::default()
+                };
+                let list = client.list_audit(req).await.map_err(unreachable)?.answered();
+                match list.records.first() {
+                    Some(next) if next.seq == head.next_seq && next.prev_hash == head.last_hash => {
+                        writeln!(
+                            out,
+                            "record {} in the controller's log follows the archive's last",
+                            next.seq
+                        )?;
+                    }
+                    Some(next) => {
+                        writeln!(
+                            out,
+                            "ARCHIVE AND LOG DISAGREE: the controller's record {} does not follow the archive's last record ({}): the archive or the log was changed",
+                            next.seq,
+                            head.next_seq - 1
+                        )?;
+                        return Ok(1);
+                    }
+                    None => writeln!(out, "the controller's log has no record after the archive's last yet")?,
+                }
+            }
             return Ok(if reply.ok { 0 } else { 1 });
         }
         Command::Audit {

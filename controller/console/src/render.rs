@@ -450,10 +450,17 @@ pub fn audit_verified(out: &mut dyn Write, r: &VerifyAuditReply, json: bool) -> 
     if json {
         return print_json(
             out,
-            &json!({"ok": r.ok, "records": r.records, "first_broken_seq": r.first_broken_seq, "problem": r.problem}),
+            &json!({"ok": r.ok, "records": r.records, "first_broken_seq": r.first_broken_seq, "problem": r.problem,
+                "archived_through": r.archived_through, "archive_file": r.archive_file}),
         );
     }
-    if r.ok {
+    if r.ok && r.archived_through > 0 {
+        writeln!(
+            out,
+            "audit log intact: {} records in the store, every hash chained to the one before, the first to record {} (archived in {}); check the archive with `lockstep audit verify --archive DIR`",
+            r.records, r.archived_through, r.archive_file
+        )
+    } else if r.ok {
         writeln!(
             out,
             "audit log intact: {} records, every hash chained to the one before",
@@ -466,6 +473,30 @@ pub fn audit_verified(out: &mut dyn Write, r: &VerifyAuditReply, json: bool) -> 
             r.first_broken_seq, r.records, r.problem
         )
     }
+}
+
+/// What `lockstep audit verify --archive DIR` found in the archive.
+pub fn archive_verified(
+    out: &mut dyn Write,
+    dir: &std::path::Path,
+    verdict: &lockstep_evidence::archive::ArchiveVerdict,
+    json: bool,
+) -> io::Result<()> {
+    let through = verdict.head.as_ref().map_or(0, |h| h.next_seq - 1);
+    if json {
+        return print_json(
+            out,
+            &json!({"archive": dir.display().to_string(), "ok": true, "segments": verdict.segments,
+                "records": verdict.records, "through_seq": through}),
+        );
+    }
+    writeln!(
+        out,
+        "archive {} intact: {} segments, records 1..{}, each segment's chain and signed checkpoint hold and each follows the one before",
+        dir.display(),
+        verdict.segments,
+        through
+    )
 }
 
 fn incident_json(i: &Incident) -> Value {

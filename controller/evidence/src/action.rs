@@ -42,11 +42,15 @@ pub enum AuditAction {
     BoardLogout,
     BoardRevoked,
     BoardDenied,
+    /// A segment of the log closed: the checkpoint's signed facts.
+    AuditCheckpoint,
+    /// A closed segment written to the archive and dropped from the store.
+    AuditArchived,
 }
 
 impl AuditAction {
     /// Every kind, in one place.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 33] = [
         Self::AttestationAccepted,
         Self::AttestationRejected,
         Self::AttestationHeartbeats,
@@ -78,6 +82,8 @@ impl AuditAction {
         Self::BoardLogout,
         Self::BoardRevoked,
         Self::BoardDenied,
+        Self::AuditCheckpoint,
+        Self::AuditArchived,
     ];
 
     /// The text a record carries (docs/protocol.md lists them).
@@ -114,6 +120,8 @@ impl AuditAction {
             Self::BoardLogout => "board.logout",
             Self::BoardRevoked => "board.revoked",
             Self::BoardDenied => "board.denied",
+            Self::AuditCheckpoint => "audit.checkpoint",
+            Self::AuditArchived => "audit.archived",
         }
     }
 

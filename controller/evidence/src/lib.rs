@@ -3,7 +3,10 @@
 //!
 //! - [`action`]: what an audit record says happened, one type for every
 //!   writer and reader.
+//! - [`archive`]: closed segments of the log as files, and their check.
 //! - [`chain`]: the hash-chained audit log: records, sealing, verification.
+//! - [`checkpoint`]: the log cut into signed segments, each checkable
+//!   alone and linked to the one before.
 //! - [`facts`]: the facts audit records carry for programs.
 //! - [`gate_state`]: a role's gates kept between checks, as changes on top
 //!   of a complete state, named by the checks by seq and digest.
@@ -14,7 +17,9 @@
 //! - [`time`]: times as records and reports write them.
 
 pub mod action;
+pub mod archive;
 pub mod chain;
+pub mod checkpoint;
 pub mod facts;
 pub mod gate_check;
 pub mod gate_state;

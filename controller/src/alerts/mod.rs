@@ -134,7 +134,8 @@ pub struct Alerts {
     verified: Mutex<Option<Verification>>,
     /// Where the periodic check stands: it checks the whole chain once,
     /// then only what was sealed since, so a round costs what is new.
-    checked: Mutex<ChainCheck>,
+    /// Where the next round goes on from (`None`: from the last checkpoint).
+    checked: Mutex<Option<ChainCheck>>,
 }
 
 /// When the chain was last verified, and how many records held or why it broke.
@@ -149,7 +150,7 @@ impl Alerts {
             ledger,
             book: Arc::new(Mutex::new(book)),
             verified: Mutex::new(None),
-            checked: Mutex::new(ChainCheck::from_start()),
+            checked: Mutex::new(None),
         })
     }
 
@@ -203,8 +204,23 @@ impl Alerts {
     }
 
     fn verify_audit_chain(&self) {
-        let mut check = self.checked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let outcome = match crate::store::audit_reads::verify(self.ledger.store(), &mut check) {
+        let store = self.ledger.store();
+        let known = self.checked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let start = match known {
+            Some(check) => crate::archive::past_archived(store, check),
+            // After a start: from the last checkpoint, not the first record.
+            None => crate::archive::verification_start(store),
+        };
+        let mut check = match start {
+            Ok(check) => check,
+            Err(e) => {
+                self.signal(Signal::AuditBroken {
+                    detail: format!("cannot read it: {e}"),
+                });
+                return;
+            }
+        };
+        let outcome = match crate::store::audit_reads::verify(store, &mut check) {
             Ok(outcome) => outcome,
             Err(e) => {
                 self.signal(Signal::AuditBroken {
@@ -217,7 +233,7 @@ impl Alerts {
         match &outcome {
             // The next round goes on from here; a broken chain is checked
             // from the same place again, so the break stays reported.
-            Ok(()) => *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = check,
+            Ok(()) => *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Some(check),
             Err(b) => {
                 error!(seq = b.seq, problem = %b.problem, "AUDIT CHAIN BROKEN");
                 self.signal(Signal::AuditBroken { detail: b.to_string() });

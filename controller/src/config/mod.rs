@@ -91,6 +91,31 @@ struct RawConfig {
     siem: RawSiem,
     #[serde(default)]
     board: RawBoard,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    segment: Option<String>,
+    segment_records: Option<u64>,
+    keep_online: Option<String>,
+    archive_dir: Option<PathBuf>,
+}
+
+/// `[audit]`: the log cut into segments, each closed by a signed
+/// checkpoint, and the segments older than `keep_online` moved from the
+/// store to files in `archive_dir`.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// A segment closes at each multiple of this since the Unix epoch (a
+    /// day: UTC midnight), or sooner once it holds `segment_records`.
+    pub segment: Duration,
+    pub segment_records: u64,
+    /// A closed segment stays in the store this long after its last record.
+    pub keep_online: Duration,
+    pub archive_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -426,6 +451,7 @@ pub struct ControllerConfig {
     pub siem: Option<SiemSettings>,
     /// The fleet board (`[board]`); `None`: not served.
     pub board: Option<BoardSettings>,
+    pub audit: AuditSettings,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -617,6 +643,7 @@ impl ControllerConfig {
                 })
             }
         };
+        let audit = audit_settings(raw.audit, &raw.data_dir).map_err(|(k, e)| invalid(&format!("audit.{k}"), e))?;
         let mut roles = BTreeMap::new();
         let mut inventory = HashMap::new();
         for (i, r) in raw.roles.into_iter().enumerate() {
@@ -686,6 +713,7 @@ impl ControllerConfig {
             backend,
             siem,
             board,
+            audit,
             roles,
             inventory,
         })
@@ -740,6 +768,28 @@ fn alert_settings(raw: RawAlerts) -> Result<AlertSettings, (&'static str, String
         webhook,
         grouping,
         audit_verify_interval,
+    })
+}
+
+fn audit_settings(raw: RawAudit, data_dir: &Path) -> Result<AuditSettings, (&'static str, String)> {
+    let segment = duration(raw.segment.as_deref(), Duration::from_secs(24 * 3600)).map_err(|e| ("segment", e))?;
+    if segment < Duration::from_secs(1) {
+        return Err(("segment", "must be at least 1s (a day, \"1d\", is the usual)".into()));
+    }
+    let keep_online =
+        duration(raw.keep_online.as_deref(), Duration::from_secs(14 * 24 * 3600)).map_err(|e| ("keep_online", e))?;
+    let segment_records = raw.segment_records.unwrap_or(100_000);
+    if !(2..=1_000_000).contains(&segment_records) {
+        return Err((
+            "segment_records",
+            format!("{segment_records}: give 2 to 1000000 (an archived segment is read whole)"),
+        ));
+    }
+    Ok(AuditSettings {
+        segment,
+        segment_records,
+        keep_online,
+        archive_dir: raw.archive_dir.unwrap_or_else(|| data_dir.join("audit-archive")),
     })
 }
 

@@ -148,7 +148,9 @@ impl ConsoleService for StandbyConsole {
     async fn list_audit(&self, req: Request<pb::ListAuditRequest>) -> Result<Response<pb::AuditList>, Status> {
         crate::api::service::operator(&req)?;
         let req = req.into_inner();
-        self.read_store(move |store| queries::list_audit(store, &req)).await
+        let archive = self.config.audit.archive_dir.clone();
+        self.read_store(move |store| queries::list_audit(store, &archive, &req))
+            .await
     }
 
     async fn verify_audit(

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use lockstep_evidence::chain::AuditEvent;
+use lockstep_evidence::chain::{AuditEvent, ChainHead};
 
 use crate::config::ControllerConfig;
 use crate::error::ApiError;
@@ -115,6 +115,9 @@ pub struct Staged<'a> {
     halts: BTreeMap<u64, HaltRecord>,
     tokens: HashMap<String, TokenRecord>,
     manifests: HashSet<String>,
+    /// The audit chain's end where this change's records will be sealed
+    /// (inside a commit; `None` in an early check).
+    chain: Option<ChainHead>,
 }
 
 impl<'a> Staged<'a> {
@@ -129,7 +132,18 @@ impl<'a> Staged<'a> {
             halts: BTreeMap::new(),
             tokens: HashMap::new(),
             manifests: HashSet::new(),
+            chain: None,
         }
+    }
+
+    /// The audit chain's end this change's records follow: the last record
+    /// sealed before it, exactly (a checkpoint names it).
+    pub fn chain_head(&self) -> Option<&ChainHead> {
+        self.chain.as_ref()
+    }
+
+    pub(crate) fn set_chain_head(&mut self, head: ChainHead) {
+        self.chain = Some(head);
     }
 
     pub fn host(&self, host: &str) -> Option<HostRecord> {

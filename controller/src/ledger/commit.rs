@@ -256,6 +256,7 @@ fn apply(target: &Target, start: (ChainHead, Counters), batch: Vec<Box<dyn Chang
         for change in batch {
             let numbers = counters.clone();
             let next_number = move |c: Counter| numbers.get(c);
+            staged.set_chain_head(next.clone());
             let (result, events) = match change.apply(&staged, &next_number) {
                 Ok(Effect { puts, events, numbered }) => match puts.iter().try_for_each(|p| p.write(store)) {
                     Ok(()) => {

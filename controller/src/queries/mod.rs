@@ -365,7 +365,7 @@ impl Queries {
 
     /// Audit records matching the filters, oldest first.
     pub fn list_audit(&self, req: &pb::ListAuditRequest) -> Result<pb::AuditList, ApiError> {
-        list_audit(self.ledger.store(), req)
+        list_audit(self.ledger.store(), &self.config.audit.archive_dir, req)
     }
 
     /// Checks the whole audit chain as stored.
@@ -388,15 +388,22 @@ const AUDIT_SCAN_MAX: u64 = 200_000;
 /// else the newest `limit`; at most [`AUDIT_REPLY_MAX`], looking at no
 /// more than [`AUDIT_SCAN_MAX`] records. Read page by page; never the
 /// whole log.
-pub fn list_audit(store: &dyn Store, req: &pb::ListAuditRequest) -> Result<pb::AuditList, ApiError> {
-    use crate::store::audit_reads::{PAGE, first_sealed_at_or_after, pages_until};
+pub fn list_audit(
+    store: &dyn Store,
+    archive_dir: &std::path::Path,
+    req: &pb::ListAuditRequest,
+) -> Result<pb::AuditList, ApiError> {
+    use crate::store::audit_reads::{AuditSource, PAGE, first_sealed_at_or_after, pages_until};
+    // Archived records are read from their files, the rest from the store.
+    let log = crate::archive::log::Log::open(store, archive_dir).map_err(ApiError::Store)?;
+    let store = &log;
     let matches = |r: &lockstep_evidence::chain::AuditRecord| {
         (req.host.is_empty() || r.host == req.host)
             && (req.role.is_empty() || r.role == req.role)
             && r.at_unix_ms >= req.since_unix_ms
     };
     let mut list = pb::AuditList::default();
-    let Some(head) = store.last_audit().map_err(ApiError::Store)?.map(|r| r.seq) else {
+    let Some(head) = store.last().map_err(ApiError::Store)?.map(|r| r.seq) else {
         return Ok(list);
     };
     if req.after_seq > 0 || req.limit == 0 {
@@ -454,15 +461,25 @@ pub fn list_audit(store: &dyn Store, req: &pb::ListAuditRequest) -> Result<pb::A
     Ok(list)
 }
 
-/// Checks the whole audit chain as stored, a page in memory at a time.
+/// Checks the whole audit chain as stored, a page in memory at a time:
+/// from the first record, or, once segments were archived, from the
+/// record after the archive's last (which must follow it).
 pub fn verify_audit(store: &dyn Store) -> Result<pb::VerifyAuditReply, ApiError> {
-    let mut check = lockstep_evidence::chain::ChainCheck::from_start();
+    let mark = store.archive_mark().map_err(ApiError::Store)?;
+    let mut check = mark
+        .as_ref()
+        .map_or_else(lockstep_evidence::chain::ChainCheck::from_start, |m| {
+            lockstep_evidence::chain::ChainCheck::after(m.head())
+        });
     let outcome = crate::store::audit_reads::verify(store, &mut check).map_err(ApiError::Store)?;
-    let count = check.head().next_seq - 1;
+    let (archived_through, archive_file) = mark.map_or((0, String::new()), |m| (m.through_seq, m.file));
+    let count = check.head().next_seq - 1 - archived_through;
     Ok(match outcome {
         Ok(()) => pb::VerifyAuditReply {
             ok: true,
             records: count,
+            archived_through,
+            archive_file,
             ..Default::default()
         },
         Err(b) => {
@@ -472,6 +489,8 @@ pub fn verify_audit(store: &dyn Store) -> Result<pb::VerifyAuditReply, ApiError>
                 records: count,
                 first_broken_seq: b.seq,
                 problem: b.problem,
+                archived_through,
+                archive_file,
             }
         }
     })

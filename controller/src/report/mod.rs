@@ -13,7 +13,7 @@ use crate::audit::operator::Operator;
 use crate::config::ControllerConfig;
 use crate::error::ApiError;
 use crate::ledger::Ledger;
-use crate::store::{Store, audit_reads};
+use crate::store::audit_reads::{self, AuditSource};
 use lockstep_evidence::action::AuditAction;
 use lockstep_evidence::chain::AuditEvent;
 use lockstep_evidence::chain::AuditRecord;
@@ -74,11 +74,14 @@ impl ReportIssuer {
         };
         self.config.role(&asked.role)?;
         let ledger = self.ledger.clone();
+        let archive_dir = self.config.audit.archive_dir.clone();
         let key_path = Self::key_path(&self.config);
         let for_blocking = asked.clone();
         // Reading the log and rendering are work for a blocking thread, not the runtime's.
         let (signed, json, html) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-            let records = records_for(ledger.store(), &for_blocking)?;
+            // An archived day is read from its segment files.
+            let log = crate::archive::log::Log::open(ledger.store(), &archive_dir).map_err(ApiError::Store)?;
+            let records = records_for(&log, &for_blocking)?;
             let body = report::derive(&records, &for_blocking)?;
             let key = open_or_create_key(&key_path).map_err(|e| ApiError::Internal(e.to_string()))?;
             let signed = report::sign(body, &key);
@@ -113,7 +116,7 @@ impl ReportIssuer {
 /// The records a report rests on: the day alone, found by seq (the report
 /// costs what the day holds, not the log), and back to the first gate
 /// state its check names when that is older than the day.
-fn records_for(store: &dyn Store, asked: &report::Asked) -> Result<Vec<AuditRecord>, ApiError> {
+fn records_for(store: &impl AuditSource, asked: &report::Asked) -> Result<Vec<AuditRecord>, ApiError> {
     let (from, until) = report::bounds(asked)?;
     let mut records = audit_reads::sealed_between(store, from, until).map_err(ApiError::Store)?;
     let check = records
@@ -129,7 +132,7 @@ fn records_for(store: &dyn Store, asked: &report::Asked) -> Result<Vec<AuditReco
     if named.seq >= day_first {
         return Ok(records);
     }
-    let lookup = |seq: u64| store.audit_page(seq, 1).map(|page| page.into_iter().next());
+    let lookup = |seq: u64| audit_reads::at_or_after(store, seq);
     // A chain that cannot be read back is named by the derivation itself.
     let Ok(chain) = gate_state::chain(&asked.role, named.seq, lookup).map_err(ApiError::Store)? else {
         return Ok(records);

@@ -11,9 +11,31 @@ use super::{Store, StoreError};
 /// fewer where they are large.
 pub const PAGE: usize = 512;
 
+/// Where audit records are read from: the store alone, or the archive and
+/// the store as one log (`archive::log`).
+pub trait AuditSource {
+    /// Records from seq `from` on, in order: at most `limit`, at least one
+    /// while any is left.
+    fn page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    fn last(&self) -> Result<Option<AuditRecord>, StoreError>;
+    /// The seq of the first record sealed at or after `at_unix_ms`.
+    fn first_at_or_after(&self, at_unix_ms: i64) -> Result<Option<u64>, StoreError> {
+        search_sealed_at_or_after(self, at_unix_ms)
+    }
+}
+
+impl<S: Store + ?Sized> AuditSource for S {
+    fn page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_page(from, limit)
+    }
+    fn last(&self) -> Result<Option<AuditRecord>, StoreError> {
+        self.last_audit()
+    }
+}
+
 /// The log from seq `from` on, a page at a time, to its end as it is when
 /// each page is read.
-pub fn pages(store: &dyn Store, from: u64) -> Pages<'_> {
+pub fn pages<S: AuditSource + ?Sized>(store: &S, from: u64) -> Pages<'_, S> {
     Pages {
         store,
         next: from,
@@ -22,7 +44,7 @@ pub fn pages(store: &dyn Store, from: u64) -> Pages<'_> {
 }
 
 /// The records with seq in `from..=until`, a page at a time.
-pub fn pages_until(store: &dyn Store, from: u64, until: u64) -> Pages<'_> {
+pub fn pages_until<S: AuditSource + ?Sized>(store: &S, from: u64, until: u64) -> Pages<'_, S> {
     Pages {
         store,
         next: from,
@@ -30,13 +52,13 @@ pub fn pages_until(store: &dyn Store, from: u64, until: u64) -> Pages<'_> {
     }
 }
 
-pub struct Pages<'a> {
-    store: &'a dyn Store,
+pub struct Pages<'a, S: ?Sized> {
+    store: &'a S,
     next: u64,
     until: u64,
 }
 
-impl Iterator for Pages<'_> {
+impl<S: AuditSource + ?Sized> Iterator for Pages<'_, S> {
     type Item = Result<Vec<AuditRecord>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -44,7 +66,7 @@ impl Iterator for Pages<'_> {
             return None;
         }
         let wanted = usize::try_from(self.until - self.next).map_or(PAGE, |left| left.saturating_add(1).min(PAGE));
-        match self.store.audit_page(self.next, wanted) {
+        match self.store.page(self.next, wanted) {
             Err(e) => {
                 self.until = 0;
                 self.next = 1;
@@ -62,7 +84,7 @@ impl Iterator for Pages<'_> {
 
 /// Checks the log from where `check` stands to its end, one page in
 /// memory at a time: `Ok(Err(..))` names the first broken record.
-pub fn verify(store: &dyn Store, check: &mut ChainCheck) -> Result<Result<(), Broken>, StoreError> {
+pub fn verify<S: AuditSource + ?Sized>(store: &S, check: &mut ChainCheck) -> Result<Result<(), Broken>, StoreError> {
     for page in pages(store, check.head().next_seq) {
         for r in &page? {
             if let Err(broken) = check.next(r) {
@@ -74,15 +96,25 @@ pub fn verify(store: &dyn Store, check: &mut ChainCheck) -> Result<Result<(), Br
 }
 
 /// The first record at or after seq `seq`, if any.
-fn at_or_after(store: &dyn Store, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
-    Ok(store.audit_page(seq, 1)?.into_iter().next())
+pub fn at_or_after<S: AuditSource + ?Sized>(store: &S, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
+    Ok(store.page(seq, 1)?.into_iter().next())
 }
 
-/// The seq of the first record sealed at or after `at_unix_ms`: a binary
-/// search over seq, since no record is sealed earlier than the one before
-/// it.
-pub fn first_sealed_at_or_after(store: &dyn Store, at_unix_ms: i64) -> Result<Option<u64>, StoreError> {
-    let (Some(first), Some(last)) = (at_or_after(store, 0)?, store.last_audit()?) else {
+/// The seq of the first record sealed at or after `at_unix_ms`.
+pub fn first_sealed_at_or_after<S: AuditSource + ?Sized>(
+    store: &S,
+    at_unix_ms: i64,
+) -> Result<Option<u64>, StoreError> {
+    store.first_at_or_after(at_unix_ms)
+}
+
+/// [`first_sealed_at_or_after`] as a binary search over seq, since no
+/// record is sealed earlier than the one before it.
+pub fn search_sealed_at_or_after<S: AuditSource + ?Sized>(
+    store: &S,
+    at_unix_ms: i64,
+) -> Result<Option<u64>, StoreError> {
+    let (Some(first), Some(last)) = (at_or_after(store, 0)?, store.last()?) else {
         return Ok(None);
     };
     if last.at_unix_ms < at_unix_ms {
@@ -102,8 +134,8 @@ pub fn first_sealed_at_or_after(store: &dyn Store, at_unix_ms: i64) -> Result<Op
 
 /// The records sealed from `from_unix_ms` to `until_unix_ms` (both
 /// included), in order.
-pub fn sealed_between(
-    store: &dyn Store,
+pub fn sealed_between<S: AuditSource + ?Sized>(
+    store: &S,
     from_unix_ms: i64,
     until_unix_ms: i64,
 ) -> Result<Vec<AuditRecord>, StoreError> {
@@ -123,7 +155,7 @@ pub fn sealed_between(
 }
 
 /// The last `count` records up to seq `head`, oldest first.
-pub fn tail(store: &dyn Store, head: u64, count: u64) -> Result<Vec<AuditRecord>, StoreError> {
+pub fn tail<S: AuditSource + ?Sized>(store: &S, head: u64, count: u64) -> Result<Vec<AuditRecord>, StoreError> {
     let from = head.saturating_sub(count.saturating_sub(1)).max(1);
     let mut out = Vec::new();
     for page in pages_until(store, from, head) {

@@ -76,8 +76,15 @@ pub fn migrate(from: &Path, to: &Path) -> anyhow::Result<Copied> {
         );
     }
     // The chain is checked a page at a time before anything is copied, and
-    // again as it is copied: no step holds the whole log.
-    let mut before = ChainCheck::from_start();
+    // again as it is copied: no step holds the whole log. Records already
+    // archived stay in the archive: the copy starts after them, and the
+    // target is given the same mark.
+    let mark = source.archive_mark()?;
+    let start = || {
+        mark.as_ref()
+            .map_or_else(ChainCheck::from_start, |m| ChainCheck::after(m.head()))
+    };
+    let mut before = start();
     audit_reads::verify(source.as_ref(), &mut before)?.map_err(|b| {
         anyhow::anyhow!(
             "{from_name}: the audit chain is broken at seq {}: {}; nothing copied",
@@ -114,8 +121,11 @@ pub fn migrate(from: &Path, to: &Path) -> anyhow::Result<Copied> {
         target.put_host(&h)?;
         copied.hosts += 1;
     }
-    let mut copying = ChainCheck::from_start();
-    for page in audit_reads::pages(source.as_ref(), 0) {
+    if let Some(m) = &mark {
+        target.drop_archived(m)?;
+    }
+    let mut copying = start();
+    for page in audit_reads::pages(source.as_ref(), copying.head().next_seq) {
         for r in page? {
             copying.next(&r).map_err(|b| {
                 anyhow::anyhow!(
@@ -135,7 +145,7 @@ pub fn migrate(from: &Path, to: &Path) -> anyhow::Result<Copied> {
     copied.audit_records = usize::try_from(copying.checked()).unwrap_or(usize::MAX);
 
     // Read back what landed: the same chain, verified, with the same head.
-    let mut landed = ChainCheck::from_start();
+    let mut landed = start();
     audit_reads::verify(target.as_ref(), &mut landed)?.map_err(|b| {
         anyhow::anyhow!(
             "{to_name}: the copied audit chain is broken at seq {}: {}",

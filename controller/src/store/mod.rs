@@ -257,6 +257,46 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
     /// How much room the store takes, and the most it may (etcd's quota).
     fn size(&self) -> Result<StoreSize, StoreError>;
+    /// Where the log kept here begins, once segments were archived.
+    fn archive_mark(&self) -> Result<Option<ArchiveMark>, StoreError> {
+        Ok(None)
+    }
+    /// Writes `mark` and deletes every audit record up to its
+    /// `through_seq`, durably, outside the ledger's commits (the records
+    /// are old; no commit touches them). Called again with the same mark,
+    /// it finishes what a crash interrupted.
+    fn drop_archived(&self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        let _ = mark;
+        Err(StoreError::Backend {
+            path: "store".into(),
+            reason: "this store cannot drop archived records".into(),
+        })
+    }
+}
+
+/// What has left the store for the archive: every audit record up to
+/// `through_seq` is in the archive's files, the last of them `file`. The
+/// log kept in the store follows `through_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveMark {
+    pub through_seq: u64,
+    pub through_hash: String,
+    pub through_at_unix_ms: i64,
+    pub file: String,
+    pub file_sha256: String,
+    /// Its `audit.archived` record is written (false: a crash came between).
+    pub recorded: bool,
+}
+
+impl ArchiveMark {
+    /// The head the first record kept in the store follows.
+    pub fn head(&self) -> lockstep_evidence::chain::ChainHead {
+        lockstep_evidence::chain::ChainHead {
+            next_seq: self.through_seq + 1,
+            last_hash: self.through_hash.clone(),
+            last_at_unix_ms: self.through_at_unix_ms,
+        }
+    }
 }
 
 /// The store's size: `lockstep_store_bytes`, and on etcd the quota it is

@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::store::IncidentRecord;
-use crate::store::{BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, StoreSize, TokenRecord};
+use crate::store::{
+    ArchiveMark, BoardRecord, HaltRecord, HostRecord, ReleaseRecord, Store, StoreError, StoreSize, TokenRecord,
+};
 use lockstep_evidence::chain::AuditRecord;
 
 pub struct SledStore {
@@ -25,7 +27,11 @@ pub struct SledStore {
     incidents: sled::Tree,
     tokens: sled::Tree,
     boards: sled::Tree,
+    /// One key, [`ARCHIVE_MARK`]: where the log kept here begins.
+    meta: sled::Tree,
 }
+
+const ARCHIVE_MARK: &[u8] = b"archive_mark";
 
 /// How long `open` waits for the store's file lock when it is taken.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -66,6 +72,7 @@ impl SledStore {
             incidents: db.open_tree("incidents").map_err(err)?,
             tokens: db.open_tree("tokens").map_err(err)?,
             boards: db.open_tree("boards").map_err(err)?,
+            meta: db.open_tree("meta").map_err(err)?,
             db,
         })
     }
@@ -259,6 +266,38 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.backend(e))?;
+        Ok(())
+    }
+
+    fn archive_mark(&self) -> Result<Option<ArchiveMark>, StoreError> {
+        let Some(v) = self.meta.get(ARCHIVE_MARK).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
+            key: "meta archive_mark".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The mark first, flushed; then the records, in batches: a crash
+    /// between leaves records the mark already counts archived, which
+    /// readers skip and the next call deletes.
+    fn drop_archived(&self, mark: &ArchiveMark) -> Result<(), StoreError> {
+        self.put_json(&self.meta, ARCHIVE_MARK, mark)?;
+        self.db.flush().map_err(|e| self.backend(e))?;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for key in self.audit.range(..=mark.through_seq.to_be_bytes()).keys().take(4096) {
+                batch.remove(key.map_err(|e| self.backend(e))?);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            self.audit.apply_batch(batch).map_err(|e| self.backend(e))?;
+        }
         self.db.flush().map_err(|e| self.backend(e))?;
         Ok(())
     }

@@ -218,42 +218,63 @@ impl EtcdStore {
         }
         txns.push(current);
         for success in txns.into_iter().filter(|t| !t.is_empty()) {
-            let request = TxnRequest {
-                compare: vec![self.compare()],
-                success,
-                failure: Vec::new(),
-            };
-            let mut kv = self.etcd.kv();
-            // A write that failed without an answer (timeout, no quorum)
-            // may still commit later: this controller's view can no longer
-            // be trusted, so it stands down and whoever leads next reloads
-            // from etcd. (Once its lease is gone the fence stops any late one.)
-            let answer = self
-                .etcd
-                .wait("writing a commit", async move {
-                    kv.txn(request).await.map(|r| r.into_inner())
-                })
-                .inspect_err(|_| {
-                    self.deposed.send_replace(true);
-                })?;
-            if !answer.succeeded {
+            self.send_fenced(success)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `success` as one transaction guarded by the fence.
+    fn send_fenced(&self, success: Vec<RequestOp>) -> Result<(), StoreError> {
+        if matches!(self.fence, Fence::ReadOnly) {
+            return Err(self.etcd.backend("write refused: a standby's view is read-only".into()));
+        }
+        let request = TxnRequest {
+            compare: vec![self.compare()],
+            success,
+            failure: Vec::new(),
+        };
+        let mut kv = self.etcd.kv();
+        // A write that failed without an answer (timeout, no quorum)
+        // may still commit later: this controller's view can no longer
+        // be trusted, so it stands down and whoever leads next reloads
+        // from etcd. (Once its lease is gone the fence stops any late one.)
+        let answer = self
+            .etcd
+            .wait("writing a commit", async move {
+                kv.txn(request).await.map(|r| r.into_inner())
+            })
+            .inspect_err(|_| {
                 self.deposed.send_replace(true);
-                return Err(self.etcd.backend(match self.fence {
-                    Fence::Leader { epoch } => format!(
-                        "write refused: this controller no longer leads (its epoch {epoch} was replaced); it stands down"
-                    ),
-                    Fence::NoLeader => "write refused: a controller leads this prefix; stop every controller before migrating".into(),
-                    Fence::ReadOnly => "write refused: a standby's view is read-only".into(),
-                }));
-            }
+            })?;
+        if !answer.succeeded {
+            self.deposed.send_replace(true);
+            return Err(self.etcd.backend(match self.fence {
+                Fence::Leader { epoch } => format!(
+                    "write refused: this controller no longer leads (its epoch {epoch} was replaced); it stands down"
+                ),
+                Fence::NoLeader => {
+                    "write refused: a controller leads this prefix; stop every controller before migrating".into()
+                }
+                Fence::ReadOnly => "write refused: a standby's view is read-only".into(),
+            }));
         }
         Ok(())
     }
 
     /// Every key-value under `rest`, from `from` on (a key under it), in key order.
     fn range(&self, rest: &str, from: Option<String>) -> Result<Vec<api::KeyValue>, StoreError> {
+        self.range_until(rest, from, None)
+    }
+
+    /// [`Self::range`] up to `end` (a full key, excluded) when given.
+    fn range_until(
+        &self,
+        rest: &str,
+        from: Option<String>,
+        end: Option<Vec<u8>>,
+    ) -> Result<Vec<api::KeyValue>, StoreError> {
         let prefix = self.etcd.key(rest);
-        let end = prefix_end(&prefix);
+        let end = end.unwrap_or_else(|| prefix_end(&prefix));
         let mut start = from.map_or_else(|| prefix.clone(), |f| self.etcd.key(&f));
         let mut out = Vec::new();
         let mut limit = PAGE;
@@ -517,4 +538,56 @@ impl Store for EtcdStore {
         }
         self.commit(ops)
     }
+
+    fn archive_mark(&self) -> Result<Option<super::super::ArchiveMark>, StoreError> {
+        self.get_json(ARCHIVE_MARK)
+    }
+
+    /// The mark and the deletion of the records it covers in one fenced
+    /// transaction (a DeleteRange over their keys), then the chunks of any
+    /// record stored in chunks: a crash before those only leaves chunks
+    /// that nothing names.
+    fn drop_archived(&self, mark: &super::super::ArchiveMark) -> Result<(), StoreError> {
+        let through = number(mark.through_seq);
+        let mut end = self.etcd.key(&format!("audit/{through}"));
+        end.push(0);
+        let mut chunked = Vec::new();
+        for kv in self.range_until("audit/", None, Some(end.clone()))? {
+            if let Some(rest) = kv.value.strip_prefix(CHUNKED) {
+                let rest = String::from_utf8_lossy(rest);
+                if let Some((digest, _)) = rest.split_once(':') {
+                    chunked.push(digest.to_string());
+                }
+            }
+        }
+        let value = serde_json::to_vec(mark).map_err(|e| StoreError::Corrupt {
+            key: ARCHIVE_MARK.into(),
+            reason: e.to_string(),
+        })?;
+        let delete = |key: Vec<u8>, range_end: Vec<u8>| RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(api::DeleteRangeRequest {
+                key,
+                range_end,
+            })),
+        };
+        self.send_fenced(vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(api::PutRequest {
+                    key: self.etcd.key(ARCHIVE_MARK),
+                    value,
+                    lease: 0,
+                })),
+            },
+            delete(self.etcd.key("audit/"), end),
+        ])?;
+        for digest in chunked {
+            let prefix = self.etcd.key(&format!("chunk/{digest}/"));
+            let end = prefix_end(&prefix);
+            self.send_fenced(vec![delete(prefix, end)])?;
+        }
+        Ok(())
+    }
 }
+
+/// Where the log kept in etcd begins, once segments were archived.
+const ARCHIVE_MARK: &str = "archive_mark";
