@@ -40,6 +40,8 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         sled_first: false,
         isolated: false,
         board: false,
+        audit_toml: String::new(),
+        env: Vec::new(),
     })
     .await?;
     println!(

@@ -724,6 +724,8 @@ async fn a_batch_with_two_records_of_one_host_commits_its_last() {
         sled_first: true,
         isolated: false,
         board: false,
+        audit_toml: String::new(),
+        env: Vec::new(),
     })
     .await
     .unwrap();
@@ -842,6 +844,8 @@ async fn a_standby_sends_consoles_and_agents_to_the_leader() {
         sled_first: false,
         isolated: false,
         board: false,
+        audit_toml: String::new(),
+        env: Vec::new(),
     })
     .await
     .unwrap();
@@ -1122,6 +1126,8 @@ async fn a_board_session_survives_a_failover_and_a_spent_link_stays_spent() {
     use lockstep_tests::browser;
     let mut fleet = HaFleet::start(HaSpec {
         board: true,
+        audit_toml: String::new(),
+        env: Vec::new(),
         ..HaSpec::three(hosts(1), Duration::from_secs(30), 2)
     })
     .await

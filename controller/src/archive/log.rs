@@ -43,8 +43,9 @@ impl<'a> Log<'a> {
         self.mark.as_ref()
     }
 
-    fn archived_through(&self) -> u64 {
-        self.mark.as_ref().map_or(0, |m| m.through_seq)
+    /// The last archived seq (`None`: nothing is).
+    fn archived_through(&self) -> Option<u64> {
+        self.mark.as_ref().map(|m| m.through_seq)
     }
 
     /// The archived segment holding `seq` (or the first after it).
@@ -85,9 +86,9 @@ fn unreadable(dir: &Path, e: &archive::ArchiveError) -> StoreError {
 
 impl AuditSource for Log<'_> {
     fn page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        let through = self.archived_through();
-        if from > through {
-            return self.store.audit_page(from, limit);
+        match self.archived_through() {
+            Some(through) if from <= through => {}
+            _ => return self.store.audit_page(from, limit),
         }
         let records = self.segment(from)?;
         let start = records.partition_point(|r| r.seq < from);
@@ -96,7 +97,7 @@ impl AuditSource for Log<'_> {
 
     fn last(&self) -> Result<Option<AuditRecord>, StoreError> {
         match self.store.last_audit()? {
-            Some(r) if r.seq > self.archived_through() => Ok(Some(r)),
+            Some(r) if Some(r.seq) > self.archived_through() => Ok(Some(r)),
             _ => match self.segments.last() {
                 Some(s) => s.checkpoint_record().map(Some).map_err(|e| unreadable(self.dir, &e)),
                 None => Ok(None),

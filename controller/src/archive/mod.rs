@@ -188,7 +188,7 @@ impl Archivist {
         else {
             return Ok(None);
         };
-        pause_if_asked("after-fsync");
+        pause_if_asked("after-fsync").await;
         let last = records
             .last()
             .ok_or_else(|| ApiError::Internal("an empty segment".into()))?;
@@ -203,7 +203,7 @@ impl Archivist {
         let dropping = mark.clone();
         self.blocking(move |store, _| store.drop_archived(&dropping).map_err(ApiError::Store))
             .await?;
-        pause_if_asked("after-delete");
+        pause_if_asked("after-delete").await;
         self.record_archived(mark).await?;
         Ok(Some(file))
     }
@@ -247,12 +247,10 @@ pub fn past_archived(store: &dyn Store, check: ChainCheck) -> Result<ChainCheck,
 }
 
 /// Stops this task for good at `step` when the test hook asks for it.
-fn pause_if_asked(step: &str) {
+async fn pause_if_asked(step: &str) {
     if std::env::var(PAUSE).is_ok_and(|v| v == step) {
         warn!(step, "archiving paused for a test ({PAUSE})");
-        loop {
-            std::thread::park();
-        }
+        std::future::pending::<()>().await;
     }
 }
 

@@ -42,6 +42,8 @@ pub struct HaFleet {
     pub bob: TlsPaths,
     /// With [`HaSpec::isolated`], how many racks agents run in.
     racks: usize,
+    /// More environment for every controller ([`HaSpec::env`]).
+    env: Vec<(String, String)>,
     /// With [`HaSpec::isolated`]: each controller's box and the agents'
     /// racks on a test network (last, so it goes after the processes in it).
     net: Option<Net>,
@@ -61,6 +63,10 @@ pub struct HaSpec {
     pub isolated: bool,
     /// Each controller serves the board too ([`HaFleet::board_url`]).
     pub board: bool,
+    /// An `[audit]` table for every controller's config.
+    pub audit_toml: String,
+    /// More environment for every controller (a test hook).
+    pub env: Vec<(String, String)>,
 }
 
 impl HaSpec {
@@ -74,6 +80,8 @@ impl HaSpec {
             sled_first: false,
             isolated: false,
             board: false,
+            audit_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -159,7 +167,7 @@ impl HaFleet {
                      [store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = {endpoints:?}\n\
                      ca = \"{etcd_ca}\"\ncert = \"{client_cert}\"\nkey = \"{client_key}\"\n\
                      name = \"ctl-{i}\"\nleader_ttl = \"{lease}s\"\nrequest_timeout = \"1s\"\nmax_txn_ops = 1024\n\
-                     [[role]]\nname = \"smars\"\nhosts = {hosts:?}\n",
+                     {audit}[[role]]\nname = \"smars\"\nhosts = {hosts:?}\n",
                     data = dir.path().join(format!("controller-{i}")).display(),
                     ttl = spec.freshness_ttl.as_millis(),
                     pki = pki_dir.display(),
@@ -169,6 +177,7 @@ impl HaFleet {
                     client_key = etcd_client.key.display(),
                     lease = spec.leader_ttl_s,
                     hosts = spec.hosts,
+                    audit = spec.audit_toml,
                 ),
             )?;
             if i == 0 && spec.sled_first {
@@ -202,6 +211,7 @@ impl HaFleet {
             bob,
             racks,
             net,
+            env: spec.env,
         };
         if spec.sled_first {
             let log = std::fs::File::create(fleet.dir.path().join("controller-sled.log"))?;
@@ -272,6 +282,7 @@ impl HaFleet {
             .arg(&self.configs[i])
             .env("LOCKSTEP_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;

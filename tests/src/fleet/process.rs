@@ -148,7 +148,7 @@ impl ProcFleet {
     /// On etcd the port answers UNAVAILABLE until the controller leads
     /// (etcd starting, the lease being won): waits for a console call to
     /// go through.
-    async fn wait_leading(&self, within: Duration) -> anyhow::Result<()> {
+    pub async fn wait_leading(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
             let answer = self
@@ -168,11 +168,17 @@ impl ProcFleet {
     /// Starts the controller process on the fleet's config and data, and
     /// waits until it listens.
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
+        self.start_controller_with(&[]).await
+    }
+
+    /// [`Self::start_controller`] with more environment (a test hook).
+    pub async fn start_controller_with(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         anyhow::ensure!(self.controller.is_none(), "the controller is already running");
         let child = Command::new(binary("lockstep-controller")?)
             .arg("--config")
             .arg(&self.config)
             .env("LOCKSTEP_LOG", &self.log)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
