@@ -187,3 +187,21 @@ async fn age_benchmark_runs_at_tiny_size() {
             .all(|r| r.store_bytes > 0 && r.verify > std::time::Duration::ZERO)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn years_benchmark_runs_at_tiny_size_and_archives() {
+    // 17 days at a record every 30 s: the first days leave the store.
+    let rows = lockstep_tests::bench::years::years(&[3_000, 50_000], 10, false, false)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].archive_bytes, 0, "nothing is 14 days old yet: {:?}", rows[0]);
+    let last = &rows[1];
+    assert!(last.records >= 50_000, "{last:?}");
+    assert!(last.archive_bytes > 0, "{last:?}");
+    // 18 days: the store keeps the last 14-odd, the first 3 are archived.
+    assert!(
+        last.store_records + 3 * 2_880 < last.records,
+        "the store keeps the online window: {last:?}"
+    );
+}

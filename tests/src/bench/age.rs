@@ -45,8 +45,8 @@ pub struct AgeRow {
     pub rest_mib: f64,
 }
 
-const RECORD_EVERY_MS: i64 = 30_000;
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const RECORD_EVERY_MS: i64 = 30_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 fn config(dir: &Path, hosts: usize) -> anyhow::Result<ControllerConfig> {
     let names: Vec<String> = (0..hosts).map(|i| format!("\"smars-{i:05}\"")).collect();
@@ -59,7 +59,7 @@ fn config(dir: &Path, hosts: usize) -> anyhow::Result<ControllerConfig> {
 }
 
 /// Appends records up to `total`, record n sealed at `start_ms` + n × 30 s.
-fn grow(store: &SledStore, total: u64, start_ms: i64, hosts: usize) -> anyhow::Result<()> {
+pub(crate) fn grow(store: &dyn Store, total: u64, start_ms: i64, hosts: usize) -> anyhow::Result<()> {
     let last = store.last_audit()?;
     let mut head = ChainHead::after(last.as_ref());
     let fleet: BTreeMap<String, HostFact> = (0..hosts)
@@ -127,7 +127,7 @@ fn grow(store: &SledStore, total: u64, start_ms: i64, hosts: usize) -> anyhow::R
     Ok(())
 }
 
-fn status_kib(field: &str) -> f64 {
+pub(crate) fn status_kib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -139,7 +139,7 @@ fn status_kib(field: &str) -> f64 {
 }
 
 /// Peak RSS since the last reset, MiB, and resets it (Linux: clear_refs 5).
-fn peak_mib_and_reset() -> f64 {
+pub(crate) fn peak_mib_and_reset() -> f64 {
     let peak = status_kib("VmHWM:") / 1024.0;
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     peak

@@ -12,6 +12,7 @@
 //! - [`failover`]: three controllers on etcd, the leader killed, frozen or cut off.
 //! - [`openssl_speed`]: `openssl speed`, the peer figure for hashing and signatures.
 //! - [`age`]: the controller on a log grown to millions of records: restart, verification, report, gate check.
+//! - [`years`]: the same with the archive at work, a day at a time, on sled or etcd: what the store holds and weighs.
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub mod openssl_speed;
 pub mod probe;
 pub mod realtime;
 pub mod scan;
+pub mod years;
 
 /// Sorted samples and their summary.
 #[derive(Debug, Clone)]

@@ -33,6 +33,8 @@ enum Part {
     EtcdIngest,
     /// The controller on an audit log grown to millions of records (sled).
     Age,
+    /// Years of the log with the archive at work, a day at a time, on sled and etcd.
+    Years,
 }
 
 /// Where the controller keeps its ledger in a benchmark.
@@ -143,6 +145,18 @@ struct Args {
     /// Internal: measure the controller on the grown log in DIR (the age part's child).
     #[arg(long, hide = true)]
     age_child: Option<PathBuf>,
+    /// Log sizes for the years part (repeatable, ascending).
+    #[arg(long = "years-records", default_values_t = [10_000u64, 1_000_000])]
+    years_records: Vec<u64>,
+    /// Hosts in the role of the years part (repeatable: one run each).
+    #[arg(long = "years-hosts", default_values_t = [1_000usize])]
+    years_hosts: Vec<usize>,
+    /// Ledgers of the years part (repeatable).
+    #[arg(long = "years-ledger", value_enum, default_values_t = [Ledger::Sled, Ledger::Etcd])]
+    years_ledger: Vec<Ledger>,
+    /// Internal: measure the controller on the grown log in DIR (the years part's child).
+    #[arg(long, hide = true)]
+    years_child: Option<PathBuf>,
 }
 
 fn ms(d: Duration) -> String {
@@ -550,6 +564,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.age_child {
         return bench::age::child(dir, args.age_hosts).await;
     }
+    if let Some(dir) = &args.years_child {
+        return bench::years::child(dir).await;
+    }
     if let [ws, tree, restore] = args.page_cache_child.as_slice() {
         return probe::page_cache_child(ws.as_ref(), tree.as_ref(), restore == "restore");
     }
@@ -590,6 +607,53 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::Age) {
         age(&args).await?;
+    }
+    if want(Part::Years) {
+        years(&args).await?;
+    }
+    Ok(())
+}
+
+/// What the store holds and what answers cost over years, archiving daily.
+async fn years(args: &Args) -> anyhow::Result<()> {
+    for &ledger in &args.years_ledger {
+        for &hosts in &args.years_hosts {
+            let etcd = ledger == Ledger::Etcd;
+            let rows = bench::years::years(&args.years_records, hosts, etcd, true).await?;
+            println!(
+                "\n## Years with the archive at work: {hosts} hosts, {} (segment 1 day, keep_online 14 days)\n",
+                if etcd { "etcd, 3 members, 1 GiB quota" } else { "sled" }
+            );
+            println!(
+                "| records | days | in the store | store | most on any day | archive | slowest daily round | restart | periodic verify (peak) | audit verify (peak) | report: last day, archived day (peak) | gate check | audit --limit 50 | RSS at rest |"
+            );
+            println!(
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
+            for r in &rows {
+                println!(
+                    "| {} | {} | {} | {:.0} MB | {:.0} MB | {:.0} MB | {} | {} | {} ({:.1} MiB) | {} ({:.1} MiB) | {}, {} ({:.1} MiB) | {} | {} | {:.0} MiB |",
+                    r.records,
+                    r.days,
+                    r.store_records,
+                    r.store_bytes as f64 / 1e6,
+                    r.max_store_bytes as f64 / 1e6,
+                    r.archive_bytes as f64 / 1e6,
+                    ms(r.slowest_round),
+                    ms(r.restart),
+                    ms(r.periodic_verify),
+                    r.periodic_peak_mib.max(0.0),
+                    ms(r.audit_verify),
+                    r.audit_verify_peak_mib.max(0.0),
+                    ms(r.report),
+                    ms(r.report_archived),
+                    r.report_peak_mib.max(0.0),
+                    ms(r.gate_check),
+                    ms(r.audit_tail),
+                    r.rest_mib
+                );
+            }
+        }
     }
     Ok(())
 }
