@@ -82,8 +82,9 @@ async fn a_day(f: &Fleet, day: i64) {
         .await
         .unwrap();
     let events = (0..40)
-        .map(|i| {
-            AuditEvent::new(
+        .map(|i| AuditEvent {
+            host: format!("smars-0{}", 1 + i % 3),
+            ..AuditEvent::new(
                 "alice (operator)",
                 AuditAction::ScanRequested,
                 format!("day {day} scan {i}"),
@@ -156,6 +157,18 @@ async fn days_close_as_signed_segments_old_ones_move_to_the_archive_and_the_log_
     let first_kept = audit_reads::at_or_after(store, 0).unwrap().unwrap();
     assert_eq!(first_kept.seq, mark.through_seq + 1);
     assert_eq!(first_kept.prev_hash, mark.through_hash);
+
+    // A host's history comes from the per-host index, newest first, and
+    // the index holds the online window only.
+    let head = store.last_audit().unwrap().unwrap().seq;
+    let history = audit_reads::host_tail(store, "smars-02", head, 20).unwrap();
+    assert_eq!(history.len(), 20);
+    assert!(history.iter().all(|r| r.host == "smars-02"));
+    assert!(history.windows(2).all(|w| w[0].seq > w[1].seq));
+    assert!(history[0].detail.starts_with("day 5 "), "{}", history[0].detail);
+    let indexed = store.host_audit_seqs("smars-02", u64::MAX, 10_000).unwrap();
+    assert_eq!(indexed.len(), 2 * 13, "days 4 and 5, 13 records each");
+    assert!(indexed.iter().all(|&seq| seq > mark.through_seq));
 
     // The archive verifies offline with the pinned key, and links to the store.
     let verdict = lockstep_evidence::archive::verify_dir(&archive_dir, Some(f.key.public_hex()), true).unwrap();

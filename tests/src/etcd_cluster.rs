@@ -197,4 +197,22 @@ impl EtcdCluster {
             .args(args)
             .output()?)
     }
+
+    /// Waits until every member answers healthy (a quorum formed), or `within` passes.
+    pub fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        let who = self.client_identity("health")?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let out = self.etcdctl(&who, &["endpoint", "health"])?;
+            if out.status.success() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "etcd not healthy within {within:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

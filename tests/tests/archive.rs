@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockstep_evidence::action::AuditAction;
@@ -252,4 +253,66 @@ async fn a_leader_killed_mid_archive_is_replaced_and_the_new_leader_finishes_it(
     let verdict = lockstep_evidence::archive::verify_dir(archive.path(), None, true).unwrap();
     assert!(verdict.segments >= 1);
     assert!(verified(&console).await.ok);
+}
+
+/// The per-host index on etcd, as on sled: a host's records newest first,
+/// and what was archived leaves the index with its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_indexes_a_hosts_records_and_drops_them_with_their_segment() {
+    use lockstep_controller::store::etcd::Etcd;
+    use lockstep_controller::store::etcd::store::{EtcdStore, Fence};
+    use lockstep_controller::store::{ArchiveMark, Store};
+    use lockstep_evidence::chain::{AuditEvent, ChainHead, seal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = lockstep_tests::etcd_cluster::EtcdCluster::start(dir.path()).unwrap();
+    cluster.wait_healthy(Duration::from_secs(30)).unwrap();
+    let client = cluster.client_identity("ctl-0").unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[store.etcd]\nendpoints = {:?}\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[[role]]\nname = \"smars\"\nhosts = [\"smars-01\"]\n",
+        dir.path().display(),
+        cluster.endpoints(),
+        client.ca.display(),
+        client.cert.display(),
+        client.key.display()
+    );
+    let config =
+        lockstep_controller::config::ControllerConfig::parse(&text, std::path::Path::new("controller.toml")).unwrap();
+    let lockstep_controller::config::Backend::Etcd(settings) = config.backend else {
+        panic!("configured on etcd")
+    };
+    tokio::task::spawn_blocking(move || {
+        let etcd = Arc::new(Etcd::connect(&settings).unwrap());
+        let store = EtcdStore::new(etcd, Fence::NoLeader);
+        let events = (0..10)
+            .map(|i| AuditEvent {
+                host: ["smars-01", "smars-011", "smars-02"][i % 3].into(),
+                ..AuditEvent::new("controller", AuditAction::GateChanged, "")
+            })
+            .collect();
+        let (records, _) = seal(&ChainHead::after(None), events, 1);
+        records.iter().for_each(|r| store.put_audit(r).unwrap());
+        store.flush().unwrap();
+        assert_eq!(
+            store.host_audit_seqs("smars-01", u64::MAX, 10).unwrap(),
+            vec![10, 7, 4, 1]
+        );
+        assert_eq!(store.host_audit_seqs("smars-01", 7, 10).unwrap(), vec![4, 1]);
+        assert_eq!(store.host_audit_seqs("smars-011", u64::MAX, 1).unwrap(), vec![8]);
+        store
+            .drop_archived(&ArchiveMark {
+                through_seq: 4,
+                through_hash: records[3].hash.clone(),
+                through_at_unix_ms: 1,
+                file: "f".into(),
+                file_sha256: String::new(),
+                recorded: false,
+            })
+            .unwrap();
+        assert_eq!(store.host_audit_seqs("smars-01", u64::MAX, 10).unwrap(), vec![10, 7]);
+        assert_eq!(store.audit_page(0, 100).unwrap()[0].seq, 5);
+        assert_eq!(store.archive_mark().unwrap().unwrap().through_seq, 4);
+    })
+    .await
+    .unwrap();
 }

@@ -382,6 +382,9 @@ mod tests {
         fn last_audit(&self) -> Result<Option<lockstep_evidence::chain::AuditRecord>, StoreError> {
             self.inner.last_audit()
         }
+        fn host_audit_seqs(&self, host: &str, before: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+            self.inner.host_audit_seqs(host, before, limit)
+        }
         fn incidents(&self) -> Result<Vec<crate::store::IncidentRecord>, StoreError> {
             self.inner.incidents()
         }

@@ -163,3 +163,16 @@ pub fn tail<S: AuditSource + ?Sized>(store: &S, head: u64, count: u64) -> Result
     }
     Ok(out)
 }
+
+/// The newest `count` records about `host` up to seq `head`, newest
+/// first: from the store's per-host index, one read a record, so a host's
+/// history costs what it shows whatever the fleet writes between.
+pub fn host_tail(store: &dyn Store, host: &str, head: u64, count: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut out = Vec::with_capacity(count);
+    for seq in store.host_audit_seqs(host, head.saturating_add(1), count)? {
+        if let Some(r) = at_or_after(store, seq)?.filter(|r| r.seq == seq) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

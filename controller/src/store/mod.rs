@@ -257,6 +257,11 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
     /// How much room the store takes, and the most it may (etcd's quota).
     fn size(&self) -> Result<StoreSize, StoreError>;
+    /// The seqs of the newest records about `host` (their `host` field)
+    /// before seq `before`, newest first, at most `limit`: the store's
+    /// per-host index, written with each record and dropped with it when
+    /// it is archived.
+    fn host_audit_seqs(&self, host: &str, before: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
     /// Where the log kept here begins, once segments were archived.
     fn archive_mark(&self) -> Result<Option<ArchiveMark>, StoreError> {
         Ok(None)

@@ -29,6 +29,12 @@ pub struct SledStore {
     boards: sled::Tree,
     /// One key, [`ARCHIVE_MARK`]: where the log kept here begins.
     meta: sled::Tree,
+    /// `host` 0x00 `seq` (big-endian) for each audit record about a host.
+    audit_hosts: sled::Tree,
+}
+
+fn host_key(host: &str, seq: u64) -> Vec<u8> {
+    [host.as_bytes(), &[0], &seq.to_be_bytes()].concat()
 }
 
 const ARCHIVE_MARK: &[u8] = b"archive_mark";
@@ -73,6 +79,7 @@ impl SledStore {
             tokens: db.open_tree("tokens").map_err(err)?,
             boards: db.open_tree("boards").map_err(err)?,
             meta: db.open_tree("meta").map_err(err)?,
+            audit_hosts: db.open_tree("audit_hosts").map_err(err)?,
             db,
         })
     }
@@ -215,7 +222,26 @@ impl Store for SledStore {
     }
 
     fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        if !record.host.is_empty() {
+            self.audit_hosts
+                .insert(host_key(&record.host, record.seq), &[])
+                .map_err(|e| self.backend(e))?;
+        }
         self.put_json(&self.audit, &record.seq.to_be_bytes(), record)
+    }
+
+    fn host_audit_seqs(&self, host: &str, before: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        self.audit_hosts
+            .range(host_key(host, 0)..host_key(host, before))
+            .keys()
+            .rev()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(|e| self.backend(e))?;
+                let seq: [u8; 8] = k[k.len().saturating_sub(8)..].try_into().unwrap_or_default();
+                Ok(u64::from_be_bytes(seq))
+            })
+            .collect()
     }
 
     fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
@@ -298,6 +324,16 @@ impl Store for SledStore {
             }
             self.audit.apply_batch(batch).map_err(|e| self.backend(e))?;
         }
+        // The per-host index of what left: it holds the online window only.
+        let mut batch = sled::Batch::default();
+        for key in self.audit_hosts.iter().keys() {
+            let key = key.map_err(|e| self.backend(e))?;
+            let seq: [u8; 8] = key[key.len().saturating_sub(8)..].try_into().unwrap_or_default();
+            if u64::from_be_bytes(seq) <= mark.through_seq {
+                batch.remove(key);
+            }
+        }
+        self.audit_hosts.apply_batch(batch).map_err(|e| self.backend(e))?;
         self.db.flush().map_err(|e| self.backend(e))?;
         Ok(())
     }
@@ -385,5 +421,41 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(&d.path().display().to_string()), "{text}");
         assert!(text.contains("another controller using this data_dir"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod host_index_tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_records_are_indexed_newest_first_and_leave_with_their_segment() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        let events = (0..10)
+            .map(|i| lockstep_evidence::chain::AuditEvent {
+                host: ["smars-01", "smars-011", "smars-02"][i % 3].into(),
+                ..lockstep_evidence::chain::AuditEvent::new(
+                    "controller",
+                    lockstep_evidence::action::AuditAction::GateChanged,
+                    "",
+                )
+            })
+            .collect();
+        let (records, _) = lockstep_evidence::chain::seal(&lockstep_evidence::chain::ChainHead::after(None), events, 1);
+        records.iter().for_each(|r| s.put_audit(r).unwrap());
+        assert_eq!(s.host_audit_seqs("smars-01", u64::MAX, 10).unwrap(), vec![10, 7, 4, 1]);
+        assert_eq!(s.host_audit_seqs("smars-01", 7, 10).unwrap(), vec![4, 1]);
+        assert_eq!(s.host_audit_seqs("smars-011", u64::MAX, 1).unwrap(), vec![8]);
+        s.drop_archived(&ArchiveMark {
+            through_seq: 4,
+            through_hash: records[3].hash.clone(),
+            through_at_unix_ms: 1,
+            file: "f".into(),
+            file_sha256: String::new(),
+            recorded: false,
+        })
+        .unwrap();
+        assert_eq!(s.host_audit_seqs("smars-01", u64::MAX, 10).unwrap(), vec![10, 7]);
     }
 }

@@ -302,13 +302,13 @@ pub async fn host(State(board): State<Board>, headers: HeaderMap, Path(host): Pa
         against: Some(Against::Release(0)),
     });
     let head = *c.ledger.sealed().borrow();
-    let history: Vec<_> = crate::store::audit_reads::tail(c.ledger.store(), head, 5_000)
-        .unwrap_or_default()
-        .into_iter()
-        .rev()
-        .filter(|r| r.host == host)
-        .take(20)
-        .collect();
+    let (ledger, named) = (c.ledger.clone(), host.clone());
+    let history =
+        tokio::task::spawn_blocking(move || crate::store::audit_reads::host_tail(ledger.store(), &named, head, 20))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
     let live = html! {
         h1 { (host) " " (gate_badge(gate.state())) }
         @if gate.reasons.is_empty() { p.none { "No reasons: the gate is open." } }

@@ -100,7 +100,9 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub async fn years(sizes: &[u64], hosts: usize, etcd: bool, in_child: bool) -> anyhow::Result<Vec<YearsRow>> {
     let dir = tempfile::tempdir()?;
     let cluster = if etcd {
-        Some(crate::etcd_cluster::EtcdCluster::start(dir.path())?)
+        let cluster = crate::etcd_cluster::EtcdCluster::start(dir.path())?;
+        cluster.wait_healthy(Duration::from_secs(30))?;
+        Some(cluster)
     } else {
         None
     };

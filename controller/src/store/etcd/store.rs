@@ -1,6 +1,7 @@
 //! [`Store`] on etcd. Keys live under the prefix as `host/<id>`,
 //! `release/<number>`, `halt/<id>`, `incident/<id>`, `token/<hash>`,
-//! `audit/<seq>` (numbers zero-padded so keys sort as numbers) and
+//! `audit/<seq>` (numbers zero-padded so keys sort as numbers), the
+//! per-host index `audit-host/<host>/<seq>` (empty values), and
 //! `manifest/<digest>` (its chunk count) with `chunk/<digest>/<i>`. Records
 //! are JSON, as in sled; manifests are protobuf in chunks of at most 1 MB,
 //! under etcd's 1.5 MiB request limit. A record over 1 MB (the audit record
@@ -300,6 +301,33 @@ impl EtcdStore {
         }
     }
 
+    /// Every key under `rest` (full keys, no values), a page at a time.
+    fn range_keys(&self, rest: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = self.etcd.key(rest);
+        let end = prefix_end(&prefix);
+        let mut start = prefix;
+        let mut out = Vec::new();
+        loop {
+            let request = RangeRequest {
+                revision: self.revision,
+                key: start.clone(),
+                range_end: end.clone(),
+                limit: PAGE,
+                keys_only: true,
+                ..Default::default()
+            };
+            let page = self.etcd.range_waiting("reading keys", request)?;
+            if let Some(last) = page.kvs.last() {
+                start = last.key.clone();
+                start.push(0);
+            }
+            out.extend(page.kvs.into_iter().map(|kv| kv.key));
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
     /// One record by key, decoded (`None`: no such key).
     fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.get(key)?
@@ -452,7 +480,32 @@ impl Store for EtcdStore {
     }
 
     fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        if !record.host.is_empty() {
+            self.queue(host_key(&record.host, record.seq), Vec::new());
+        }
         self.queue_json(format!("audit/{}", number(record.seq)), record)
+    }
+
+    fn host_audit_seqs(&self, host: &str, before: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let prefix = format!("audit-host/{host}/");
+        let request = RangeRequest {
+            revision: self.revision,
+            key: self.etcd.key(&prefix),
+            range_end: self.etcd.key(&host_key(host, before)),
+            limit: i64::try_from(limit).unwrap_or(PAGE).min(PAGE),
+            sort_order: range_request::SortOrder::Descend as i32,
+            sort_target: range_request::SortTarget::Key as i32,
+            keys_only: true,
+            ..Default::default()
+        };
+        let answer = self.etcd.range_waiting("reading a host's audit index", request)?;
+        let full = self.etcd.key(&prefix);
+        Ok(answer
+            .kvs
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(full.as_slice()))
+            .filter_map(|seq| std::str::from_utf8(seq).ok()?.parse().ok())
+            .collect())
     }
 
     fn size(&self) -> Result<StoreSize, StoreError> {
@@ -585,9 +638,31 @@ impl Store for EtcdStore {
             let end = prefix_end(&prefix);
             self.send_fenced(vec![delete(prefix, end)])?;
         }
+        // The per-host index of what left (it holds the online window only).
+        let prefix = self.etcd.key("audit-host/");
+        let mut gone = Vec::new();
+        for kv in self.range_keys("audit-host/")? {
+            let seq = kv
+                .rsplit(|b| *b == b'/')
+                .next()
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
+            if kv.starts_with(&prefix) && seq.is_some_and(|s| s <= mark.through_seq) {
+                gone.push(delete(kv, Vec::new()));
+            }
+        }
+        let per_txn = self.etcd.settings.max_txn_ops.max(1);
+        while !gone.is_empty() {
+            let rest = gone.split_off(gone.len().min(per_txn));
+            self.send_fenced(std::mem::replace(&mut gone, rest))?;
+        }
         Ok(())
     }
 }
 
 /// Where the log kept in etcd begins, once segments were archived.
 const ARCHIVE_MARK: &str = "archive_mark";
+
+/// A record's entry in the per-host index: `audit-host/<host>/<seq>`.
+fn host_key(host: &str, seq: u64) -> String {
+    format!("audit-host/{host}/{}", number(seq))
+}
