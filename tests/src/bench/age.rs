@@ -39,6 +39,9 @@ pub struct AgeRow {
     pub report_peak_mib: f64,
     /// A recorded `gate check` of an unchanged role (its state already written).
     pub gate_check: Duration,
+    /// The slowest of the gate checks run back to back while `audit verify` ran, and how many.
+    pub during_verify: Duration,
+    pub checks_during_verify: u64,
     /// `lockstep audit --limit 50`.
     pub audit_tail: Duration,
     /// RSS after the restart, MiB.
@@ -192,6 +195,8 @@ pub async fn age(sizes: &[u64], hosts: usize, how: Measure) -> anyhow::Result<Ve
                     report,
                     report_peak,
                     gate_check,
+                    during_verify,
+                    checks_during_verify,
                     tail,
                     rest,
                 ] = v[..]
@@ -208,6 +213,8 @@ pub async fn age(sizes: &[u64], hosts: usize, how: Measure) -> anyhow::Result<Ve
                     report: d(report),
                     report_peak_mib: report_peak,
                     gate_check: d(gate_check),
+                    during_verify: d(during_verify),
+                    checks_during_verify: checks_during_verify as u64,
                     audit_tail: d(tail),
                     rest_mib: rest,
                 }
@@ -222,7 +229,7 @@ pub async fn age(sizes: &[u64], hosts: usize, how: Measure) -> anyhow::Result<Ve
 pub async fn child(dir: &Path, hosts: usize) -> anyhow::Result<()> {
     let r = measure(dir, hosts).await?;
     println!(
-        "{} {} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {} {}",
         r.records,
         r.store_bytes,
         r.restart.as_secs_f64(),
@@ -231,6 +238,8 @@ pub async fn child(dir: &Path, hosts: usize) -> anyhow::Result<()> {
         r.report.as_secs_f64(),
         r.report_peak_mib,
         r.gate_check.as_secs_f64(),
+        r.during_verify.as_secs_f64(),
+        r.checks_during_verify,
         r.audit_tail.as_secs_f64(),
         r.rest_mib
     );
@@ -290,6 +299,7 @@ async fn measure(dir: &Path, hosts: usize) -> anyhow::Result<AgeRow> {
     let started = Instant::now();
     c.queries.gate_check_recorded(&carol, "smars", &[]).await?;
     let gate_check = started.elapsed();
+    let (during_verify, checks_during_verify) = gate_checks_during_verify(&c, store.clone()).await?;
 
     let started = Instant::now();
     c.queries.list_audit(&pb::ListAuditRequest {
@@ -306,7 +316,33 @@ async fn measure(dir: &Path, hosts: usize) -> anyhow::Result<AgeRow> {
         report,
         report_peak_mib,
         gate_check,
+        during_verify,
+        checks_during_verify,
         audit_tail,
         rest_mib,
     })
+}
+
+/// Recorded gate checks back to back while `audit verify` reads the whole
+/// store on a blocking thread, as the console's call does: the slowest of
+/// them, and how many ran.
+pub(crate) async fn gate_checks_during_verify(
+    c: &Controller,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<(Duration, u64)> {
+    let carol = Operator {
+        name: "carol".into(),
+        role: OperatorRole::Viewer,
+    };
+    let verifying = tokio::task::spawn_blocking(move || lockstep_controller::queries::verify_audit(store.as_ref()));
+    let (mut worst, mut checks) = (Duration::ZERO, 0);
+    while !verifying.is_finished() || checks == 0 {
+        let started = Instant::now();
+        c.queries.gate_check_recorded(&carol, "smars", &[]).await?;
+        worst = worst.max(started.elapsed());
+        checks += 1;
+    }
+    let verified = verifying.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(verified.ok, "audit verify: {}", verified.problem);
+    Ok((worst, checks))
 }

@@ -58,6 +58,9 @@ pub struct YearsRow {
     pub report_archived: Duration,
     pub report_peak_mib: f64,
     pub gate_check: Duration,
+    /// The slowest of the gate checks run back to back while `audit verify` ran, and how many.
+    pub during_verify: Duration,
+    pub checks_during_verify: u64,
     pub audit_tail: Duration,
     pub rest_mib: f64,
 }
@@ -197,6 +200,8 @@ pub struct Measured {
     report_archived_s: f64,
     report_peak_mib: f64,
     gate_check_s: f64,
+    during_verify_s: f64,
+    checks_during_verify: u64,
     audit_tail_s: f64,
     rest_mib: f64,
 }
@@ -217,6 +222,8 @@ impl Measured {
             report_archived: d(self.report_archived_s),
             report_peak_mib: self.report_peak_mib,
             gate_check: d(self.gate_check_s),
+            during_verify: d(self.during_verify_s),
+            checks_during_verify: self.checks_during_verify,
             audit_tail: d(self.audit_tail_s),
             rest_mib: self.rest_mib,
             ..YearsRow::default()
@@ -315,6 +322,7 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
     let started = Instant::now();
     c.queries.gate_check_recorded(&carol, "smars", &[]).await?;
     let gate_check = started.elapsed();
+    let (during_verify, checks_during_verify) = super::age::gate_checks_during_verify(&c, store.clone()).await?;
     let started = Instant::now();
     c.queries.list_audit(&pb::ListAuditRequest {
         limit: 50,
@@ -334,6 +342,8 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
         report_archived_s: report_archived.as_secs_f64(),
         report_peak_mib,
         gate_check_s: gate_check.as_secs_f64(),
+        during_verify_s: during_verify.as_secs_f64(),
+        checks_during_verify,
         audit_tail_s: audit_tail.as_secs_f64(),
         rest_mib,
     })
