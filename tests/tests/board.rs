@@ -191,6 +191,53 @@ async fn the_board_follows_the_fleet_in_a_real_browser() {
     let denied = m.fleet.wait_audit("board.denied", "vic (viewer)").await.unwrap();
     assert!(denied.contains("board Halt"), "{denied}");
     m.fleet.wait_audit("board.denied", "unauthenticated").await.unwrap();
+    // A real cross-site form carries none of our fields: refused before the
+    // form is read, and audited all the same; so is a form that cannot be read.
+    let (status, _, body) = browser::https(
+        &ca,
+        &format!("{board}/halt"),
+        "POST",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &vic_cookie),
+            ("Origin", "https://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+        "kind=fleet&reason=csrf&confirm=FLEET",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    let denied = m
+        .fleet
+        .wait_audit("board.denied", "a cross-site request")
+        .await
+        .unwrap();
+    assert!(denied.contains("vic (viewer)"), "{denied}");
+    let olga = m.fleet.operator("olga", OperatorRole::Operator).unwrap();
+    let olga_link = login_link(&m, &olga).await;
+    let (status, head, _) = browser::https(&ca, &olga_link, "GET", &[], "").await.unwrap();
+    assert_eq!(status, 303, "{head}");
+    let olga_cookie = cookie_of(&head);
+    let (status, _, body) = browser::https(
+        &ca,
+        &format!("{board}/ack"),
+        "POST",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &olga_cookie),
+        ],
+        "id=not-a-number",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let denied = m
+        .fleet
+        .wait_audit("board.denied", "a form that cannot be read")
+        .await
+        .unwrap();
+    assert!(denied.contains("olga (operator)"), "{denied}");
     assert!(m.fleet.controller.halts.list(false).is_empty(), "a refused halt halted");
 
     // A halt from the page, confirmed by typing the role: every gate closes,

@@ -8,6 +8,7 @@
 
 use axum::Form;
 use axum::extract::State;
+use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use lockstep_proto::identity::PeerIdentity;
@@ -32,19 +33,49 @@ struct Refusal {
 impl Board {
     /// The session allowed to make this request as the console's `method`.
     async fn allowed(&self, headers: &HeaderMap, csrf: &str, method: &str) -> Result<Session, Box<Response>> {
-        let refusal = match self.check(headers, csrf, method).await {
+        let refusal = match self.check(headers, Some(csrf), method).await {
             Ok(session) => return Ok(session),
             Err(r) => r,
         };
+        Err(self.refuse(refusal, method).await)
+    }
+
+    /// The form, or the refusal of a body that is not one, audited like
+    /// any other: a forged cross-site POST without our fields is named by
+    /// the check it fails first (where it comes from, the session), else
+    /// as a form that cannot be read.
+    async fn form<T>(
+        &self,
+        headers: &HeaderMap,
+        form: Result<Form<T>, FormRejection>,
+        method: &str,
+    ) -> Result<T, Box<Response>> {
+        let rejection = match form {
+            Ok(Form(f)) => return Ok(f),
+            Err(rejection) => rejection,
+        };
+        let refusal = match self.check(headers, None, method).await {
+            Err(refusal) => refusal,
+            Ok(session) => Refusal {
+                status: StatusCode::BAD_REQUEST,
+                actor: session.operator.actor(),
+                why: format!("a form that cannot be read ({})", rejection.body_text()),
+            },
+        };
+        Err(self.refuse(refusal, method).await)
+    }
+
+    async fn refuse(&self, refusal: Refusal, method: &str) -> Box<Response> {
         self.controller
             .board_sessions
             .denied(refusal.actor.clone(), format!("board {method}: {}", refusal.why))
             .await;
         tracing::warn!(actor = %refusal.actor, method, why = %refusal.why, "board request refused");
-        Err(Box::new(refused(refusal.status, "Refused", &refusal.why)))
+        Box::new(refused(refusal.status, "Refused", &refusal.why))
     }
 
-    async fn check(&self, headers: &HeaderMap, csrf: &str, method: &str) -> Result<Session, Refusal> {
+    /// `csrf` `None`: every check but the form's token (a body with none).
+    async fn check(&self, headers: &HeaderMap, csrf: Option<&str>, method: &str) -> Result<Session, Refusal> {
         let session = self.session(headers).await.map(|(_, s)| s);
         let actor = session
             .as_ref()
@@ -83,7 +114,7 @@ impl Board {
                 "no board session: log in with `lockstep board login`".into(),
             ));
         };
-        if csrf.is_empty() || csrf != session.csrf {
+        if csrf.is_some_and(|csrf| csrf.is_empty() || csrf != session.csrf) {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 "the form's token is not this session's (a request forged from elsewhere)".into(),
@@ -154,7 +185,15 @@ impl ScopeForm {
     }
 }
 
-pub async fn halt(State(board): State<Board>, headers: HeaderMap, Form(form): Form<ScopeForm>) -> Response {
+pub async fn halt(
+    State(board): State<Board>,
+    headers: HeaderMap,
+    form: Result<Form<ScopeForm>, FormRejection>,
+) -> Response {
+    let form = match board.form(&headers, form, "Halt").await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
     let session = match board.allowed(&headers, &form.csrf, "Halt").await {
         Ok(s) => s,
         Err(r) => return *r,
@@ -174,7 +213,15 @@ pub async fn halt(State(board): State<Board>, headers: HeaderMap, Form(form): Fo
     }
 }
 
-pub async fn resume(State(board): State<Board>, headers: HeaderMap, Form(form): Form<ScopeForm>) -> Response {
+pub async fn resume(
+    State(board): State<Board>,
+    headers: HeaderMap,
+    form: Result<Form<ScopeForm>, FormRejection>,
+) -> Response {
+    let form = match board.form(&headers, form, "Resume").await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
     let session = match board.allowed(&headers, &form.csrf, "Resume").await {
         Ok(s) => s,
         Err(r) => return *r,
@@ -201,7 +248,15 @@ pub struct AckForm {
     back: String,
 }
 
-pub async fn ack(State(board): State<Board>, headers: HeaderMap, Form(form): Form<AckForm>) -> Response {
+pub async fn ack(
+    State(board): State<Board>,
+    headers: HeaderMap,
+    form: Result<Form<AckForm>, FormRejection>,
+) -> Response {
+    let form = match board.form(&headers, form, "AckIncident").await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
     let session = match board.allowed(&headers, &form.csrf, "AckIncident").await {
         Ok(s) => s,
         Err(r) => return *r,
@@ -222,7 +277,15 @@ pub struct ApproveForm {
     back: String,
 }
 
-pub async fn approve(State(board): State<Board>, headers: HeaderMap, Form(form): Form<ApproveForm>) -> Response {
+pub async fn approve(
+    State(board): State<Board>,
+    headers: HeaderMap,
+    form: Result<Form<ApproveForm>, FormRejection>,
+) -> Response {
+    let form = match board.form(&headers, form, "ApproveRelease").await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
     let session = match board.allowed(&headers, &form.csrf, "ApproveRelease").await {
         Ok(s) => s,
         Err(r) => return *r,
@@ -248,16 +311,23 @@ pub struct LogoutForm {
     csrf: String,
 }
 
-pub async fn logout(State(board): State<Board>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
+pub async fn logout(
+    State(board): State<Board>,
+    headers: HeaderMap,
+    form: Result<Form<LogoutForm>, FormRejection>,
+) -> Response {
     let Some((cookie, session)) = board.session(&headers).await else {
         return back("/");
     };
-    if form.csrf != session.csrf {
-        return refused(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "the form's token is not this session's",
-        );
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if csrf.is_empty() || csrf != session.csrf {
+        let why = "the form's token is not this session's (a request forged from elsewhere)";
+        board
+            .controller
+            .board_sessions
+            .denied(session.operator.actor(), format!("board logout: {why}"))
+            .await;
+        return refused(StatusCode::FORBIDDEN, "Refused", why);
     }
     board.controller.board_sessions.logout(&cookie).await;
     let mut response = back("/");
