@@ -162,6 +162,18 @@ impl Browser {
     /// Polls `js` (a function body returning a boolean) until it is true, up to 15 s.
     /// A script error (an element not there yet: the page still loading
     /// after a redirect) is "not yet", reported if it is still so at the end.
+    /// Opens a board login link and presses its page's button (a GET of
+    /// the link spends nothing).
+    pub async fn open_login(&self, link: &str) -> anyhow::Result<()> {
+        self.client.goto(link).await?;
+        self.client
+            .find(fantoccini::Locator::Css("#login button"))
+            .await?
+            .click()
+            .await?;
+        Ok(())
+    }
+
     pub async fn wait_until(&self, what: &str, js: &str) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         let mut last_error: Option<anyhow::Error>;

@@ -100,7 +100,7 @@ async fn the_board_follows_the_fleet_in_a_real_browser() {
 
     // A one-time link logs the browser in as alice; the board shows 8/8 OPEN.
     let link = login_link(&m, &m.alice).await;
-    b.client.goto(&link).await.unwrap();
+    b.open_login(&link).await.unwrap();
     b.wait_until(
         "8/8 OPEN",
         "var x = document.querySelector('.banner[data-role=smars]'); return !!x && x.innerText.includes('smars: 8/8 OPEN on release 1')",
@@ -120,7 +120,7 @@ async fn the_board_follows_the_fleet_in_a_real_browser() {
     assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
 
     // The same link again is refused (it opened a session already).
-    b.client.goto(&link).await.unwrap();
+    b.open_login(&link).await.unwrap();
     b.wait_until(
         "the used link refused",
         "var w = document.getElementById('why'); return !!w && w.innerText.includes('already used')",
@@ -157,7 +157,7 @@ async fn the_board_follows_the_fleet_in_a_real_browser() {
     // A viewer's page has no halt control, and a forged POST is refused and audited.
     let vic = m.fleet.operator("vic", OperatorRole::Viewer).unwrap();
     let vic_link = login_link(&m, &vic).await;
-    let (status, head, _) = browser::https(&ca, &vic_link, "GET", &[], "").await.unwrap();
+    let (status, head, _) = browser::https(&ca, &vic_link, "POST", &[], "").await.unwrap();
     assert_eq!(status, 303, "{head}");
     let vic_cookie = cookie_of(&head);
     let (status, _, page) = browser::https(&ca, &format!("{board}/"), "GET", &[("Cookie", &vic_cookie)], "")
@@ -216,7 +216,7 @@ async fn the_board_follows_the_fleet_in_a_real_browser() {
     assert!(denied.contains("vic (viewer)"), "{denied}");
     let olga = m.fleet.operator("olga", OperatorRole::Operator).unwrap();
     let olga_link = login_link(&m, &olga).await;
-    let (status, head, _) = browser::https(&ca, &olga_link, "GET", &[], "").await.unwrap();
+    let (status, head, _) = browser::https(&ca, &olga_link, "POST", &[], "").await.unwrap();
     assert_eq!(status, 303, "{head}");
     let olga_cookie = cookie_of(&head);
     let (status, _, body) = browser::https(
@@ -342,7 +342,7 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
     let opens: Vec<_> = (0..16)
         .map(|_| {
             let (ca, link) = (ca.clone(), link.clone());
-            tokio::spawn(async move { browser::https(&ca, &link, "GET", &[], "").await.unwrap() })
+            tokio::spawn(async move { browser::https(&ca, &link, "POST", &[], "").await.unwrap() })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -383,7 +383,7 @@ async fn one_login_link_opens_one_session_however_many_open_it_at_once() {
 
     // A page that reconnects with Last-Event-ID gets every record after it, in order.
     let link = login_link(&m, &m.alice).await;
-    let (_, head, _) = browser::https(&ca, &link, "GET", &[], "").await.unwrap();
+    let (_, head, _) = browser::https(&ca, &link, "POST", &[], "").await.unwrap();
     let cookie = cookie_of(&head);
     let sealed = *m.fleet.controller.ledger.sealed().borrow();
     let from = sealed - 5;
@@ -438,10 +438,54 @@ async fn an_expired_login_link_is_refused() {
     let ca = m.fleet.pki_dir.join("ca.pem");
     let stale = login_link(&m, &m.alice).await;
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    let (status, _, body) = browser::https(&ca, &stale, "GET", &[], "").await.unwrap();
+    let (status, _, body) = browser::https(&ca, &stale, "POST", &[], "").await.unwrap();
     assert_eq!(status, 403);
     assert!(body.contains("expired"), "{body}");
     m.fleet.wait_audit("board.login_refused", "expired").await.unwrap();
     assert!(m.fleet.controller.board_sessions.list().await.unwrap().is_empty());
+    m.fleet.shutdown().await.unwrap();
+}
+
+/// Opening a login link (a GET: what a chat's or a mail's link preview
+/// does) spends nothing: it shows the button that does. A POST from another
+/// site is refused, audited, and spends nothing either (no login CSRF); the
+/// real login after both still works, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previewed_login_link_still_logs_in_and_a_cross_site_post_does_not() {
+    let spec = FleetSpec {
+        board: true,
+        ..FleetSpec::smars(1)
+    };
+    let m = Morning::with_spec(spec).await.unwrap();
+    let ca = m.fleet.pki_dir.join("ca.pem");
+    let link = login_link(&m, &m.alice).await;
+    for _ in 0..3 {
+        let (status, head, page) = browser::https(&ca, &link, "GET", &[], "").await.unwrap();
+        assert_eq!(status, 200, "{head}");
+        assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+        assert!(page.contains("method=\"post\"") && page.contains("Log in"), "{page}");
+        assert!(head.to_ascii_lowercase().contains("cache-control: no-store"), "{head}");
+    }
+    assert!(m.fleet.controller.board_sessions.list().await.unwrap().is_empty());
+    let (status, _, body) = browser::https(
+        &ca,
+        &link,
+        "POST",
+        &[("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    m.fleet
+        .wait_audit("board.login_refused", "the link was not spent")
+        .await
+        .unwrap();
+    let (status, head, _) = browser::https(&ca, &link, "POST", &[], "").await.unwrap();
+    assert_eq!(status, 303, "{head}");
+    assert!(!cookie_of(&head).is_empty());
+    let (status, _, body) = browser::https(&ca, &link, "POST", &[], "").await.unwrap();
+    assert_eq!(status, 403, "a link logs in once: {body}");
+    assert_eq!(m.fleet.controller.board_sessions.list().await.unwrap().len(), 1);
     m.fleet.shutdown().await.unwrap();
 }

@@ -1152,7 +1152,7 @@ async fn a_board_session_survives_a_failover_and_a_spent_link_stays_spent() {
             .into_inner()
             .url,
     );
-    let (status, head, _) = browser::https(&ca, &format!("{}/login/{spent}", fleet.boards[old]), "GET", &[], "")
+    let (status, head, _) = browser::https(&ca, &format!("{}/login/{spent}", fleet.boards[old]), "POST", &[], "")
         .await
         .unwrap();
     assert_eq!(status, 303, "{head}");
@@ -1169,12 +1169,12 @@ async fn a_board_session_survives_a_failover_and_a_spent_link_stays_spent() {
         "the old leader's session on the new leader's board: {page}"
     );
     assert!(page.contains("alice"), "{page}");
-    let (status, _, page) = browser::https(&ca, &format!("{board}/login/{spent}"), "GET", &[], "")
+    let (status, _, page) = browser::https(&ca, &format!("{board}/login/{spent}"), "POST", &[], "")
         .await
         .unwrap();
     assert_eq!(status, 403, "a link spent on the old leader opened again: {page}");
     assert!(page.contains("already used"), "{page}");
-    let (status, head, _) = browser::https(&ca, &format!("{board}/login/{unopened}"), "GET", &[], "")
+    let (status, head, _) = browser::https(&ca, &format!("{board}/login/{unopened}"), "POST", &[], "")
         .await
         .unwrap();
     assert_eq!(status, 303, "a link made by the old leader, opened on the new: {head}");

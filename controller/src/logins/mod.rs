@@ -378,6 +378,16 @@ impl BoardSessions {
         }
     }
 
+    /// Records a login refused before its link was looked at.
+    pub async fn login_refused(&self, detail: String) {
+        if let Err(e) = self
+            .audit("unauthenticated".into(), AuditAction::BoardLoginRefused, detail)
+            .await
+        {
+            tracing::error!(error = %e, "cannot record a refused board login in the audit log");
+        }
+    }
+
     /// Records a board request refused for its session or role.
     pub async fn denied(&self, actor: String, detail: String) {
         if let Err(e) = self.audit(actor, AuditAction::BoardDenied, detail).await {

@@ -42,6 +42,30 @@ pub fn refused(status: StatusCode, title: &str, why: &str) -> Response {
     (status, Html(page.into_string())).into_response()
 }
 
+/// What opening a login link shows: a button that spends it. A GET
+/// spends nothing, so a chat's or a mail's link preview does not burn the
+/// link, and a page elsewhere cannot log a victim's browser in as someone
+/// else by linking it (the POST must come from this page).
+pub fn login_confirm(token: &str) -> Response {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "lockstep: log in" } link rel="stylesheet" href="/board.css"; }
+            body {
+                main.refused {
+                    h1 { "Log in to the lockstep board" }
+                    p { "This one-time link opens a board session as the operator who asked for it. Opening the link spent nothing; the button does." }
+                    form #login method="post" action={ "/login/" (token) } {
+                        button type="submit" { "Log in" }
+                    }
+                }
+            }
+        }
+    };
+    // The token is in the URL: not to be kept by a cache.
+    (StatusCode::OK, Html(page.into_string())).into_response()
+}
+
 fn may(session: &Session, method: &str) -> bool {
     let identity = PeerIdentity::Operator {
         name: session.operator.name.clone(),

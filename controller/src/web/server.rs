@@ -33,7 +33,7 @@ fn router(board: Board) -> Router {
         .route("/incidents", get(super::pages::incidents))
         .route("/audit", get(super::pages::audit))
         .route("/events", get(super::feed::events))
-        .route("/login/{token}", get(login))
+        .route("/login/{token}", get(login_page).post(login))
         .route("/logout", post(super::actions::logout))
         .route("/halt", post(super::actions::halt))
         .route("/resume", post(super::actions::resume))
@@ -104,8 +104,37 @@ async fn style() -> impl IntoResponse {
     )
 }
 
-/// Opens a one-time login link: a session cookie, then the board.
-async fn login(State(board): State<Board>, Path(token): Path<String>) -> Response {
+/// A login link opened: the page whose button spends it.
+async fn login_page(Path(token): Path<String>) -> Response {
+    super::pages::login_confirm(&token)
+}
+
+/// Spends a one-time login link (its page's POST): a session cookie, then
+/// the board. A browser's POST from another site is refused and audited,
+/// and spends nothing.
+async fn login(State(board): State<Board>, headers: HeaderMap, Path(token): Path<String>) -> Response {
+    let ours = board
+        .controller
+        .config
+        .board
+        .as_ref()
+        .map(|b| b.url.clone())
+        .unwrap_or_default();
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let foreign = match (site, origin) {
+        (Some(s), _) if s != "same-origin" && s != "none" => Some(format!("a cross-site request ({s})")),
+        (_, Some(o)) if o != ours => Some(format!("a request from {o}, not from the board ({ours})")),
+        _ => None,
+    };
+    if let Some(why) = foreign {
+        board
+            .controller
+            .board_sessions
+            .login_refused(format!("board login: {why}; the link was not spent"))
+            .await;
+        return super::pages::refused(StatusCode::FORBIDDEN, "Login refused", &why);
+    }
     match board.controller.board_sessions.redeem(&token).await {
         Ok((cookie, session)) => {
             let max_age = (session.expires_at_unix_ms - session.created_at_unix_ms) / 1000;

@@ -40,7 +40,7 @@ async fn logged_in(m: &Morning, chromium: &std::path::Path) -> anyhow::Result<Br
     anyhow::ensure!(code == 0, "board login: {out}");
     let link = out.lines().next().unwrap_or_default().trim().to_string();
     let b = Browser::start(chromium, 1400, 1000).await?;
-    b.client.goto(&link).await?;
+    b.open_login(&link).await?;
     b.wait_until(
         "a live board",
         "return document.getElementById('feed').innerText.includes('LIVE')",
@@ -242,7 +242,7 @@ pub async fn many_boards(boards: usize, changes: usize) -> anyhow::Result<ManyBo
         let (code, out) = m.fleet.console(&m.alice, &["board", "login"]).await?;
         anyhow::ensure!(code == 0, "board login: {out}");
         let link = out.lines().next().unwrap_or_default().trim().to_string();
-        let (_, head, _) = browser::https(&ca, &link, "GET", &[], "").await?;
+        let (_, head, _) = browser::https(&ca, &link, "POST", &[], "").await?;
         let cookie = head
             .lines()
             .find_map(|l| {
