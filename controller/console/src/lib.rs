@@ -419,7 +419,7 @@ fn parse_role(s: &str) -> Result<OperatorRole, String> {
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     let json = cli.output == Output::Json;
     if let Command::Pki(cmd) = &cli.command {
-        run_pki(cmd, out)?;
+        run_pki(cmd, out, json)?;
         return Ok(0);
     }
     if let Command::Report(ReportCommand::Verify {
@@ -834,7 +834,7 @@ async fn connect(conn: &Connection) -> anyhow::Result<ConsoleServiceClient<Failo
         .max_encoding_message_size(256 * 1024 * 1024))
 }
 
-fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send), json: bool) -> anyhow::Result<()> {
     match cmd {
         PkiCommand::Init { dir, validity } => {
             pki::init(dir, *validity)?;
@@ -850,7 +850,13 @@ fn run_pki(cmd: &PkiCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()>
             let key = lockstep_evidence::report::key::ReportKey::load(&path).map_err(|e| {
                 anyhow::anyhow!("{e} (the controller makes it at its first start; --data-dir is its data_dir)")
             })?;
-            writeln!(out, "report signing key {}: {}", key.key_id(), key.public_hex())?;
+            if json {
+                let v =
+                    serde_json::json!({"key_id": key.key_id(), "public_key": key.public_hex(), "algorithm": "Ed25519"});
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "report signing key {}: {}", key.key_id(), key.public_hex())?;
+            }
         }
         PkiCommand::Issue {
             dir,

@@ -23,7 +23,7 @@ pub enum ReportCommand {
         /// The day, YYYY-MM-DD (default: today in --time-zone).
         #[arg(long)]
         date: Option<String>,
-        /// HH:MM: rest on the last gate check at or before it (default: the day's last).
+        /// HH:MM, HH:MM:SS or HH:MM:SS.mmm (inclusive): rest on the last gate check at or before it (default: the day's last).
         #[arg(long)]
         at: Option<String>,
         /// The zone --date and --at are in, and the page's times (IANA name).
@@ -148,11 +148,14 @@ pub fn verify(
             "  that is the key the report names: compare it with `lockstep pki report-key` on the controller, or pass --public-key"
         )?;
     }
-    if records.is_some() {
+    if let Some(records) = &records {
         writeln!(
             out,
-            "audit records: {} to {} chained, ending in {}",
-            s.first_seq, s.last_seq, s.last_hash
+            "audit records: the export's {} records each match their hash and follow the one before; the report's {} to {} are all there, ending in {}",
+            records.len(),
+            s.first_seq,
+            s.last_seq,
+            s.last_hash
         )?;
         writeln!(out, "facts: every fact follows from the audit records")?;
     } else {

@@ -78,3 +78,26 @@ fn offline_pki_a_missing_certificate_and_an_unreachable_controller() {
     assert_eq!(code, 6, "{out}");
     assert!(out.contains("unreachable") && out.contains("127.0.0.1:9"), "{out}");
 }
+
+#[test]
+fn the_report_key_and_an_archive_check_answer_in_json_when_asked() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, pkcs8) = lockstep_evidence::report::key::ReportKey::generate().unwrap();
+    let path = d.path().join(lockstep_evidence::report::key::REPORT_KEY);
+    std::fs::write(&path, pkcs8).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dir = d.path().display().to_string();
+    let (code, out) = lockstep(&["--output", "json", "pki", "report-key", "--data-dir", &dir]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["public_key"].as_str().unwrap().len(), 64, "{out}");
+    assert_eq!(v["algorithm"], "Ed25519");
+
+    // An archive directory with no segments is named, offline.
+    let empty = d.path().join("archive");
+    std::fs::create_dir_all(&empty).unwrap();
+    let archive = empty.display().to_string();
+    let (code, out) = lockstep(&["audit", "verify", "--archive", &archive, "--offline"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("holds no archived audit segments"), "{out}");
+}

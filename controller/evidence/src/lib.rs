@@ -12,6 +12,8 @@
 //!   of a complete state, named by the checks by seq and digest.
 //! - [`report`]: the signed pre-open report derived from the records, its
 //!   printable page, its signing key and its offline verification.
+//! - [`strict_json`]: JSON that carries a signature, read so it means one
+//!   thing to every parser.
 //! - [`gate_check`]: what a `lockstep gate check` answers: its exit code
 //!   and summary.
 //! - [`time`]: times as records and reports write them.
@@ -24,4 +26,5 @@ pub mod facts;
 pub mod gate_check;
 pub mod gate_state;
 pub mod report;
+pub mod strict_json;
 pub mod time;

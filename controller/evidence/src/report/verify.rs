@@ -29,6 +29,12 @@ pub enum Finding {
     },
     #[error("the audit export does not hold record {seq}, which the report rests on")]
     MissingRecord { seq: u64 },
+    #[error("audit record {seq} in the export is out of order: it comes after record {after}")]
+    OutOfOrder { seq: u64, after: u64 },
+    #[error("audit record {seq} in the export, outside the report's segment, is broken: {problem}")]
+    BrokenOutside { seq: u64, problem: String },
+    #[error("and {count} more findings of this kind")]
+    More { count: usize },
     #[error("audit record {seq} in the export is broken: {problem}")]
     BrokenChain { seq: u64, problem: String },
     #[error("{path}: the report says {report}, the audit records say {records}")]
@@ -76,7 +82,9 @@ pub fn verify(text: &str, records: Option<&[AuditRecord]>, expected_key: Option<
     } else {
         text.to_string()
     };
-    let value: Value = match serde_json::from_str(&json) {
+    // Read strictly: a member given twice would mean one thing to this
+    // reader and another to one that keeps the first.
+    let value: Value = match crate::strict_json::parse(&json) {
         Ok(v) => v,
         Err(e) => {
             verdict.findings.push(Finding::NotAReport(format!("JSON: {e}")));
@@ -108,12 +116,10 @@ pub fn verify(text: &str, records: Option<&[AuditRecord]>, expected_key: Option<
         }
     }
     if let Some(records) = records {
-        if let Err(f) = check_chain(&doc.report.segment, records) {
-            verdict.findings.push(f);
-        }
-        if let Err(f) = check_facts(&doc.report, records) {
-            verdict.findings.push(f);
-        }
+        verdict
+            .findings
+            .extend(bounded(check_export(&doc.report.segment, records)));
+        verdict.findings.extend(bounded(check_facts(&doc.report, records)));
     }
     verdict.doc = Some(doc);
     verdict
@@ -141,78 +147,118 @@ fn check_signature(doc: &Value) -> Result<(), Finding> {
     }
 }
 
-/// The export holds the segment, every record of it in order, each one's
-/// hash its content's and each following the one before.
-fn check_chain(seg: &Segment, records: &[AuditRecord]) -> Result<(), Finding> {
-    let mut want = seg.first_seq;
-    let mut prev = seg.first_prev_hash.clone();
-    for r in records
-        .iter()
-        .filter(|r| r.seq >= seg.first_seq && r.seq <= seg.last_seq)
-    {
-        if r.seq != want {
-            return Err(Finding::MissingRecord { seq: want });
-        }
-        if r.prev_hash != prev {
-            return Err(Finding::BrokenChain {
-                seq: r.seq,
-                problem: "it does not follow the record before it (prev_hash differs)".into(),
-            });
-        }
-        if chain::hash_of(r) != r.hash {
-            return Err(Finding::BrokenChain {
-                seq: r.seq,
-                problem: "its content does not match its hash: it was edited".into(),
-            });
-        }
-        prev = r.hash.clone();
-        want += 1;
+/// At most this many findings of one kind are listed; the rest are counted.
+pub const MAX_FINDINGS: usize = 20;
+
+fn bounded(mut findings: Vec<Finding>) -> Vec<Finding> {
+    if findings.len() > MAX_FINDINGS {
+        let count = findings.len() - MAX_FINDINGS;
+        findings.truncate(MAX_FINDINGS);
+        findings.push(Finding::More { count });
     }
-    if want <= seg.last_seq {
-        return Err(Finding::MissingRecord { seq: want });
-    }
-    Ok(())
+    findings
 }
 
-/// The records derive exactly the report's facts.
-fn check_facts(body: &Body, records: &[AuditRecord]) -> Result<(), Finding> {
+/// The whole export, in the order given: each record's hash is its
+/// content's and it follows the record before it; records out of order
+/// are named as such, not as missing. Then the segment: every record of it
+/// present. A broken record outside the segment is named too (the report
+/// may still hold; the export does not).
+fn check_export(seg: &Segment, records: &[AuditRecord]) -> Vec<Finding> {
+    let in_segment = |seq: u64| seq >= seg.first_seq && seq <= seg.last_seq;
+    let broken = |seq: u64, problem: &str| {
+        if in_segment(seq) {
+            Finding::BrokenChain {
+                seq,
+                problem: problem.into(),
+            }
+        } else {
+            Finding::BrokenOutside {
+                seq,
+                problem: problem.into(),
+            }
+        }
+    };
+    let mut findings = Vec::new();
+    let mut highest: Option<&AuditRecord> = None;
+    let mut present = std::collections::BTreeSet::new();
+    for r in records {
+        if chain::hash_of(r) != r.hash {
+            findings.push(broken(r.seq, "its content does not match its hash: it was edited"));
+        }
+        match highest {
+            Some(h) if r.seq <= h.seq => findings.push(Finding::OutOfOrder {
+                seq: r.seq,
+                after: h.seq,
+            }),
+            Some(h) if r.seq == h.seq + 1 && r.prev_hash != h.hash => findings.push(broken(
+                r.seq,
+                "it does not follow the record before it (prev_hash differs)",
+            )),
+            _ => {}
+        }
+        if r.seq == seg.first_seq && r.prev_hash != seg.first_prev_hash {
+            findings.push(broken(
+                r.seq,
+                "it does not follow the hash the report names before it (prev_hash differs)",
+            ));
+        }
+        if highest.is_none_or(|h| r.seq > h.seq) {
+            highest = Some(r);
+        }
+        present.insert(r.seq);
+    }
+    findings.extend(
+        (seg.first_seq..=seg.last_seq)
+            .filter(|seq| !present.contains(seq))
+            .map(|seq| Finding::MissingRecord { seq }),
+    );
+    findings
+}
+
+/// The records derive exactly the report's facts: every fact that differs, each once.
+fn check_facts(body: &Body, records: &[AuditRecord]) -> Vec<Finding> {
     let asked = Asked {
         role: body.role.clone(),
         date: body.date.clone(),
         time_zone: body.time_zone.clone(),
         at: body.at.clone(),
     };
-    let derived = derive(records, &asked).map_err(|e| Finding::NotDerivable(e.to_string()))?;
-    match first_difference("report", &to_value(body), &to_value(&derived)) {
-        Some((path, report, records)) => Err(Finding::Differs { path, report, records }),
-        None => Ok(()),
-    }
+    let derived = match derive(records, &asked) {
+        Ok(d) => d,
+        Err(e) => return vec![Finding::NotDerivable(e.to_string())],
+    };
+    let mut out = Vec::new();
+    differences("report", &to_value(body), &to_value(&derived), &mut out);
+    out.into_iter()
+        .map(|(path, report, records)| Finding::Differs { path, report, records })
+        .collect()
 }
 
-/// The first place two JSON values differ, as a path and both sides.
-fn first_difference(path: &str, a: &Value, b: &Value) -> Option<(String, String, String)> {
+/// Every place two JSON values differ, as a path and both sides, in
+/// document order; a list of another length is one difference (its
+/// length) beside those of the items both have.
+fn differences(path: &str, a: &Value, b: &Value, out: &mut Vec<(String, String, String)>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
             keys.sort();
             keys.dedup();
-            keys.into_iter().find_map(|k| {
+            for k in keys {
                 let (l, r) = (x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null));
-                first_difference(&format!("{path}.{k}"), l, r)
-            })
+                differences(&format!("{path}.{k}"), l, r, out);
+            }
         }
         (Value::Array(x), Value::Array(y)) => {
-            let at = x
-                .iter()
-                .zip(y)
-                .enumerate()
-                .find_map(|(i, (l, r))| first_difference(&format!("{path}[{i}]"), l, r));
-            at.or_else(|| {
-                (x.len() != y.len()).then(|| (format!("{path} (its length)"), x.len().to_string(), y.len().to_string()))
-            })
+            for (i, (l, r)) in x.iter().zip(y).enumerate() {
+                differences(&format!("{path}[{i}]"), l, r, out);
+            }
+            if x.len() != y.len() {
+                out.push((format!("{path} (its length)"), x.len().to_string(), y.len().to_string()));
+            }
         }
-        _ if a == b => None,
-        _ => Some((path.into(), a.to_string(), b.to_string())),
+        _ if a == b => {}
+        _ => out.push((path.into(), a.to_string(), b.to_string())),
     }
 }
 

@@ -496,3 +496,114 @@ fn a_gate_state_missing_from_the_export_or_edited_in_it_is_named() {
     let err = derive(&edited, &asked("09:25")).unwrap_err();
     assert!(err.to_string().contains("does not add up"), "{err}");
 }
+
+#[test]
+fn a_member_given_twice_is_refused_though_the_signature_holds_for_one_reading() {
+    let (_d, k) = key();
+    let records = morning();
+    let doc = sign(derive(&records, &asked("09:25")).unwrap(), &k);
+    let text = serde_json::to_string_pretty(&doc).unwrap();
+    // "exit": 0 written before the real "exit": 3: a reader that keeps the
+    // last sees a valid signature, one that keeps the first sees exit 0.
+    let doubled = text.replacen("\"exit\": 3", "\"exit\": 0,\n      \"exit\": 3", 1);
+    assert_ne!(doubled, text);
+    let v = verify(&doubled, Some(&records), Some(k.public_hex()));
+    assert!(!v.holds());
+    assert!(
+        matches!(&v.findings[..], [Finding::NotAReport(why)] if why.contains("\"exit\" is given twice")),
+        "{:?}",
+        v.findings
+    );
+    // So is a second document after the first.
+    let v = verify(&format!("{text}\n{text}"), None, None);
+    assert!(
+        matches!(&v.findings[..], [Finding::NotAReport(why)] if why.contains("more after the document")),
+        "{:?}",
+        v.findings
+    );
+}
+
+#[test]
+fn a_broken_record_after_the_segment_is_named_though_the_report_holds_on_its_own() {
+    let (_d, k) = key();
+    let mut records = morning();
+    let doc = sign(derive(&records, &asked("09:25")).unwrap(), &k);
+    let text = serde_json::to_string(&doc).unwrap();
+    let (later, _) = seal(
+        &ChainHead::after(records.last()),
+        vec![
+            AuditEvent::new(
+                "alice (operator)",
+                crate::action::AuditAction::ScanRequested,
+                "after the report",
+            ),
+            AuditEvent::new(
+                "alice (operator)",
+                crate::action::AuditAction::ScanRequested,
+                "later still",
+            ),
+        ],
+        DAY + 11 * 3_600_000,
+    );
+    records.extend(later);
+    assert!(verify(&text, Some(&records), None).holds());
+    let last = records.len() - 2;
+    records[last].detail = "nothing happened".into();
+    let seq = records[last].seq;
+    let v = verify(&text, Some(&records), None);
+    assert!(!v.holds());
+    assert!(
+        v.findings.iter().any(
+            |f| matches!(f, Finding::BrokenOutside { seq: s, problem } if *s == seq && problem.contains("edited"))
+        ),
+        "{:?}",
+        v.findings
+    );
+}
+
+#[test]
+fn every_differing_fact_is_named_once() {
+    let (_d, k) = key();
+    let records = morning();
+    let mut body = derive(&records, &asked("09:25")).unwrap();
+    body.check.exit = 0;
+    body.total_hosts += 1;
+    body.hosts[0].gate = "CLOSED".into();
+    let text = serde_json::to_string(&sign(body, &k)).unwrap();
+    let v = verify(&text, Some(&records), Some(k.public_hex()));
+    let paths: Vec<&str> = v
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Differs { path, .. } => Some(path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["report.check.exit", "report.hosts[0].gate", "report.total_hosts"],
+        "{:?}",
+        v.findings
+    );
+}
+
+#[test]
+fn records_swapped_in_the_export_are_named_out_of_order_not_missing() {
+    let (_d, k) = key();
+    let records = morning();
+    let doc = sign(derive(&records, &asked("09:25")).unwrap(), &k);
+    let text = serde_json::to_string(&doc).unwrap();
+    let mut swapped = records.clone();
+    swapped.swap(3, 4);
+    let v = verify(&text, Some(&swapped), None);
+    assert!(
+        v.findings.contains(&Finding::OutOfOrder { seq: 4, after: 5 }),
+        "{:?}",
+        v.findings
+    );
+    assert!(
+        !v.findings.iter().any(|f| matches!(f, Finding::MissingRecord { .. })),
+        "{:?}",
+        v.findings
+    );
+}
