@@ -79,14 +79,12 @@ pub async fn serve_all(
             }
             Err(e) => tracing::error!(error = %e, "no report key: audit segments are neither closed nor archived"),
         }
-        if let Some(siem) = controller.config.siem.clone() {
-            let forwarder = crate::alerts::siem::Forwarder::new(
-                siem,
-                controller.alerts.clone(),
-                &controller.config.data_dir,
-                controller.ledger.clone(),
-                controller.metrics.clone(),
-            );
+        if let Some(forwarder) = crate::alerts::siem::Forwarder::new(
+            &controller.config,
+            controller.alerts.clone(),
+            controller.ledger.clone(),
+            controller.metrics.clone(),
+        ) {
             loops.spawn(forwarder.run(stopped()));
         }
         if let Some(board) = board_listener {

@@ -23,4 +23,5 @@ pub mod ha_demo;
 pub mod knight;
 pub mod netns;
 pub mod ports;
+pub mod rsyslog;
 pub mod sink;

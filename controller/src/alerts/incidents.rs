@@ -80,7 +80,7 @@ pub enum Signal {
     AuditBroken { detail: String },
     /// The SIEM collector cannot be reached (or refused us): the audit log
     /// is not reaching the firm's SIEM.
-    SiemUnreachable { detail: String },
+    SiemUnreachable { address: String, detail: String },
     /// The SIEM collector takes records again.
     SiemReachable,
     /// The store has grown past the share of its quota that warns.
@@ -214,10 +214,10 @@ impl Incidents {
                 self.leave(&host, now);
                 self.join(&cause, &host, &role, role_hosts, now);
             }
-            Signal::SiemUnreachable { detail } => self.condition(
+            Signal::SiemUnreachable { address, detail } => self.condition(
                 Cause {
                     key: "siem".into(),
-                    words: format!("the audit log is not reaching the SIEM: {detail}"),
+                    words: format!("the audit log is not reaching the SIEM collector at {address}"),
                     detail,
                 },
                 now,

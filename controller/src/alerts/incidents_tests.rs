@@ -181,7 +181,8 @@ fn a_lost_siem_collector_is_one_incident_that_resolves_when_it_answers() {
     for at in [1_000, 2_000, 3_000] {
         book.observe(
             Signal::SiemUnreachable {
-                detail: "siem.example:6514 (connection refused)".into(),
+                address: "siem.example:6514".into(),
+                detail: "connection refused; records wait in the audit log".into(),
             },
             at,
         );
@@ -190,11 +191,25 @@ fn a_lost_siem_collector_is_one_incident_that_resolves_when_it_answers() {
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0].key, "siem");
     assert_eq!(open[0].count, 1, "one outage counts once");
-    assert!(open[0].title().contains("not reaching the SIEM"), "{}", open[0].title());
+    assert!(
+        open[0]
+            .title()
+            .contains("not reaching the SIEM collector at siem.example:6514"),
+        "{}",
+        open[0].title()
+    );
+    // The cause is said once: the title names the collector, the detail why.
+    assert!(!open[0].title().contains("connection refused"), "{}", open[0].title());
     assert!(!open[0].is_resolved());
     book.observe(Signal::SiemReachable, 4_000);
     assert!(book.list()[0].is_resolved());
-    book.observe(Signal::SiemUnreachable { detail: "again".into() }, 5_000);
+    book.observe(
+        Signal::SiemUnreachable {
+            address: "siem.example:6514".into(),
+            detail: "again".into(),
+        },
+        5_000,
+    );
     let again = book.list();
     assert!(!again[0].is_resolved() && again[0].count == 2, "{again:?}");
 }

@@ -31,9 +31,11 @@ const POLL: Duration = Duration::from_millis(200);
 /// A connect or write that takes longer is a failure (the collector is
 /// retried with backoff).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// RFC 5424 structured-data id (a private enterprise number is the
-/// convention; 32473 is the one reserved for documentation, RFC 5612).
-const SD_ID: &str = "lockstep@32473";
+/// The most of a record's `detail` one message carries (bytes): with the
+/// header and structured data a message stays under 4 KiB, inside every
+/// collector's default (rsyslog's `maxMessageSize` is 8 KiB). The whole
+/// record is in `lockstep audit export`; the message says how much was cut.
+pub const MAX_DETAIL_BYTES: usize = 2048;
 /// How long a connection must stay open after a batch for the batch to count.
 const LIVENESS: Duration = Duration::from_millis(50);
 
@@ -76,8 +78,9 @@ impl Cursor {
 }
 
 /// One record as an RFC 5424 message (`<PRI>1 TIMESTAMP HOST APP PROCID
-/// MSGID [SD] MSG`), facility 13 (log audit), severity notice.
-pub fn rfc5424(record: &AuditRecord, hostname: &str) -> String {
+/// MSGID [SD] MSG`), facility 13 (log audit), severity notice, under the
+/// structured-data id `sd_id`.
+pub fn rfc5424(record: &AuditRecord, hostname: &str, sd_id: &str) -> String {
     let ms = u64::try_from(record.at_unix_ms.min(lockstep_evidence::time::LAST_RFC3339_MS)).unwrap_or(0);
     let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms));
     let msgid: String = record
@@ -87,7 +90,7 @@ pub fn rfc5424(record: &AuditRecord, hostname: &str) -> String {
         .take(32)
         .collect();
     format!(
-        "<{pri}>1 {at} {host} lockstep-controller {pid} {msgid} [{SD_ID} seq=\"{seq}\" action=\"{action}\" host=\"{rhost}\" role=\"{role}\" actor=\"{actor}\" hash=\"{hash}\" prev=\"{prev}\"] {detail}",
+        "<{pri}>1 {at} {host} lockstep-controller {pid} {msgid} [{sd_id} seq=\"{seq}\" action=\"{action}\" host=\"{rhost}\" role=\"{role}\" actor=\"{actor}\" hash=\"{hash}\" prev=\"{prev}\"] {detail}",
         pri = 13 * 8 + 5,
         host = if hostname.is_empty() { "-" } else { hostname },
         pid = std::process::id(),
@@ -99,8 +102,40 @@ pub fn rfc5424(record: &AuditRecord, hostname: &str) -> String {
         actor = sd_escape(&record.actor),
         hash = record.hash,
         prev = record.prev_hash,
-        detail = record.detail.replace('\n', " "),
+        detail = message_text(&record.detail),
     )
+}
+
+/// The detail as the message's text: control characters escaped one way
+/// (`\n`, `\r`, `\t`, any other as `\u00XX`; a backslash as `\\`), so a
+/// message is one line and nothing a collector does with a control
+/// character changes it; then cut at [`MAX_DETAIL_BYTES`] (on a character
+/// boundary), saying how many bytes are left out.
+fn message_text(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    for c in detail.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    if out.len() <= MAX_DETAIL_BYTES {
+        return out;
+    }
+    let mut cut = MAX_DETAIL_BYTES;
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let left = out.len() - cut;
+    out.truncate(cut);
+    out.push_str(&format!(
+        " … [{left} more bytes: the whole record is in `lockstep audit export`]"
+    ));
+    out
 }
 
 /// RFC 5424 §6.3.3: `"`, `\` and `]` are escaped in a parameter value.
@@ -138,23 +173,39 @@ pub struct Forwarder {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
     cursor: Cursor,
+    /// Where the lag is seen (`[metrics] listen`), said in the incident.
+    metrics_hint: String,
+    /// Archived records are read from here (a collector away for longer
+    /// than `keep_online` still gets every record).
+    archive_dir: PathBuf,
 }
 
 impl Forwarder {
     pub fn new(
-        settings: SiemSettings,
+        config: &crate::config::ControllerConfig,
         alerts: Arc<Alerts>,
-        data_dir: &Path,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> Option<Self> {
+        let settings = config.siem.clone()?;
+        if settings.sd_id == crate::config::DOCUMENTATION_SD_ID {
+            warn!(
+                sd_id = %settings.sd_id,
+                "the SIEM messages carry the documentation enterprise number: set [siem] sd_id to your firm's own"
+            );
+        }
+        Some(Self {
             settings,
             alerts,
             ledger,
             metrics,
-            cursor: Cursor::in_dir(data_dir),
-        }
+            cursor: Cursor::in_dir(&config.data_dir),
+            metrics_hint: config
+                .metrics_listen
+                .map(|at| format!("; lockstep_siem_lag_records on http://{at}/metrics counts them"))
+                .unwrap_or_default(),
+            archive_dir: config.audit.archive_dir.clone(),
+        })
     }
 
     pub async fn run(self, stop: impl Future<Output = ()>) {
@@ -170,12 +221,20 @@ impl Forwarder {
             // Only an error gets here: the sending loop runs until one.
             if let Err(e) = outcome {
                 self.metrics.siem_connected.set(0);
+                // What waits grows while the collector is away.
+                if let Ok(sent) = self.cursor.load() {
+                    let head = *self.ledger.sealed().borrow();
+                    self.metrics
+                        .siem_lag
+                        .set(i64::try_from(head.saturating_sub(sent)).unwrap_or(i64::MAX));
+                }
                 if !down {
                     warn!(address = %self.settings.address, error = %e, "cannot forward the audit log to the SIEM collector; retrying with backoff");
                     self.alerts.signal(Signal::SiemUnreachable {
+                        address: self.settings.address.clone(),
                         detail: format!(
-                            "{} ({e}); records wait in the audit log and are sent when it answers",
-                            self.settings.address
+                            "{e}; records wait in the audit log and are sent when it answers{}",
+                            self.metrics_hint
                         ),
                     });
                 }
@@ -190,12 +249,18 @@ impl Forwarder {
     }
 
     async fn connect(&self) -> Result<TlsStream, String> {
-        // Server-authenticated TLS 1.3, as RFC 5425 collectors expect; no
-        // ALPN and no client certificate (the fleet's certificates are for
-        // lockstep's own services).
+        // Server-authenticated TLS, 1.3 or (unless `siem.tls_min = "1.3"`)
+        // 1.2 with rustls's suites (ECDHE, AEAD only), which is what stock
+        // collectors offer; no ALPN and no client certificate (the fleet's
+        // certificates are for lockstep's own services).
         let roots = lockstep_link::tls::load_roots(&self.settings.ca).map_err(|e| format!("siem.syslog_ca: {e}"))?;
+        let versions: &[&rustls::SupportedProtocolVersion] = if self.settings.allow_tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
         let config = rustls::ClientConfig::builder_with_provider(lockstep_link::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -234,13 +299,15 @@ impl Forwarder {
         let mut sent = self.cursor.load().map_err(|e| e.to_string())?;
         let mut announced = false;
         loop {
-            let store = self.ledger.clone();
+            let (ledger, archive) = (self.ledger.clone(), self.archive_dir.clone());
             let from = sent + 1;
-            let records =
-                tokio::task::spawn_blocking(move || store.store().audit_page(from, crate::store::audit_reads::PAGE))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+            let records = tokio::task::spawn_blocking(move || {
+                use crate::store::audit_reads::AuditSource;
+                crate::archive::log::Log::open(ledger.store(), &archive)?.page(from, crate::store::audit_reads::PAGE)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
             // Everything sealed and not yet sent, not just this page.
             let head = (*self.ledger.sealed().borrow()).max(records.last().map_or(sent, |r| r.seq));
             self.metrics
@@ -260,7 +327,7 @@ impl Forwarder {
             for chunk in records.chunks(BATCH) {
                 let mut bytes = Vec::new();
                 for r in chunk {
-                    bytes.extend(frame(&rfc5424(r, host)));
+                    bytes.extend(frame(&rfc5424(r, host, &self.settings.sd_id)));
                 }
                 let write = async {
                     conn.write_all(&bytes).await?;
@@ -313,16 +380,34 @@ mod tests {
             prev_hash: "ab".into(),
             hash: "cd".into(),
         };
-        let m = rfc5424(&r, "ctl-1");
+        let m = rfc5424(&r, "ctl-1", "lockstep@32473");
         assert!(
             m.starts_with("<109>1 2025-12-02T10:00:00.123Z ctl-1 lockstep-controller "),
             "{m}"
         );
         assert!(m.contains(" halt [lockstep@32473 seq=\"7\" action=\"halt\" host=\"\" role=\"smars\" actor=\"alice (operator)\" hash=\"cd\" prev=\"ab\"] "), "{m}");
-        assert!(m.ends_with("halt 1 on role smars: \"drill\" ] \\ now"), "{m}");
+        // The text's backslash is doubled: control characters are escaped with one.
+        assert!(m.ends_with("halt 1 on role smars: \"drill\" ] \\\\ now"), "{m}");
         assert_eq!(sd_escape("a\"b]c\\"), "a\\\"b\\]c\\\\");
         let f = frame(&m);
         assert!(f.starts_with(format!("{} <109>", m.len()).as_bytes()));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_one_way_and_a_long_detail_is_cut_saying_so() {
+        assert_eq!(
+            message_text("a\nb\tc\rd\\e\u{7}f\u{7f}"),
+            "a\\nb\\tc\\rd\\\\e\\u0007f\\u007f"
+        );
+        let long = "é".repeat(3_000);
+        let text = message_text(&long);
+        assert!(text.len() < MAX_DETAIL_BYTES + 100, "{}", text.len());
+        assert!(
+            text.ends_with("more bytes: the whole record is in `lockstep audit export`]"),
+            "{text}"
+        );
+        assert!(text.contains(" … [3952 more bytes"), "{}", &text[text.len() - 80..]);
+        assert_eq!(message_text("short"), "short");
     }
 
     #[test]

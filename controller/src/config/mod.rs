@@ -133,6 +133,8 @@ struct RawSiem {
     syslog_address: Option<String>,
     syslog_ca: Option<PathBuf>,
     syslog_server_name: Option<String>,
+    tls_min: Option<String>,
+    sd_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -418,7 +420,16 @@ pub struct SiemSettings {
     pub server_name: String,
     /// CA that signed the collector's certificate (default: the fleet CA).
     pub ca: PathBuf,
+    /// Also TLS 1.2 (ECDHE with AES-GCM or ChaCha20-Poly1305 only) when the
+    /// collector offers no 1.3, as Debian's stock rsyslog-gnutls does.
+    pub allow_tls12: bool,
+    /// The RFC 5424 structured-data id: `name@` a private enterprise number.
+    pub sd_id: String,
 }
+
+/// The SD-ID when `[siem] sd_id` is not set: 32473 is the enterprise
+/// number RFC 5612 reserves for documentation; give your firm's own.
+pub const DOCUMENTATION_SD_ID: &str = "lockstep@32473";
 
 /// `[board]`: the fleet board, a web page served over HTTPS with the
 /// controller's certificate.
@@ -605,10 +616,40 @@ impl ControllerConfig {
                         )
                     })?,
                 };
+                let allow_tls12 = match raw.siem.tls_min.as_deref() {
+                    None | Some("1.2") => true,
+                    Some("1.3") => false,
+                    Some(other) => {
+                        return Err(invalid(
+                            "siem.tls_min",
+                            format!("{other:?}: give \"1.2\" (the default) or \"1.3\""),
+                        ));
+                    }
+                };
+                let sd_id = raw.siem.sd_id.unwrap_or_else(|| DOCUMENTATION_SD_ID.to_string());
+                let valid_sd_id = sd_id.split_once('@').is_some_and(|(name, pen)| {
+                    !name.is_empty()
+                        && name.len() + pen.len() < 32
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && !matches!(b, b'=' | b']' | b'"' | b'@'))
+                        && !pen.is_empty()
+                        && pen.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                });
+                if !valid_sd_id {
+                    return Err(invalid(
+                        "siem.sd_id",
+                        format!(
+                            "{sd_id:?}: give NAME@NUMBER with your firm's private enterprise number, like \"lockstep@12345\" (RFC 5424 7.2.2)"
+                        ),
+                    ));
+                }
                 Some(SiemSettings {
                     address,
                     server_name,
                     ca: raw.siem.syslog_ca.unwrap_or_else(|| raw.tls.ca.clone()),
+                    allow_tls12,
+                    sd_id,
                 })
             }
         };
@@ -833,6 +874,18 @@ mod tests {
                 "siem.syslog_address: ",
             ),
             (format!("{GOOD}\n[board]\nlisten = \"everywhere\"\n"), "board.listen: "),
+            (
+                format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\ntls_min = \"1.0\"\n"),
+                "siem.tls_min: \"1.0\": give \"1.2\"",
+            ),
+            (
+                format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\nsd_id = \"lockstep\"\n"),
+                "siem.sd_id: \"lockstep\": give NAME@NUMBER",
+            ),
+            (
+                format!("{GOOD}\n[audit]\nsegment_records = 1\n"),
+                "audit.segment_records: 1: give 2 to 1000000",
+            ),
             (
                 format!("{GOOD}\n[board]\nlisten = \"0.0.0.0:7444\"\nurl = \"http://ctl:7444\"\n"),
                 "board.url: must start with https://",

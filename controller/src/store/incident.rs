@@ -88,7 +88,7 @@ impl IncidentRecord {
         let kind = self.key.split(':').next().unwrap_or_default();
         match (kind, host) {
             ("audit", _) => "lockstep audit verify".into(),
-            ("siem", _) => "curl -s localhost:9720/metrics | grep lockstep_siem".into(),
+            ("siem", _) => "lockstep_siem_lag_records and lockstep_siem_connected on the controller's /metrics".into(),
             ("store", _) => "lockstep cluster status".into(),
             ("halted", _) => "lockstep halts".into(),
             ("drift", Some(h)) if self.key.contains(":release-") => format!("lockstep diff {h} --release"),
