@@ -489,3 +489,59 @@ async fn a_previewed_login_link_still_logs_in_and_a_cross_site_post_does_not() {
     assert_eq!(m.fleet.controller.board_sessions.list().await.unwrap().len(), 1);
     m.fleet.shutdown().await.unwrap();
 }
+
+/// One client (127.0.0.2) opens 600 TLS connections to the board and
+/// keeps them idle: it holds at most its own share, the rest are refused
+/// and audited as `connection.refused`, and another client's page still
+/// loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_idle_connections_do_not_stop_anothers_page() {
+    let spec = FleetSpec {
+        board: true,
+        ..FleetSpec::smars(1)
+    };
+    let m = Morning::with_spec(spec).await.unwrap();
+    let board = m.fleet.board_url.clone().unwrap();
+    let ca = m.fleet.pki_dir.join("ca.pem");
+    let authority: std::net::SocketAddr = board.trim_start_matches("https://").parse().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in lockstep_link::tls::load_certs(&ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(lockstep_link::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let Ok(tcp) = socket.connect(authority).await else {
+            continue;
+        };
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        if let Ok(tls) = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+        {
+            held.push(tls);
+        }
+    }
+    assert!(held.len() >= 128, "the attacker's own share: {}", held.len());
+    // Another client's page, while all of them are held.
+    for _ in 0..3 {
+        let (status, _, body) = browser::https(&ca, &format!("{board}/board.css"), "GET", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    m.fleet
+        .wait_audit("connection.refused", "board connections are open from this address")
+        .await
+        .unwrap();
+    drop(held);
+    m.fleet.shutdown().await.unwrap();
+}

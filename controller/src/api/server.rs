@@ -118,28 +118,40 @@ fn peer_identity(conn: &tokio_rustls::server::TlsStream<TcpStream>) -> Result<Pe
     PeerIdentity::from_cert_der(leaf).map_err(|e| e.to_string())
 }
 
-/// Handshakes in flight per peer address.
-#[derive(Clone, Default)]
-struct InFlight(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+/// Something counted per peer address (handshakes in flight, open
+/// connections), at most `limit` at once from one address.
+#[derive(Clone)]
+pub(crate) struct PerPeer {
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    limit: usize,
+}
 
-/// One handshake counted against its peer until dropped.
-struct InFlightSlot(InFlight, IpAddr);
+/// One counted against its peer until dropped.
+pub(crate) struct PerPeerSlot(PerPeer, IpAddr);
 
-impl InFlight {
-    fn take(&self, ip: IpAddr) -> Option<InFlightSlot> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+impl PerPeer {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            counts: Arc::default(),
+            limit,
+        }
+    }
+
+    /// A slot for `ip`, or `None` when it holds `limit` already.
+    pub(crate) fn take(&self, ip: IpAddr) -> Option<PerPeerSlot> {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_PEER {
+        if *n >= self.limit {
             return None;
         }
         *n += 1;
-        Some(InFlightSlot(self.clone(), ip))
+        Some(PerPeerSlot(self.clone(), ip))
     }
 }
 
-impl Drop for InFlightSlot {
+impl Drop for PerPeerSlot {
     fn drop(&mut self) {
-        let mut map = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = (self.0).counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
@@ -175,7 +187,7 @@ pub(crate) fn accept_tls(
     let (tx, rx) = mpsc::channel(1024);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
-    let in_flight = InFlight::default();
+    let in_flight = PerPeer::new(MAX_HANDSHAKES_PER_PEER);
     let refused = Arc::new(refused);
     // The loop (and the listener with it) ends when shutdown begins, so the
     // address is free for a controller started after this one.

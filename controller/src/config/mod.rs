@@ -659,6 +659,15 @@ impl ControllerConfig {
                 let listen: SocketAddr = at
                     .parse()
                     .map_err(|e| invalid("board.listen", format!("{e}; give ip:port, like \"0.0.0.0:7444\"")))?;
+                if listen.ip().is_unspecified() && raw.board.url.is_none() {
+                    return Err(invalid(
+                        "board.url",
+                        format!(
+                            "must be set when board.listen is {listen}: give the name operators open and the controller's certificate carries, like \"https://ctl-1.example:{}\"",
+                            listen.port()
+                        ),
+                    ));
+                }
                 let url = raw.board.url.unwrap_or_else(|| format!("https://{listen}"));
                 if !url.starts_with("https://") {
                     return Err(invalid(
@@ -670,6 +679,11 @@ impl ControllerConfig {
                     .map_err(|e| invalid("board.session_ttl", e))?;
                 let login_ttl = duration(raw.board.login_ttl.as_deref(), Duration::from_secs(120))
                     .map_err(|e| invalid("board.login_ttl", e))?;
+                for (key, ttl) in [("board.session_ttl", session_ttl), ("board.login_ttl", login_ttl)] {
+                    if ttl.is_zero() {
+                        return Err(invalid(key, "must be more than 0s".into()));
+                    }
+                }
                 if login_ttl > Duration::from_secs(3600) {
                     return Err(invalid(
                         "board.login_ttl",
@@ -891,8 +905,16 @@ mod tests {
                 "board.url: must start with https://",
             ),
             (
-                format!("{GOOD}\n[board]\nlisten = \"0.0.0.0:7444\"\nlogin_ttl = \"1d\"\n"),
+                format!("{GOOD}\n[board]\nlisten = \"0.0.0.0:7444\"\nurl = \"https://ctl:7444\"\nlogin_ttl = \"1d\"\n"),
                 "board.login_ttl: at most 1h",
+            ),
+            (
+                format!("{GOOD}\n[board]\nlisten = \"0.0.0.0:7444\"\n"),
+                "board.url: must be set when board.listen is 0.0.0.0:7444",
+            ),
+            (
+                format!("{GOOD}\n[board]\nlisten = \"127.0.0.1:7444\"\nsession_ttl = \"0s\"\n"),
+                "board.session_ttl: must be more than 0s",
             ),
             (
                 GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),

@@ -23,6 +23,11 @@ use crate::logins::COOKIE;
 /// At most this many board connections at once (each page holds one for
 /// its feed and briefly one more for a fetch).
 const MAX_CONNECTIONS: usize = 512;
+/// Open board connections from one address: a client that opens hundreds
+/// and keeps them idle cannot take every slot from the rest of the floor
+/// (a page holds its feed and a few fetches; a floor behind one NAT with
+/// dozens of boards still fits).
+const MAX_CONNECTIONS_PER_PEER: usize = 128;
 
 fn router(board: Board) -> Router {
     Router::new()
@@ -182,6 +187,7 @@ pub async fn serve(
         )
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_peer = crate::api::server::PerPeer::new(MAX_CONNECTIONS_PER_PEER);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -192,6 +198,21 @@ pub async fn serve(
         let Some(accepted) = accepted else { break };
         let Ok(tls) = accepted else { continue };
         let peer = tls.peer_addr();
+        let slot = match peer.map(|p| per_peer.take(p.ip())) {
+            Some(None) => {
+                if let Some(peer) = peer {
+                    refusals.connection(
+                        peer.ip(),
+                        &format!(
+                            "{MAX_CONNECTIONS_PER_PEER} board connections are open from this address already; connection closed"
+                        ),
+                    );
+                }
+                continue;
+            }
+            Some(Some(slot)) => Some(slot),
+            None => None,
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             if let Some(peer) = peer {
                 refusals.connection(
@@ -203,7 +224,7 @@ pub async fn serve(
         };
         let app = app.clone();
         connections.spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             let service = TowerToHyperService::new(app);
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
