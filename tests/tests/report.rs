@@ -17,6 +17,22 @@ fn utc(unix_ms: i64) -> (String, String) {
     (z.date().to_string(), z.strftime("%H:%M:%S%.3f").to_string())
 }
 
+/// A report file as the console wrote it, read strictly and checked
+/// against the published schema (docs/schema/pre-open-report.schema.json).
+fn schema_checked(path: &std::path::Path) -> Signed {
+    let text = std::fs::read_to_string(path).unwrap();
+    let value = lockstep_evidence::strict_json::parse(&text).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/schema/pre-open-report.schema.json")).unwrap();
+    let errors: Vec<String> = jsonschema::validator_for(&schema)
+        .unwrap()
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    serde_json::from_value(value).unwrap()
+}
+
 fn json_of(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
@@ -93,7 +109,7 @@ async fn a_knight_morning_report_names_every_host_and_holds_offline() {
     let (date, _) = utc(lockstep_proto::now_unix_ms());
     let json_path = dir.path().join(format!("pre-open-smars-{date}.json"));
     let html_path = dir.path().join(format!("pre-open-smars-{date}.html"));
-    let doc: Signed = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let doc: Signed = schema_checked(&json_path);
     let r = &doc.report;
 
     // Every host, its gate and reasons, at the last check.
@@ -162,10 +178,7 @@ async fn a_knight_morning_report_names_every_host_and_holds_offline() {
         .await
         .unwrap();
     assert_eq!(code, 0, "{out}");
-    let then: Signed = serde_json::from_str(
-        &std::fs::read_to_string(earlier.join(format!("pre-open-smars-{first_date}.json"))).unwrap(),
-    )
-    .unwrap();
+    let then: Signed = schema_checked(&earlier.join(format!("pre-open-smars-{first_date}.json")));
     assert_eq!(then.report.check.seq, first["seq"].as_u64().unwrap());
     assert_eq!((then.report.open_hosts, then.report.check.exit), (8, 0));
     assert_eq!(then.report.release.as_ref().unwrap().number, 1);

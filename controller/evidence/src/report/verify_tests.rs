@@ -607,3 +607,30 @@ fn records_swapped_in_the_export_are_named_out_of_order_not_missing() {
         v.findings
     );
 }
+
+/// Every report document these tests derive (v2 resting on gate states,
+/// v1 listing its hosts) against docs/schema/pre-open-report.schema.json.
+#[test]
+fn reports_match_the_published_schema() {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../../docs/schema/pre-open-report.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let (_d, k) = key();
+    let records = morning();
+    let (stated, _) = stated_morning();
+    let mut formats = std::collections::BTreeSet::new();
+    for log in [&records, &stated] {
+        for at in ["", "09:25", "09:25:30", "09:25:30.250"] {
+            let doc = sign(derive(log, &asked(at)).unwrap(), &k);
+            formats.insert(doc.report.format.clone());
+            let value = serde_json::to_value(&doc).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{at:?}: {errors:?}");
+        }
+    }
+    assert_eq!(formats.len(), 2, "both formats checked: {formats:?}");
+    // A member the schema does not know is refused by it.
+    let mut extra = serde_json::to_value(sign(derive(&records, &asked("")).unwrap(), &k)).unwrap();
+    extra["report"]["exit_code"] = 0.into();
+    assert!(!validator.is_valid(&extra));
+}
