@@ -11,11 +11,13 @@
 //! - [`etcd_cluster`]: a 3-member etcd cluster with its own CA, for the HA tests.
 //! - [`ports`]: loopback ports for servers in child processes, outside the ephemeral range.
 //! - [`ha_demo`]: `lockstep-demo --ha`: a leader killed under a live fleet on etcd.
-//! - [`sink`]: a webhook receiver and a plain HTTP GET, for alerts and metrics.
+//! - [`collectors`]: what the controller sends to, for real: a webhook receiver
+//!   (and a plain HTTP GET, for metrics) and Debian's rsyslog as the SIEM collector.
 
 pub mod bench;
 pub mod browser;
 pub mod child;
+pub mod collectors;
 pub mod etcd_cluster;
 pub mod fleet;
 pub mod fuzz;
@@ -23,5 +25,3 @@ pub mod ha_demo;
 pub mod knight;
 pub mod netns;
 pub mod ports;
-pub mod rsyslog;
-pub mod sink;

@@ -10,9 +10,9 @@ use lockstep_agent::state;
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb::Attestation;
+use lockstep_tests::collectors::webhook::{WebhookSink, http_get};
 use lockstep_tests::fleet::FleetSpec;
 use lockstep_tests::knight::Morning;
-use lockstep_tests::sink::{WebhookSink, http_get};
 use serde_json::Value;
 
 /// A 3-host fleet alerting to `sink`, with release 1 approved, every gate

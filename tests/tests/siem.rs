@@ -192,8 +192,8 @@ async fn every_audit_record_reaches_the_collector_in_order_across_an_outage_and_
 /// rsyslog during which the lag metric counts what waits; a 9,000-character
 /// halt reason arrives as one message cut where it says, and line breaks
 /// and tabs arrive escaped one way.
-async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::rsyslog::Driver) {
-    use lockstep_tests::rsyslog::Rsyslog;
+async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::collectors::rsyslog::Driver) {
+    use lockstep_tests::collectors::rsyslog::Rsyslog;
     let port = lockstep_tests::ports::free_port().unwrap();
     let spec = FleetSpec {
         controller_extra: format!("[siem]\nsyslog_address = \"127.0.0.1:{port}\"\nsd_id = \"lockstep@32473\"\n"),
@@ -254,10 +254,10 @@ async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::rsyslog::Drive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debians_rsyslog_with_gnutls_gets_every_record() {
-    a_real_rsyslog_gets_every_record(lockstep_tests::rsyslog::Driver::Gtls).await;
+    a_real_rsyslog_gets_every_record(lockstep_tests::collectors::rsyslog::Driver::Gtls).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debians_rsyslog_with_openssl_gets_every_record() {
-    a_real_rsyslog_gets_every_record(lockstep_tests::rsyslog::Driver::Ossl).await;
+    a_real_rsyslog_gets_every_record(lockstep_tests::collectors::rsyslog::Driver::Ossl).await;
 }

@@ -381,7 +381,7 @@ impl HaFleet {
     async fn metrics_body(&self, i: usize) -> Option<String> {
         let (_, _, body) = tokio::time::timeout(
             Duration::from_secs(1),
-            crate::sink::http_get(self.metrics[i], "/metrics"),
+            crate::collectors::webhook::http_get(self.metrics[i], "/metrics"),
         )
         .await
         .ok()?
