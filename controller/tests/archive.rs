@@ -101,18 +101,7 @@ fn export(f: &Fleet) -> Vec<AuditRecord> {
     let mut out = Vec::new();
     loop {
         let list = queries::list_audit(store, dir, &req).unwrap();
-        out.extend(list.records.iter().map(|r| AuditRecord {
-            seq: r.seq,
-            at_unix_ms: r.at_unix_ms,
-            actor: r.actor.clone(),
-            action: r.action.clone(),
-            host: r.host.clone(),
-            role: r.role.clone(),
-            detail: r.detail.clone(),
-            facts: r.facts.clone(),
-            prev_hash: r.prev_hash.clone(),
-            hash: r.hash.clone(),
-        }));
+        out.extend(list.records.iter().map(AuditRecord::from_pb));
         if !list.more {
             return out;
         }

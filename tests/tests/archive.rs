@@ -24,21 +24,6 @@ type Console = ConsoleServiceClient<FailoverChannel>;
 
 const AUDIT: &str = "[audit]\nsegment = \"2s\"\nkeep_online = \"1s\"\n";
 
-fn record(r: &pb::AuditRecord) -> AuditRecord {
-    AuditRecord {
-        seq: r.seq,
-        at_unix_ms: r.at_unix_ms,
-        actor: r.actor.clone(),
-        action: r.action.clone(),
-        host: r.host.clone(),
-        role: r.role.clone(),
-        detail: r.detail.clone(),
-        facts: r.facts.clone(),
-        prev_hash: r.prev_hash.clone(),
-        hash: r.hash.clone(),
-    }
-}
-
 /// Every record the controller answers for, archived or not, in order.
 async fn export(console: &Console) -> Vec<AuditRecord> {
     let mut console = console.clone();
@@ -46,7 +31,7 @@ async fn export(console: &Console) -> Vec<AuditRecord> {
     let mut out = Vec::new();
     loop {
         let list = console.list_audit(req.clone()).await.unwrap().into_inner();
-        out.extend(list.records.iter().map(record));
+        out.extend(list.records.iter().map(AuditRecord::from_pb));
         if !list.more {
             return out;
         }

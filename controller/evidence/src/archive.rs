@@ -255,24 +255,8 @@ pub fn verify_dir(dir: &Path, expected_key: Option<&str>, from_start: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::AuditAction;
-    use crate::chain::{AuditEvent, seal};
+    use crate::checkpoint::tests::segment;
     use crate::report::key::ReportKey;
-
-    fn segment(key: &ReportKey, after: &ChainHead, n: usize) -> (Vec<AuditRecord>, ChainHead) {
-        let events = (0..n)
-            .map(|i| AuditEvent::new("alice (operator)", AuditAction::Halt, format!("event {i}")))
-            .collect();
-        let (mut records, head) = seal(after, events, 1_000);
-        let signed = checkpoint::Body::of(&records).unwrap().sign(key);
-        let closing = AuditEvent {
-            facts: serde_json::to_string(&signed).unwrap(),
-            ..AuditEvent::new("controller", AuditAction::AuditCheckpoint, "segment closed")
-        };
-        let (more, head) = seal(&head, vec![closing], 2_000);
-        records.extend(more);
-        (records, head)
-    }
 
     #[test]
     fn segments_written_list_read_back_and_verify_linked() {

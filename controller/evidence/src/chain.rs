@@ -197,6 +197,22 @@ impl ChainCheck {
 }
 
 impl AuditRecord {
+    /// A record as `ListAudit` answered it.
+    pub fn from_pb(r: &lockstep_proto::pb::AuditRecord) -> Self {
+        Self {
+            seq: r.seq,
+            at_unix_ms: r.at_unix_ms,
+            actor: r.actor.clone(),
+            action: r.action.clone(),
+            host: r.host.clone(),
+            role: r.role.clone(),
+            detail: r.detail.clone(),
+            facts: r.facts.clone(),
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+        }
+    }
+
     pub fn to_pb(&self) -> lockstep_proto::pb::AuditRecord {
         lockstep_proto::pb::AuditRecord {
             seq: self.seq,

@@ -165,11 +165,12 @@ pub fn check_segment(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chain::{AuditEvent, seal};
 
-    fn segment(key: &ReportKey, after: &ChainHead, n: usize) -> (Vec<AuditRecord>, ChainHead) {
+    /// `n` records after `after`, closed by a checkpoint signed with `key`.
+    pub(crate) fn segment(key: &ReportKey, after: &ChainHead, n: usize) -> (Vec<AuditRecord>, ChainHead) {
         let events = (0..n)
             .map(|i| AuditEvent::new("alice (operator)", AuditAction::Halt, format!("event {i}")))
             .collect();

@@ -85,28 +85,8 @@ impl Board {
             actor: actor.clone(),
             why,
         };
-        // A browser says where a request comes from; only our own pages may act.
-        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-        if site.is_some_and(|s| s != "same-origin" && s != "none") {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                format!("a cross-site request ({})", site.unwrap_or_default()),
-            ));
-        }
-        let ours = self
-            .controller
-            .config
-            .board
-            .as_ref()
-            .map(|b| b.url.clone())
-            .unwrap_or_default();
-        if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            if origin != ours {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    format!("a request from {origin}, not from the board ({ours})"),
-                ));
-            }
+        if let Some(why) = self.foreign(headers) {
+            return Err(refuse(StatusCode::FORBIDDEN, why));
         }
         let Some(session) = session else {
             return Err(refuse(

@@ -18,6 +18,26 @@ pub struct Board {
 }
 
 impl Board {
+    /// Why a request is not from the board's own pages, when a browser
+    /// says so (`Sec-Fetch-Site`, `Origin`): only our pages may act.
+    pub fn foreign(&self, headers: &HeaderMap) -> Option<String> {
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if let Some(site) = site.filter(|s| *s != "same-origin" && *s != "none") {
+            return Some(format!("a cross-site request ({site})"));
+        }
+        let ours = self
+            .controller
+            .config
+            .board
+            .as_ref()
+            .map(|b| b.url.as_str())
+            .unwrap_or_default();
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        origin
+            .filter(|o| *o != ours)
+            .map(|o| format!("a request from {o}, not from the board ({ours})"))
+    }
+
     /// The live session of a request's cookie, if it has one.
     pub async fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let cookie = session_cookie(headers)?;

@@ -118,20 +118,7 @@ async fn login_page(Path(token): Path<String>) -> Response {
 /// the board. A browser's POST from another site is refused and audited,
 /// and spends nothing.
 async fn login(State(board): State<Board>, headers: HeaderMap, Path(token): Path<String>) -> Response {
-    let ours = board
-        .controller
-        .config
-        .board
-        .as_ref()
-        .map(|b| b.url.clone())
-        .unwrap_or_default();
-    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let foreign = match (site, origin) {
-        (Some(s), _) if s != "same-origin" && s != "none" => Some(format!("a cross-site request ({s})")),
-        (_, Some(o)) if o != ours => Some(format!("a request from {o}, not from the board ({ours})")),
-        _ => None,
-    };
+    let foreign = board.foreign(&headers);
     if let Some(why) = foreign {
         board
             .controller
