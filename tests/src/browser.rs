@@ -226,10 +226,36 @@ pub async fn https(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<(u16, String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("https://").context("not an https:// URL")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    let raw = https_bytes(ca, url, request.as_bytes()).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status in the answer")?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// Sends `request` as it is (malformed ones too) over TLS to the board at
+/// `url`'s authority, trusting the fleet CA; returns all it answered
+/// before closing.
+pub async fn https_bytes(ca: &Path, url: &str, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("https://").context("not an https:// URL")?;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_string();
     let mut roots = rustls::RootCertStore::empty();
     for cert in lockstep_link::tls::load_certs(ca)? {
@@ -241,27 +267,11 @@ pub async fn https(
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(authority).await?;
-    let name = rustls::pki_types::ServerName::try_from(host.clone())?;
+    let name = rustls::pki_types::ServerName::try_from(host)?;
     let mut tls = connector.connect(name, tcp).await?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    tls.write_all(request.as_bytes()).await?;
+    tls.write_all(request).await?;
     let mut raw = Vec::new();
     // A server that closes without close_notify still said what it said.
     let _ = tls.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status in the answer")?;
-    Ok((status, head.to_string(), body.to_string()))
+    Ok(raw)
 }

@@ -493,7 +493,8 @@ async fn a_previewed_login_link_still_logs_in_and_a_cross_site_post_does_not() {
 /// One client (127.0.0.2) opens 600 TLS connections to the board and
 /// keeps them idle: it holds at most its own share, the rest are refused
 /// and audited as `connection.refused`, and another client's page still
-/// loads.
+/// loads. Then malformed requests: hyper's own answers carry the security
+/// headers too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_clients_idle_connections_do_not_stop_anothers_page() {
     let spec = FleetSpec {
@@ -543,5 +544,28 @@ async fn one_clients_idle_connections_do_not_stop_anothers_page() {
         .await
         .unwrap();
     drop(held);
+    // Requests hyper refuses before any layer of ours sees them still get
+    // the board's security headers.
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let huge_head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(500_000));
+    for (request, status) in [
+        ("GET /\x01 HTTP/1.1\r\n\r\n".to_string(), "400"),
+        ("NOT HTTP AT ALL\r\n\r\n".to_string(), "400"),
+        (long_uri, "414"),
+        (huge_head, "431"),
+    ] {
+        let raw = browser::https_bytes(&ca, &board, request.as_bytes()).await.unwrap();
+        let answer = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(answer.starts_with(&format!("http/1.1 {status} ")), "{answer}");
+        for header in [
+            "content-security-policy: default-src 'none'",
+            "x-content-type-options: nosniff",
+            "strict-transport-security: max-age=31536000",
+            "referrer-policy: same-origin",
+            "cache-control: no-store",
+        ] {
+            assert!(answer.contains(header), "{status} without {header}: {answer}");
+        }
+    }
     m.fleet.shutdown().await.unwrap();
 }

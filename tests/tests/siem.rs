@@ -95,7 +95,7 @@ async fn every_audit_record_reaches_the_collector_in_order_across_an_outage_and_
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();
     let spec = FleetSpec {
-        controller_extra: format!("[siem]\nsyslog_address = \"{at}\"\n"),
+        controller_extra: format!("[siem]\nsyslog_address = \"{at}\"\nsd_id = \"lockstep@64512\"\n"),
         ..FleetSpec::smars(2)
     };
     let mut fleet = Fleet::start(spec).await.unwrap();
@@ -178,7 +178,7 @@ async fn every_audit_record_reaches_the_collector_in_order_across_an_outage_and_
     for r in reasons {
         assert!(
             got.iter()
-                .any(|(_, _, m)| m.contains(r) && m.contains("[lockstep@32473 ")),
+                .any(|(_, _, m)| m.contains(r) && m.contains("[lockstep@64512 ")),
             "no {r:?}"
         );
     }
@@ -186,17 +186,25 @@ async fn every_audit_record_reaches_the_collector_in_order_across_an_outage_and_
     fleet.shutdown().await.unwrap();
 }
 
-/// Debian's own rsyslog as the collector, configured as its packages ship
-/// (gtls: TLS 1.2 at most; ossl), a private instance on loopback: every
-/// record arrives with its structured data parsed, across a `kill -9` of
-/// rsyslog during which the lag metric counts what waits; a 9,000-character
-/// halt reason arrives as one message cut where it says, and line breaks
-/// and tabs arrive escaped one way.
-async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::collectors::rsyslog::Driver) {
-    use lockstep_tests::collectors::rsyslog::Rsyslog;
+/// Which stock collector a SIEM test runs.
+#[derive(Clone, Copy)]
+enum Stock {
+    Rsyslog(lockstep_tests::collectors::rsyslog::Driver),
+    SyslogNg,
+}
+
+/// A stock collector from Debian's packages, configured as they ship
+/// (rsyslog gtls: TLS 1.2 at most; rsyslog ossl; syslog-ng), a private
+/// instance on loopback: every record arrives with its structured data
+/// parsed, across a `kill -9` of the collector during which the lag metric
+/// counts what waits; a 9,000-character halt reason arrives as one message
+/// cut where it says, and line breaks and tabs arrive escaped one way.
+async fn a_stock_collector_gets_every_record(stock: Stock) {
+    use lockstep_tests::collectors::syslog::Collector;
+    use lockstep_tests::collectors::{rsyslog, syslog_ng};
     let port = lockstep_tests::ports::free_port().unwrap();
     let spec = FleetSpec {
-        controller_extra: format!("[siem]\nsyslog_address = \"127.0.0.1:{port}\"\nsd_id = \"lockstep@32473\"\n"),
+        controller_extra: format!("[siem]\nsyslog_address = \"127.0.0.1:{port}\"\nsd_id = \"lockstep@64512\"\n"),
         ..FleetSpec::smars(1)
     };
     let fleet = Fleet::start(spec).await.unwrap();
@@ -206,18 +214,22 @@ async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::collectors::rs
         key: fleet.pki_dir.join("controller.key"),
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut rsyslog = Rsyslog::start(dir.path(), port, driver, &paths, "lockstep@32473").unwrap();
+    let mut collector = match stock {
+        Stock::Rsyslog(driver) => rsyslog::start(dir.path(), port, driver, &paths, "lockstep@64512"),
+        Stock::SyslogNg => syslog_ng::start(dir.path(), port, &paths, "lockstep@64512"),
+    }
+    .unwrap();
     let alice = fleet.operator("alice", OperatorRole::Operator).unwrap();
     halt(&fleet, &alice, "line one\nline two\tafter a tab").await;
     let first = last_seq(&fleet).await;
-    fn has(rsyslog: &Rsyslog, upto: u64) -> bool {
-        let seen: std::collections::BTreeSet<u64> = rsyslog.received().iter().map(|(s, _)| *s).collect();
+    fn has(collector: &Collector, upto: u64) -> bool {
+        let seen: std::collections::BTreeSet<u64> = collector.received().iter().map(|(s, _)| *s).collect();
         (1..=upto).all(|s| seen.contains(&s))
     }
-    wait_until("rsyslog to write the first records", || has(&rsyslog, first)).await;
+    wait_until("the collector to write the first records", || has(&collector, first)).await;
 
-    // rsyslog killed: records made meanwhile wait, and the lag says so.
-    rsyslog.kill();
+    // The collector killed: records made meanwhile wait, and the lag says so.
+    collector.kill();
     halt(&fleet, &alice, &"x".repeat(9_000)).await;
     let during = last_seq(&fleet).await;
     let c = fleet.controller.clone();
@@ -225,15 +237,15 @@ async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::collectors::rs
         c.metrics.siem_lag.get() > 0 && c.metrics.siem_connected.get() == 0
     })
     .await;
-    rsyslog.restart().unwrap();
-    wait_until("rsyslog to write the records made during the outage", || {
-        has(&rsyslog, during)
+    collector.restart().unwrap();
+    wait_until("the collector to write the records made during the outage", || {
+        has(&collector, during)
     })
     .await;
     let c = fleet.controller.clone();
     wait_until("the lag back to 0", move || c.metrics.siem_lag.get() == 0).await;
 
-    let received = rsyslog.received();
+    let received = collector.received();
     let text_of = |needle: &str| {
         received
             .iter()
@@ -254,10 +266,15 @@ async fn a_real_rsyslog_gets_every_record(driver: lockstep_tests::collectors::rs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debians_rsyslog_with_gnutls_gets_every_record() {
-    a_real_rsyslog_gets_every_record(lockstep_tests::collectors::rsyslog::Driver::Gtls).await;
+    a_stock_collector_gets_every_record(Stock::Rsyslog(lockstep_tests::collectors::rsyslog::Driver::Gtls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debians_rsyslog_with_openssl_gets_every_record() {
-    a_real_rsyslog_gets_every_record(lockstep_tests::collectors::rsyslog::Driver::Ossl).await;
+    a_stock_collector_gets_every_record(Stock::Rsyslog(lockstep_tests::collectors::rsyslog::Driver::Ossl)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debians_syslog_ng_gets_every_record() {
+    a_stock_collector_gets_every_record(Stock::SyslogNg).await;
 }

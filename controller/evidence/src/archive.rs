@@ -54,12 +54,8 @@ impl SegmentFile {
     /// Its checkpoint record, from the file beside it.
     pub fn checkpoint_record(&self) -> Result<AuditRecord, ArchiveError> {
         let path = checkpoint_path(&self.path);
-        let text = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&text).map_err(|e| ArchiveError::Corrupt {
-            path,
-            line: 1,
-            reason: e.to_string(),
-        })
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        AuditRecord::from_json(&text).map_err(|reason| ArchiveError::Corrupt { path, line: 1, reason })
     }
 
     /// Every record of the segment, in order.
@@ -68,10 +64,10 @@ impl SegmentFile {
         let mut out = Vec::new();
         for (i, line) in BufReader::new(GzDecoder::new(file)).lines().enumerate() {
             let line = line.map_err(io(&self.path))?;
-            let record = serde_json::from_str(&line).map_err(|e| ArchiveError::Corrupt {
+            let record = AuditRecord::from_json(&line).map_err(|reason| ArchiveError::Corrupt {
                 path: self.path.clone(),
                 line: i + 1,
-                reason: e.to_string(),
+                reason,
             })?;
             out.push(record);
         }

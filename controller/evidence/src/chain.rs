@@ -197,6 +197,27 @@ impl ChainCheck {
 }
 
 impl AuditRecord {
+    /// One record of an export, an archive file or a checkpoint file (JSON),
+    /// read strictly ([`crate::strict_json`]): no member twice, none the
+    /// format does not have, integers only.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        crate::strict_json::from_str(
+            text,
+            &[
+                "seq",
+                "at_unix_ms",
+                "actor",
+                "action",
+                "host",
+                "role",
+                "detail",
+                "facts",
+                "prev_hash",
+                "hash",
+            ],
+        )
+    }
+
     /// A record as `ListAudit` answered it.
     pub fn from_pb(r: &lockstep_proto::pb::AuditRecord) -> Self {
         Self {

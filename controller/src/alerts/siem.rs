@@ -188,12 +188,6 @@ impl Forwarder {
         metrics: Arc<Metrics>,
     ) -> Option<Self> {
         let settings = config.siem.clone()?;
-        if settings.sd_id == crate::config::DOCUMENTATION_SD_ID {
-            warn!(
-                sd_id = %settings.sd_id,
-                "the SIEM messages carry the documentation enterprise number: set [siem] sd_id to your firm's own"
-            );
-        }
         Some(Self {
             settings,
             alerts,

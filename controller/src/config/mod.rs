@@ -427,9 +427,9 @@ pub struct SiemSettings {
     pub sd_id: String,
 }
 
-/// The SD-ID when `[siem] sd_id` is not set: 32473 is the enterprise
-/// number RFC 5612 reserves for documentation; give your firm's own.
-pub const DOCUMENTATION_SD_ID: &str = "lockstep@32473";
+/// The enterprise number RFC 5612 reserves for documentation: examples
+/// use it, a SIEM feed may not.
+const DOCUMENTATION_PEN: &str = "@32473";
 
 /// `[board]`: the fleet board, a web page served over HTTPS with the
 /// controller's certificate.
@@ -626,7 +626,22 @@ impl ControllerConfig {
                         ));
                     }
                 };
-                let sd_id = raw.siem.sd_id.unwrap_or_else(|| DOCUMENTATION_SD_ID.to_string());
+                // No default: an SD-ID names an enterprise number, and the
+                // only one that belongs to nobody is the documentation one.
+                let Some(sd_id) = raw.siem.sd_id else {
+                    return Err(invalid(
+                        "siem.sd_id",
+                        "not set: give NAME@NUMBER with your firm's private enterprise number (IANA assigns one, free), like sd_id = \"lockstep@12345\"; the collector's parser keys on it (RFC 5424 7.2.2)".to_string(),
+                    ));
+                };
+                if sd_id.ends_with(DOCUMENTATION_PEN) {
+                    return Err(invalid(
+                        "siem.sd_id",
+                        format!(
+                            "{sd_id:?}: 32473 is the enterprise number RFC 5612 reserves for documentation; give your firm's own"
+                        ),
+                    ));
+                }
                 let valid_sd_id = sd_id.split_once('@').is_some_and(|(name, pen)| {
                     !name.is_empty()
                         && name.len() + pen.len() < 32
@@ -889,8 +904,18 @@ mod tests {
             ),
             (format!("{GOOD}\n[board]\nlisten = \"everywhere\"\n"), "board.listen: "),
             (
-                format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\ntls_min = \"1.0\"\n"),
+                format!(
+                    "{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\nsd_id = \"lockstep@12345\"\ntls_min = \"1.0\"\n"
+                ),
                 "siem.tls_min: \"1.0\": give \"1.2\"",
+            ),
+            (
+                format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\n"),
+                "siem.sd_id: not set: give NAME@NUMBER with your firm's private enterprise number",
+            ),
+            (
+                format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\nsd_id = \"lockstep@32473\"\n"),
+                "siem.sd_id: \"lockstep@32473\": 32473 is the enterprise number RFC 5612 reserves for documentation",
             ),
             (
                 format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\nsd_id = \"lockstep\"\n"),

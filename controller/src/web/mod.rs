@@ -9,8 +9,10 @@
 //! requests, confirmed by typing its scope, and audited.
 
 mod actions;
+mod automatic_answers;
 mod board;
 mod feed;
+mod headers;
 mod pages;
 mod server;
 

@@ -47,7 +47,7 @@ fn router(board: Board) -> Router {
         .route("/board.js", get(script))
         .route("/board.css", get(style))
         .layer(axum::middleware::from_fn_with_state(board.clone(), still_leading))
-        .layer(axum::middleware::map_response(secure_headers))
+        .layer(axum::middleware::map_response(super::headers::secure))
         .with_state(board)
 }
 
@@ -69,30 +69,6 @@ async fn still_leading(
         ),
         None => next.run(request).await,
     }
-}
-
-/// What every answer carries: nothing from elsewhere may run or frame the
-/// board, and no URL of it (a login link) leaks in a Referer to another
-/// site. `same-origin`, not `no-referrer`: under `no-referrer` a browser
-/// sends `Origin: null` with the board's own forms, which the origin check
-/// must refuse.
-async fn secure_headers(mut response: Response) -> Response {
-    let h = response.headers_mut();
-    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
-        h.insert(k, HeaderValue::from_static(v));
-    };
-    set(
-        h,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    );
-    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "same-origin");
-    set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
-    if !h.contains_key(header::CACHE_CONTROL) {
-        set(h, header::CACHE_CONTROL, "no-store");
-    }
-    response
 }
 
 async fn script() -> impl IntoResponse {
@@ -216,7 +192,7 @@ pub async fn serve(
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection(TokioIo::new(super::automatic_answers::Headed::new(tls)), service)
                 .await;
             if let Err(e) = served {
                 tracing::debug!(peer = ?peer, error = %e, "board connection ended");

@@ -468,6 +468,6 @@ pub fn parse_export(text: &str) -> Result<Vec<AuditRecord>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .map(|(i, l)| AuditRecord::from_json(l).map_err(|e| format!("line {}: {e}", i + 1)))
         .collect()
 }

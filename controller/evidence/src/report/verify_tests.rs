@@ -521,6 +521,33 @@ fn a_member_given_twice_is_refused_though_the_signature_holds_for_one_reading() 
         "{:?}",
         v.findings
     );
+    // And a number not written as the integer it was signed as.
+    let fraction = text.replacen("\"exit\": 3", "\"exit\": 3.0", 1);
+    assert_ne!(fraction, text);
+    let v = verify(&fraction, None, None);
+    assert!(
+        matches!(&v.findings[..], [Finding::NotAReport(why)] if why.contains("fraction or an exponent")),
+        "{:?}",
+        v.findings
+    );
+}
+
+#[test]
+fn an_export_line_with_a_member_the_hash_does_not_cover_is_refused() {
+    let records = morning();
+    let mut lines: Vec<String> = records.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    assert_eq!(crate::report::parse_export(&lines.join("\n")).unwrap(), records);
+    lines[2] = lines[2].replacen('{', "{\"exit\":0,", 1);
+    let e = crate::report::parse_export(&lines.join("\n")).unwrap_err();
+    assert!(
+        e.contains("line 3: the member \"exit\" is not one of the format's"),
+        "{e}"
+    );
+    lines[2] = serde_json::to_string(&records[2])
+        .unwrap()
+        .replacen("\"seq\":", "\"seq\":1,\"seq\":", 1);
+    let e = crate::report::parse_export(&lines.join("\n")).unwrap_err();
+    assert!(e.contains("line 3: the member \"seq\" is given twice"), "{e}");
 }
 
 #[test]
