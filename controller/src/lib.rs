@@ -108,7 +108,8 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> anyh
     };
     match config.backend.clone() {
         config::Backend::Sled => {
-            let store = store::sled::SledStore::open(&config.data_dir.join("store"))?;
+            let store =
+                store::sled::SledStore::open_with_cache(&config.data_dir.join("store"), config.store.sled_cache_bytes)?;
             let listeners = Listeners::bind(&config).await?;
             let controller = Arc::new(controller::Controller::new(config, Arc::new(store))?);
             let metrics = metrics_listener.map(|l| {

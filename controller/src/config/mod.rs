@@ -141,6 +141,7 @@ struct RawSiem {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     min_free_mib: Option<u64>,
+    cache_mib: Option<u64>,
     stall_timeout: Option<String>,
     backend: Option<String>,
     etcd: Option<RawEtcd>,
@@ -207,6 +208,11 @@ pub struct StoreSettings {
     /// A write that has not finished by then is a failed store: nothing
     /// more is written until the controller restarts.
     pub stall_timeout: Duration,
+    /// sled's page cache (sled only). Long reads (`audit verify`, a
+    /// report) fill it and the process keeps it: its size is the memory a
+    /// read can leave behind. The operating system's file cache still
+    /// holds the rest of the store.
+    pub sled_cache_bytes: u64,
 }
 
 impl Default for StoreSettings {
@@ -214,6 +220,7 @@ impl Default for StoreSettings {
         Self {
             min_free_bytes: 256 << 20,
             stall_timeout: Duration::from_secs(15),
+            sled_cache_bytes: crate::store::sled::DEFAULT_CACHE_MIB << 20,
         }
     }
 }
@@ -578,6 +585,16 @@ impl ControllerConfig {
                 .map_or(store_defaults.min_free_bytes, |m| m.saturating_mul(1 << 20)),
             stall_timeout: duration(raw.store.stall_timeout.as_deref(), store_defaults.stall_timeout)
                 .map_err(|e| invalid("store.stall_timeout", e))?,
+            sled_cache_bytes: match raw.store.cache_mib {
+                None => store_defaults.sled_cache_bytes,
+                Some(m) if (8..=65_536).contains(&m) => m << 20,
+                Some(m) => {
+                    return Err(invalid(
+                        "store.cache_mib",
+                        format!("{m}: give a size in MiB from 8 to 65536"),
+                    ));
+                }
+            },
         };
         if store.stall_timeout < Duration::from_secs(1) {
             return Err(invalid("store.stall_timeout", "must be at least 1s".into()));
@@ -884,6 +901,9 @@ mod tests {
         assert!(!smars.is_per_host(b"/opt/smars/bin/smars"));
         assert_eq!(c.inventory["smars-08"], "smars");
         assert_eq!(c.roles["risk"].mode, RoleMode::Consensus);
+        assert_eq!(c.store.sled_cache_bytes, 64 << 20);
+        let c = parse(&format!("{GOOD}\n[store]\ncache_mib = 256\n")).unwrap();
+        assert_eq!(c.store.sled_cache_bytes, 256 << 20);
     }
 
     #[test]
@@ -920,6 +940,10 @@ mod tests {
             (
                 format!("{GOOD}\n[siem]\nsyslog_address = \"siem.example:6514\"\nsd_id = \"lockstep\"\n"),
                 "siem.sd_id: \"lockstep\": give NAME@NUMBER",
+            ),
+            (
+                format!("{GOOD}\n[store]\ncache_mib = 4\n"),
+                "store.cache_mib: 4: give a size in MiB from 8 to 65536",
             ),
             (
                 format!("{GOOD}\n[audit]\nsegment_records = 1\n"),

@@ -474,6 +474,7 @@ mod tests {
         let settings = StoreSettings {
             min_free_bytes: 0,
             stall_timeout: Duration::from_secs(10),
+            ..StoreSettings::default()
         };
         let text = include_str!("../../tests/fixtures/controller_good.toml");
         let config = Arc::new(ControllerConfig::parse(text, Path::new("controller.toml")).unwrap());

@@ -34,7 +34,8 @@ fn open(config_path: &Path) -> anyhow::Result<(String, Arc<dyn Store>)> {
     Ok(match config.backend {
         Backend::Sled => {
             let path = config.data_dir.join("store");
-            let store = SledStore::open(&path).with_context(|| format!("{}: the sled store", config_path.display()))?;
+            let store = SledStore::open_with_cache(&path, config.store.sled_cache_bytes)
+                .with_context(|| format!("{}: the sled store", config_path.display()))?;
             (format!("sled at {}", path.display()), Arc::new(store))
         }
         Backend::Etcd(settings) => {

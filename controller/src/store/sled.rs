@@ -39,6 +39,11 @@ fn host_key(host: &str, seq: u64) -> Vec<u8> {
 
 const ARCHIVE_MARK: &[u8] = b"archive_mark";
 
+/// sled's page cache when `[store] cache_mib` is not set: enough for the
+/// hot trees (hosts, releases, the open segment's tail); sled's own default
+/// is 1 GiB, which a long read of the audit log fills and never returns.
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+
 /// How long `open` waits for the store's file lock when it is taken.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
@@ -47,10 +52,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// so a store closed and reopened in one process (a restart in place, the
 /// tests) can find it still held for a few milliseconds. Another process
 /// holding it is still refused, after `LOCK_WAIT`.
-fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new().path(path).cache_capacity(cache_bytes).open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
             {
@@ -62,12 +67,19 @@ fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
 }
 
 impl SledStore {
+    /// Opens the store at `path` with the default page cache.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_MIB << 20)
+    }
+
+    /// Opens the store at `path` with a page cache of `cache_bytes`
+    /// (`[store] cache_mib`).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let err = |e: sled::Error| StoreError::Backend {
             path: path.display().to_string(),
             reason: format!("{e}; is another controller using this data_dir?"),
         };
-        let db = open_db(path).map_err(err)?;
+        let db = open_db(path, cache_bytes).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),
             hosts: db.open_tree("hosts").map_err(err)?,

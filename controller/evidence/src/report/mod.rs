@@ -448,18 +448,50 @@ pub(crate) fn signing_input(body: &Value) -> Vec<u8> {
 /// the signature covers (the report holds only strings, integers, booleans,
 /// null, lists and objects, so this is RFC 8785 for it).
 pub fn canonical(v: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+/// [`canonical`] into one buffer: a 10,000-host report is written once,
+/// not once per level of nesting.
+fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
             members.sort_by(|a, b| a.0.cmp(b.0));
-            let inner: Vec<String> = members
-                .into_iter()
-                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical(v)))
-                .collect();
-            format!("{{{}}}", inner.join(","))
+            out.push('{');
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
         }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
-        other => other.to_string(),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::String(text) => write_string(text, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A JSON string as serde_json escapes it (the escaping protocol.md names).
+fn write_string(text: &str, out: &mut String) {
+    // serde_json writes valid UTF-8 into the Vec; the fallback never runs.
+    let mut bytes = Vec::with_capacity(text.len() + 2);
+    if serde_json::to_writer(&mut bytes, text).is_ok() {
+        out.push_str(&String::from_utf8_lossy(&bytes));
     }
 }
 
