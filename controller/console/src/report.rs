@@ -78,7 +78,13 @@ pub async fn pre_open(
         out_dir.join(format!("{stem}.html")),
     );
     write(&json_path, &reply.json)?;
-    write(&html_path, &reply.html)?;
+    if reply.html.is_empty() {
+        // A role whose page did not fit in the answer beside the document:
+        // the same page, rendered here from the signed document.
+        write(&html_path, &lockstep_evidence::report::html::render(&doc))?;
+    } else {
+        write(&html_path, &reply.html)?;
+    }
     if json {
         let v = json!({"summary": reply.summary, "json": json_path, "html": html_path, "key_id": doc.signature.key_id});
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;

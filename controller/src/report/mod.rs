@@ -92,6 +92,24 @@ impl ReportIssuer {
         .await
         .map_err(|e| ApiError::Internal(format!("the report task failed: {e}")))??;
         let body = &signed.report;
+        // A console answer never exceeds the message limit: a role so large
+        // that the page does not fit beside the document gets the document
+        // alone (the console renders the same page from it); one whose
+        // document alone does not fit is refused, naming the setting.
+        let limit = self.config.limits.max_payload_bytes;
+        if json.len() > limit {
+            return Err(TooLarge {
+                role: body.role.clone(),
+                bytes: json.len(),
+                limit,
+            }
+            .into());
+        }
+        let html = if json.len() + html.len() > limit {
+            String::new()
+        } else {
+            html
+        };
         let summary = format!(
             "{} {}: the check at record {} by {} answered \"{}\" (exit {})",
             body.role, body.date, body.check.seq, body.check.by, body.check.summary, body.check.exit
@@ -150,6 +168,23 @@ fn today(time_zone: &str, now_unix_ms: i64) -> Result<String, ApiError> {
     let zone = jiff::tz::TimeZone::get(time_zone).map_err(|_| report::ReportError::BadZone(time_zone.into()))?;
     let now = jiff::Timestamp::from_millisecond(now_unix_ms).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(now.to_zoned(zone).date().to_string())
+}
+
+/// A report larger than a console answer may be.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the pre-open report of role {role} is {bytes} bytes of JSON, over the {limit} bytes a console answer may carry; raise [limits] max_message_bytes on the controller (and restart it) to issue it"
+)]
+pub struct TooLarge {
+    role: String,
+    bytes: usize,
+    limit: usize,
+}
+
+impl crate::error::DomainError for TooLarge {
+    fn code_and_reason(&self) -> (tonic::Code, &'static str) {
+        (tonic::Code::ResourceExhausted, lockstep_proto::reason::TOO_LARGE)
+    }
 }
 
 impl crate::error::DomainError for lockstep_evidence::report::ReportError {

@@ -238,6 +238,8 @@ pub async fn ingest_on(agents: usize, duration: Duration, etcd: bool) -> anyhow:
     let hosts: Vec<String> = (1..=agents).map(|i| format!("smars-{i:05}")).collect();
     let fleet = ProcFleet::start(ProcSpec {
         etcd,
+        // A setting to compare, e.g. "[store]\ncache_mib = 1024" against the default.
+        extra_toml: std::env::var("LOCKSTEP_BENCH_CONTROLLER_TOML").unwrap_or_default(),
         ..ProcSpec::smars(hosts.clone())
     })
     .await?;

@@ -57,6 +57,8 @@ pub struct YearsRow {
     pub report: Duration,
     /// Pre-open report of the first day (from the archive once archived).
     pub report_archived: Duration,
+    /// The last day's report as the console receives it (JSON and page).
+    pub report_bytes: u64,
     pub report_peak_mib: f64,
     pub gate_check: Duration,
     /// The slowest of the gate checks run back to back while `audit verify` ran, and how many.
@@ -212,6 +214,7 @@ pub struct Measured {
     audit_verify_peak_mib: f64,
     report_s: f64,
     report_archived_s: f64,
+    report_bytes: u64,
     report_peak_mib: f64,
     gate_check_s: f64,
     during_verify_s: f64,
@@ -236,6 +239,7 @@ impl Measured {
             audit_verify_peak_mib: self.audit_verify_peak_mib,
             report: d(self.report_s),
             report_archived: d(self.report_archived_s),
+            report_bytes: self.report_bytes,
             report_peak_mib: self.report_peak_mib,
             gate_check: d(self.gate_check_s),
             during_verify: d(self.during_verify_s),
@@ -311,7 +315,8 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
             let before = status_kib("VmRSS:") / 1024.0;
             peak_mib_and_reset();
             let started = Instant::now();
-            c.reports
+            let reply = c
+                .reports
                 .pre_open(
                     carol,
                     pb::PreOpenReportRequest {
@@ -322,7 +327,8 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok::<_, anyhow::Error>((started.elapsed(), peak_mib_and_reset() - before))
+            let bytes = (reply.json.len() + reply.html.len()) as u64;
+            Ok::<_, anyhow::Error>((started.elapsed(), peak_mib_and_reset() - before, bytes))
         }
     };
     // The day of the last gate check (the log may end with the archiving round's records).
@@ -331,14 +337,14 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
         .rev()
         .find(|r| lockstep_evidence::action::AuditAction::GateChecked.is(&r.action))
         .map_or(last.at_unix_ms, |r| r.at_unix_ms);
-    let (report_last, last_peak) = report(day_of(last_check)?).await?;
+    let (report_last, last_peak, report_bytes) = report(day_of(last_check)?).await?;
     let first_at = audit_reads::at_or_after(
         &lockstep_controller::archive::log::Log::open(store.as_ref(), &config.audit.archive_dir)?,
         0,
     )?
     .map_or(last.at_unix_ms, |r| r.at_unix_ms);
     // Day 0 (it starts at a midnight): in the archive once 15 days old.
-    let (report_archived, archived_peak) = report(day_of(first_at)?).await?;
+    let (report_archived, archived_peak, _) = report(day_of(first_at)?).await?;
     let report_peak_mib = last_peak.max(archived_peak);
 
     c.queries.gate_check_recorded(&carol, "smars", &[]).await?;
@@ -379,6 +385,7 @@ async fn measure(dir: &Path) -> anyhow::Result<Measured> {
         audit_verify_peak_mib,
         report_s: report_last.as_secs_f64(),
         report_archived_s: report_archived.as_secs_f64(),
+        report_bytes,
         report_peak_mib,
         gate_check_s: gate_check.as_secs_f64(),
         during_verify_s: during_verify.as_secs_f64(),

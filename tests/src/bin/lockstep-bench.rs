@@ -625,14 +625,14 @@ async fn years(args: &Args) -> anyhow::Result<()> {
                 if etcd { "etcd, 3 members, 1 GiB quota" } else { "sled" }
             );
             println!(
-                "| records | days | in the store | store | most on any day | archive | slowest daily round | restart | periodic verify (peak) | audit verify (peak) | report: last day, archived day (peak) | gate check | slowest during audit verify (of n) | audit --limit 50 | board host page | RSS at rest, after the reads |"
+                "| records | days | in the store | store | most on any day | archive | slowest daily round | restart | periodic verify (peak) | audit verify (peak) | report: last day, archived day (peak; size) | gate check | slowest during audit verify (of n) | audit --limit 50 | board host page | RSS at rest, after the reads |"
             );
             println!(
                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             );
             for r in &rows {
                 println!(
-                    "| {} | {} | {} | {:.0} MB | {:.0} MB | {:.0} MB | {} | {} | {} ({:.1} MiB) | {} ({:.1} MiB) | {}, {} ({:.1} MiB) | {} | {} ({}) | {} | {} | {:.0} MiB, {:.0} MiB |",
+                    "| {} | {} | {} | {:.0} MB | {:.0} MB | {:.0} MB | {} | {} | {} ({:.1} MiB) | {} ({:.1} MiB) | {}, {} ({:.1} MiB; {:.1} MB) | {} | {} ({}) | {} | {} | {:.0} MiB, {:.0} MiB |",
                     r.records,
                     r.days,
                     r.store_records,
@@ -648,6 +648,7 @@ async fn years(args: &Args) -> anyhow::Result<()> {
                     ms(r.report),
                     ms(r.report_archived),
                     r.report_peak_mib.max(0.0),
+                    r.report_bytes as f64 / 1e6,
                     ms(r.gate_check),
                     ms(r.during_verify),
                     r.checks_during_verify,
