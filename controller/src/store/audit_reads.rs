@@ -11,6 +11,9 @@ use super::{Store, StoreError};
 /// fewer where they are large.
 pub const PAGE: usize = 512;
 
+/// About the most a page holds in bytes: a store stops a page early here.
+pub const PAGE_BYTES: usize = 4 << 20;
+
 /// Where audit records are read from: the store alone, or the archive and
 /// the store as one log (`archive::log`).
 pub trait AuditSource {

@@ -257,17 +257,22 @@ impl Store for SledStore {
     }
 
     fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit
-            .range(from.to_be_bytes()..)
-            .take(limit.max(1))
-            .map(|item| {
-                let (k, v) = item.map_err(|e| self.backend(e))?;
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                    key: format!("audit {}", hex::encode(&k)),
-                    reason: e.to_string(),
-                })
-            })
-            .collect()
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for item in self.audit.range(from.to_be_bytes()..).take(limit.max(1)) {
+            let (k, v) = item.map_err(|e| self.backend(e))?;
+            // Fewer records when they are large (a 10,000-host gate state
+            // is megabytes): a page holds about PAGE_BYTES, at least one.
+            if !page.is_empty() && bytes + v.len() > super::audit_reads::PAGE_BYTES {
+                break;
+            }
+            bytes += v.len();
+            page.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: format!("audit {}", hex::encode(&k)),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(page)
     }
 
     fn last_audit(&self) -> Result<Option<AuditRecord>, StoreError> {
@@ -382,6 +387,32 @@ mod tests {
         assert!(s.has_manifest("abcd").unwrap());
         assert_eq!(s.manifest("abcd").unwrap().unwrap(), entries);
         assert_eq!(s.manifest("ffff").unwrap(), None);
+    }
+
+    #[test]
+    fn a_page_of_large_records_stops_near_page_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        for seq in 1..=12u64 {
+            s.put_audit(&AuditRecord {
+                seq,
+                at_unix_ms: 0,
+                actor: "controller".into(),
+                action: "gate.state".into(),
+                host: String::new(),
+                role: "smars".into(),
+                detail: String::new(),
+                // A 10,000-host gate state is megabytes.
+                facts: "x".repeat(1 << 20),
+                prev_hash: String::new(),
+                hash: String::new(),
+            })
+            .unwrap();
+        }
+        let page = s.audit_page(1, 512).unwrap();
+        assert_eq!(page.len(), 3, "about 4 MiB of 1 MiB records");
+        assert_eq!(page[0].seq, 1);
+        assert_eq!(s.audit_page(12, 512).unwrap().len(), 1, "at least one");
     }
 
     #[test]

@@ -121,7 +121,8 @@ pub async fn years(sizes: &[u64], hosts: usize, etcd: bool, in_child: bool) -> a
         None
     };
     let store_toml = match &cluster {
-        None => String::new(),
+        // A sled setting to compare, e.g. "[store]\ncache_mib = 1024".
+        None => std::env::var("LOCKSTEP_BENCH_STORE_TOML").unwrap_or_default(),
         Some(c) => {
             let client = c.client_identity("bench")?;
             format!(
