@@ -12,6 +12,7 @@
 //! etcd-server, 1 GiB quota: half of etcd's default; its history compacted
 //! after each simulated day, as hourly periodic compaction would have).
 
+use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,29 +153,38 @@ pub async fn years(sizes: &[u64], hosts: usize, etcd: bool, in_child: bool) -> a
         // Opened for the growing only: the measuring child opens it again (sled's lock).
         let store = open_store(&config)?;
         loop {
-            let head = store.last_audit()?.map_or(0, |r| r.seq);
+            let head = store.last_audit().context("the log's head")?.map_or(0, |r| r.seq);
             if head >= size {
                 break;
             }
             let s = store.clone();
-            tokio::task::spawn_blocking(move || grow(s.as_ref(), head + per_day, start_ms, hosts)).await??;
+            tokio::task::spawn_blocking(move || grow(s.as_ref(), head + per_day, start_ms, hosts))
+                .await?
+                .with_context(|| format!("growing day {days}"))?;
             days += 1;
             // The day's end on the controller's clock, and its archiving round.
-            let last_at = store.last_audit()?.map_or(start_ms, |r| r.at_unix_ms);
+            let last_at = store
+                .last_audit()
+                .context("the day's last record")?
+                .map_or(start_ms, |r| r.at_unix_ms);
             let clock = lockstep_daemon::clock::TokioClock::starting_at(last_at + 60_000).shared();
-            let ledger = Arc::new(Ledger::open(config.clone(), store.clone(), clock, Box::new(|_| {}))?);
+            let ledger = Arc::new(
+                Ledger::open(config.clone(), store.clone(), clock, Box::new(|_| {}))
+                    .with_context(|| format!("opening the ledger after day {days}"))?,
+            );
             let archivist = Archivist::new(config.clone(), ledger, key.clone());
             let started = Instant::now();
             archivist
                 .round()
                 .await
-                .map_err(|e| anyhow::anyhow!("archiving round: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("archiving round after day {days}: {e}"))?;
             slowest = slowest.max(started.elapsed());
-            max_store = max_store.max(store.size()?.bytes);
+            max_store = max_store.max(store.size().context("the store's size")?.bytes);
             // A simulated day is far longer than etcd's periodic compaction
             // (docs/ha.md: hourly); it runs here as it would have by then.
             if let Some(c) = &cluster {
-                c.compact_now()?;
+                c.compact_now()
+                    .with_context(|| format!("compacting etcd after day {days}"))?;
             }
         }
         drop(store);
