@@ -215,12 +215,17 @@ pub struct StoreSettings {
     pub sled_cache_bytes: u64,
 }
 
+/// sled's page cache when `[store] cache_mib` is not set: enough for the
+/// hot trees (hosts, releases, the open segment's tail); sled's own default
+/// is 1 GiB, which a long read of the audit log fills and never returns.
+pub const DEFAULT_SLED_CACHE_MIB: u64 = 64;
+
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             min_free_bytes: 256 << 20,
             stall_timeout: Duration::from_secs(15),
-            sled_cache_bytes: crate::store::sled::DEFAULT_CACHE_MIB << 20,
+            sled_cache_bytes: DEFAULT_SLED_CACHE_MIB << 20,
         }
     }
 }

@@ -39,11 +39,6 @@ fn host_key(host: &str, seq: u64) -> Vec<u8> {
 
 const ARCHIVE_MARK: &[u8] = b"archive_mark";
 
-/// sled's page cache when `[store] cache_mib` is not set: enough for the
-/// hot trees (hosts, releases, the open segment's tail); sled's own default
-/// is 1 GiB, which a long read of the audit log fills and never returns.
-pub const DEFAULT_CACHE_MIB: u64 = 64;
-
 /// How long `open` waits for the store's file lock when it is taken.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
@@ -69,7 +64,7 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
 impl SledStore {
     /// Opens the store at `path` with the default page cache.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(path, DEFAULT_CACHE_MIB << 20)
+        Self::open_with_cache(path, crate::config::DEFAULT_SLED_CACHE_MIB << 20)
     }
 
     /// Opens the store at `path` with a page cache of `cache_bytes`
