@@ -6,13 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::path::Path;
-use std::sync::Arc;
 
 use lockstep_controller::audit::operator::Operator;
-use lockstep_controller::config::ControllerConfig;
 use lockstep_controller::controller::Controller;
 use lockstep_controller::store::audit_reads;
-use lockstep_controller::store::sled::SledStore;
 use lockstep_evidence::action::AuditAction;
 use lockstep_evidence::chain::AuditRecord;
 use lockstep_evidence::facts::{GateChecked, from_facts};
@@ -20,23 +17,12 @@ use lockstep_evidence::gate_state::GateState;
 use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
 
-fn controller(dir: &Path, hosts: usize) -> Arc<Controller> {
-    let names: Vec<String> = (0..hosts).map(|i| format!("\"smars-{i:04}\"")).collect();
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[[role]]\nname = \"smars\"\nhosts = [{}]\n",
-        dir.display(),
-        names.join(", ")
-    );
-    let config = ControllerConfig::parse(&text, Path::new("controller.toml")).unwrap();
-    let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
-    Arc::new(Controller::new(config, store).unwrap())
-}
+#[path = "fixtures/one_role.rs"]
+mod one_role;
+use one_role::carol;
 
-fn carol() -> Operator {
-    Operator {
-        name: "carol".into(),
-        role: OperatorRole::Viewer,
-    }
+fn controller(dir: &Path, hosts: usize) -> std::sync::Arc<Controller> {
+    one_role::controller(dir, hosts, "")
 }
 
 fn records(c: &Controller) -> Vec<AuditRecord> {

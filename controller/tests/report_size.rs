@@ -9,31 +9,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use lockstep_controller::audit::operator::Operator;
-use lockstep_controller::config::ControllerConfig;
 use lockstep_controller::controller::Controller;
-use lockstep_controller::store::sled::SledStore;
-use lockstep_proto::identity::OperatorRole;
 use lockstep_proto::pb;
+
+#[path = "fixtures/one_role.rs"]
+mod one_role;
+use one_role::carol;
 
 fn open(dir: &Path, max_message_bytes: Option<usize>) -> Arc<Controller> {
     let limits = max_message_bytes.map_or(String::new(), |n| format!("[limits]\nmax_message_bytes = {n}\n"));
-    let hosts: Vec<String> = (1..=300).map(|i| format!("\"smars-{i:03}\"")).collect();
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{limits}[tls]\nca = \"x\"\ncert = \"x\"\nkey = \"x\"\n[[role]]\nname = \"smars\"\nhosts = [{}]\n",
-        dir.display(),
-        hosts.join(", ")
-    );
-    let config = ControllerConfig::parse(&text, Path::new("controller.toml")).unwrap();
-    let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
-    Arc::new(Controller::new(config, store).unwrap())
-}
-
-fn carol() -> Operator {
-    Operator {
-        name: "carol".into(),
-        role: OperatorRole::Viewer,
-    }
+    one_role::controller(dir, 300, &limits)
 }
 
 async fn report(c: &Controller) -> Result<pb::PreOpenReportReply, lockstep_controller::error::ApiError> {
