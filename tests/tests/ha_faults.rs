@@ -32,22 +32,6 @@ async fn trading(isolated: bool, n: usize) -> (HaFleet, Vec<Killed>) {
     (fleet, agents)
 }
 
-/// Samples every host's local gate until stopped: the hosts seen closed.
-fn watch_gates(fleet: Arc<HaFleet>, n: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut closed = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            for h in hosts(n) {
-                if fleet.local_gate_check(&h).unwrap_or(-1) != 0 {
-                    closed.push(h);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        closed
-    })
-}
-
 /// Halts the role through a console given every address, `first` first
 /// (the failed leader, as an operator's list would have it), and waits for
 /// the halt in every agent's gate file.
@@ -82,7 +66,7 @@ async fn fails_over_with_no_gate_closed(
     let (old, _) = fleet.wait_leader(None, Duration::from_secs(30)).await.unwrap();
     let fleet = Arc::new(fleet);
     let stop = Arc::new(AtomicBool::new(false));
-    let gates = watch_gates(fleet.clone(), n, stop.clone());
+    let gates = fleet.clone().watch_gates(hosts(n), stop.clone());
     let failed_at_ms = lockstep_proto::now_unix_ms();
     fail(&fleet, old);
     let (new, _) = fleet.wait_leader(Some(old), Duration::from_secs(30)).await.unwrap();
@@ -92,7 +76,12 @@ async fn fails_over_with_no_gate_closed(
         .unwrap();
     stop.store(true, Ordering::SeqCst);
     let closed = gates.await.unwrap();
-    assert!(closed.is_empty(), "a failover closed gates: {closed:?}");
+    assert!(
+        closed.is_empty(),
+        "a failover closed gates:\n{}\n{}",
+        closed.join("\n"),
+        fleet.controller_logs_tail()
+    );
     assert_ne!(new, old);
     (Arc::into_inner(fleet).expect("the watcher has ended"), old)
 }

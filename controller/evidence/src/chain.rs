@@ -91,15 +91,57 @@ impl ChainHead {
     }
 }
 
+/// [`AuditRecord`] with `hash` empty, borrowed: what the hash covers,
+/// field for field as [`AuditRecord`] serializes.
+#[derive(Serialize)]
+struct Unsealed<'a> {
+    seq: u64,
+    at_unix_ms: i64,
+    actor: &'a str,
+    action: &'a str,
+    host: &'a str,
+    role: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    facts: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+/// Feeds what is written straight into the digest.
+struct Digesting(Context);
+
+impl std::io::Write for Digesting {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The record's hash. Its JSON is streamed into the digest, never built:
+/// a 10,000-host gate state is megabytes, and a copy of it (and of its
+/// JSON) per record checked was most of what verifying a page cost.
 pub fn hash_of(record: &AuditRecord) -> String {
-    let unsealed = AuditRecord {
-        hash: String::new(),
-        ..record.clone()
+    let unsealed = Unsealed {
+        seq: record.seq,
+        at_unix_ms: record.at_unix_ms,
+        actor: &record.actor,
+        action: &record.action,
+        host: &record.host,
+        role: &record.role,
+        detail: &record.detail,
+        facts: &record.facts,
+        prev_hash: &record.prev_hash,
+        hash: "",
     };
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(b"lockstep.v1.audit\0");
-    ctx.update(&serde_json::to_vec(&unsealed).unwrap_or_default());
-    hex::encode(ctx.finish().as_ref())
+    let mut digesting = Digesting(Context::new(&SHA256));
+    digesting.0.update(b"lockstep.v1.audit\0");
+    // Writing to a digest cannot fail, and these fields always serialize.
+    let _ = serde_json::to_writer(&mut digesting, &unsealed);
+    hex::encode(digesting.0.finish().as_ref())
 }
 
 /// Chains `events` after `head`, returning the records and the new head.
@@ -264,6 +306,30 @@ mod tests {
             })
             .collect();
         seal(&ChainHead::after(None), events, 1).0
+    }
+
+    /// The hash as protocol.md defines it: over the record's own JSON with
+    /// `hash` empty, built whole.
+    fn hash_as_specified(record: &AuditRecord) -> String {
+        let unsealed = AuditRecord {
+            hash: String::new(),
+            ..record.clone()
+        };
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(b"lockstep.v1.audit\0");
+        ctx.update(&serde_json::to_vec(&unsealed).unwrap());
+        hex::encode(ctx.finish().as_ref())
+    }
+
+    #[test]
+    fn the_streamed_hash_is_the_hash_of_the_records_json_with_and_without_facts() {
+        let mut records = chain(2);
+        records[1].facts = r#"{"hosts":["a\"b","ü"]}"#.into();
+        records[1].host = "smars-01".into();
+        for r in &records {
+            assert_eq!(hash_of(r), hash_as_specified(r), "record {}", r.seq);
+        }
+        assert_ne!(hash_of(&records[0]), hash_of(&records[1]));
     }
 
     #[test]

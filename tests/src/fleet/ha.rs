@@ -420,9 +420,7 @@ impl HaFleet {
                 }
             }
             if Instant::now() > deadline {
-                let logs: String = (0..self.addrs.len())
-                    .map(|i| format!("--- controller {i}:\n{}\n", tail(&self.controller_log(i))))
-                    .collect();
+                let logs = self.controller_logs_tail();
                 let etcd = tail(&std::fs::read_to_string(self.dir.path().join("etcd-0.log")).unwrap_or_default());
                 anyhow::bail!("no controller led within {within:?}\n{logs}--- etcd-0:\n{etcd}");
             }
@@ -572,6 +570,58 @@ impl HaFleet {
     /// `lockstep-agent gate check` of `host`: 0 open, else closed.
     pub fn local_gate_check(&self, host: &str) -> anyhow::Result<i32> {
         Ok(self.gate_check_output(host)?.status.code().unwrap_or(-1))
+    }
+
+    /// `lockstep-agent gate check` of `host`: its exit code (0 open, -1
+    /// killed) and what it printed.
+    pub fn local_gate(&self, host: &str) -> anyhow::Result<(i32, String)> {
+        let out = self.gate_check_output(host)?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.code().unwrap_or(-1), said))
+    }
+
+    /// Samples each of `hosts`' local gates every 100 ms until `stop`: for
+    /// every time one was seen closed, what its check said and its agent's
+    /// last log lines (so a failure says why, not only who).
+    pub fn watch_gates(
+        self: std::sync::Arc<Self>,
+        hosts: Vec<String>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        tokio::spawn(async move {
+            let mut closed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for h in &hosts {
+                    match self.local_gate(h) {
+                        Ok((0, _)) => {}
+                        Ok((code, said)) => closed.push(format!(
+                            "{h} (exit {code}): {}\n{}",
+                            said.trim(),
+                            self.agent_log_tail(h)
+                        )),
+                        Err(e) => closed.push(format!("{h}: gate check did not run: {e}")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            closed
+        })
+    }
+
+    /// The last lines `host`'s agent logged (warnings and worse).
+    pub fn agent_log_tail(&self, host: &str) -> String {
+        tail(&std::fs::read_to_string(self.dir.path().join("hosts").join(host).join("agent.log")).unwrap_or_default())
+    }
+
+    /// The last lines every controller logged, each under its name.
+    pub fn controller_logs_tail(&self) -> String {
+        (0..self.addrs.len())
+            .map(|i| format!("--- controller {i}:\n{}\n", tail(&self.controller_log(i))))
+            .collect()
     }
 
     /// What `lockstep-agent gate check` of `host` prints (stdout and stderr).

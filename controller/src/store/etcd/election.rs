@@ -48,6 +48,8 @@ pub const SUSPECT_AFTER: Duration = Duration::from_millis(1500);
 pub struct Leadership {
     pub epoch: i64,
     lease: i64,
+    /// The lease's time to live.
+    ttl: Duration,
     lost: watch::Receiver<bool>,
     keepalive: tokio::task::JoinHandle<()>,
 }
@@ -59,19 +61,44 @@ impl Leadership {
         let _ = lost.wait_for(|l| *l).await;
     }
 
-    /// Gives leadership up now (a clean stop), so a standby need not wait
-    /// for the lease to run out.
+    /// Gives leadership up now (a clean stop, or a stand-down), so a
+    /// standby need not wait for the lease to run out. Tried again until
+    /// etcd answers: a leader stands down most often because etcd did not
+    /// answer (a member lost, its raft electing), and etcd renews every
+    /// lease in full when it elects, so an unrevoked lease would hold the
+    /// successor back a whole `leader_ttl` after etcd is back.
     pub async fn resign(self, etcd: &Etcd) {
         self.keepalive.abort();
-        let mut lease = etcd.lease();
         let id = self.lease;
-        let _ = etcd
-            .call("resigning", async move {
-                lease.lease_revoke(LeaseRevokeRequest { id }).await
-            })
-            .await;
+        let started = Instant::now();
+        loop {
+            let mut lease = etcd.lease();
+            let revoked = etcd
+                .call("resigning", async move {
+                    match lease.lease_revoke(LeaseRevokeRequest { id }).await {
+                        Ok(_) => Ok(()),
+                        // Gone already: it ran out, or an earlier try went through.
+                        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                        Err(s) => Err(s),
+                    }
+                })
+                .await;
+            match revoked {
+                Ok(()) => return,
+                // By then etcd has let the lease run out on its own.
+                Err(e) if started.elapsed() >= self.ttl * RESIGN_FOR => {
+                    tracing::warn!(lease = id, error = %e, "cannot give the leader lease back; it runs out on its own");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 }
+
+/// A resignation is tried for this many `leader_ttl`s (an etcd election
+/// renews the lease once, in full).
+const RESIGN_FOR: u32 = 3;
 
 /// Who leads now, if anyone.
 pub async fn leader(etcd: &Etcd) -> Result<Option<LeaderInfo>, StoreError> {
@@ -303,6 +330,7 @@ async fn try_lead(etcd: &Arc<Etcd>, me: &LeaderInfo, ttl: Duration) -> Result<Op
     Ok(Some(Leadership {
         epoch: won,
         lease: granted.id,
+        ttl,
         lost,
         keepalive,
     }))

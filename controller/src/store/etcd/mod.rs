@@ -177,9 +177,16 @@ impl Etcd {
         self.handle().spawn(async move {
             let _ = tx.send(tokio::time::timeout(timeout, call).await);
         });
-        let outcome = rx
-            .recv_timeout(timeout + Duration::from_millis(500))
-            .unwrap_or_else(|_| Ok(Err(tonic::Status::deadline_exceeded(""))));
+        let Ok(outcome) = rx.recv_timeout(timeout + Duration::from_millis(500)) else {
+            // Not etcd's silence: the client's own runtime never got to run
+            // the call's timer (its thread busy or blocked). Said apart, so
+            // a slow etcd and a starved client are not mistaken.
+            self.latency.observe(what, started.elapsed(), false);
+            return Err(self.backend(format!(
+                "{what}: the etcd client's runtime did not run the call within {} (its thread busy or blocked)",
+                humantime::format_duration(timeout + Duration::from_millis(500))
+            )));
+        };
         self.latency
             .observe(what, started.elapsed(), matches!(outcome, Ok(Ok(_))));
         match outcome {
