@@ -31,6 +31,9 @@ pub struct SledStore {
     meta: sled::Tree,
     /// `host` 0x00 `seq` (big-endian) for each audit record about a host.
     audit_hosts: sled::Tree,
+    /// The pieces of audit records too large to keep whole
+    /// ([`AUDIT_WHOLE_MAX`]): `seq` then the piece's index, big-endian.
+    audit_chunks: sled::Tree,
 }
 
 fn host_key(host: &str, seq: u64) -> Vec<u8> {
@@ -38,6 +41,50 @@ fn host_key(host: &str, seq: u64) -> Vec<u8> {
 }
 
 const ARCHIVE_MARK: &[u8] = b"archive_mark";
+
+/// An audit record whose JSON is longer than this (a large role's gate
+/// state: 2 MB at 10,000 hosts) is kept deflated, in pieces of
+/// [`AUDIT_CHUNK`] bytes, its `audit` value a [`DEFLATED`] marker.
+/// Deflated, because sled 0.34 keeps every page a read has touched in
+/// memory whatever `cache_capacity` says (upstream #1036, #1093): one
+/// `audit verify` of a 10,000-host window left ~100 MiB resident, nearly
+/// all of it those states. In pieces, because sled writes a node over
+/// 128 KiB (a quarter of its segment) to a blob file of its own; a leaf
+/// holds at most 17 entries, so 4 KiB pieces keep every node below that.
+const AUDIT_WHOLE_MAX: usize = 16 << 10;
+const AUDIT_CHUNK: usize = 4 << 10;
+
+/// Starts the `audit` value of a record kept deflated in pieces, then
+/// `<pieces>:<deflated bytes>:<JSON bytes>` (no JSON starts with NUL).
+const DEFLATED: &[u8] = b"\0deflated:";
+
+/// What a [`DEFLATED`] marker says; `None` for a record kept whole.
+struct Pieces {
+    count: u32,
+    deflated: usize,
+    json: usize,
+}
+
+fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn pieces(value: &[u8]) -> Option<Result<Pieces, String>> {
+    let rest = value.strip_prefix(DEFLATED)?;
+    let parsed = std::str::from_utf8(rest).ok().and_then(|t| {
+        let mut n = t.split(':');
+        let pieces = Pieces {
+            count: n.next()?.parse().ok()?,
+            deflated: n.next()?.parse().ok()?,
+            json: n.next()?.parse().ok()?,
+        };
+        n.next().is_none().then_some(pieces)
+    });
+    Some(parsed.ok_or_else(|| "its piece marker is not <pieces>:<deflated bytes>:<JSON bytes>".to_string()))
+}
 
 /// How long `open` waits for the store's file lock when it is taken.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
@@ -87,6 +134,7 @@ impl SledStore {
             boards: db.open_tree("boards").map_err(err)?,
             meta: db.open_tree("meta").map_err(err)?,
             audit_hosts: db.open_tree("audit_hosts").map_err(err)?,
+            audit_chunks: db.open_tree("audit_chunks").map_err(err)?,
             db,
         })
     }
@@ -105,6 +153,48 @@ impl SledStore {
         })?;
         tree.insert(key, bytes).map_err(|e| self.backend(e))?;
         Ok(())
+    }
+
+    /// An audit record from its `audit` value, put back together from its
+    /// pieces and inflated when it was kept that way.
+    fn audit_record(&self, key: &[u8], value: &[u8]) -> Result<AuditRecord, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: format!("audit {}", hex::encode(key)),
+            reason,
+        };
+        let Some(marker) = pieces(value) else {
+            return serde_json::from_slice(value).map_err(|e| corrupt(e.to_string()));
+        };
+        let marker = marker.map_err(corrupt)?;
+        let seq: [u8; 8] = key.try_into().map_err(|_| corrupt("its key is not a seq".into()))?;
+        let seq = u64::from_be_bytes(seq);
+        let mut deflated = Vec::with_capacity(marker.deflated);
+        let mut found = 0;
+        for piece in self.audit_chunks.range(chunk_key(seq, 0)..chunk_key(seq, marker.count)) {
+            let (_, piece) = piece.map_err(|e| self.backend(e))?;
+            deflated.extend_from_slice(&piece);
+            found += 1;
+        }
+        if found != marker.count || deflated.len() != marker.deflated {
+            return Err(corrupt(format!(
+                "{found} of its {} pieces are stored ({} of {} bytes)",
+                marker.count,
+                deflated.len(),
+                marker.deflated
+            )));
+        }
+        let mut json = Vec::with_capacity(marker.json);
+        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&deflated[..]), &mut json)
+            .map_err(|e| corrupt(format!("its pieces do not inflate: {e}")))?;
+        serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// How many bytes of JSON the record behind an `audit` value holds.
+    fn audit_len(value: &[u8]) -> usize {
+        match pieces(value) {
+            Some(Ok(p)) => p.json,
+            _ => value.len(),
+        }
     }
 
     fn all_json<T: DeserializeOwned>(&self, tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
@@ -234,7 +324,43 @@ impl Store for SledStore {
                 .insert(host_key(&record.host, record.seq), &[])
                 .map_err(|e| self.backend(e))?;
         }
-        self.put_json(&self.audit, &record.seq.to_be_bytes(), record)
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: format!("audit {}", record.seq),
+            reason: e.to_string(),
+        })?;
+        let key = record.seq.to_be_bytes();
+        if bytes.len() <= AUDIT_WHOLE_MAX {
+            self.audit.insert(key, bytes).map_err(|e| self.backend(e))?;
+            return Ok(());
+        }
+        let mut deflating = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut deflating, &bytes)
+            .and_then(|()| deflating.finish())
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("audit {}", record.seq),
+                reason: format!("cannot deflate it: {e}"),
+            })
+            .and_then(|deflated| {
+                // The pieces first: sled recovers a prefix of its writes, so
+                // a marker never survives a crash without its pieces. A
+                // reader takes exactly the pieces the marker counts (a
+                // crash's leftovers under the same seq are overwritten or
+                // ignored, and dropped with the archived records).
+                let mut batch = sled::Batch::default();
+                let mut count: u32 = 0;
+                for piece in deflated.chunks(AUDIT_CHUNK) {
+                    batch.insert(&chunk_key(record.seq, count)[..], piece);
+                    count += 1;
+                }
+                self.audit_chunks.apply_batch(batch).map_err(|e| self.backend(e))?;
+                let marker = [
+                    DEFLATED,
+                    format!("{count}:{}:{}", deflated.len(), bytes.len()).as_bytes(),
+                ]
+                .concat();
+                self.audit.insert(key, marker).map_err(|e| self.backend(e))?;
+                Ok(())
+            })
     }
 
     fn host_audit_seqs(&self, host: &str, before: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
@@ -258,14 +384,12 @@ impl Store for SledStore {
             let (k, v) = item.map_err(|e| self.backend(e))?;
             // Fewer records when they are large (a 10,000-host gate state
             // is megabytes): a page holds about PAGE_BYTES, at least one.
-            if !page.is_empty() && bytes + v.len() > super::audit_reads::PAGE_BYTES {
+            let len = Self::audit_len(&v);
+            if !page.is_empty() && bytes + len > super::audit_reads::PAGE_BYTES {
                 break;
             }
-            bytes += v.len();
-            page.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: format!("audit {}", hex::encode(&k)),
-                reason: e.to_string(),
-            })?);
+            bytes += len;
+            page.push(self.audit_record(&k, &v)?);
         }
         Ok(page)
     }
@@ -274,10 +398,7 @@ impl Store for SledStore {
         let Some((k, v)) = self.audit.last().map_err(|e| self.backend(e))? else {
             return Ok(None);
         };
-        serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
-            key: format!("audit {}", hex::encode(&k)),
-            reason: e.to_string(),
-        })
+        self.audit_record(&k, &v).map(Some)
     }
 
     fn size(&self) -> Result<StoreSize, StoreError> {
@@ -335,6 +456,24 @@ impl Store for SledStore {
                 break;
             }
             self.audit.apply_batch(batch).map_err(|e| self.backend(e))?;
+        }
+        // The pieces of large records, after their markers.
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for key in self
+                .audit_chunks
+                .range(..=chunk_key(mark.through_seq, u32::MAX))
+                .keys()
+                .take(4096)
+            {
+                batch.remove(key.map_err(|e| self.backend(e))?);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            self.audit_chunks.apply_batch(batch).map_err(|e| self.backend(e))?;
         }
         // The per-host index of what left: it holds the online window only.
         let mut batch = sled::Batch::default();
@@ -459,6 +598,112 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(&d.path().display().to_string()), "{text}");
         assert!(text.contains("another controller using this data_dir"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod large_record_tests {
+    use super::*;
+
+    fn record(seq: u64, facts_len: usize) -> AuditRecord {
+        AuditRecord {
+            seq,
+            at_unix_ms: 1,
+            actor: "controller".into(),
+            action: "gate.state".into(),
+            host: String::new(),
+            role: "smars".into(),
+            detail: String::new(),
+            // Hex of a pseudo-random stream, like the digests a gate state is
+            // made of: it deflates to about half, so it still takes pieces.
+            facts: {
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seq;
+                (0..facts_len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        char::from(b"0123456789abcdef"[(x % 16) as usize])
+                    })
+                    .collect()
+            },
+            prev_hash: String::new(),
+            hash: format!("h{seq}"),
+        }
+    }
+
+    fn blob_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn a_large_record_is_kept_in_small_pieces_and_read_back_whole_after_reopening() {
+        let d = tempfile::tempdir().unwrap();
+        // A 10,000-host gate state is megabytes; a small record stays whole.
+        let records = vec![record(1, 100), record(2, 5 << 20), record(3, AUDIT_WHOLE_MAX + 1)];
+        {
+            let s = SledStore::open(d.path()).unwrap();
+            records.iter().for_each(|r| s.put_audit(r).unwrap());
+            s.flush().unwrap();
+            assert!(s.audit_chunks.iter().values().all(|v| v.unwrap().len() <= AUDIT_CHUNK));
+            assert!(pieces(&s.audit.get(1u64.to_be_bytes()).unwrap().unwrap()).is_none());
+        }
+        let s = SledStore::open(d.path()).unwrap();
+        let mut read = Vec::new();
+        for page in crate::store::audit_reads::pages(&s, 1) {
+            read.extend(page.unwrap());
+        }
+        // (Compared without printing: the records are megabytes.)
+        assert!(read == records, "the records read back differ");
+        assert!(
+            s.last_audit().unwrap().as_ref() == records.last(),
+            "the last record differs"
+        );
+        // No node of sled's grew past its blob size: nothing escapes its cache.
+        assert_eq!(blob_files(d.path()), 0, "sled wrote blob files");
+    }
+
+    #[test]
+    fn a_missing_piece_is_named_and_a_crashs_leftover_pieces_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        // Leftovers of a larger record a crash cut short, under seq 2.
+        s.audit_chunks.insert(chunk_key(2, 5000), &b"leftover"[..]).unwrap();
+        let r = record(2, 64 << 10);
+        s.put_audit(&r).unwrap();
+        assert!(s.audit_page(2, 1).unwrap() == vec![r], "the record read back differs");
+        s.audit_chunks.remove(chunk_key(2, 3)).unwrap();
+        let err = s.audit_page(2, 1).unwrap_err().to_string();
+        assert!(err.contains(&hex::encode(2u64.to_be_bytes())), "{err}");
+        assert!(err.contains("pieces are stored"), "{err}");
+    }
+
+    #[test]
+    fn archived_records_take_their_pieces_with_them() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        let records = [record(1, 40 << 10), record(2, 10), record(3, 40 << 10)];
+        records.iter().for_each(|r| s.put_audit(r).unwrap());
+        s.drop_archived(&ArchiveMark {
+            through_seq: 2,
+            through_hash: "h2".into(),
+            through_at_unix_ms: 1,
+            file: "f".into(),
+            file_sha256: String::new(),
+            recorded: false,
+        })
+        .unwrap();
+        let left: Vec<u64> = s
+            .audit_chunks
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap()[..8].try_into().unwrap()))
+            .collect();
+        assert!(!left.is_empty() && left.iter().all(|&seq| seq == 3), "{left:?}");
+        assert!(
+            s.audit_page(1, 512).unwrap() == vec![records[2].clone()],
+            "what is left is not record 3"
+        );
     }
 }
 
