@@ -163,6 +163,11 @@ impl EtcdCluster {
             .arg("--heartbeat-interval=100")
             .arg("--election-timeout=1000")
             .arg("--max-txn-ops=1024")
+            // etcd 3.4 keeps the last 100,000 raft entries in memory by
+            // default: with multi-megabyte gate states (a 10,000-host role)
+            // each member grew by 1 GB a minute in the years bench until the
+            // machine stalled. 10,000 is etcd 3.6's default (docs/ha.md).
+            .arg("--snapshot-count=10000")
             .arg("--quota-backend-bytes=1073741824")
             .arg("--auto-compaction-mode=revision")
             .arg("--auto-compaction-retention=10000")
