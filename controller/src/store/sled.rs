@@ -58,7 +58,7 @@ const AUDIT_CHUNK: usize = 4 << 10;
 /// `<pieces>:<deflated bytes>:<JSON bytes>` (no JSON starts with NUL).
 const DEFLATED: &[u8] = b"\0deflated:";
 
-/// What a [`DEFLATED`] marker says; `None` for a record kept whole.
+/// What a [`DEFLATED`] marker says.
 struct Pieces {
     count: u32,
     deflated: usize,
@@ -72,6 +72,7 @@ fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
     key
 }
 
+/// The marker an `audit` value holds; `None` for a record kept whole.
 fn pieces(value: &[u8]) -> Option<Result<Pieces, String>> {
     let rest = value.strip_prefix(DEFLATED)?;
     let parsed = std::str::from_utf8(rest).ok().and_then(|t| {
