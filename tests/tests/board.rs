@@ -547,12 +547,15 @@ async fn one_clients_idle_connections_do_not_stop_anothers_page() {
     // Requests hyper refuses before any layer of ours sees them still get
     // the board's security headers.
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
-    let huge_head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(500_000));
+    let head_of = |bytes| format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(bytes));
+    // 200 KB arrives whole within hyper's read buffer: refused by the
+    // board's head limit, not by a buffer that happened to fill first.
     for (request, status) in [
         ("GET /\x01 HTTP/1.1\r\n\r\n".to_string(), "400"),
         ("NOT HTTP AT ALL\r\n\r\n".to_string(), "400"),
         (long_uri, "414"),
-        (huge_head, "431"),
+        (head_of(200_000), "431"),
+        (head_of(500_000), "431"),
     ] {
         let raw = browser::https_bytes(&ca, &board, request.as_bytes()).await.unwrap();
         let answer = String::from_utf8_lossy(&raw).to_ascii_lowercase();

@@ -28,6 +28,9 @@ const MAX_CONNECTIONS: usize = 512;
 /// (a page holds its feed and a few fetches; a floor behind one NAT with
 /// dozens of boards still fits).
 const MAX_CONNECTIONS_PER_PEER: usize = 128;
+/// A request's head (line and headers): the board's are a few KiB; above
+/// 65,534 bytes of URI so a long one still gets its own 414.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
 
 fn router(board: Board) -> Router {
     Router::new()
@@ -192,6 +195,9 @@ pub async fn serve(
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
+                // Checked on the whole head too: hyper's buffer limit alone
+                // lets a head through when one read finishes it.
+                .max_header_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(super::automatic_answers::Headed::new(tls)), service)
                 .await;
             if let Err(e) = served {
