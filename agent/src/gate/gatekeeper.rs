@@ -302,7 +302,15 @@ pub fn check(path: &Path, wait: Duration, clock: &SharedClock) -> (u8, String) {
                 };
                 (0, format!("gate OPEN on {} (release {}){held}", f.host, f.release))
             }
-            Ok(Some(f)) if f.state == "OPEN" => (1, format!("gate CLOSED on {}: the OPEN lease has expired", f.host)),
+            // The agent has not written it closed yet (it is about to, or
+            // it stopped): said in the words its own closing uses.
+            Ok(Some(f)) if f.state == "OPEN" => (
+                1,
+                format!(
+                    "gate CLOSED on {}: lease expired (the OPEN lease was not renewed in time)",
+                    f.host
+                ),
+            ),
             Ok(Some(f)) => (1, format!("gate CLOSED on {}: {}", f.host, f.reasons.join("; "))),
             Ok(None) => (
                 3,
