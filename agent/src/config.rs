@@ -76,6 +76,15 @@ struct RawConfig {
     resources: RawResources,
     #[serde(default)]
     market_hours: Option<RawMarketHours>,
+    #[serde(default)]
+    identity: RawIdentity,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    tpm: Option<String>,
+    quote_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -174,6 +183,20 @@ pub struct AgentConfig {
     pub cpus: Option<CpuList>,
     /// Trading windows and the full-scan budget inside them.
     pub market_hours: Option<MarketHours>,
+    /// `[identity] tpm`: the host's identity is bound to this TPM (`None`:
+    /// file keys only, the default).
+    pub tpm: Option<TpmSettings>,
+}
+
+/// `[identity]`: the TPM the agent's identity lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmSettings {
+    /// The TSS TCTI to reach it: `device:/dev/tpmrm0`, `tabrmd`, or
+    /// `swtpm:host=127.0.0.1,port=2321` (a software TPM, for tests).
+    pub tcti: String,
+    /// A fresh quote at least this often (also at start, after a
+    /// reconnect and after each full rescan).
+    pub quote_interval: Duration,
 }
 
 /// What the agent does with the controller's gate on this host.
@@ -439,6 +462,34 @@ impl AgentConfig {
                 )
             }
         };
+        let tpm = match raw.identity.tpm {
+            None => {
+                if raw.identity.quote_interval.is_some() {
+                    return Err(invalid("identity.quote_interval", "set only with identity.tpm".into()));
+                }
+                None
+            }
+            Some(tpm) => {
+                let tcti = match tpm.split_once(':') {
+                    Some(("device" | "swtpm" | "tabrmd", _)) => tpm,
+                    None if tpm == "tabrmd" => tpm,
+                    _ => {
+                        return Err(invalid(
+                            "identity.tpm",
+                            format!(
+                                "{tpm:?} is not a TPM: write \"device:/dev/tpmrm0\", \"tabrmd\" or \"swtpm:host=127.0.0.1,port=2321\""
+                            ),
+                        ));
+                    }
+                };
+                let quote_interval = duration(raw.identity.quote_interval.as_deref(), Duration::from_secs(60))
+                    .map_err(|e| invalid("identity.quote_interval", e))?;
+                if quote_interval < Duration::from_secs(1) {
+                    return Err(invalid("identity.quote_interval", "must be at least 1s".into()));
+                }
+                Some(TpmSettings { tcti, quote_interval })
+            }
+        };
         let gate = GateConfig {
             state_file: raw.gate.state_file.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
             on_open: raw.gate.on_open,
@@ -463,6 +514,7 @@ impl AgentConfig {
             configs,
             cpus,
             market_hours,
+            tpm,
             controller: ControllerConfig {
                 address: addresses[0].clone(),
                 addresses,

@@ -25,6 +25,8 @@ pub enum AgentError {
         key.display()
     )]
     NotEnrolled { key: std::path::PathBuf },
+    #[error(transparent)]
+    Tpm(#[from] crate::tpm::TpmError),
 }
 
 impl From<tonic::Status> for AgentError {

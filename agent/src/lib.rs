@@ -23,6 +23,8 @@
 //! - [`hooks`]: runs `on_open` / `on_close` commands in order.
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`watch`]: inotify watching, debounced, that triggers scans.
+//! - [`tpm`]: the host's TPM (`[identity] tpm`): the AK, credential
+//!   activation, the session PCR and quotes (the `tpm` cargo feature).
 
 pub mod cli;
 pub mod commands;
@@ -35,3 +37,4 @@ pub mod measure;
 pub mod measurer;
 pub mod metrics;
 pub mod state;
+pub mod tpm;

@@ -18,7 +18,7 @@ use tracing::warn;
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::gate::gatekeeper::GateKeeper;
-use crate::link::report::{self, Due, Reporter, Triggers};
+use crate::link::report::{self, Due, Reporter, TpmSession, Triggers};
 use crate::measure::placement::Placement;
 use crate::measure::scan::Scanner;
 use crate::measurer::FullScanRequests;
@@ -84,6 +84,16 @@ impl Agent {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let metrics = Arc::new(AgentMetrics::new());
         let scan_requests: Arc<FullScanRequests> = Arc::default();
+        let reporter = Reporter::new(
+            config.host.clone(),
+            config.role.clone(),
+            signer,
+            seq,
+            client.clone(),
+            metrics.clone(),
+            clock.clone(),
+        );
+        let tpm = config.tpm.as_ref().map(|t| tpm_session(&config, t)).transpose()?;
         Ok(Self {
             measurer: Measurer::new(
                 config.clone(),
@@ -93,15 +103,10 @@ impl Agent {
                 metrics.clone(),
                 scan_requests.clone(),
             ),
-            reporter: Reporter::new(
-                config.host.clone(),
-                config.role.clone(),
-                signer,
-                seq,
-                client.clone(),
-                metrics.clone(),
-                clock.clone(),
-            ),
+            reporter: match tpm {
+                Some(session) => reporter.with_tpm(session),
+                None => reporter,
+            },
             triggers: Triggers {
                 scan_now: Arc::new(Notify::new()),
                 fs_changed: Arc::new(Notify::new()),
@@ -214,6 +219,23 @@ impl Agent {
         let _ = follower.await;
         let _ = hooks.await;
     }
+}
+
+/// A TPM-bound run: a session key born in memory (it never touches the
+/// disk, so a copy of the state directory has no key the quotes bind); the
+/// first quote binds the TPM's session PCR to it.
+fn tpm_session(config: &AgentConfig, settings: &crate::config::TpmSettings) -> Result<TpmSession, AgentError> {
+    let tpm = crate::tpm::Tpm::new(settings, &config.state_dir);
+    // The AK is checked when the first quote loads it; a missing one is
+    // said now, before anything runs.
+    crate::tpm::AkBlob::load(&config.state_dir)?;
+    let pkcs8 = lockstep_proto::envelope::Signer::generate_pkcs8().map_err(|_| state::StateError::BadKey {
+        path: config.state_dir.join("(session key)"),
+    })?;
+    let signer = lockstep_proto::envelope::Signer::from_pkcs8(&pkcs8).map_err(|_| state::StateError::BadKey {
+        path: config.state_dir.join("(session key)"),
+    })?;
+    Ok(TpmSession::new(tpm, signer, settings.quote_interval))
 }
 
 /// `lockstep-agent run`: the agent, its `/metrics` endpoint and the systemd

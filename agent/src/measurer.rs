@@ -122,6 +122,7 @@ pub struct Measurer {
     verified: Option<Verified>,
     /// Digest of the last scan.
     last_digest: Option<Vec<u8>>,
+    full_scans_done: std::sync::atomic::AtomicU64,
 }
 
 impl Measurer {
@@ -146,6 +147,7 @@ impl Measurer {
             verifying_pace: None,
             verified: None,
             last_digest: None,
+            full_scans_done: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -259,7 +261,13 @@ impl Measurer {
         Ok((entries, stats))
     }
 
+    /// Full scans finished since the agent started (a TPM quote follows each).
+    pub fn full_scans_done(&self) -> u64 {
+        self.full_scans_done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn count_full_scan(&self, cause: &'static str, throttled: Option<Duration>) {
+        self.full_scans_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let labels = FullScanLabels {
             budget: if throttled.is_some() { "budgeted" } else { "open" },
             cause,

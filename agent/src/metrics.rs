@@ -35,6 +35,7 @@ pub struct AgentMetrics {
     pub reports: Family<ReportLabels, Counter>,
     pub last_report: Gauge<f64, AtomicU64>,
     pub cert_expiry: Gauge<f64, AtomicU64>,
+    pub quote_seconds: Histogram,
 }
 
 impl Default for AgentMetrics {
@@ -97,7 +98,14 @@ impl AgentMetrics {
             "Time scan workers waited on the market-hours byte rate",
             scan_throttled_seconds.clone(),
         );
+        let quote_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "lockstep_agent_tpm_quote_seconds",
+            "Time the TPM took to quote (opening it, the EK, loading the AK, the quote, reading the PCRs)",
+            quote_seconds.clone(),
+        );
         Self {
+            quote_seconds,
             registry,
             full_scans,
             full_scans_deferred,

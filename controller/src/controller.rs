@@ -38,6 +38,8 @@ pub struct Controller {
     pub releases: Releases,
     pub halts: Halts,
     pub enrollment: Enrollment,
+    /// TPM-bound hosts' nonces and quotes.
+    pub tpm: crate::tpm::Tpm,
     pub queries: Queries,
     /// Full scans operators asked of connected agents.
     pub scans: ScanRequests,
@@ -93,6 +95,7 @@ impl Controller {
             releases: Releases::new(config.clone(), ledger.clone(), board.clone()),
             halts: Halts::new(config.clone(), ledger.clone(), board.clone()),
             enrollment: Enrollment::new(config.clone(), ledger.clone(), board.clone()),
+            tpm: crate::tpm::Tpm::new(config.clone(), ledger.clone(), board.clone()),
             queries: Queries::new(config.clone(), ledger.clone(), board.clone()),
             scans: ScanRequests::new(config.clone(), ledger.clone()),
             reports: ReportIssuer::new(config.clone(), ledger.clone()),

@@ -41,6 +41,7 @@ pub mod releases;
 pub mod report;
 pub mod serve;
 pub mod store;
+pub mod tpm;
 pub mod web;
 
 use anyhow::Context;

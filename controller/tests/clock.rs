@@ -44,6 +44,7 @@ fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> TokenCreated 
     TokenCreated {
         actor: "alice (operator)".into(),
         token: TokenRecord {
+            allow_new_tpm: false,
             hash_hex: hash.into(),
             host: host.into(),
             role: "smars".into(),
@@ -57,6 +58,7 @@ fn token(c: &Controller, host: &str, hash: &str, ttl: Duration) -> TokenCreated 
 
 fn enrolled(host: &str, hash: &str) -> Enrolled {
     Enrolled {
+        tpm: None,
         host: host.into(),
         token_hash: hash.into(),
         pinned_key_hex: "aa".into(),
@@ -78,6 +80,7 @@ async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
     let now = c.ledger.now_unix_ms();
     c.ledger
         .commit(Attested {
+            session_key_hex: String::new(),
             actor: "agent smars-01".into(),
             host: "smars-01".into(),
             role: "smars".into(),
@@ -98,6 +101,8 @@ async fn a_silent_host_goes_stale_when_the_clock_passes_its_ttl() {
         .commit(ReleaseProposed {
             actor: "alice (operator)".into(),
             release: ReleaseRecord {
+                boot_pcrs: Default::default(),
+                boot_from_host: String::new(),
                 number: 0,
                 role: "smars".into(),
                 digest_hex,

@@ -46,6 +46,7 @@ fn digest_of(entries: &[Entry]) -> String {
 
 fn token(host: &str, hash: &str) -> TokenRecord {
     TokenRecord {
+        allow_new_tpm: false,
         hash_hex: hash.into(),
         host: host.into(),
         role: "smars".into(),
@@ -58,6 +59,7 @@ fn token(host: &str, hash: &str) -> TokenRecord {
 
 fn enrolled(host: &str, hash: &str, key: &str) -> Enrolled {
     Enrolled {
+        tpm: None,
         host: host.into(),
         token_hash: hash.into(),
         pinned_key_hex: key.into(),
@@ -67,6 +69,7 @@ fn enrolled(host: &str, hash: &str, key: &str) -> Enrolled {
 
 fn attested(host: &str, key: &str, seq: u64, manifest: &Arc<Vec<Entry>>) -> Attested {
     Attested {
+        session_key_hex: String::new(),
         actor: format!("agent {host}"),
         host: host.into(),
         role: "smars".into(),
@@ -85,6 +88,8 @@ fn attested(host: &str, key: &str, seq: u64, manifest: &Arc<Vec<Entry>>) -> Atte
 /// A release of `entries` proposed by alice (numbered by the commit).
 fn proposal(entries: &[Entry]) -> ReleaseRecord {
     ReleaseRecord {
+        boot_pcrs: Default::default(),
+        boot_from_host: String::new(),
         number: 0,
         role: "smars".into(),
         digest_hex: digest_of(entries),

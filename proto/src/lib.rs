@@ -8,6 +8,7 @@
 //! - [`manifest`]: the release manifest JSON file.
 //! - [`paths`]: lossless path bytes and how they are shown to people.
 //! - [`reason`]: the stable reasons of refusals, in the status details.
+//! - [`tpm`]: which PCRs a TPM quote covers and how the session key is bound.
 //!
 //! How the parts reach each other (TLS, the failover channel) is
 //! `lockstep-link`; how the daemons run (logging, signals, systemd,
@@ -20,6 +21,7 @@ pub mod identity;
 pub mod manifest;
 pub mod paths;
 pub mod reason;
+pub mod tpm;
 
 /// Generated from `lockstep/v1/lockstep.proto`.
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -56,6 +56,12 @@ pub const OLDER_THAN_ACTIVE: &str = "OLDER_THAN_ACTIVE";
 pub const AGENT_NOT_CONNECTED: &str = "AGENT_NOT_CONNECTED";
 /// A pre-open report asked of a day with no recorded gate check to rest on.
 pub const NO_GATE_CHECK: &str = "NO_GATE_CHECK";
+/// A TPM call from a host whose identity is not bound to a TPM.
+pub const TPM_NOT_BOUND: &str = "TPM_NOT_BOUND";
+/// A TPM quote that does not verify (replayed nonce, another TPM's key...).
+pub const TPM_QUOTE_REFUSED: &str = "TPM_QUOTE_REFUSED";
+/// A TPM enrollment whose credentials were not opened by the TPM named.
+pub const TPM_PROOF_REFUSED: &str = "TPM_PROOF_REFUSED";
 
 /// A status with `reason` in its details.
 pub fn status(code: Code, message: impl Into<String>, reason: &str) -> Status {

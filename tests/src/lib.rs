@@ -10,6 +10,7 @@
 //! - [`child`]: child processes: found next to the test binary, killed on drop.
 //! - [`etcd_cluster`]: a 3-member etcd cluster with its own CA, for the HA tests.
 //! - [`ports`]: loopback ports for servers in child processes, outside the ephemeral range.
+//! - [`swtpm`]: a software TPM per test host (Debian's swtpm), and a PCR changed as a boot would.
 //! - [`ha_demo`]: `lockstep-demo --ha`: a leader killed under a live fleet on etcd.
 //! - [`collectors`]: what the controller sends to, for real: a webhook receiver
 //!   (and a plain HTTP GET, for metrics) and Debian's rsyslog as the SIEM collector.
@@ -25,3 +26,4 @@ pub mod ha_demo;
 pub mod knight;
 pub mod netns;
 pub mod ports;
+pub mod swtpm;

@@ -60,6 +60,7 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
             while writing.load(Ordering::SeqCst) {
                 let made = console
                     .create_token(pb::CreateTokenRequest {
+                        allow_new_tpm: false,
                         host: "spare-01".into(),
                         role: "smars".into(),
                         ttl_ms: 0,
@@ -321,6 +322,7 @@ async fn a_paused_leader_is_deposed_and_its_word_refused_when_it_wakes() {
     let in_flight = tokio::spawn(async move {
         to_old
             .create_token(pb::CreateTokenRequest {
+                allow_new_tpm: false,
                 host: "spare-01".into(),
                 role: "smars".into(),
                 ttl_ms: 0,
@@ -443,6 +445,7 @@ async fn write_within(fleet: &HaFleet, within: Duration) -> Result<(), String> {
     loop {
         let made = console
             .create_token(pb::CreateTokenRequest {
+                allow_new_tpm: false,
                 host: "spare-01".into(),
                 role: "smars".into(),
                 ttl_ms: 0,
@@ -506,6 +509,7 @@ async fn etcd_losing_one_member_changes_nothing_losing_quorum_fails_closed_and_i
         let made = tokio::time::timeout(
             Duration::from_secs(5),
             console.create_token(pb::CreateTokenRequest {
+                allow_new_tpm: false,
                 host: "spare-01".into(),
                 role: "smars".into(),
                 ttl_ms: 0,

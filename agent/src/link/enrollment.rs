@@ -11,7 +11,7 @@ use lockstep_link::tls::{self, ReloadableCert};
 use lockstep_proto::envelope::Signer;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::enroll_service_client::EnrollServiceClient;
-use lockstep_proto::pb::{EnrollReply, EnrollRequest, RenewRequest};
+use lockstep_proto::pb::{EnrollReply, EnrollRequest, RenewRequest, TpmChallengeRequest, TpmProof};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
@@ -30,6 +30,8 @@ pub enum EnrollError {
     Refused(tonic::Status),
     #[error("cannot reach the controller at {addr}: {}", .status.message())]
     Unreachable { addr: String, status: tonic::Status },
+    #[error(transparent)]
+    Tpm(#[from] crate::tpm::TpmError),
 }
 
 /// A new TLS key and a PKCS#10 request for it (the controller decides the
@@ -65,6 +67,16 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
         path: config.state_dir.join("attestation.key"),
     })?;
     let (tls_key, csr_der) = new_tls_key()?;
+    // A TPM-bound identity: a new AK under the TPM's EK, proved to the
+    // controller by activating the credentials it makes for them.
+    let tpm = match &config.tpm {
+        Some(settings) => {
+            let tpm = crate::tpm::Tpm::new(settings, &config.state_dir);
+            let keys = tpm.make_ak().await?;
+            Some((tpm, keys))
+        }
+        None => None,
+    };
     let ca = ca.unwrap_or(&config.controller.tls.ca);
     let channel = lockstep_link::failover::failover_channel(
         config.controller.targets(),
@@ -75,26 +87,58 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
     if config.controller.addresses.len() > 1 {
         channel.find_leader().await;
     }
+    let refused = |status: tonic::Status| match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => EnrollError::Unreachable {
+            addr: config.controller.address.clone(),
+            status,
+        },
+        _ => EnrollError::Refused(status),
+    };
+    let mut client = EnrollServiceClient::new(channel);
+    let proof = match &tpm {
+        Some((tpm, keys)) => {
+            let challenge = client
+                .tpm_challenge(TpmChallengeRequest {
+                    token: token.trim().to_string(),
+                    host: config.host.clone(),
+                    ek_public: keys.ek_public.clone(),
+                    ak_public: keys.ak.public.clone(),
+                    ek_certificate: Vec::new(),
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let credentials = challenge
+                .credentials
+                .into_iter()
+                .map(|c| (c.id_object, c.encrypted_secret))
+                .collect();
+            let secrets = tpm.activate(keys.ak.clone(), credentials).await?;
+            Some(TpmProof {
+                challenge_id: challenge.challenge_id,
+                secrets,
+            })
+        }
+        None => None,
+    };
     let request = EnrollRequest {
         token: token.trim().to_string(),
         host: config.host.clone(),
         csr_der,
         attestation_public_key: signer.public_key().to_vec(),
+        tpm: proof,
     };
-    let reply = EnrollServiceClient::new(channel)
-        .enroll(request)
-        .await
-        .map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
-                EnrollError::Unreachable {
-                    addr: config.controller.address.clone(),
-                    status,
-                }
-            }
-            _ => EnrollError::Refused(status),
-        })?
-        .into_inner();
+    let reply = client.enroll(request).await.map_err(refused)?.into_inner();
     state::write_atomic(&config.state_dir.join("attestation.key"), &pkcs8)?;
+    match &tpm {
+        Some((_, keys)) => keys.ak.save(&config.state_dir)?,
+        // An AK of an earlier, TPM-bound enrollment no longer speaks for the host.
+        None => match std::fs::remove_file(crate::tpm::AkBlob::path(&config.state_dir)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(error = %e, "cannot remove the TPM attestation key of an earlier enrollment"),
+        },
+    }
     install(config, &tls_key, &reply.cert_pem)?;
     info!(host = %config.host, role = %reply.role, key_id = %reply.key_id, "enrolled");
     Ok(reply)

@@ -77,6 +77,38 @@ pub struct Reporter {
     /// stream is back on the new leader.
     gates: Option<tokio::sync::mpsc::UnboundedSender<lockstep_proto::pb::Gate>>,
     metrics: Arc<AgentMetrics>,
+    /// A TPM-bound host: attestations are signed with this run's session
+    /// key (bound by the quotes), the file key only answers `PinKey`.
+    tpm: Option<TpmSession>,
+}
+
+/// A TPM-bound agent run: its session key and when it quoted last.
+pub struct TpmSession {
+    pub tpm: crate::tpm::Tpm,
+    pub signer: Signer,
+    pub interval: std::time::Duration,
+    last_quote: Option<tokio::time::Instant>,
+    /// At start, after a failed call (a reconnect) and after a full scan.
+    due: bool,
+    /// The session PCR holds this run's binding (reset and extended once).
+    bound: bool,
+}
+
+impl TpmSession {
+    pub fn new(tpm: crate::tpm::Tpm, signer: Signer, interval: std::time::Duration) -> Self {
+        Self {
+            tpm,
+            signer,
+            interval,
+            last_quote: None,
+            due: true,
+            bound: false,
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.due || self.last_quote.is_none_or(|t| t.elapsed() >= self.interval)
+    }
 }
 
 impl Reporter {
@@ -105,7 +137,70 @@ impl Reporter {
             last_failure: Failure::Plain,
             gates: None,
             metrics,
+            tpm: None,
         }
+    }
+
+    /// Signs with `session`'s key and quotes before reporting when due.
+    pub fn with_tpm(mut self, session: TpmSession) -> Self {
+        self.tpm = Some(session);
+        self
+    }
+
+    /// Quote before the next report (a full scan just finished).
+    pub fn quote_soon(&mut self) {
+        if let Some(t) = &mut self.tpm {
+            t.due = true;
+        }
+    }
+
+    /// A fresh nonce, a quote answering it, and the controller's verdict.
+    async fn quote(&mut self) -> Result<(), AgentError> {
+        let Some(session) = &mut self.tpm else {
+            return Ok(());
+        };
+        if !session.bound {
+            let binding = lockstep_proto::tpm::session_binding(session.signer.public_key(), &self.boot_id);
+            session.tpm.bind_session(binding).await?;
+            session.bound = true;
+        }
+        let Some(session) = &self.tpm else {
+            return Ok(());
+        };
+        let nonce = self
+            .client
+            .tpm_nonce(lockstep_proto::pb::TpmNonceRequest {})
+            .await?
+            .into_inner()
+            .nonce;
+        let started = std::time::Instant::now();
+        let quote = session.tpm.quote(nonce.clone()).await?;
+        self.metrics.quote_seconds.observe(started.elapsed().as_secs_f64());
+        let reply = self
+            .client
+            .tpm_quote(lockstep_proto::pb::TpmQuoteRequest {
+                nonce,
+                attest: quote.attest,
+                signature: quote.signature,
+                pcrs: quote
+                    .pcrs
+                    .into_iter()
+                    .map(|(index, sha256)| lockstep_proto::pb::PcrValue { index, sha256 })
+                    .collect(),
+                session_public_key: session.signer.public_key().to_vec(),
+                boot_id: self.boot_id.clone(),
+            })
+            .await?
+            .into_inner();
+        debug!(host = %self.host, "TPM quote accepted");
+        if let (Some(gate), Some(gates)) = (reply.gate, &self.gates) {
+            let _ = gates.send(gate);
+        }
+        if let Some(t) = &mut self.tpm {
+            t.last_quote = Some(tokio::time::Instant::now());
+            t.due = false;
+        }
+        Ok(())
     }
 
     /// Hands every gate a reply carries to `gates` (the gate keeper's side).
@@ -145,6 +240,16 @@ impl Reporter {
             debug!(host = %self.host, key_id = %reply.key_id, "attestation key pinned");
             self.key = Key::Pinned;
         }
+        if self.tpm.as_ref().is_some_and(TpmSession::is_due) {
+            if let Err(e) = self.quote().await {
+                // Not quoted: nothing is reported (the controller would not
+                // take this run's key), so the gate closes as the quote ages.
+                if let Some(t) = &mut self.tpm {
+                    t.due = true;
+                }
+                return Err(e);
+            }
+        }
         let full = self.acked_full.as_deref() != Some(digest.as_slice());
         let mut reply = self.submit(&entries, &digest, full).await?;
         if reply.manifest_needed && !full {
@@ -174,7 +279,8 @@ impl Reporter {
             entries: if full { entries.to_vec() } else { Vec::new() },
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let envelope = self.signer.seal_attestation(&attestation);
+        let signer = self.tpm.as_ref().map_or(&self.signer, |t| &t.signer);
+        let envelope = signer.seal_attestation(&attestation);
         self.last_sent_full = full;
         let sent = tokio::time::Instant::now();
         let reply = match self.attest.send(envelope).await {
@@ -188,6 +294,8 @@ impl Reporter {
                     _ => "refused",
                 });
                 self.last_failure = Failure::of(&status, sent);
+                // A reconnect (or a refusal) quotes again before the next report.
+                self.quote_soon();
                 // Decided on the stable reason, never on the message text.
                 if lockstep_proto::reason::of(&status).as_deref() == Some(lockstep_proto::reason::KEY_NOT_PINNED) {
                     self.key = Key::Unconfirmed;
@@ -228,7 +336,11 @@ pub async fn report(
     reporter: &mut Reporter,
     due: Due,
 ) -> Result<Option<SubmitReply>, AgentError> {
+    let full_scans = measurer.full_scans_done();
     let (entries, digest) = measurer.scan().await?;
+    if measurer.full_scans_done() != full_scans {
+        reporter.quote_soon();
+    }
     if due == Due::IfChanged && reporter.holds(&digest) {
         return Ok(None);
     }

@@ -188,6 +188,10 @@ pub enum TokenCommand {
         /// How long it stays usable (default: the controller's enrollment.token_ttl, 1h).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
+        /// The host may enroll with another TPM than the one bound to it, or
+        /// without one (its TPM or board was replaced). Recorded.
+        #[arg(long)]
+        allow_new_tpm: bool,
     },
 }
 
@@ -312,6 +316,11 @@ pub enum ReleaseCommand {
         /// The set of an earlier release (a rollback: new number, old content).
         #[arg(long, group = "source")]
         from_release: Option<u64>,
+        /// The boot state (PCRs 0-9 of its last verified TPM quote) of this
+        /// reference host becomes the release's (default: the boot state of
+        /// the release rolled back to, or of the role's active release).
+        #[arg(long, value_name = "HOST")]
+        boot_from: Option<String>,
         #[arg(long, default_value = "")]
         note: String,
     },
@@ -539,11 +548,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .answered();
             render::scan_requested(out, &reply, json)?;
         }
-        Command::Token(TokenCommand::Create { host, role, ttl }) => {
+        Command::Token(TokenCommand::Create {
+            host,
+            role,
+            ttl,
+            allow_new_tpm,
+        }) => {
             let req = pb::CreateTokenRequest {
                 host,
                 role,
                 ttl_ms: ttl.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                allow_new_tpm,
             };
             let reply = client.create_token(req).await.map_err(unreachable)?.answered();
             render::token(out, &reply, json)?;
@@ -726,6 +741,7 @@ async fn run_release(
             from_host,
             manifest,
             from_release,
+            boot_from,
             note,
         } => {
             let source = match (from_host, manifest, from_release) {
@@ -740,6 +756,7 @@ async fn run_release(
                 role,
                 source: Some(source),
                 note,
+                boot_from_host: boot_from.unwrap_or_default(),
             };
             let r = client.propose_release(req).await?.answered();
             render::release_done(out, &r, "proposed", json)?;

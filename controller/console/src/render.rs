@@ -85,6 +85,13 @@ fn host_json(h: &HostStatus) -> Value {
         "boot_id": h.boot_id,
         "agent_version": h.agent_version,
         "last_rejection": h.last_rejection,
+        "tpm": h.tpm.as_ref().map(|t| json!({
+            "bound": t.bound,
+            "ek_id": t.ek_id,
+            "ek_trust": t.ek_trust,
+            "last_quote_unix_ms": t.last_quote_unix_ms,
+            "verdict": t.verdict,
+        })),
     })
 }
 
@@ -153,6 +160,13 @@ pub fn host(out: &mut dyn Write, d: &HostDetail, json: bool) -> io::Result<()> {
         h.last_seq,
         h.boot_id
     )?;
+    match &h.tpm {
+        Some(t) => {
+            writeln!(out, "TPM:         bound (EK {}, {})", t.ek_id, t.ek_trust)?;
+            writeln!(out, "last quote:  {} ({})", ago(t.last_quote_unix_ms), t.verdict)?;
+        }
+        None => writeln!(out, "TPM:         none (file keys)")?,
+    }
     if !h.last_rejection.is_empty() {
         writeln!(out, "rejected:    {}", h.last_rejection)?;
     }
@@ -256,6 +270,8 @@ fn release_json(r: &Release) -> Value {
         "number": r.number, "role": r.role, "state": release_word(r.state()), "digest": hex::encode(&r.digest),
         "entries": r.entry_count, "source": r.source, "note": r.note, "proposed_by": r.proposed_by,
         "approved_by": r.approved_by, "proposed_at_unix_ms": r.proposed_at_unix_ms, "approved_at_unix_ms": r.approved_at_unix_ms,
+        "boot_from_host": r.boot_from_host,
+        "boot_pcrs": r.boot_pcrs.iter().map(|p| (p.index.to_string(), Value::String(hex::encode(&p.sha256)))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -263,15 +279,34 @@ pub fn release_done(out: &mut dyn Write, r: &Release, verb: &str, json: bool) ->
     if json {
         return print_json(out, &release_json(r));
     }
+    let boot = if r.boot_pcrs.is_empty() {
+        String::new()
+    } else {
+        let from = if r.boot_from_host.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", r.boot_from_host)
+        };
+        format!(", boot state{from}: PCRs {}", pcr_list(&r.boot_pcrs))
+    };
     writeln!(
         out,
-        "release {} for role {} {verb} ({}, {} entries, now {})",
+        "release {} for role {} {verb} ({}, {} entries{boot}, now {})",
         r.number,
         r.role,
         r.source,
         r.entry_count,
         release_word(r.state())
     )
+}
+
+/// "0-9" for a run of PCRs, "0, 4, 7" otherwise.
+fn pcr_list(pcrs: &[lockstep_proto::pb::PcrValue]) -> String {
+    let idx: Vec<u32> = pcrs.iter().map(|p| p.index).collect();
+    match (idx.first(), idx.last()) {
+        (Some(a), Some(b)) if idx.len() > 2 && (b - a) as usize + 1 == idx.len() => format!("{a}-{b}"),
+        _ => idx.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+    }
 }
 
 pub fn releases(out: &mut dyn Write, list: &[Release], json: bool) -> io::Result<()> {

@@ -46,11 +46,15 @@ pub enum AuditAction {
     AuditCheckpoint,
     /// A closed segment written to the archive and dropped from the store.
     AuditArchived,
+    /// A TPM-bound host's quote verified with a new session key or new PCRs.
+    TpmQuoted,
+    /// A TPM quote refused (replayed nonce, another TPM's signature, ...).
+    TpmQuoteRefused,
 }
 
 impl AuditAction {
     /// Every kind, in one place.
-    pub const ALL: [Self; 33] = [
+    pub const ALL: [Self; 35] = [
         Self::AttestationAccepted,
         Self::AttestationRejected,
         Self::AttestationHeartbeats,
@@ -84,6 +88,8 @@ impl AuditAction {
         Self::BoardDenied,
         Self::AuditCheckpoint,
         Self::AuditArchived,
+        Self::TpmQuoted,
+        Self::TpmQuoteRefused,
     ];
 
     /// The text a record carries (docs/protocol.md lists them).
@@ -122,6 +128,8 @@ impl AuditAction {
             Self::BoardDenied => "board.denied",
             Self::AuditCheckpoint => "audit.checkpoint",
             Self::AuditArchived => "audit.archived",
+            Self::TpmQuoted => "tpm.quoted",
+            Self::TpmQuoteRefused => "tpm.quote_refused",
         }
     }
 

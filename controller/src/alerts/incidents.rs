@@ -53,6 +53,7 @@ pub fn cause_of(gate: &Gate) -> Option<Cause> {
         ),
         ReasonKind::RetiredFlag => (format!("retired:{role}"), "retired flag set".into()),
         ReasonKind::Revoked => (format!("revoked:{role}"), "revoked".into()),
+        ReasonKind::Boot => (format!("boot:{role}"), "boot state not attested (TPM)".into()),
         ReasonKind::Unspecified => (format!("closed:{role}"), "gate closed".into()),
     };
     Some(Cause { key, words, detail })

@@ -145,6 +145,27 @@ impl AgentService for AgentApi {
         ))
     }
 
+    async fn tpm_nonce(&self, req: Request<pb::TpmNonceRequest>) -> Result<Response<pb::TpmNonceReply>, Status> {
+        let who = peer(&req)?;
+        let nonce = self.controller.tpm.nonce(&who)?;
+        Ok(Response::new(pb::TpmNonceReply { nonce }))
+    }
+
+    async fn tpm_quote(&self, req: Request<pb::TpmQuoteRequest>) -> Result<Response<pb::TpmQuoteReply>, Status> {
+        let who = peer(&req)?;
+        let audited = req.extensions().get::<Audited>().cloned();
+        match self.controller.tpm.quote(&who, req.into_inner()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(e) => {
+                // A refused quote is recorded (`tpm.quote_refused`).
+                if let (true, Some(a)) = (e.audited_here(), audited) {
+                    a.set();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     type DirectivesStream = GateStream;
 
     /// Sends the host's current gate, then every new decision about it.
@@ -433,6 +454,22 @@ impl pb::enroll_service_server::EnrollService for EnrollApi {
             Ok(reply) => Ok(Response::new(reply)),
             Err(e) => {
                 // The ledger recorded the refusal (`enroll.refused`).
+                if let (true, Some(a)) = (e.audited_here(), audited) {
+                    a.set();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn tpm_challenge(
+        &self,
+        req: Request<pb::TpmChallengeRequest>,
+    ) -> Result<Response<pb::TpmChallengeReply>, Status> {
+        let audited = req.extensions().get::<Audited>().cloned();
+        match self.controller.enrollment.tpm_challenge(req.into_inner()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(e) => {
                 if let (true, Some(a)) = (e.audited_here(), audited) {
                     a.set();
                 }

@@ -22,6 +22,9 @@ pub struct Attested {
     /// The key the envelope was verified with: a host re-enrolled meanwhile
     /// has another, and this attestation no longer speaks for it.
     pub pinned_key_hex: String,
+    /// A TPM-bound host's session key the envelope was verified with
+    /// (empty otherwise): a newer quote may have bound another since.
+    pub session_key_hex: String,
     pub seq: u64,
     pub digest_hex: String,
     pub measured_at_unix_ms: i64,
@@ -94,6 +97,18 @@ fn attested(state: &Staged<'_>, a: Attested) -> Result<Effect, Refused> {
     }
     if record.pinned_key_hex != a.pinned_key_hex {
         return Err(ApiError::from(AuthError::NotPinned { host: a.host }).into());
+    }
+    let session_now = record
+        .tpm
+        .as_ref()
+        .and_then(|t| t.quote.as_ref())
+        .map(|q| q.session_key_hex.as_str())
+        .unwrap_or_default();
+    if session_now != a.session_key_hex {
+        return Err(ApiError::from(RejectedAttestation(Rejection::Signature(
+            "signed with a session key the host's last TPM quote does not bind (a copy of its state directory, or an agent run that has not quoted)".into(),
+        )))
+        .into());
     }
     if a.seq <= record.last_seq {
         return Err(ApiError::from(RejectedAttestation(Rejection::Replay {

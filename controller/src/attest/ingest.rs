@@ -140,10 +140,24 @@ impl Ingest {
         tracing::Span::current().record("host", host);
         let now = self.ledger.now_unix_ms();
         let record = self.ledger.view().hosts.get(host).cloned().unwrap_or_default();
-        let pinned_key = hex::decode(&record.pinned_key_hex).unwrap_or_default();
-        if pinned_key.is_empty() {
+        if record.pinned_key_hex.is_empty() {
             return Err(AuthError::NotPinned { host: host.to_string() }.into());
         }
+        // A TPM-bound host signs with its run's session key, which its last
+        // verified quote binds; the file key it enrolled with does not count.
+        let session_key_hex = match &record.tpm {
+            None => String::new(),
+            Some(t) => match &t.quote {
+                Some(q) => q.session_key_hex.clone(),
+                None => return Err(crate::tpm::TpmError::NoQuoteYet { host: host.to_string() }.into()),
+            },
+        };
+        let signing_key_hex = if record.tpm.is_some() {
+            &session_key_hex
+        } else {
+            &record.pinned_key_hex
+        };
+        let pinned_key = hex::decode(signing_key_hex).unwrap_or_default();
         let checks = Checks {
             peer_host: host,
             inventory_role: role,
@@ -158,6 +172,15 @@ impl Ingest {
         self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
         let verified = match verdict {
             Ok(v) => v,
+            Err(verify::Rejection::Signature(why)) if record.tpm.is_some() => {
+                let why = format!(
+                    "{why} (the host is TPM-bound: its attestations must be signed with the session key its last verified quote binds, {}; a copy of its state directory has no such key)",
+                    lockstep_proto::envelope::key_id(&pinned_key)
+                );
+                return Err(self
+                    .reject(peer, host, role, now, verify::Rejection::Signature(why))
+                    .await);
+            }
             Err(rejection) => return Err(self.reject(peer, host, role, now, rejection).await),
         };
         if verified.entries.is_none() && !self.ledger.view().has_manifest(&verified.digest_hex) {
@@ -176,6 +199,7 @@ impl Ingest {
             host: host.to_string(),
             role: role.to_string(),
             pinned_key_hex: record.pinned_key_hex.clone(),
+            session_key_hex,
             seq: a.seq,
             digest_hex: verified.digest_hex,
             measured_at_unix_ms: a.measured_at_unix_ms,

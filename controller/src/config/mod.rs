@@ -93,6 +93,14 @@ struct RawConfig {
     board: RawBoard,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    tpm: RawTpm,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTpm {
+    quote_max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -369,6 +377,8 @@ struct RawRole {
     per_host: Vec<String>,
     #[serde(default)]
     retired_flags: Vec<String>,
+    #[serde(default)]
+    require_tpm: bool,
 }
 
 /// How a role's expected version set is chosen.
@@ -403,6 +413,9 @@ pub struct RoleConfig {
     /// Config keys (`power_peg`, `router.power_peg`) and command-line flags
     /// (`--power-peg`) that must not be set anywhere on a host of this role.
     pub retired_flags: Vec<String>,
+    /// Every host of the role must have a TPM-bound identity (enrolled
+    /// with `[identity] tpm`): one without is CLOSED.
+    pub require_tpm: bool,
 }
 
 impl RoleConfig {
@@ -475,6 +488,9 @@ pub struct ControllerConfig {
     /// The fleet board (`[board]`); `None`: not served.
     pub board: Option<BoardSettings>,
     pub audit: AuditSettings,
+    /// `[tpm] quote_max_age`: a TPM-bound host whose last verified quote is
+    /// older is CLOSED (its TPM stopped answering, or its agent did).
+    pub tpm_quote_max_age: Duration,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -551,6 +567,8 @@ impl ControllerConfig {
             duration(raw.freshness_ttl.as_deref(), Duration::from_secs(30)).map_err(|e| invalid("freshness_ttl", e))?;
         let max_clock_skew = duration(raw.max_clock_skew.as_deref(), Duration::from_secs(30))
             .map_err(|e| invalid("max_clock_skew", e))?;
+        let tpm_quote_max_age = duration(raw.tpm.quote_max_age.as_deref(), Duration::from_secs(180))
+            .map_err(|e| invalid("tpm.quote_max_age", e))?;
         let defaults = Limits::default();
         let limits = Limits {
             max_payload_bytes: raw.limits.max_message_bytes.unwrap_or(defaults.max_payload_bytes),
@@ -784,6 +802,7 @@ impl ControllerConfig {
                     per_host_patterns: r.per_host,
                     per_host,
                     retired_flags: r.retired_flags,
+                    require_tpm: r.require_tpm,
                 },
             );
         }
@@ -806,6 +825,7 @@ impl ControllerConfig {
             siem,
             board,
             audit,
+            tpm_quote_max_age,
             roles,
             inventory,
         })

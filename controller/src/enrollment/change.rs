@@ -9,7 +9,7 @@ use lockstep_evidence::time::rfc3339;
 use crate::enrollment::EnrollError;
 use crate::error::ApiError;
 use crate::ledger::change::{Change, Effect, NextNumber, Refused, Staged};
-use crate::store::{HostRecord, Put, Revocation, TokenRecord};
+use crate::store::{HostRecord, Put, Revocation, TokenRecord, TpmBinding};
 
 pub struct TokenCreated {
     pub actor: String,
@@ -46,6 +46,9 @@ pub struct Enrolled {
     pub pinned_key_hex: String,
     /// What the audit record adds: key id, certificate expiry.
     pub detail: String,
+    /// The TPM the enrollment proved the host holds (its trust is said at
+    /// the commit, against the host's earlier binding).
+    pub tpm: Option<TpmBinding>,
 }
 
 impl Change for Enrolled {
@@ -141,6 +144,8 @@ pub fn check_enrollment(state: &Staged<'_>, e: &Enrolled) -> Result<TokenRecord,
             "host {host} is no longer in role {} in the controller config",
             token.role
         ))
+    } else if let Some(why) = tpm_problem(state, e, &token) {
+        Some(why)
     } else {
         state
             .host(host)
@@ -159,17 +164,69 @@ pub fn check_enrollment(state: &Staged<'_>, e: &Enrolled) -> Result<TokenRecord,
     }
 }
 
+fn ek_id(hex_public: &str) -> String {
+    crate::tpm::key_id(&hex::decode(hex_public).unwrap_or_default())
+}
+
+/// A host bound to a TPM enrolls again with that TPM, unless its token
+/// allows another (a replaced board or TPM): a copied state directory on
+/// another machine comes with another TPM's EK.
+fn tpm_problem(state: &Staged<'_>, e: &Enrolled, token: &TokenRecord) -> Option<String> {
+    let bound = state.host(&e.host).and_then(|r| r.tpm)?;
+    if token.allow_new_tpm {
+        return None;
+    }
+    let host = &e.host;
+    let fix = "if its TPM or board was replaced, enroll with a token made by `lockstep token create --allow-new-tpm`";
+    match &e.tpm {
+        Some(new) if new.ek_public_hex == bound.ek_public_hex => None,
+        Some(new) => Some(format!(
+            "host {host} is bound to TPM EK {} and this enrollment comes from EK {} (another machine, or a copy of its state directory): {fix}",
+            ek_id(&bound.ek_public_hex),
+            ek_id(&new.ek_public_hex)
+        )),
+        None => Some(format!(
+            "host {host} is bound to TPM EK {} and this enrollment has no TPM: {fix}",
+            ek_id(&bound.ek_public_hex)
+        )),
+    }
+}
+
+/// How the new binding's EK is trusted, for the record and the report.
+fn ek_trust(before: Option<&TpmBinding>, new: &TpmBinding, token: &TokenRecord) -> String {
+    match before {
+        None => "EK pinned at first enrollment (no TPM vendor CA is configured)".into(),
+        Some(b) if b.ek_public_hex == new.ek_public_hex => b.ek_trust.clone(),
+        Some(b) => format!(
+            "EK pinned at re-enrollment, replacing EK {} (allowed by {}'s token)",
+            ek_id(&b.ek_public_hex),
+            token.created_by
+        ),
+    }
+}
+
 fn enrolled(state: &Staged<'_>, e: Enrolled) -> Result<Effect, Refused> {
     let mut token = check_enrollment(state, &e)?;
     let host = &e.host;
     let at = state.now_unix_ms;
     token.used_at_unix_ms = at;
+    let before = state.host(host).and_then(|r| r.tpm);
+    let tpm = e.tpm.map(|mut b| {
+        b.ek_trust = ek_trust(before.as_deref(), &b, &token);
+        b.bound_at_unix_ms = at;
+        Box::new(b)
+    });
+    let trust = tpm
+        .as_ref()
+        .map(|b| format!("; TPM EK {}: {}", ek_id(&b.ek_public_hex), b.ek_trust))
+        .unwrap_or_default();
     let record = HostRecord {
         host: host.clone(),
         role: token.role.clone(),
         pinned_key_hex: e.pinned_key_hex,
         pinned_at_unix_ms: at,
         enrolled_at_unix_ms: at,
+        tpm,
         // A new identity starts afresh: no old measurement speaks for it.
         ..HostRecord::default()
     };
@@ -179,7 +236,7 @@ fn enrolled(state: &Staged<'_>, e: Enrolled) -> Result<Effect, Refused> {
         host: host.clone(),
         role: token.role.clone(),
         detail: format!(
-            "join token {} used; {}",
+            "join token {} used; {}{trust}",
             &e.token_hash[..e.token_hash.len().min(12)],
             e.detail
         ),

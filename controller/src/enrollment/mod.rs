@@ -3,6 +3,7 @@
 //! attestation key is pinned), renewal over mTLS, and revocation.
 
 pub mod change;
+pub mod tpm;
 
 use std::sync::Arc;
 
@@ -39,11 +40,37 @@ pub struct Enrollment {
     config: Arc<ControllerConfig>,
     ledger: Arc<Ledger>,
     board: Arc<GateBoard>,
+    challenges: tpm::Challenges,
 }
 
 impl Enrollment {
     pub fn new(config: Arc<ControllerConfig>, ledger: Arc<Ledger>, board: Arc<GateBoard>) -> Self {
-        Self { config, ledger, board }
+        Self {
+            config,
+            ledger,
+            board,
+            challenges: tpm::Challenges::default(),
+        }
+    }
+
+    /// `TpmChallenge`: credentials for the AK the host made, to its EK;
+    /// asked with the join token (not spent), before `Enroll`.
+    pub async fn tpm_challenge(&self, req: pb::TpmChallengeRequest) -> Result<pb::TpmChallengeReply, ApiError> {
+        validate_id(&req.host).map_err(|e| EnrollError::BadHostName(e.to_string()))?;
+        let probe = Enrolled {
+            host: req.host.clone(),
+            token_hash: token_hash(&req.token),
+            pinned_key_hex: String::new(),
+            detail: String::new(),
+            tpm: Some(crate::store::TpmBinding {
+                ek_public_hex: hex::encode(&req.ek_public),
+                ..Default::default()
+            }),
+        };
+        self.ledger
+            .check(|staged| crate::enrollment::change::check_enrollment(staged, &probe))
+            .await?;
+        self.challenges.make(&req, probe.token_hash, self.ledger.now_unix_ms())
     }
 
     /// `lockstep token create`: a one-time token for `host` in `role`.
@@ -85,6 +112,7 @@ impl Enrollment {
             created_at_unix_ms: now,
             expires_at_unix_ms: now.saturating_add(ttl_ms),
             used_at_unix_ms: 0,
+            allow_new_tpm: req.allow_new_tpm,
         };
         self.ledger
             .commit(TokenCreated {
@@ -134,11 +162,32 @@ impl Enrollment {
         self.signing_ca()?;
         let now = self.ledger.now_unix_ms();
         let key_id = envelope::key_id(&req.attestation_public_key);
+        let token_hash = token_hash(&req.token);
+        let tpm = match &req.tpm {
+            None => None,
+            Some(proof) => match self.challenges.check(proof, &host, &token_hash, now) {
+                Ok(binding) => Some(binding),
+                Err(why) => {
+                    warn!(host, reason = %why, "TPM enrollment refused");
+                    let event = AuditEvent {
+                        actor: "unauthenticated".into(),
+                        action: lockstep_evidence::action::AuditAction::EnrollRefused,
+                        host: host.clone(),
+                        role: String::new(),
+                        detail: why.clone(),
+                        facts: String::new(),
+                    };
+                    self.ledger.record(vec![event]).await?;
+                    return Err(EnrollError::TpmProofRefused(why).into());
+                }
+            },
+        };
         let mut enrolled = Enrolled {
             host: host.clone(),
-            token_hash: token_hash(&req.token),
+            token_hash,
             pinned_key_hex: hex::encode(&req.attestation_public_key),
             detail: String::new(),
+            tpm,
         };
         // The token is checked before a certificate is made, and again by
         // the commit that spends it: two enrollments with one token cannot
@@ -158,6 +207,12 @@ impl Enrollment {
             "attestation key {key_id} pinned; certificate valid until {}",
             rfc3339(not_after)
         );
+        if let Some(b) = &enrolled.tpm {
+            let ak = hex::decode(&b.ak_public_hex).unwrap_or_default();
+            enrolled
+                .detail
+                .push_str(&format!("; TPM attestation key {} activated", crate::tpm::key_id(&ak)));
+        }
         let change = enrolled;
         let committed = match self.ledger.commit(change).await {
             Ok(c) => c,
@@ -261,12 +316,17 @@ pub enum EnrollError {
     BadCsr(String),
     #[error("give --reason: it is shown on the host's closed gate and kept in the audit log")]
     NoRevokeReason,
+    /// The TPM did not open the challenge (recorded as `enroll.refused`).
+    #[error("{0}")]
+    TpmProofRefused(String),
+    #[error("too many TPM enrollments in progress: try again in a minute")]
+    TooManyChallenges,
 }
 
 impl crate::error::DomainError for EnrollError {
     /// A refused token is recorded by the ledger (`enroll.refused`).
     fn audited_here(&self) -> bool {
-        matches!(self, Self::TokenRefused(_))
+        matches!(self, Self::TokenRefused(_) | Self::TpmProofRefused(_))
     }
 
     fn code_and_reason(&self) -> (tonic::Code, &'static str) {
@@ -279,6 +339,8 @@ impl crate::error::DomainError for EnrollError {
             Self::NotInInventory { .. } => (C::NotFound, r::NOT_IN_INVENTORY),
             Self::TokenRefused(_) => (C::PermissionDenied, r::TOKEN_REFUSED),
             Self::NoCa => (C::FailedPrecondition, r::NO_CA),
+            Self::TpmProofRefused(_) => (C::PermissionDenied, r::TPM_PROOF_REFUSED),
+            Self::TooManyChallenges => (C::ResourceExhausted, r::TOO_LARGE),
         }
     }
 }

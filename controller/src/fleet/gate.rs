@@ -2,6 +2,8 @@
 //! known about a host, the expected set of its role, and the time, decide
 //! OPEN or CLOSED with every failing reason. Unknown is never OPEN.
 
+use std::collections::BTreeMap;
+
 use lockstep_proto::diff;
 use lockstep_proto::digest::Digest;
 use lockstep_proto::digest::short_hex;
@@ -31,6 +33,8 @@ pub enum Expected<'a> {
         number: u64,
         comparable: Digest,
         entries: &'a [Entry],
+        /// The release's approved boot state (PCR → SHA-256 hex); empty: none.
+        boot: &'a BTreeMap<u32, String>,
     },
     Consensus {
         comparable: Digest,
@@ -66,6 +70,8 @@ impl Expected<'_> {
 pub struct Clock {
     pub now_unix_ms: i64,
     pub freshness_ttl_ms: i64,
+    /// How old a TPM-bound host's last verified quote may be.
+    pub quote_max_age_ms: i64,
 }
 
 impl Clock {
@@ -74,6 +80,7 @@ impl Clock {
         Self {
             now_unix_ms,
             freshness_ttl_ms: i64::try_from(config.freshness_ttl.as_millis()).unwrap_or(i64::MAX),
+            quote_max_age_ms: i64::try_from(config.tpm_quote_max_age.as_millis()).unwrap_or(i64::MAX),
         }
     }
 
@@ -225,9 +232,14 @@ pub fn decide(
     reasons.extend(compare(role, facts, expected));
     reasons.extend(running(facts, expected));
     reasons.extend(retired_flags(role, facts));
+    reasons.extend(boot(role, record, expected, clock));
     if reasons.is_empty() {
         gate.state = GateState::Open as i32;
         gate.lease_expires_unix_ms = record.accepted_at_unix_ms + clock.freshness_ttl_ms;
+        // A TPM-bound host's lease also ends when its quote gets too old.
+        if let Some(q) = record.tpm.as_ref().and_then(|t| t.quote.as_ref()) {
+            gate.lease_expires_unix_ms = gate.lease_expires_unix_ms.min(q.at_unix_ms + clock.quote_max_age_ms);
+        }
     } else {
         gate.state = GateState::Closed as i32;
         gate.reasons = reasons;
@@ -411,6 +423,74 @@ fn retired_flags(role: &RoleConfig, facts: &HostFacts<'_>) -> Vec<Reason> {
         }
     }
     out
+}
+
+/// Rule 8: a TPM-bound host has a fresh verified quote, and its boot PCRs
+/// are the release's approved boot state when the release names one; a
+/// role that requires a TPM has no host without one.
+fn boot(role: &RoleConfig, record: &HostRecord, expected: &Expected<'_>, clock: Clock) -> Vec<Reason> {
+    let release_boot = match expected {
+        Expected::Release { number, boot, .. } if !boot.is_empty() => Some((*number, *boot)),
+        _ => None,
+    };
+    let Some(tpm) = &record.tpm else {
+        if role.require_tpm {
+            return vec![reason(
+                ReasonKind::Boot,
+                format!(
+                    "boot: role {} requires a TPM-bound identity and {} enrolled without one: set [identity] tpm in its agent config and enroll it again",
+                    role.name, record.host
+                ),
+            )];
+        }
+        return match release_boot {
+            Some((number, _)) => vec![reason(
+                ReasonKind::Boot,
+                format!(
+                    "boot: release {number} names a boot state and {} has no TPM-bound identity to show its own",
+                    record.host
+                ),
+            )],
+            None => Vec::new(),
+        };
+    };
+    let Some(quote) = &tpm.quote else {
+        return vec![reason(
+            ReasonKind::Boot,
+            "boot: no verified TPM quote since the host enrolled: is its agent running with [identity] tpm?".into(),
+        )];
+    };
+    let age_ms = clock.now_unix_ms - quote.at_unix_ms;
+    if age_ms > clock.quote_max_age_ms {
+        return vec![reason(
+            ReasonKind::Boot,
+            format!(
+                "boot: last verified TPM quote {}s ago, at most {}s allowed ([tpm] quote_max_age): is the host's TPM answering?",
+                age_ms / 1000,
+                clock.quote_max_age_ms / 1000
+            ),
+        )];
+    }
+    let Some((number, want)) = release_boot else {
+        return Vec::new();
+    };
+    want.iter()
+        .filter_map(|(pcr, value)| match quote.pcrs.get(pcr) {
+            Some(have) if have == value => None,
+            Some(have) => Some(reason(
+                ReasonKind::Boot,
+                format!(
+                    "boot: PCR {pcr} sha256 {} != release {number} ({})",
+                    &have[..have.len().min(16)],
+                    &value[..value.len().min(16)]
+                ),
+            )),
+            None => Some(reason(
+                ReasonKind::Boot,
+                format!("boot: PCR {pcr} is not in the host's quote (release {number} names it)"),
+            )),
+        })
+        .collect()
 }
 
 #[cfg(test)]

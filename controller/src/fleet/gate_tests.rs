@@ -13,6 +13,7 @@ fn clock() -> Clock {
     Clock {
         now_unix_ms: NOW,
         freshness_ttl_ms: TTL,
+        quote_max_age_ms: 180_000,
     }
 }
 
@@ -26,6 +27,7 @@ fn role(n: usize) -> RoleConfig {
         per_host_patterns: vec!["/etc/hostname".into()],
         per_host: set.build().unwrap(),
         retired_flags: vec!["power_peg".into(), "--power-peg".into()],
+        require_tpm: false,
     }
 }
 
@@ -78,8 +80,11 @@ fn release_v1(r: &RoleConfig, _: &[Entry]) -> Expected<'static> {
         number: 7,
         comparable: comparable(&RELEASE_V1, r),
         entries: &RELEASE_V1,
+        boot: &NO_BOOT,
     }
 }
+
+static NO_BOOT: std::collections::BTreeMap<u32, String> = std::collections::BTreeMap::new();
 
 fn no_release(_: &RoleConfig, _: &[Entry]) -> Expected<'static> {
     Expected::NoRelease

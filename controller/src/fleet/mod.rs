@@ -185,6 +185,7 @@ impl FleetState {
                         number: release.number,
                         comparable: *c,
                         entries,
+                        boot: &release.boot_pcrs,
                     },
                     // Cannot happen after a successful load; never OPEN on it.
                     _ => Expected::NoRelease,

@@ -55,6 +55,36 @@ fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) 
         boot_id: rec.boot_id,
         last_rejection: rec.last_rejection.map(|r| r.reason).unwrap_or_default(),
         agent_version: rec.agent_version,
+        tpm: rec.tpm.as_ref().map(|t| tpm_status(state, role, t)),
+    }
+}
+
+/// A TPM-bound host's binding and last quote, against its role's release.
+fn tpm_status(state: &FleetState, role: &RoleConfig, t: &crate::store::TpmBinding) -> pb::TpmStatus {
+    let release = state.active_release(&role.name).filter(|r| !r.boot_pcrs.is_empty());
+    let verdict = match (&t.quote, release) {
+        (None, _) => "no verified quote yet".to_string(),
+        (Some(_), None) => "no boot state in the release".to_string(),
+        (Some(q), Some(r)) => {
+            let differ: Vec<String> = r
+                .boot_pcrs
+                .iter()
+                .filter(|(i, v)| q.pcrs.get(i) != Some(v))
+                .map(|(i, _)| format!("PCR {i}"))
+                .collect();
+            if differ.is_empty() {
+                format!("boot PCRs match release {}", r.number)
+            } else {
+                format!("{} differ from release {}", differ.join(", "), r.number)
+            }
+        }
+    };
+    pb::TpmStatus {
+        bound: true,
+        ek_trust: t.ek_trust.clone(),
+        ek_id: crate::tpm::key_id(&hex::decode(&t.ek_public_hex).unwrap_or_default()),
+        last_quote_unix_ms: t.quote.as_ref().map_or(0, |q| q.at_unix_ms),
+        verdict,
     }
 }
 

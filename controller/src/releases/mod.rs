@@ -4,6 +4,7 @@
 
 pub mod change;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lockstep_proto::digest::{self, short_hex};
@@ -32,6 +33,7 @@ impl Releases {
 
     pub async fn propose(&self, who: &Operator, req: pb::ProposeReleaseRequest) -> Result<Release, ApiError> {
         let role = self.config.role(&req.role)?.name.clone();
+        let boot_pcrs = self.boot_state(&role, &req)?;
         let (entries, source) = match req.source {
             Some(Source::FromHost(host)) => {
                 let state = self.ledger.view();
@@ -92,6 +94,8 @@ impl Releases {
             proposed_at_unix_ms: self.ledger.now_unix_ms(),
             approved_by: None,
             approved_at_unix_ms: 0,
+            boot_pcrs,
+            boot_from_host: req.boot_from_host.clone(),
         };
         let committed = self
             .ledger
@@ -107,6 +111,55 @@ impl Releases {
             .ok_or_else(|| ApiError::Internal("a release was committed without its record".into()))?;
         info!(release = record.number, role = %role, proposed_by = %who.name, "release proposed");
         Ok(self.to_pb(&record))
+    }
+
+    /// The boot state a proposal carries: the boot PCRs of the named
+    /// reference host's last verified quote (`--boot-from`); else that of
+    /// the release it rolls back to; else the role's active release's, so a
+    /// new software release never drops an approved boot state unseen.
+    fn boot_state(&self, role: &str, req: &pb::ProposeReleaseRequest) -> Result<BTreeMap<u32, String>, ApiError> {
+        let state = self.ledger.view();
+        if req.boot_from_host.is_empty() {
+            let from = match req.source {
+                Some(Source::FromRelease(n)) => state.releases.get(&n),
+                _ => state.active_release(role),
+            };
+            return Ok(from.map(|r| r.boot_pcrs.clone()).unwrap_or_default());
+        }
+        let host = &req.boot_from_host;
+        let rec = state
+            .hosts
+            .get(host)
+            .ok_or_else(|| LookupError::NotReported { host: host.clone() })?;
+        if rec.role != role {
+            return Err(ReleaseError::HostInOtherRole {
+                host: host.clone(),
+                role: rec.role.clone(),
+                wanted: role.to_string(),
+            }
+            .into());
+        }
+        let now = self.ledger.now_unix_ms();
+        let max_age = i64::try_from(self.config.tpm_quote_max_age.as_millis()).unwrap_or(i64::MAX);
+        let quote = match rec.tpm.as_ref().map(|t| t.quote.as_ref()) {
+            None => return Err(ReleaseError::NoBootState(format!("host {host} is not TPM-bound")).into()),
+            Some(None) => return Err(ReleaseError::NoBootState(format!("host {host} has not quoted yet")).into()),
+            Some(Some(q)) if now - q.at_unix_ms > max_age => {
+                return Err(ReleaseError::NoBootState(format!(
+                    "host {host}'s last verified quote is {}s old ([tpm] quote_max_age {}s)",
+                    (now - q.at_unix_ms) / 1000,
+                    max_age / 1000
+                ))
+                .into());
+            }
+            Some(Some(q)) => q,
+        };
+        Ok(quote
+            .pcrs
+            .iter()
+            .filter(|(i, _)| lockstep_proto::tpm::BOOT_PCRS.contains(i))
+            .map(|(i, v)| (*i, v.clone()))
+            .collect())
     }
 
     pub async fn approve(&self, who: &Operator, number: u64) -> Result<Release, ApiError> {
@@ -168,6 +221,15 @@ fn to_pb_in(state: &FleetState, r: &ReleaseRecord) -> Release {
         approved_by: r.approved_by.clone().unwrap_or_default(),
         approved_at_unix_ms: r.approved_at_unix_ms,
         state: release_state as i32,
+        boot_pcrs: r
+            .boot_pcrs
+            .iter()
+            .map(|(i, v)| pb::PcrValue {
+                index: *i,
+                sha256: hex::decode(v).unwrap_or_default(),
+            })
+            .collect(),
+        boot_from_host: r.boot_from_host.clone(),
     }
 }
 
@@ -190,6 +252,8 @@ pub enum ReleaseError {
         "release {number} is older than active release {active} of role {role}; to roll back, propose a new release with the old content"
     )]
     OlderThanActive { number: u64, active: u64, role: String },
+    #[error("--boot-from: {0}: name a TPM-bound host of the role whose agent runs with [identity] tpm")]
+    NoBootState(String),
 }
 
 impl crate::error::DomainError for ReleaseError {
@@ -200,6 +264,7 @@ impl crate::error::DomainError for ReleaseError {
             Self::NoSource | Self::BadManifest(_) | Self::HostInOtherRole { .. } | Self::ReleaseOfOtherRole { .. } => {
                 (C::InvalidArgument, r::INVALID_ARGUMENT)
             }
+            Self::NoBootState(_) => (C::FailedPrecondition, r::INVALID_ARGUMENT),
             Self::AlreadyApproved { .. } => (C::FailedPrecondition, r::ALREADY_APPROVED),
             Self::TwoPersonRule { .. } => (C::PermissionDenied, r::TWO_PERSON_RULE),
             Self::OlderThanActive { .. } => (C::FailedPrecondition, r::OLDER_THAN_ACTIVE),

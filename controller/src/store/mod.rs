@@ -61,6 +61,39 @@ pub struct HostRecord {
     /// Set by `lockstep host revoke` / `host remove`; cleared by enrolling again.
     #[serde(default)]
     pub revoked: Option<Revocation>,
+    /// The TPM the host's identity is bound to (enrolled with `[identity] tpm`).
+    /// Boxed: most hosts have none, and every host record is moved around.
+    #[serde(default)]
+    pub tpm: Option<Box<TpmBinding>>,
+}
+
+/// A host's TPM: its EK and AK as bound at enrollment, and its last
+/// verified quote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmBinding {
+    /// TPMT_PUBLIC of the endorsement key (hex).
+    pub ek_public_hex: String,
+    /// TPMT_PUBLIC of the attestation key the credential activation proved
+    /// to live in that TPM (hex).
+    pub ak_public_hex: String,
+    /// How the EK was trusted ("pinned at first enrollment", ...).
+    pub ek_trust: String,
+    pub bound_at_unix_ms: i64,
+    #[serde(default)]
+    pub quote: Option<QuoteRecord>,
+}
+
+/// The last verified quote of a TPM-bound host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteRecord {
+    pub at_unix_ms: i64,
+    /// The Ed25519 key this agent run signs attestations with (hex): the
+    /// quote's session PCR binds it.
+    pub session_key_hex: String,
+    pub boot_id: String,
+    /// PCR index → SHA-256 value (hex).
+    pub pcrs: std::collections::BTreeMap<u32, String>,
+    pub reset_count: u32,
 }
 
 /// An operator's revocation of a host.
@@ -85,6 +118,9 @@ pub struct TokenRecord {
     pub expires_at_unix_ms: i64,
     /// 0 until used; a token is good for one enrollment.
     pub used_at_unix_ms: i64,
+    /// The enrollment may bind another TPM than the host's (or none).
+    #[serde(default)]
+    pub allow_new_tpm: bool,
 }
 
 /// A board login link or session, kept as the SHA-256 of its secret (the
@@ -130,6 +166,13 @@ pub struct ReleaseRecord {
     pub proposed_at_unix_ms: i64,
     pub approved_by: Option<String>,
     pub approved_at_unix_ms: i64,
+    /// The approved boot state: PCR index → SHA-256 value (hex); empty when
+    /// the release names none.
+    #[serde(default)]
+    pub boot_pcrs: std::collections::BTreeMap<u32, String>,
+    /// The TPM-bound reference host the boot state was taken from.
+    #[serde(default)]
+    pub boot_from_host: String,
 }
 
 /// What a halt covers.

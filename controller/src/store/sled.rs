@@ -566,6 +566,8 @@ mod tests {
                 proposed_at_unix_ms: 0,
                 approved_by: None,
                 approved_at_unix_ms: 0,
+                boot_pcrs: Default::default(),
+                boot_from_host: String::new(),
             })
             .unwrap();
         }

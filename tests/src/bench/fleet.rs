@@ -156,6 +156,7 @@ pub async fn fleet_on(hosts: usize, etcd: bool) -> anyhow::Result<FleetResult> {
 
     // Release 1 from a host's set; every gate opens.
     let propose = |source| pb::ProposeReleaseRequest {
+        boot_from_host: String::new(),
         role: "smars".into(),
         source: Some(source),
         note: "bench".into(),

@@ -505,6 +505,7 @@ impl HaFleet {
             .console(&self.alice)
             .await?
             .create_token(pb::CreateTokenRequest {
+                allow_new_tpm: false,
                 host: host.into(),
                 role: "smars".into(),
                 ttl_ms: 0,

@@ -73,6 +73,8 @@ pub struct FleetSpec {
     /// Agents list a second controller address (`controller.address = [A, B]`),
     /// where [`Fleet::move_to_standby`] starts the controller.
     pub standby: bool,
+    /// Each host gets a software TPM of its own (`[identity] tpm`).
+    pub tpm: bool,
 }
 
 impl FleetSpec {
@@ -101,6 +103,7 @@ impl FleetSpec {
             board: false,
             board_login_ttl: None,
             standby: false,
+            tpm: false,
         }
     }
 
@@ -119,6 +122,8 @@ pub struct HostHandle {
     pub metrics: Option<Arc<lockstep_agent::metrics::AgentMetrics>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The host's software TPM (`FleetSpec::tpm`).
+    pub tpm: Option<crate::swtpm::SwTpm>,
 }
 
 pub struct Fleet {
@@ -270,6 +275,16 @@ state_file = "{gate}"
             toml.push_str(&format!("\n[[config]]\npath = {path:?}\nformat = {format:?}\n"));
         }
         toml.push_str(&self.spec.agent_tables);
+        let tpm = if self.spec.tpm {
+            let tpm = crate::swtpm::SwTpm::start()?;
+            toml.push_str(&format!(
+                "\n[identity]\ntpm = {:?}\nquote_interval = \"2s\"\n",
+                tpm.tcti()
+            ));
+            Some(tpm)
+        } else {
+            None
+        };
         let config_path = base.join("agent.toml");
         std::fs::write(&config_path, toml)?;
         let config = AgentConfig::load(&config_path)?;
@@ -283,6 +298,7 @@ state_file = "{gate}"
                 metrics: None,
                 stop: None,
                 task: None,
+                tpm,
             },
         );
         Ok(())
@@ -299,6 +315,7 @@ state_file = "{gate}"
     /// A fresh one-time join token for `host`, made by a harness operator.
     pub async fn join_token(&self, host: &str) -> anyhow::Result<String> {
         let req = lockstep_proto::pb::CreateTokenRequest {
+            allow_new_tpm: false,
             host: host.to_string(),
             role: self.spec.role.clone(),
             ttl_ms: 0,

@@ -263,6 +263,7 @@ impl ProcFleet {
         for (i, host) in hosts.iter().enumerate() {
             let token = console
                 .create_token(pb::CreateTokenRequest {
+                    allow_new_tpm: false,
                     host: host.clone(),
                     role: "smars".into(),
                     ttl_ms: 0,
