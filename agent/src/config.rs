@@ -605,12 +605,37 @@ mod tests {
                 format!("{GOOD}\n[[config]]\npath = \"/etc/x\"\nformat = \"xml\"\n"),
                 "use ini, toml, json, yaml or key=value",
             ),
+            (
+                format!("{GOOD}\n[identity]\ntpm = \"/dev/tpm0\"\n"),
+                "identity.tpm: \"/dev/tpm0\" is not a TPM: write \"device:/dev/tpmrm0\"",
+            ),
+            (
+                format!("{GOOD}\n[identity]\nquote_interval = \"1m\"\n"),
+                "identity.quote_interval: set only with identity.tpm",
+            ),
+            (
+                format!("{GOOD}\n[identity]\ntpm = \"tabrmd\"\nquote_interval = \"10ms\"\n"),
+                "identity.quote_interval: must be at least 1s",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains("agent.toml"), "{err}");
             assert!(err.contains(needle), "expected {needle:?} in: {err}");
         }
+    }
+
+    #[test]
+    fn a_tpm_is_optional_and_named_by_its_tcti() {
+        assert_eq!(parse(GOOD).unwrap().tpm, None);
+        let c = parse(&format!("{GOOD}\n[identity]\ntpm = \"device:/dev/tpmrm0\"\n")).unwrap();
+        assert_eq!(
+            c.tpm,
+            Some(super::TpmSettings {
+                tcti: "device:/dev/tpmrm0".into(),
+                quote_interval: std::time::Duration::from_secs(60),
+            })
+        );
     }
 
     #[test]

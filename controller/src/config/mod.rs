@@ -919,6 +919,10 @@ mod tests {
     fn good_config_loads() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.freshness_ttl, Duration::from_secs(30));
+        assert_eq!(c.tpm_quote_max_age, Duration::from_secs(180));
+        assert!(c.roles.values().all(|r| !r.require_tpm));
+        let strict = parse(&GOOD.replacen("name = \"risk\"", "name = \"risk\"\nrequire_tpm = true", 1)).unwrap();
+        assert!(strict.roles["risk"].require_tpm);
         let smars = &c.roles["smars"];
         assert_eq!(smars.mode, RoleMode::Release);
         assert_eq!(smars.hosts.len(), 8);
@@ -994,6 +998,7 @@ mod tests {
                 GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),
                 "freshness_ttl:",
             ),
+            (format!("{GOOD}\n[tpm]\nquote_max_age = \"soon\"\n"), "tpm.quote_max_age:"),
             (GOOD.replace("name = \"risk\"", "name = \"Risk!\""), "role[1].name:"),
             (
                 format!("{GOOD}\n[limits]\nmax_frobs = 1\n"),

@@ -494,3 +494,80 @@ fn retired_flags_close_the_gate_in_config_keys_and_command_lines() {
         g.reasons
     );
 }
+
+/// Rule 8 on one host holding release 7's files: its TPM binding, its last
+/// quote (`quote_ago_ms`, PCR 4's value) and release 7's boot state.
+fn decide_boot(require_tpm: bool, tpm: Option<(i64, &str)>, release_pcr4: Option<&str>) -> Gate {
+    let mut r = role(1);
+    r.require_tpm = require_tpm;
+    let mut rec = record(0);
+    rec.tpm = tpm.map(|(ago, pcr4)| {
+        Box::new(crate::store::TpmBinding {
+            quote: (ago >= 0).then(|| crate::store::QuoteRecord {
+                at_unix_ms: NOW - ago,
+                pcrs: [(0, "00".repeat(32)), (4, pcr4.to_string())].into_iter().collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    });
+    let entries = set(1, "smars-01");
+    let facts = HostFacts {
+        host: "smars-01",
+        record: Some(&rec),
+        entries: Some(&entries),
+        comparable: Some(comparable(&entries, &r)),
+    };
+    let boot: std::collections::BTreeMap<u32, String> = release_pcr4
+        .map(|v| [(0, "00".repeat(32)), (4, v.to_string())].into_iter().collect())
+        .unwrap_or_default();
+    let expected = Expected::Release {
+        number: 7,
+        comparable: comparable(&RELEASE_V1, &r),
+        entries: &RELEASE_V1,
+        boot: &boot,
+    };
+    decide(&r, &facts, &expected, &[], clock())
+}
+
+fn boot_texts(g: &Gate) -> Vec<&str> {
+    g.reasons
+        .iter()
+        .filter(|r| r.kind() == ReasonKind::Boot)
+        .map(|r| r.text.as_str())
+        .collect()
+}
+
+#[test]
+fn rule_8_a_tpm_host_needs_a_fresh_quote_and_the_releases_boot_state() {
+    let a = "aa".repeat(32);
+    let b = "bb".repeat(32);
+    // No TPM, none required, no boot state: rule 8 says nothing.
+    let g = decide_boot(false, None, None);
+    assert_eq!(g.state(), GateState::Open, "{:?}", g.reasons);
+    // A role that requires a TPM closes a host without one.
+    let g = decide_boot(true, None, None);
+    assert_eq!(g.state(), GateState::Closed);
+    assert!(boot_texts(&g)[0].contains("requires a TPM-bound identity"), "{:?}", g.reasons);
+    // A release with a boot state closes a host that cannot show one.
+    let g = decide_boot(false, None, Some(&a));
+    assert!(boot_texts(&g)[0].contains("release 7 names a boot state"), "{:?}", g.reasons);
+    // Bound but never quoted.
+    let g = decide_boot(false, Some((-1, &a)), None);
+    assert!(boot_texts(&g)[0].contains("no verified TPM quote"), "{:?}", g.reasons);
+    // A quote older than quote_max_age (180 s here).
+    let g = decide_boot(false, Some((181_000, &a)), Some(&a));
+    assert_eq!(g.state(), GateState::Closed);
+    assert!(boot_texts(&g)[0].contains("181s ago, at most 180s"), "{:?}", g.reasons);
+    // A fresh quote on the release's boot state: OPEN, and the lease ends
+    // when the quote gets too old if that comes before the freshness TTL.
+    let g = decide_boot(true, Some((170_000, &a)), Some(&a));
+    assert_eq!(g.state(), GateState::Open, "{:?}", g.reasons);
+    assert_eq!(g.lease_expires_unix_ms, NOW - 170_000 + 180_000);
+    // A PCR that differs is named, with both values.
+    let g = decide_boot(false, Some((0, &b)), Some(&a));
+    assert_eq!(boot_texts(&g), vec!["boot: PCR 4 sha256 bbbbbbbbbbbbbbbb != release 7 (aaaaaaaaaaaaaaaa)"]);
+    // A TPM host in a release without a boot state: open on its fresh quote.
+    let g = decide_boot(false, Some((0, &b)), None);
+    assert_eq!(g.state(), GateState::Open, "{:?}", g.reasons);
+}
