@@ -108,6 +108,78 @@ async fn enrollment_binds_each_host_to_its_tpm_and_a_changed_boot_pcr_closes_it_
         .unwrap();
     m.fleet.wait_audit("tpm.quoted", "PCRs changed: 4").await.unwrap();
 
+    // The pre-open report says which hosts are TPM-bound and their boot
+    // verdict, and holds offline with the TPM column on its page.
+    let (code, out) = m
+        .fleet
+        .console(&m.bob, &["gate", "check", "--role", "smars"])
+        .await
+        .unwrap();
+    assert_eq!(code, 8, "a boot state has its own exit code: {out}");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let (code, out) = m
+        .fleet
+        .console(
+            &m.alice,
+            &["report", "pre-open", "--role", "smars", "--out-dir", out_dir],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let json_path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let text = std::fs::read_to_string(&json_path).unwrap();
+    let value = lockstep_evidence::strict_json::parse(&text).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/schema/pre-open-report.schema.json")).unwrap();
+    let errors: Vec<String> = jsonschema::validator_for(&schema)
+        .unwrap()
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let hosts = value["report"]["hosts"].as_array().unwrap();
+    assert_eq!(hosts[0]["tpm"]["boot"], format!("boot PCRs match release {n}"));
+    assert_eq!(hosts[1]["tpm"]["boot"], format!("PCR 4 differ from release {n}"));
+    assert!(
+        hosts[0]["tpm"]["ek_trust"]
+            .as_str()
+            .unwrap()
+            .contains("pinned at first enrollment")
+    );
+    assert_eq!(hosts[1]["tpm"]["quote_max_age_s"], 8);
+    let export = dir.path().join("audit.jsonl");
+    std::fs::write(&export, m.fleet.audit_records().await.unwrap().join("\n")).unwrap();
+    let data_dir = m.fleet.controller.config.data_dir.display().to_string();
+    let (_, key_line) = m
+        .fleet
+        .console(&m.alice, &["pki", "report-key", "--data-dir", &data_dir])
+        .await
+        .unwrap();
+    let key = key_line.trim().rsplit(' ').next().unwrap().to_string();
+    for ext in ["json", "html"] {
+        let file = json_path.with_extension(ext).display().to_string();
+        let audit = export.display().to_string();
+        let (code, out) = m
+            .fleet
+            .console(
+                &m.alice,
+                &["report", "verify", &file, "--audit", &audit, "--public-key", &key],
+            )
+            .await
+            .unwrap();
+        assert!(code == 0 && out.contains("REPORT HOLDS"), "{file}: {out}");
+    }
+    let page = std::fs::read_to_string(json_path.with_extension("html")).unwrap();
+    assert!(
+        page.contains("<th>TPM</th>") && page.contains("PCR 4 differ from release"),
+        "the page shows the TPM column"
+    );
+
     // The new boot state approved (two people): smars-02 opens, and
     // smars-01, on the old one, now differs.
     let n2 = release(&m, &["--from-release", &n.to_string(), "--boot-from", &all[1]]).await;

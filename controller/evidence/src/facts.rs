@@ -63,6 +63,24 @@ pub struct HostFact {
     pub accepted_at_unix_ms: i64,
     /// SHA-256 (hex) of its version set.
     pub digest: String,
+    /// A TPM-bound host's identity and boot state (absent: file keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmFact>,
+}
+
+/// A TPM-bound host at a gate check. Like the last attestation, the last
+/// quote's time is not kept (every quote moves it): an OPEN gate is the
+/// proof of a verified quote within `quote_max_age_s` of the check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TpmFact {
+    /// Key id of the EK the host is bound to.
+    pub ek: String,
+    /// How that EK was trusted at enrollment.
+    pub ek_trust: String,
+    /// Its boot PCRs against the release ("boot PCRs match release 3",
+    /// "PCR 4 differ from release 3", "no verified quote within 180 s"...).
+    pub boot: String,
+    pub quote_max_age_s: u64,
 }
 
 /// `release.proposed` and `release.approved`, and the release a check held hosts to.

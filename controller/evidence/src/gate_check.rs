@@ -5,7 +5,7 @@ use lockstep_proto::pb::{Gate, GateCheckReply, GateState, ReasonKind};
 
 /// Documented exit codes of `lockstep gate check` (docs/operations.md).
 /// When hosts fail for several reasons, the highest in this order wins:
-/// halted, drift, rejected, stale/missing.
+/// halted, drift, boot, rejected, stale/missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ExitCode {
@@ -23,6 +23,9 @@ pub enum ExitCode {
     Unreachable = 6,
     /// A host's last attestation was rejected (signature, replay, skew...).
     Rejected = 7,
+    /// A host's boot state is not the release's, its TPM quote is not
+    /// fresh, or it has no TPM identity where one is needed.
+    Boot = 8,
 }
 
 pub fn exit_code(gates: &[Gate]) -> ExitCode {
@@ -42,6 +45,8 @@ pub fn exit_code(gates: &[Gate]) -> ExitCode {
     .any(has)
     {
         ExitCode::Drift
+    } else if has(ReasonKind::Boot) {
+        ExitCode::Boot
     } else if has(ReasonKind::Rejected) {
         ExitCode::Rejected
     } else if has(ReasonKind::Stale) || has(ReasonKind::Missing) || gates.is_empty() {
@@ -132,6 +137,8 @@ pub fn why(g: &Gate) -> String {
         (ReasonKind::NoMajority, "no majority"),
         (ReasonKind::Process, "process"),
         (ReasonKind::RetiredFlag, "retired flag"),
+        (ReasonKind::Boot, "boot state"),
+        (ReasonKind::Revoked, "revoked"),
     ] {
         if count(k) > 0 {
             parts.push(word.to_string());
@@ -181,6 +188,14 @@ mod tests {
             ),
             (vec![gate("a", Closed, &[K::Drift, K::Halted])], ExitCode::Halted),
             (vec![gate("a", Closed, &[K::NoRelease])], ExitCode::Drift),
+            (
+                vec![gate("a", Closed, &[K::Boot]), gate("b", Closed, &[K::Rejected])],
+                ExitCode::Boot,
+            ),
+            (
+                vec![gate("a", Closed, &[K::Boot]), gate("b", Closed, &[K::Drift])],
+                ExitCode::Drift,
+            ),
         ];
         for (gates, want) in cases {
             assert_eq!(exit_code(&gates), want, "{gates:?}");

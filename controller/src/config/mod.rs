@@ -998,7 +998,10 @@ mod tests {
                 GOOD.replace("freshness_ttl = \"30s\"", "freshness_ttl = \"a while\""),
                 "freshness_ttl:",
             ),
-            (format!("{GOOD}\n[tpm]\nquote_max_age = \"soon\"\n"), "tpm.quote_max_age:"),
+            (
+                format!("{GOOD}\n[tpm]\nquote_max_age = \"soon\"\n"),
+                "tpm.quote_max_age:",
+            ),
             (GOOD.replace("name = \"risk\"", "name = \"Risk!\""), "role[1].name:"),
             (
                 format!("{GOOD}\n[limits]\nmax_frobs = 1\n"),

@@ -548,10 +548,18 @@ fn rule_8_a_tpm_host_needs_a_fresh_quote_and_the_releases_boot_state() {
     // A role that requires a TPM closes a host without one.
     let g = decide_boot(true, None, None);
     assert_eq!(g.state(), GateState::Closed);
-    assert!(boot_texts(&g)[0].contains("requires a TPM-bound identity"), "{:?}", g.reasons);
+    assert!(
+        boot_texts(&g)[0].contains("requires a TPM-bound identity"),
+        "{:?}",
+        g.reasons
+    );
     // A release with a boot state closes a host that cannot show one.
     let g = decide_boot(false, None, Some(&a));
-    assert!(boot_texts(&g)[0].contains("release 7 names a boot state"), "{:?}", g.reasons);
+    assert!(
+        boot_texts(&g)[0].contains("release 7 names a boot state"),
+        "{:?}",
+        g.reasons
+    );
     // Bound but never quoted.
     let g = decide_boot(false, Some((-1, &a)), None);
     assert!(boot_texts(&g)[0].contains("no verified TPM quote"), "{:?}", g.reasons);
@@ -566,7 +574,10 @@ fn rule_8_a_tpm_host_needs_a_fresh_quote_and_the_releases_boot_state() {
     assert_eq!(g.lease_expires_unix_ms, NOW - 170_000 + 180_000);
     // A PCR that differs is named, with both values.
     let g = decide_boot(false, Some((0, &b)), Some(&a));
-    assert_eq!(boot_texts(&g), vec!["boot: PCR 4 sha256 bbbbbbbbbbbbbbbb != release 7 (aaaaaaaaaaaaaaaa)"]);
+    assert_eq!(
+        boot_texts(&g),
+        vec!["boot: PCR 4 sha256 bbbbbbbbbbbbbbbb != release 7 (aaaaaaaaaaaaaaaa)"]
+    );
     // A TPM host in a release without a boot state: open on its fresh quote.
     let g = decide_boot(false, Some((0, &b)), None);
     assert_eq!(g.state(), GateState::Open, "{:?}", g.reasons);

@@ -35,7 +35,7 @@ pub struct Queries {
     gate_states: tokio::sync::Mutex<HashMap<String, gate_state::Written>>,
 }
 
-fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) -> HostStatus {
+fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate, clock: Clock) -> HostStatus {
     let rec = state
         .hosts
         .get(host)
@@ -55,15 +55,19 @@ fn status_of(state: &FleetState, role: &RoleConfig, host: &str, gate: pb::Gate) 
         boot_id: rec.boot_id,
         last_rejection: rec.last_rejection.map(|r| r.reason).unwrap_or_default(),
         agent_version: rec.agent_version,
-        tpm: rec.tpm.as_ref().map(|t| tpm_status(state, role, t)),
+        tpm: rec.tpm.as_deref().map(|t| tpm_status(state, role, t, clock)),
     }
 }
 
 /// A TPM-bound host's binding and last quote, against its role's release.
-fn tpm_status(state: &FleetState, role: &RoleConfig, t: &crate::store::TpmBinding) -> pb::TpmStatus {
+fn tpm_status(state: &FleetState, role: &RoleConfig, t: &crate::store::TpmBinding, clock: Clock) -> pb::TpmStatus {
     let release = state.active_release(&role.name).filter(|r| !r.boot_pcrs.is_empty());
     let verdict = match (&t.quote, release) {
         (None, _) => "no verified quote yet".to_string(),
+        (Some(q), _) if clock.now_unix_ms - q.at_unix_ms > clock.quote_max_age_ms => format!(
+            "no verified quote within {} s ([tpm] quote_max_age)",
+            clock.quote_max_age_ms / 1000
+        ),
         (Some(_), None) => "no boot state in the release".to_string(),
         (Some(q), Some(r)) => {
             let differ: Vec<String> = r
@@ -113,7 +117,7 @@ impl<'a> ViewReads<'a> {
         for r in self.config.roles.values().filter(|r| role.is_empty() || r.name == role) {
             let (gates, _) = state.role_gates(r, clock);
             for (host, gate) in r.hosts.iter().zip(gates) {
-                out.push(status_of(state, r, host, gate));
+                out.push(status_of(state, r, host, gate, self.clock));
             }
         }
         Ok(out)
@@ -123,7 +127,7 @@ impl<'a> ViewReads<'a> {
         let role = self.config.host_role(host)?;
         let state = self.state;
         let gate = state.host_gate(role, host, self.clock);
-        let status = status_of(state, role, host, gate);
+        let status = status_of(state, role, host, gate, self.clock);
         let entries = if include_entries {
             state
                 .manifest(&hex::encode(&status.digest))
@@ -352,6 +356,15 @@ impl Queries {
                     measured_at_unix_ms: rec.map_or(0, |r| r.measured_at_unix_ms),
                     accepted_at_unix_ms: rec.map_or(0, |r| r.accepted_at_unix_ms),
                     digest: rec.map(|r| r.digest_hex.clone()).unwrap_or_default(),
+                    tpm: rec.and_then(|r| r.tpm.as_deref()).map(|t| {
+                        let s = tpm_status(&view, role, t, self.board.clock());
+                        lockstep_evidence::facts::TpmFact {
+                            ek: s.ek_id,
+                            ek_trust: s.ek_trust,
+                            boot: s.verdict,
+                            quote_max_age_s: u64::try_from(self.board.clock().quote_max_age_ms / 1000).unwrap_or(0),
+                        }
+                    }),
                 }
             })
             .collect();

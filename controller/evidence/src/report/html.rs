@@ -147,11 +147,15 @@ fn hosts(r: &Body) -> Markup {
     // Reports resting on a gate state name no attestation per host: an
     // OPEN gate is the proof of one within the freshness TTL.
     let attestations = r.format == super::FORMAT_V1;
+    // Shown only when a host is TPM-bound: a page of hosts without TPMs
+    // reads (and verifies) as it always did.
+    let tpm = r.hosts.iter().any(|h| h.tpm.is_some());
     html! {
         table {
             tr {
                 th { "Host" } th { "Gate" } th { "Reasons" }
                 @if attestations { th { "Last accepted attestation" } }
+                @if tpm { th { "TPM" } }
                 th { "Version set" } th { "Agent" }
             }
             @for h in &r.hosts {
@@ -166,6 +170,18 @@ fn hosts(r: &Body) -> Markup {
                         td {
                             @if h.last_seq == 0 { span.none { "none" } } @else {
                                 "seq " (h.last_seq) ", measured " (when(r, h.measured_at_unix_ms)) ", accepted " (when(r, h.accepted_at_unix_ms))
+                            }
+                        }
+                    }
+                    @if tpm {
+                        td {
+                            @match &h.tpm {
+                                None => span.none { "none (file keys)" },
+                                Some(t) => {
+                                    div { "EK " code { (t.ek) } ", " (t.ek_trust) }
+                                    div { (t.boot) }
+                                    div { "a verified quote within " (t.quote_max_age_s) " s of the check when OPEN" }
+                                }
                             }
                         }
                     }

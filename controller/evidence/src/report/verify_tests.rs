@@ -18,6 +18,7 @@ fn host(name: &str, gate: &str, reasons: &[&str]) -> HostFact {
         measured_at_unix_ms: DAY + 9 * 60 * MIN,
         accepted_at_unix_ms: DAY + 9 * 60 * MIN,
         digest: "ab".repeat(32),
+        tpm: None,
     }
 }
 
