@@ -32,7 +32,15 @@ impl SwTpm {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let port = crate::ports::free_port()?;
         let ctrl = crate::ports::free_port()?;
-        let child = Command::new("swtpm")
+        // libtss2 opens its sockets without CLOEXEC: a swtpm started while
+        // an agent of this process is talking to its own TPM would inherit
+        // that connection and hold it open, and that TPM (one connection at
+        // a time) would wait on it for good. The shell closes every
+        // descriptor it inherited but stdio, then becomes swtpm.
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; exec swtpm "$@""#)
+            .arg("swtpm")
             .args(["socket", "--tpm2", "--tpmstate"])
             .arg(format!("dir={}", self.dir.path().display()))
             .arg("--server")

@@ -205,3 +205,12 @@ async fn years_benchmark_runs_at_tiny_size_and_archives() {
         "the store keeps the online window: {last:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_benchmark_runs_at_tiny_size_on_a_software_tpm() {
+    let f = bench::tpm::costs(3, 1).await.unwrap();
+    assert_eq!((f.quote.samples.len(), f.activate.samples.len()), (3, 1));
+    assert!(f.verify_per_s > 0.0 && f.ecdsa_verify_per_s > 0.0 && f.make_credential_per_s > 0.0);
+    let l = bench::realtime::change_to_verdict_with_tpm(2, 2).await.unwrap();
+    assert_eq!(l.samples.len(), 2);
+}

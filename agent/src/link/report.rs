@@ -82,16 +82,23 @@ pub struct Reporter {
     tpm: Option<TpmSession>,
 }
 
-/// A TPM-bound agent run: its session key and when it quoted last.
+/// A TPM-bound agent run: its session key, and its quotes. The first quote
+/// of a run (and the first after a failed call: a reconnect) goes before
+/// the report; the periodic ones and those after a full scan go beside the
+/// reports, so a report never waits for the TPM.
 pub struct TpmSession {
     pub tpm: crate::tpm::Tpm,
     pub signer: Signer,
     pub interval: std::time::Duration,
     last_quote: Option<tokio::time::Instant>,
-    /// At start, after a failed call (a reconnect) and after a full scan.
-    due: bool,
+    /// A quote must go before the next report (start, a failed call).
+    before_next: bool,
+    /// A quote is due beside the reports (a full scan just finished).
+    soon: bool,
     /// The session PCR holds this run's binding (reset and extended once).
     bound: bool,
+    /// The quote running beside the reports, if any.
+    beside: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
 }
 
 impl TpmSession {
@@ -101,14 +108,56 @@ impl TpmSession {
             signer,
             interval,
             last_quote: None,
-            due: true,
+            before_next: true,
+            soon: false,
             bound: false,
+            beside: None,
         }
     }
 
     fn is_due(&self) -> bool {
-        self.due || self.last_quote.is_none_or(|t| t.elapsed() >= self.interval)
+        self.soon || self.last_quote.is_none_or(|t| t.elapsed() >= self.interval)
     }
+}
+
+/// One quote: a nonce from the controller, the TPM's quote answering it,
+/// and the controller's verdict (the gate it leaves the host with, handed
+/// to the gate keeper).
+async fn quote_once(
+    mut client: AgentServiceClient<FailoverChannel>,
+    tpm: crate::tpm::Tpm,
+    session_public_key: Vec<u8>,
+    boot_id: String,
+    metrics: Arc<AgentMetrics>,
+    gates: Option<tokio::sync::mpsc::UnboundedSender<lockstep_proto::pb::Gate>>,
+) -> Result<(), AgentError> {
+    let nonce = client
+        .tpm_nonce(lockstep_proto::pb::TpmNonceRequest {})
+        .await?
+        .into_inner()
+        .nonce;
+    let started = std::time::Instant::now();
+    let quote = tpm.quote(nonce.clone()).await?;
+    metrics.quote_seconds.observe(started.elapsed().as_secs_f64());
+    let reply = client
+        .tpm_quote(lockstep_proto::pb::TpmQuoteRequest {
+            nonce,
+            attest: quote.attest,
+            signature: quote.signature,
+            pcrs: quote
+                .pcrs
+                .into_iter()
+                .map(|(index, sha256)| lockstep_proto::pb::PcrValue { index, sha256 })
+                .collect(),
+            session_public_key,
+            boot_id,
+        })
+        .await?
+        .into_inner();
+    if let (Some(gate), Some(gates)) = (reply.gate, gates) {
+        let _ = gates.send(gate);
+    }
+    Ok(())
 }
 
 impl Reporter {
@@ -147,65 +196,73 @@ impl Reporter {
         self
     }
 
-    /// Quote before the next report (a full scan just finished).
-    pub fn quote_soon(&mut self) {
-        if let Some(t) = &mut self.tpm {
-            t.due = true;
-        }
-    }
-
-    /// A fresh nonce, a quote answering it, and the controller's verdict.
-    async fn quote(&mut self) -> Result<(), AgentError> {
-        let Some(session) = &mut self.tpm else {
-            return Ok(());
-        };
-        if !session.bound {
-            let binding = lockstep_proto::tpm::session_binding(session.signer.public_key(), &self.boot_id);
-            session.tpm.bind_session(binding).await?;
-            session.bound = true;
-        }
-        let Some(session) = &self.tpm else {
-            return Ok(());
-        };
-        let nonce = self
-            .client
-            .tpm_nonce(lockstep_proto::pb::TpmNonceRequest {})
-            .await?
-            .into_inner()
-            .nonce;
-        let started = std::time::Instant::now();
-        let quote = session.tpm.quote(nonce.clone()).await?;
-        self.metrics.quote_seconds.observe(started.elapsed().as_secs_f64());
-        let reply = self
-            .client
-            .tpm_quote(lockstep_proto::pb::TpmQuoteRequest {
-                nonce,
-                attest: quote.attest,
-                signature: quote.signature,
-                pcrs: quote
-                    .pcrs
-                    .into_iter()
-                    .map(|(index, sha256)| lockstep_proto::pb::PcrValue { index, sha256 })
-                    .collect(),
-                session_public_key: session.signer.public_key().to_vec(),
-                boot_id: self.boot_id.clone(),
-            })
-            .await?
-            .into_inner();
-        debug!(host = %self.host, "TPM quote accepted");
-        if let (Some(gate), Some(gates)) = (reply.gate, &self.gates) {
-            let _ = gates.send(gate);
-        }
-        if let Some(t) = &mut self.tpm {
-            t.last_quote = Some(tokio::time::Instant::now());
-            t.due = false;
-        }
-        Ok(())
-    }
-
     /// Hands every gate a reply carries to `gates` (the gate keeper's side).
     pub fn send_gates_to(&mut self, gates: tokio::sync::mpsc::UnboundedSender<lockstep_proto::pb::Gate>) {
         self.gates = Some(gates);
+    }
+
+    /// Quote soon, beside the reports (a full scan just finished).
+    pub fn quote_soon(&mut self) {
+        if let Some(t) = &mut self.tpm {
+            t.soon = true;
+        }
+    }
+
+    /// Quote before the next report (a failed call: maybe a reconnect,
+    /// maybe another controller).
+    fn quote_before_next(&mut self) {
+        if let Some(t) = &mut self.tpm {
+            t.before_next = true;
+        }
+    }
+
+    /// Before a report: the run's first quote (binding the session PCR
+    /// first) or one after a failed call, in line; a due one started beside.
+    async fn quote_if_due(&mut self) -> Result<(), AgentError> {
+        let (client, boot_id, metrics, gates) = (
+            self.client.clone(),
+            self.boot_id.clone(),
+            self.metrics.clone(),
+            self.gates.clone(),
+        );
+        let Some(session) = &mut self.tpm else {
+            return Ok(());
+        };
+        if let Some(done) = session.beside.take_if(|t| t.is_finished()) {
+            match done.await {
+                Ok(Ok(())) => session.last_quote = Some(tokio::time::Instant::now()),
+                Ok(Err(e)) => {
+                    warn!(host = %self.host, error = %e, "TPM quote failed; the gate closes if none succeeds within the controller's quote_max_age")
+                }
+                Err(e) => warn!(host = %self.host, error = %e, "TPM quote task failed"),
+            }
+        }
+        if !session.bound {
+            let binding = lockstep_proto::tpm::session_binding(session.signer.public_key(), &boot_id);
+            session.tpm.bind_session(binding).await?;
+            session.bound = true;
+        }
+        let key = session.signer.public_key().to_vec();
+        if session.before_next {
+            quote_once(client, session.tpm.clone(), key, boot_id, metrics, gates).await?;
+            debug!(host = %self.host, "TPM quote accepted");
+            session.last_quote = Some(tokio::time::Instant::now());
+            session.before_next = false;
+            session.soon = false;
+        } else if session.is_due() && session.beside.is_none() {
+            session.soon = false;
+            session.beside = Some(tokio::spawn(quote_once(
+                client,
+                session.tpm.clone(),
+                key,
+                boot_id,
+                metrics,
+                gates,
+            )));
+            // Counted from its start: a slow TPM is not asked twice at once.
+            session.last_quote = Some(tokio::time::Instant::now());
+        }
+        Ok(())
     }
 
     /// What the last failed call was (and forgets it).
@@ -240,16 +297,9 @@ impl Reporter {
             debug!(host = %self.host, key_id = %reply.key_id, "attestation key pinned");
             self.key = Key::Pinned;
         }
-        if self.tpm.as_ref().is_some_and(TpmSession::is_due) {
-            if let Err(e) = self.quote().await {
-                // Not quoted: nothing is reported (the controller would not
-                // take this run's key), so the gate closes as the quote ages.
-                if let Some(t) = &mut self.tpm {
-                    t.due = true;
-                }
-                return Err(e);
-            }
-        }
+        // Not quoted in line: nothing is reported (the controller would not
+        // take this run's key) and the next report tries again.
+        self.quote_if_due().await?;
         let full = self.acked_full.as_deref() != Some(digest.as_slice());
         let mut reply = self.submit(&entries, &digest, full).await?;
         if reply.manifest_needed && !full {
@@ -295,7 +345,7 @@ impl Reporter {
                 });
                 self.last_failure = Failure::of(&status, sent);
                 // A reconnect (or a refusal) quotes again before the next report.
-                self.quote_soon();
+                self.quote_before_next();
                 // Decided on the stable reason, never on the message text.
                 if lockstep_proto::reason::of(&status).as_deref() == Some(lockstep_proto::reason::KEY_NOT_PINNED) {
                     self.key = Key::Unconfirmed;

@@ -13,6 +13,7 @@
 //! - [`openssl_speed`]: `openssl speed`, the peer figure for hashing and signatures.
 //! - [`age`]: the controller on a log grown to millions of records: restart, verification, report, gate check.
 //! - [`years`]: the same with the archive at work, a day at a time, on sled or etcd: what the store holds and weighs.
+//! - [`tpm`]: a quote, an enrollment's activation, and the controller's checks, on a software TPM.
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub mod openssl_speed;
 pub mod probe;
 pub mod realtime;
 pub mod scan;
+pub mod tpm;
 pub mod years;
 
 /// Sorted samples and their summary.

@@ -28,6 +28,24 @@ pub async fn change_to_verdict(
         small_change_quiet_period,
         ..FleetSpec::smars(hosts)
     };
+    change_to_verdict_on(spec, changes).await
+}
+
+/// [`change_to_verdict`] with every host on a software TPM of its own,
+/// quoting every 2 s (30 times the default) beside its reports.
+pub async fn change_to_verdict_with_tpm(hosts: usize, changes: usize) -> anyhow::Result<Latencies> {
+    let spec = FleetSpec {
+        scan_interval: Duration::from_secs(300),
+        freshness_ttl: Duration::from_secs(600),
+        tpm: true,
+        controller_extra: "\n[tpm]\nquote_max_age = \"1h\"\n".into(),
+        ..FleetSpec::smars(hosts)
+    };
+    change_to_verdict_on(spec, changes).await
+}
+
+async fn change_to_verdict_on(spec: FleetSpec, changes: usize) -> anyhow::Result<Latencies> {
+    let quiet_period = spec.quiet_period;
     let m = Morning::with_spec(spec).await?;
     m.step1_release_everywhere().await?;
     let host = m.all()[0].clone();

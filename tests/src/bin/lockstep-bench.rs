@@ -35,6 +35,10 @@ enum Part {
     Age,
     /// Years of the log with the archive at work, a day at a time, on sled and etcd.
     Years,
+    /// The TPM: a quote, an enrollment's activation, the controller's checks,
+    /// and file write → verdict with every host on a software TPM beside
+    /// without (needs `--features tpm`, Debian's swtpm and libtss2-dev).
+    Tpm,
 }
 
 /// Where the controller keeps its ledger in a benchmark.
@@ -63,6 +67,9 @@ struct Args {
     /// File changes to time (write → controller verdict).
     #[arg(long, default_value_t = 200)]
     changes: usize,
+    /// Quotes timed in the TPM benchmark.
+    #[arg(long, default_value_t = 200)]
+    tpm_quotes: usize,
     /// Hosts in the fleet for the change benchmark.
     #[arg(long, default_value_t = 3)]
     hosts: usize,
@@ -610,6 +617,77 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Part::Years) {
         years(&args).await?;
+    }
+    if want(Part::Tpm) {
+        tpm(&args).await?;
+    }
+    Ok(())
+}
+
+async fn tpm(args: &Args) -> anyhow::Result<()> {
+    if !lockstep_agent::tpm::BUILT_WITH_TPM {
+        println!("\n## TPM\n\nskipped: build the bench with `--features tpm` (libtss2-dev) to measure the TPM");
+        return Ok(());
+    }
+    let f = lockstep_tests::bench::tpm::costs(args.tpm_quotes, 20).await?;
+    println!("\n## TPM (Debian's swtpm 0.7, one per host)\n");
+    println!("| measure | runs | median | p99 | max |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (what, l) in [
+        (
+            "agent: one quote (open the TPM, EK, load the AK, quote PCRs 0-9 + 23, read them, flush)",
+            &f.quote,
+        ),
+        ("agent: an enrollment's 8 credentials activated", &f.activate),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} | {} |",
+            l.samples.len(),
+            ms(l.quantile(0.5)),
+            ms(l.quantile(0.99)),
+            ms(l.max())
+        );
+    }
+    println!("\n| controller, one core | per second | per call |");
+    println!("| --- | ---: | ---: |");
+    for (what, rate) in [
+        (
+            "a quote checked (signature, nonce, PCR digest, session binding)",
+            f.verify_per_s,
+        ),
+        (
+            "ring: one ECDSA P-256 SHA-256 verification (the limit of the above)",
+            f.ecdsa_verify_per_s,
+        ),
+        (
+            "a credential made (MakeCredential: ECDH P-256, KDFs, HMAC; 8 per enrollment)",
+            f.make_credential_per_s,
+        ),
+    ] {
+        println!("| {what} | {rate:.0} | {:.1} µs |", 1e6 / rate);
+    }
+    println!("\n| file write → controller verdict (defaults) | changes, hosts | median | p99 | max |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    let (quiet, small) = (Duration::from_millis(50), Duration::from_millis(15));
+    for with_tpm in [false, true] {
+        let l = if with_tpm {
+            realtime::change_to_verdict_with_tpm(args.hosts, args.changes).await?
+        } else {
+            realtime::change_to_verdict(args.hosts, args.changes, quiet, small).await?
+        };
+        println!(
+            "| {} | {} changes, {} hosts | {} | {} | {} |",
+            if with_tpm {
+                "TPM on: every host on its own swtpm, quoting every 2 s"
+            } else {
+                "TPM off"
+            },
+            l.samples.len(),
+            args.hosts,
+            ms(l.quantile(0.5)),
+            ms(l.quantile(0.99)),
+            ms(l.max())
+        );
     }
     Ok(())
 }
