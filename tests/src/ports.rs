@@ -18,6 +18,17 @@ static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
 /// A loopback TCP port that nothing listened on a moment ago and that this
 /// process has not handed out before.
 pub fn free_port() -> anyhow::Result<u16> {
+    free_ports(1)
+}
+
+/// Two adjacent ports, `p` and `p + 1`, as [`free_port`] hands them out:
+/// what a server whose clients find its second port at `p + 1` needs
+/// (swtpm's control channel, as libtss2's swtpm TCTI assumes it).
+pub fn free_port_pair() -> anyhow::Result<u16> {
+    free_ports(2)
+}
+
+fn free_ports(n: u32) -> anyhow::Result<u16> {
     let _ = NEXT.compare_exchange(
         u32::MAX,
         (std::process::id().wrapping_mul(97)) % COUNT,
@@ -25,9 +36,15 @@ pub fn free_port() -> anyhow::Result<u16> {
         Ordering::SeqCst,
     );
     for _ in 0..COUNT {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst) % COUNT;
-        let port = u16::try_from(FIRST + n)?;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let first = NEXT.fetch_add(n, Ordering::SeqCst) % COUNT;
+        if first + n > COUNT {
+            continue;
+        }
+        let port = u16::try_from(FIRST + first)?;
+        let free = (0..n).all(|i| {
+            u16::try_from(FIRST + first + i).is_ok_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if free {
             return Ok(port);
         }
     }
@@ -42,5 +59,8 @@ mod tests {
         let unique: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(unique.len(), ports.len());
         assert!(ports.iter().all(|p| (20_000..32_000).contains(p)), "{ports:?}");
+        let pair = super::free_port_pair().unwrap();
+        let next = super::free_port().unwrap();
+        assert!(next != pair && next != pair + 1, "{pair} {next}");
     }
 }

@@ -30,8 +30,11 @@ impl SwTpm {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let port = crate::ports::free_port()?;
-        let ctrl = crate::ports::free_port()?;
+        // libtss2's swtpm TCTI finds the control channel at port + 1: with
+        // any other port its control commands reach whatever listens there
+        // (another test's TPM) and the call hangs.
+        let port = crate::ports::free_port_pair()?;
+        let ctrl = port + 1;
         // libtss2 opens its sockets without CLOEXEC: a swtpm started while
         // an agent of this process is talking to its own TPM would inherit
         // that connection and hold it open, and that TPM (one connection at

@@ -231,19 +231,11 @@ async fn a_replayed_quote_and_a_copied_state_directory_on_another_tpm_are_refuse
         .unwrap()
         .into_inner()
         .nonce;
-    let quote = tpm.quote(nonce.clone()).await.unwrap();
-    let request = pb::TpmQuoteRequest {
-        nonce,
-        attest: quote.attest,
-        signature: quote.signature,
-        pcrs: quote
-            .pcrs
-            .into_iter()
-            .map(|(index, sha256)| pb::PcrValue { index, sha256 })
-            .collect(),
-        session_public_key: session.public_key().to_vec(),
-        boot_id,
-    };
+    let request = tpm
+        .quote(nonce.clone())
+        .await
+        .unwrap()
+        .into_request(nonce, session.public_key().to_vec(), boot_id);
     client.tpm_quote(request.clone()).await.unwrap();
     let replayed = client.tpm_quote(request.clone()).await.unwrap_err();
     assert_eq!(replayed.code(), tonic::Code::PermissionDenied, "{replayed:?}");
@@ -312,18 +304,7 @@ async fn a_replayed_quote_and_a_copied_state_directory_on_another_tpm_are_refuse
         .nonce;
     let quote = thief.quote(nonce.clone()).await.unwrap();
     let refused = client
-        .tpm_quote(pb::TpmQuoteRequest {
-            nonce,
-            attest: quote.attest,
-            signature: quote.signature,
-            pcrs: quote
-                .pcrs
-                .into_iter()
-                .map(|(index, sha256)| pb::PcrValue { index, sha256 })
-                .collect(),
-            session_public_key: thief_session.public_key().to_vec(),
-            boot_id: request.boot_id.clone(),
-        })
+        .tpm_quote(quote.into_request(nonce, thief_session.public_key().to_vec(), request.boot_id.clone()))
         .await
         .unwrap_err();
     assert!(

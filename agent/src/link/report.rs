@@ -140,18 +140,7 @@ async fn quote_once(
     let quote = tpm.quote(nonce.clone()).await?;
     metrics.quote_seconds.observe(started.elapsed().as_secs_f64());
     let reply = client
-        .tpm_quote(lockstep_proto::pb::TpmQuoteRequest {
-            nonce,
-            attest: quote.attest,
-            signature: quote.signature,
-            pcrs: quote
-                .pcrs
-                .into_iter()
-                .map(|(index, sha256)| lockstep_proto::pb::PcrValue { index, sha256 })
-                .collect(),
-            session_public_key,
-            boot_id,
-        })
+        .tpm_quote(quote.into_request(nonce, session_public_key, boot_id))
         .await?
         .into_inner();
     if let (Some(gate), Some(gates)) = (reply.gate, gates) {

@@ -121,6 +121,30 @@ pub struct Quote {
     pub pcrs: Vec<(u32, Vec<u8>)>,
 }
 
+impl Quote {
+    /// The `TpmQuote` call that sends this quote, answering `nonce`, for
+    /// the session key it binds.
+    pub fn into_request(
+        self,
+        nonce: Vec<u8>,
+        session_public_key: Vec<u8>,
+        boot_id: String,
+    ) -> lockstep_proto::pb::TpmQuoteRequest {
+        lockstep_proto::pb::TpmQuoteRequest {
+            nonce,
+            attest: self.attest,
+            signature: self.signature,
+            pcrs: self
+                .pcrs
+                .into_iter()
+                .map(|(index, sha256)| lockstep_proto::pb::PcrValue { index, sha256 })
+                .collect(),
+            session_public_key,
+            boot_id,
+        }
+    }
+}
+
 /// The host's TPM, one call at a time.
 #[derive(Clone)]
 pub struct Tpm {

@@ -73,18 +73,7 @@ pub async fn costs(quotes: usize, activations: usize) -> anyhow::Result<TpmFigur
         last = Some((nonce, q));
     }
     let (nonce, q) = last.ok_or_else(|| anyhow::anyhow!("no quote made"))?;
-    let request = lockstep_proto::pb::TpmQuoteRequest {
-        nonce: nonce.clone(),
-        attest: q.attest,
-        signature: q.signature,
-        pcrs: q
-            .pcrs
-            .into_iter()
-            .map(|(index, sha256)| lockstep_proto::pb::PcrValue { index, sha256 })
-            .collect(),
-        session_public_key: session.public_key().to_vec(),
-        boot_id,
-    };
+    let request = q.into_request(nonce.clone(), session.public_key().to_vec(), boot_id);
     lockstep_controller::tpm::quote::verify(&request, &ak, &nonce).map_err(|e| anyhow::anyhow!(e))?;
     let verify_per_s = per_second(2_000, || {
         let _ = lockstep_controller::tpm::quote::verify(&request, &ak, &nonce);
