@@ -90,6 +90,26 @@ impl SwTpm {
         Ok(())
     }
 
+    /// Writes `der` as the TPM's ECC P-256 EK certificate (TCG NV index
+    /// 0x01c0000a), as a TPM vendor provisions it.
+    pub fn write_ek_certificate(&self, der: &[u8]) -> anyhow::Result<()> {
+        let file = self.dir.path().join("ek-cert.der");
+        std::fs::write(&file, der)?;
+        let size = der.len().to_string();
+        let tcti = self.tcti();
+        let steps: [Vec<&str>; 2] = [
+            vec!["tpm2_nvdefine", "-T", &tcti, "0x01c0000a", "-C", "o", "-s", &size, "-a", "ownerread|ownerwrite|authread|no_da"],
+            vec!["tpm2_nvwrite", "-T", &tcti, "0x01c0000a", "-C", "o", "-i", file.to_str().context("temp path")?],
+        ];
+        for argv in steps {
+            let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+            if !out.status.success() {
+                bail!("{} failed: {}", argv[0], String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
+    }
+
     /// Stops (`true`) or resumes the TPM process: a TPM that stops answering.
     pub fn pause(&self, pause: bool) -> anyhow::Result<()> {
         let process = self.process.as_ref().context("swtpm is not running")?;

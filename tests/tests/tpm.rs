@@ -406,3 +406,62 @@ async fn a_tpm_that_stops_answering_closes_the_gate_when_its_quote_ages_and_neve
         .unwrap();
     m.fleet.shutdown().await.unwrap();
 }
+
+fn vendor_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// An EK certificate for the EK `ek_public` names, signed by `ca`.
+fn ek_certificate(ek_public: &[u8], ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>) -> Vec<u8> {
+    let ek = lockstep_controller::tpm::check_ek(ek_public).unwrap();
+    // SubjectPublicKeyInfo of a P-256 point: id-ecPublicKey, prime256v1.
+    let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+    spki.extend(ek.point());
+    let key = rcgen::SubjectPublicKeyInfo::from_der(&spki).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "TPM EK");
+    params.signed_by(&key, ca).unwrap().der().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_vendor_cas_configured_an_ek_certified_by_one_enrolls_and_any_other_is_refused() {
+    let cas = tempfile::tempdir().unwrap();
+    let vendor = vendor_ca("Example TPM Vendor EK Root");
+    let stranger = vendor_ca("Someone Else");
+    let vendor_pem = cas.path().join("vendor.pem");
+    std::fs::write(&vendor_pem, vendor.pem()).unwrap();
+    let spec = FleetSpec {
+        without_agent: vec!["smars-01".into(), "smars-02".into()],
+        controller_extra: format!(
+            "\n[tpm]\nquote_max_age = \"8s\"\nek_ca = [{:?}]\n",
+            vendor_pem.display().to_string()
+        ),
+        ..tpm_fleet(2)
+    };
+    let m = Morning::with_spec(spec).await.unwrap();
+    let all = m.all();
+    // Each host's TPM provisioned with an EK certificate: by the vendor the
+    // controller trusts, and by someone else.
+    for (host, ca) in [(&all[0], &vendor), (&all[1], &stranger)] {
+        let h = m.fleet.host(host).unwrap();
+        let tpm = lockstep_agent::tpm::Tpm::new(h.config.tpm.as_ref().unwrap(), &h.config.state_dir);
+        let keys = tpm.make_ak().await.unwrap();
+        assert!(keys.ek_certificate.is_empty(), "a new swtpm has no EK certificate");
+        h.tpm.as_ref().unwrap().write_ek_certificate(&ek_certificate(&keys.ek_public, ca)).unwrap();
+    }
+    m.fleet.enroll(&all[0]).await.unwrap();
+    let enrolled = m
+        .fleet
+        .wait_audit("host.enrolled", "EK certificate signed by TPM vendor CA")
+        .await
+        .unwrap();
+    assert!(enrolled.contains("Example TPM Vendor EK Root"), "{enrolled}");
+    let err = m.fleet.enroll(&all[1]).await.unwrap_err().to_string();
+    assert!(err.contains("not signed by a configured TPM vendor CA"), "{err}");
+    m.fleet.wait_audit("enroll.refused", "Someone Else").await.unwrap();
+    assert!(!m.fleet.host(&all[1]).unwrap().config.controller.tls.key.exists());
+    m.fleet.shutdown().await.unwrap();
+}

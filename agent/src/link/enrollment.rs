@@ -103,7 +103,7 @@ pub async fn enroll(config: &AgentConfig, token: &str, ca: Option<&Path>) -> Res
                     host: config.host.clone(),
                     ek_public: keys.ek_public.clone(),
                     ak_public: keys.ak.public.clone(),
-                    ek_certificate: Vec::new(),
+                    ek_certificate: keys.ek_certificate.clone(),
                 })
                 .await
                 .map_err(refused)?

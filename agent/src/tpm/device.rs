@@ -94,7 +94,12 @@ pub fn make_ak(tcti: &str) -> Result<EnrollKeys, TpmError> {
     )
     .map_err(tss(tcti, "making the attestation key"))?;
     let marshal = |p: &Public| p.marshall().map_err(tss(tcti, "encoding a public key"));
+    // The vendor's EK certificate, where the TPM has one (TCG's NV index
+    // for an ECC P-256 EK); the controller decides what its absence means.
+    let ek_certificate =
+        ek::retrieve_ek_pubcert(&mut o.ctx, AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256)).unwrap_or_default();
     Ok(EnrollKeys {
+        ek_certificate,
         ek_public: marshal(&ek_public)?,
         ak: AkBlob {
             public: marshal(&made.out_public)?,

@@ -109,6 +109,8 @@ impl AkBlob {
 #[derive(Debug, Clone)]
 pub struct EnrollKeys {
     pub ek_public: Vec<u8>,
+    /// The EK certificate in the TPM's NV (DER; empty: none).
+    pub ek_certificate: Vec<u8>,
     pub ak: AkBlob,
 }
 

@@ -101,6 +101,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawTpm {
     quote_max_age: Option<String>,
+    #[serde(default)]
+    ek_ca: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -491,6 +493,10 @@ pub struct ControllerConfig {
     /// `[tpm] quote_max_age`: a TPM-bound host whose last verified quote is
     /// older is CLOSED (its TPM stopped answering, or its agent did).
     pub tpm_quote_max_age: Duration,
+    /// `[tpm] ek_ca`: TPM vendor CA certificates (PEM). When set, a TPM
+    /// enrolls only with an EK certificate one of them signed; unset, the
+    /// EK is pinned at first enrollment.
+    pub tpm_ek_ca: Vec<PathBuf>,
     pub roles: BTreeMap<String, RoleConfig>,
     /// host → role, from the inventories.
     pub inventory: HashMap<String, String>,
@@ -826,6 +832,7 @@ impl ControllerConfig {
             board,
             audit,
             tpm_quote_max_age,
+            tpm_ek_ca: raw.tpm.ek_ca,
             roles,
             inventory,
         })

@@ -194,6 +194,18 @@ fn tpm_problem(state: &Staged<'_>, e: &Enrolled, token: &TokenRecord) -> Option<
 
 /// How the new binding's EK is trusted, for the record and the report.
 fn ek_trust(before: Option<&TpmBinding>, new: &TpmBinding, token: &TokenRecord) -> String {
+    // Vouched for by a vendor CA at the challenge: that is its trust.
+    if !new.ek_trust.is_empty() {
+        return match before.filter(|b| b.ek_public_hex != new.ek_public_hex) {
+            Some(b) => format!(
+                "{}, replacing EK {} (allowed by {}'s token)",
+                new.ek_trust,
+                ek_id(&b.ek_public_hex),
+                token.created_by
+            ),
+            None => new.ek_trust.clone(),
+        };
+    }
     match before {
         None => "EK pinned at first enrollment (no TPM vendor CA is configured)".into(),
         Some(b) if b.ek_public_hex == new.ek_public_hex => b.ek_trust.clone(),

@@ -26,6 +26,8 @@ struct Pending {
     ek_public: Vec<u8>,
     ak_public: Vec<u8>,
     secrets: Vec<u8>,
+    /// The EK's certificate chain, when vendor CAs vouched for it.
+    vendor: Option<String>,
     expires_unix_ms: i64,
 }
 
@@ -41,10 +43,12 @@ impl Challenges {
         &self,
         req: &pb::TpmChallengeRequest,
         token_hash: String,
+        vendor_cas: &[std::path::PathBuf],
         now: i64,
     ) -> Result<pb::TpmChallengeReply, ApiError> {
         let ek = crate::tpm::check_ek(&req.ek_public)?;
         let ak = crate::tpm::check_ak(&req.ak_public)?;
+        let vendor = crate::tpm::ek_cert::trust(&req.ek_certificate, &ek, vendor_cas)?;
         let rng = ring::rand::SystemRandom::new();
         let failed = |_| ApiError::Internal("the system random source failed".into());
         let mut secrets = vec![0u8; CREDENTIALS * SECRET_BYTES];
@@ -77,6 +81,7 @@ impl Challenges {
                 ek_public: req.ek_public.clone(),
                 ak_public: req.ak_public.clone(),
                 secrets,
+                vendor,
                 expires_unix_ms: now + CHALLENGE_TTL_MS,
             },
         );
@@ -110,7 +115,7 @@ impl Challenges {
         Ok(TpmBinding {
             ek_public_hex: hex::encode(&p.ek_public),
             ak_public_hex: hex::encode(&p.ak_public),
-            ek_trust: String::new(),
+            ek_trust: p.vendor.unwrap_or_default(),
             bound_at_unix_ms: now,
             quote: None,
         })

@@ -5,6 +5,7 @@
 
 pub mod change;
 pub mod credential;
+pub mod ek_cert;
 pub mod quote;
 pub mod wire;
 
@@ -40,6 +41,9 @@ pub enum TpmError {
     BadKey(String),
     #[error("host {host} is TPM-bound and has not quoted yet: its agent quotes before it reports")]
     NoQuoteYet { host: String },
+    /// The controller's TPM settings cannot be used (a CA file unreadable).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl crate::error::DomainError for TpmError {
@@ -55,6 +59,7 @@ impl crate::error::DomainError for TpmError {
             Self::NotBound { .. } | Self::NoQuoteYet { .. } => (C::FailedPrecondition, r::TPM_NOT_BOUND),
             Self::Refused(_) => (C::PermissionDenied, r::TPM_QUOTE_REFUSED),
             Self::BadKey(_) => (C::InvalidArgument, r::INVALID_ARGUMENT),
+            Self::Config(_) => (C::FailedPrecondition, r::INTERNAL),
         }
     }
 }
