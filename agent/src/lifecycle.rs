@@ -225,6 +225,9 @@ impl Agent {
 /// disk, so a copy of the state directory has no key the quotes bind); the
 /// first quote binds the TPM's session PCR to it.
 fn tpm_session(config: &AgentConfig, settings: &crate::config::TpmSettings) -> Result<TpmSession, AgentError> {
+    if !crate::tpm::BUILT_WITH_TPM {
+        return Err(crate::tpm::TpmError::NotBuilt.into());
+    }
     let tpm = crate::tpm::Tpm::new(settings, &config.state_dir);
     // The AK is checked when the first quote loads it; a missing one is
     // said now, before anything runs.

@@ -98,8 +98,28 @@ impl SwTpm {
         let size = der.len().to_string();
         let tcti = self.tcti();
         let steps: [Vec<&str>; 2] = [
-            vec!["tpm2_nvdefine", "-T", &tcti, "0x01c0000a", "-C", "o", "-s", &size, "-a", "ownerread|ownerwrite|authread|no_da"],
-            vec!["tpm2_nvwrite", "-T", &tcti, "0x01c0000a", "-C", "o", "-i", file.to_str().context("temp path")?],
+            vec![
+                "tpm2_nvdefine",
+                "-T",
+                &tcti,
+                "0x01c0000a",
+                "-C",
+                "o",
+                "-s",
+                &size,
+                "-a",
+                "ownerread|ownerwrite|authread|no_da",
+            ],
+            vec![
+                "tpm2_nvwrite",
+                "-T",
+                &tcti,
+                "0x01c0000a",
+                "-C",
+                "o",
+                "-i",
+                file.to_str().context("temp path")?,
+            ],
         ];
         for argv in steps {
             let out = Command::new(argv[0]).args(&argv[1..]).output()?;

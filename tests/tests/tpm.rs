@@ -450,7 +450,11 @@ async fn with_vendor_cas_configured_an_ek_certified_by_one_enrolls_and_any_other
         let tpm = lockstep_agent::tpm::Tpm::new(h.config.tpm.as_ref().unwrap(), &h.config.state_dir);
         let keys = tpm.make_ak().await.unwrap();
         assert!(keys.ek_certificate.is_empty(), "a new swtpm has no EK certificate");
-        h.tpm.as_ref().unwrap().write_ek_certificate(&ek_certificate(&keys.ek_public, ca)).unwrap();
+        h.tpm
+            .as_ref()
+            .unwrap()
+            .write_ek_certificate(&ek_certificate(&keys.ek_public, ca))
+            .unwrap();
     }
     m.fleet.enroll(&all[0]).await.unwrap();
     let enrolled = m

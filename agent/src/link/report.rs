@@ -101,6 +101,16 @@ pub struct TpmSession {
     beside: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
 }
 
+/// A quote still running beside the reports when the agent stops is
+/// abandoned: its answer would be for a run that is over.
+impl Drop for TpmSession {
+    fn drop(&mut self) {
+        if let Some(task) = self.beside.take() {
+            task.abort();
+        }
+    }
+}
+
 impl TpmSession {
     pub fn new(tpm: crate::tpm::Tpm, signer: Signer, interval: std::time::Duration) -> Self {
         Self {

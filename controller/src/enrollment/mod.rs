@@ -70,12 +70,18 @@ impl Enrollment {
         self.ledger
             .check(|staged| crate::enrollment::change::check_enrollment(staged, &probe))
             .await?;
-        let made = self
-            .challenges
-            .make(&req, probe.token_hash, &self.config.tpm_ek_ca, self.ledger.now_unix_ms());
+        let made = self.challenges.make(
+            &req,
+            probe.token_hash,
+            &self.config.tpm_ek_ca,
+            self.ledger.now_unix_ms(),
+        );
         match made {
             // Keys that are not a TPM's, or an EK no configured vendor vouches for.
-            Err(e) if e.domain::<crate::tpm::TpmError>().is_some_and(|t| matches!(t, crate::tpm::TpmError::BadKey(_))) => {
+            Err(e)
+                if e.domain::<crate::tpm::TpmError>()
+                    .is_some_and(|t| matches!(t, crate::tpm::TpmError::BadKey(_))) =>
+            {
                 let why = e.to_string();
                 warn!(host = %req.host, reason = %why, "TPM enrollment refused");
                 self.ledger

@@ -36,12 +36,14 @@ pub fn trust(cert_der: &[u8], ek: &EccPublic, cas: &[PathBuf]) -> Result<Option<
     }
     for path in cas {
         let pem = std::fs::read(path).map_err(|e| {
-            TpmError::Config(format!("cannot read TPM vendor CA {} ([tpm] ek_ca): {e}", path.display()))
+            TpmError::Config(format!(
+                "cannot read TPM vendor CA {} ([tpm] ek_ca): {e}",
+                path.display()
+            ))
         })?;
         for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
-            let block = block.map_err(|e| {
-                TpmError::Config(format!("{} ([tpm] ek_ca) is not PEM: {e}", path.display()))
-            })?;
+            let block =
+                block.map_err(|e| TpmError::Config(format!("{} ([tpm] ek_ca) is not PEM: {e}", path.display())))?;
             let Ok(ca) = block.parse_x509() else {
                 return Err(TpmError::Config(format!(
                     "{} ([tpm] ek_ca) holds a PEM block that is not a certificate",
