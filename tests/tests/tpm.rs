@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use lockstep_link::failover::FailoverChannel;
+use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{self, GateState};
 use lockstep_tests::fleet::{FleetSpec, reasons_of, state_of};
 use lockstep_tests::knight::Morning;
@@ -37,6 +39,16 @@ async fn release(m: &Morning, args: &[&str]) -> u64 {
         .unwrap();
     assert_eq!(code, 0, "{out}");
     number
+}
+
+/// A nonce the controller gives the host `client` speaks for.
+async fn fresh_nonce(client: &mut AgentServiceClient<FailoverChannel>) -> Vec<u8> {
+    client
+        .tpm_nonce(pb::TpmNonceRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nonce
 }
 
 fn boot_reasons(g: &pb::GateCheckReply, host: &str) -> Vec<String> {
@@ -225,12 +237,7 @@ async fn a_replayed_quote_and_a_copied_state_directory_on_another_tpm_are_refuse
         .await
         .unwrap();
     let mut client = m.fleet.agent_client(&host).unwrap();
-    let nonce = client
-        .tpm_nonce(pb::TpmNonceRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
+    let nonce = fresh_nonce(&mut client).await;
     let request = tpm
         .quote(nonce.clone())
         .await
@@ -242,12 +249,7 @@ async fn a_replayed_quote_and_a_copied_state_directory_on_another_tpm_are_refuse
     assert!(replayed.message().contains("replayed quote"), "{}", replayed.message());
     m.fleet.wait_audit("tpm.quote_refused", "replayed quote").await.unwrap();
     // The PCR values sent must be the quoted ones.
-    let nonce = client
-        .tpm_nonce(pb::TpmNonceRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
+    let nonce = fresh_nonce(&mut client).await;
     let quote = tpm.quote(nonce.clone()).await.unwrap();
     let mut forged = pb::TpmQuoteRequest {
         nonce,
@@ -296,12 +298,7 @@ async fn a_replayed_quote_and_a_copied_state_directory_on_another_tpm_are_refuse
         ))
         .await
         .unwrap();
-    let nonce = client
-        .tpm_nonce(pb::TpmNonceRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nonce;
+    let nonce = fresh_nonce(&mut client).await;
     let quote = thief.quote(nonce.clone()).await.unwrap();
     let refused = client
         .tpm_quote(quote.into_request(nonce, thief_session.public_key().to_vec(), request.boot_id.clone()))
