@@ -17,20 +17,13 @@ fn utc(unix_ms: i64) -> (String, String) {
     (z.date().to_string(), z.strftime("%H:%M:%S%.3f").to_string())
 }
 
+#[path = "support/report_schema.rs"]
+mod report_schema;
+
 /// A report file as the console wrote it, read strictly and checked
-/// against the published schema (docs/schema/pre-open-report.schema.json).
+/// against the published schema.
 fn schema_checked(path: &std::path::Path) -> Signed {
-    let text = std::fs::read_to_string(path).unwrap();
-    let value = lockstep_evidence::strict_json::parse(&text).unwrap();
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../../docs/schema/pre-open-report.schema.json")).unwrap();
-    let errors: Vec<String> = jsonschema::validator_for(&schema)
-        .unwrap()
-        .iter_errors(&value)
-        .map(|e| e.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{}: {errors:?}", path.display());
-    serde_json::from_value(value).unwrap()
+    serde_json::from_value(report_schema::checked(path)).unwrap()
 }
 
 fn json_of(line: &str) -> serde_json::Value {

@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+#[path = "support/report_schema.rs"]
+mod report_schema;
+
 use lockstep_link::failover::FailoverChannel;
 use lockstep_proto::pb::agent_service_client::AgentServiceClient;
 use lockstep_proto::pb::{self, GateState};
@@ -144,16 +147,7 @@ async fn enrollment_binds_each_host_to_its_tpm_and_a_changed_boot_pcr_closes_it_
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "json"))
         .unwrap();
-    let text = std::fs::read_to_string(&json_path).unwrap();
-    let value = lockstep_evidence::strict_json::parse(&text).unwrap();
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../../docs/schema/pre-open-report.schema.json")).unwrap();
-    let errors: Vec<String> = jsonschema::validator_for(&schema)
-        .unwrap()
-        .iter_errors(&value)
-        .map(|e| e.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    let value = report_schema::checked(&json_path);
     let hosts = value["report"]["hosts"].as_array().unwrap();
     assert_eq!(hosts[0]["tpm"]["boot"], format!("boot PCRs match release {n}"));
     assert_eq!(hosts[1]["tpm"]["boot"], format!("PCR 4 differ from release {n}"));
